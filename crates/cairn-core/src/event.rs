@@ -1,0 +1,323 @@
+//! Log records and effects: the inputs and outputs of the partition state machine.
+//!
+//! A [`LogRecord`] is everything that can change a partition: a client request, a batch of
+//! messages from another partition, or the result of work done outside the state machine (an
+//! orchestration episode, an activity, a timer). Records are serialized with postcard into the
+//! partition log; their encoding is part of the on-disk format ([`LOG_FORMAT_VERSION`]).
+//!
+//! An [`Effect`] is what applying a record asks the shell to do. Effects are data; the state
+//! machine never performs them.
+
+use crate::history::{
+    FailureDetails, HistoryEvent, Millis, ParentInstance, RuntimeStatus, TaskResult,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Bumped whenever the encoding of log records or checkpoints changes incompatibly.
+pub const LOG_FORMAT_VERSION: u32 = 1;
+
+/// One entry of a partition's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Wall-clock time the shell stamped on the record; the only clock the state machine sees.
+    pub timestamp: Millis,
+    pub event: PartitionEvent,
+}
+
+impl LogRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain data into a Vec cannot fail for these types.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<LogRecord, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PartitionEvent {
+    Client(ClientRequest),
+    /// Messages from partition `from`, in the sender's order.
+    Messages {
+        from: u32,
+        batch: Vec<(MessageId, Message)>,
+    },
+    EpisodeCompleted(EpisodeResult),
+    ActivityCompleted {
+        activity_id: u64,
+        result: TaskResult,
+    },
+    TimerFired {
+        timer_id: u64,
+    },
+    /// Partition `to` has made our messages up to `up_to` durable: drop them from the outbox.
+    OutboxAck {
+        to: u32,
+        up_to: MessageId,
+    },
+}
+
+/// Identity of a message between partitions: the sender's log position and index within it.
+/// Receivers keep the highest id seen per sender and drop anything at or below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MessageId {
+    pub position: u64,
+    pub index: u32,
+}
+
+/// A message from one instance to another (possibly in another partition).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    StartSubOrchestration {
+        parent: ParentInstance,
+        instance_id: String,
+        name: String,
+        version: Option<String>,
+        input: Option<String>,
+        execution_id: String,
+    },
+    SubOrchestrationCompleted {
+        parent_instance_id: String,
+        parent_execution_id: String,
+        task_id: i32,
+        result: TaskResult,
+    },
+    RaiseEvent {
+        instance_id: String,
+        name: String,
+        input: Option<String>,
+    },
+    Terminate {
+        instance_id: String,
+        reason: Option<String>,
+        recursive: bool,
+    },
+}
+
+impl Message {
+    /// The instance this message is delivered to.
+    pub fn target(&self) -> &str {
+        match self {
+            Message::StartSubOrchestration { instance_id, .. }
+            | Message::RaiseEvent { instance_id, .. }
+            | Message::Terminate { instance_id, .. } => instance_id,
+            Message::SubOrchestrationCompleted {
+                parent_instance_id, ..
+            } => parent_instance_id,
+        }
+    }
+}
+
+/// A client request, logged so its effect is durable before it is acknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// Chosen by the shell to route the response; not interpreted by the state machine.
+    pub request_id: u64,
+    pub kind: ClientRequestKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientRequestKind {
+    Start(StartRequest),
+    RaiseEvent {
+        instance_id: String,
+        name: String,
+        input: Option<String>,
+    },
+    Terminate {
+        instance_id: String,
+        reason: Option<String>,
+        recursive: bool,
+    },
+    Suspend {
+        instance_id: String,
+        reason: Option<String>,
+    },
+    Resume {
+        instance_id: String,
+        reason: Option<String>,
+    },
+    /// Delete terminal instances and their histories. Non-terminal ids are left alone.
+    Purge {
+        instance_ids: Vec<String>,
+    },
+}
+
+impl ClientRequestKind {
+    pub fn instance_ids(&self) -> Vec<&str> {
+        match self {
+            ClientRequestKind::Start(s) => vec![&s.instance_id],
+            ClientRequestKind::RaiseEvent { instance_id, .. }
+            | ClientRequestKind::Terminate { instance_id, .. }
+            | ClientRequestKind::Suspend { instance_id, .. }
+            | ClientRequestKind::Resume { instance_id, .. } => vec![instance_id],
+            ClientRequestKind::Purge { instance_ids } => {
+                instance_ids.iter().map(|s| s.as_str()).collect()
+            }
+        }
+    }
+}
+
+/// What to do when starting an id that is already Pending/Running/Suspended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ExistingPolicy {
+    /// Return the existing instance (idempotent start). The default.
+    #[default]
+    ReturnExisting,
+    /// Fail with [`ClientResponse::AlreadyExists`].
+    Fail,
+    /// Terminate the running execution and start a new one.
+    TerminateAndRestart,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartRequest {
+    pub instance_id: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub input: Option<String>,
+    pub scheduled_start: Option<Millis>,
+    pub tags: BTreeMap<String, String>,
+    /// Fresh 32-hex-digit id, drawn by the shell.
+    pub execution_id: String,
+    pub if_exists: ExistingPolicy,
+}
+
+/// The state machine's answer to a client request (released only once durable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Started {
+        execution_id: String,
+    },
+    /// The id is in use; the existing execution is returned (or rejected, per policy).
+    AlreadyExists {
+        execution_id: String,
+        status: RuntimeStatus,
+        rejected: bool,
+    },
+    Ok,
+    NotFound,
+    /// The request does not apply to an instance in this status.
+    WrongStatus {
+        status: RuntimeStatus,
+    },
+    Purged {
+        count: u64,
+    },
+}
+
+/// What an orchestration episode decided: produced by running orchestrator code (native Rust
+/// replay or a remote SDK worker) over the instance's history and pending messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeResult {
+    pub instance_id: String,
+    pub execution_id: String,
+    /// History length the episode started from; a mismatch means the episode is stale.
+    pub history_len: u32,
+    /// How many pending messages (a prefix) the episode processed.
+    pub consumed: u32,
+    /// When the episode started: the orchestration's `current_time`, recorded as the
+    /// `OrchestratorStarted` timestamp so replay sees the same time.
+    pub started_at: Millis,
+    pub actions: Vec<Action>,
+    pub custom_status: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    ScheduleTask {
+        id: i32,
+        name: String,
+        version: Option<String>,
+        input: Option<String>,
+    },
+    CreateSubOrchestration {
+        id: i32,
+        instance_id: String,
+        name: String,
+        version: Option<String>,
+        input: Option<String>,
+        /// Drawn by the shell before the episode result is logged.
+        execution_id: String,
+    },
+    CreateTimer {
+        id: i32,
+        fire_at: Millis,
+    },
+    SendEvent {
+        id: i32,
+        instance_id: String,
+        name: String,
+        input: Option<String>,
+    },
+    Complete(Completion),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Completion {
+    Completed {
+        result: Option<String>,
+    },
+    Failed {
+        failure: FailureDetails,
+    },
+    ContinuedAsNew {
+        input: Option<String>,
+        version: Option<String>,
+        /// Events the old execution received but did not process, handed to the new one.
+        carryover: Vec<HistoryEvent>,
+        /// Drawn by the shell.
+        new_execution_id: String,
+    },
+}
+
+/// An activity waiting to run, owned by the partition of its orchestration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivityWorkItem {
+    pub instance_id: String,
+    pub execution_id: String,
+    pub task_id: i32,
+    pub name: String,
+    pub version: Option<String>,
+    pub input: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimerKind {
+    /// A durable timer of the orchestration (`TimerCreated` with this id).
+    Orchestration { task_id: i32, fire_at: Millis },
+    /// The scheduled start time of a Pending instance.
+    ScheduledStart,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerEntry {
+    pub instance_id: String,
+    pub execution_id: String,
+    pub due: Millis,
+    pub kind: TimerKind,
+}
+
+/// What applying a record asks the shell to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// The instance has messages to process and no episode should be assumed running.
+    RunEpisode(String),
+    /// An activity was queued (see `PartitionState::activity`).
+    StartActivity(u64),
+    /// A durable timer was registered.
+    ScheduleTimer { timer_id: u64, due: Millis },
+    /// The outbox towards partition `to` has new messages: send them once durable.
+    SendMessages { to: u32 },
+    /// Tell partition `to` we have its messages up to `up_to` (once durable).
+    AckMessages { to: u32, up_to: MessageId },
+    /// Answer a client (once durable).
+    Respond {
+        request_id: u64,
+        response: ClientResponse,
+    },
+    /// The instance's status, output or custom status changed (wake waiters once durable).
+    InstanceChanged(String),
+}

@@ -1,0 +1,1213 @@
+//! The partition state machine: `apply(state, record) -> effects`.
+//!
+//! A partition owns a set of instances (those whose id hashes to it) and the global tables that
+//! drive them: the activity queue, durable timers, the outbox towards other partitions, the
+//! dedup positions of messages received, and the set of instances with work to do.
+//!
+//! **Purity.** Nothing here performs I/O, reads a clock or draws randomness. Instances that are
+//! not in memory are read through [`InstanceSource`], a read-only view of the last checkpoint:
+//! the logical state is "checkpoint overlaid with what was applied since", and the source only
+//! lets the state machine keep the cold part of it on disk. State after position `n` is a pure
+//! function of the log prefix (and that checkpoint, which was itself produced by this code).
+//!
+//! **Memory.** Only the global tables (bounded by in-flight work) are always in memory. Instances
+//! are loaded on demand and may be evicted once clean (written by a checkpoint). A loaded
+//! instance keeps only the *tail* of its history that is not yet in the checkpoint store.
+
+use crate::event::*;
+use crate::history::*;
+use crate::ids::partition_of;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+/// Read-only access to instances as of the last checkpoint.
+pub trait InstanceSource {
+    fn load(&self, instance_id: &str) -> Result<Option<InstanceState>, SourceError>;
+}
+
+/// The checkpoint store could not be read; the partition cannot make progress.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("reading instance state from the checkpoint store failed: {0}")]
+pub struct SourceError(pub String);
+
+/// A source with nothing in it: a partition that was never checkpointed.
+pub struct EmptySource;
+
+impl InstanceSource for EmptySource {
+    fn load(&self, _: &str) -> Result<Option<InstanceState>, SourceError> {
+        Ok(None)
+    }
+}
+
+/// Everything Cairn keeps about an instance except its history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceState {
+    pub instance_id: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub execution_id: String,
+    pub status: RuntimeStatus,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub failure: Option<FailureDetails>,
+    pub custom_status: Option<String>,
+    pub created_at: Millis,
+    pub last_updated_at: Millis,
+    pub completed_at: Option<Millis>,
+    pub scheduled_start: Option<Millis>,
+    pub tags: BTreeMap<String, String>,
+    pub parent: Option<ParentInstance>,
+    /// Messages that arrived and wait for the next episode.
+    pub pending: Vec<HistoryEvent>,
+    /// Length of the current execution's history.
+    pub history_len: u32,
+    /// Running sub-orchestrations (task id -> instance id), for recursive terminate.
+    pub children: BTreeMap<i32, String>,
+    /// Set while a scheduled start time has not come yet.
+    pub not_before: Option<Millis>,
+}
+
+impl InstanceState {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+    pub fn decode(bytes: &[u8]) -> Result<InstanceState, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+/// A loaded instance: its state plus the part of its history not yet checkpointed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub state: InstanceState,
+    /// History events `[history_len - tail.len(), history_len)`; earlier ones are in the store.
+    pub tail: Vec<HistoryEvent>,
+    /// The store still holds rows of an older execution that the next checkpoint must delete.
+    pub reset: bool,
+}
+
+impl Instance {
+    /// Number of history events of the current execution that are in the checkpoint store.
+    pub fn persisted_len(&self) -> u32 {
+        self.state.history_len - self.tail.len() as u32
+    }
+
+    fn push(&mut self, event: HistoryEvent) {
+        self.tail.push(event);
+        self.state.history_len += 1;
+    }
+
+    fn approx_size(&self) -> usize {
+        let s = &self.state;
+        256 + s.instance_id.len()
+            + s.input.as_ref().map_or(0, |x| x.len())
+            + s.output.as_ref().map_or(0, |x| x.len())
+            + s.pending.iter().map(|e| e.approx_size()).sum::<usize>()
+            + self.tail.iter().map(|e| e.approx_size()).sum::<usize>()
+    }
+}
+
+enum Slot {
+    Live(Box<Instance>),
+    /// Known not to exist (checked against the source, or deleted since).
+    Absent,
+}
+
+/// The tables every partition keeps in memory, checkpointed as one blob.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Globals {
+    pub partition: u32,
+    pub partition_count: u32,
+    /// Position of the last applied record.
+    pub position: u64,
+    pub activities: BTreeMap<u64, ActivityWorkItem>,
+    pub next_activity_id: u64,
+    pub timers: BTreeMap<u64, TimerEntry>,
+    pub next_timer_id: u64,
+    pub outbox: BTreeMap<u32, VecDeque<(MessageId, Message)>>,
+    pub dedup: BTreeMap<u32, MessageId>,
+    /// Instances with pending messages that may run an episode now.
+    pub runnable: BTreeSet<String>,
+}
+
+/// What a checkpoint writes to the store (byte-encoded).
+#[derive(Debug, Default)]
+pub struct CheckpointData {
+    pub position: u64,
+    pub globals: Vec<u8>,
+    pub puts: Vec<(String, Vec<u8>)>,
+    pub deletes: Vec<String>,
+    pub history_resets: Vec<String>,
+    pub history_appends: Vec<(String, u32, Vec<u8>)>,
+}
+
+pub struct PartitionState {
+    globals: Globals,
+    instances: HashMap<String, Slot>,
+    /// Instances changed (or deleted) since the last checkpoint.
+    dirty: HashSet<String>,
+}
+
+/// Per-apply scratch: effects produced, messages to deliver locally, message numbering.
+struct Apply {
+    position: u64,
+    now: Millis,
+    effects: Vec<Effect>,
+    local: VecDeque<Message>,
+    next_index: u32,
+}
+
+impl PartitionState {
+    pub fn new(partition: u32, partition_count: u32) -> Self {
+        PartitionState {
+            globals: Globals {
+                partition,
+                partition_count,
+                next_activity_id: 1,
+                next_timer_id: 1,
+                ..Globals::default()
+            },
+            instances: HashMap::new(),
+            dirty: HashSet::new(),
+        }
+    }
+
+    /// Rebuilds the in-memory part from a checkpoint's globals blob.
+    pub fn recover(globals: &[u8]) -> Result<Self, postcard::Error> {
+        Ok(PartitionState {
+            globals: postcard::from_bytes(globals)?,
+            instances: HashMap::new(),
+            dirty: HashSet::new(),
+        })
+    }
+
+    pub fn globals(&self) -> &Globals {
+        &self.globals
+    }
+
+    pub fn position(&self) -> u64 {
+        self.globals.position
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.globals.partition
+    }
+
+    pub fn activity(&self, id: u64) -> Option<&ActivityWorkItem> {
+        self.globals.activities.get(&id)
+    }
+
+    pub fn timer(&self, id: u64) -> Option<&TimerEntry> {
+        self.globals.timers.get(&id)
+    }
+
+    pub fn outbox(&self, to: u32) -> impl Iterator<Item = &(MessageId, Message)> {
+        self.globals.outbox.get(&to).into_iter().flatten()
+    }
+
+    pub fn outbox_destinations(&self) -> Vec<u32> {
+        self.globals
+            .outbox
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// A loaded instance (None if not in memory or absent).
+    pub fn loaded(&self, id: &str) -> Option<&Instance> {
+        match self.instances.get(id) {
+            Some(Slot::Live(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Whether the state machine knows the instance's current state without the source.
+    pub fn is_resident(&self, id: &str) -> bool {
+        self.instances.contains_key(id)
+    }
+
+    /// The instance as the state machine sees it, loading it from the source if needed.
+    pub fn get(
+        &mut self,
+        id: &str,
+        src: &dyn InstanceSource,
+    ) -> Result<Option<&Instance>, SourceError> {
+        self.ensure(id, src)?;
+        Ok(self.loaded(id))
+    }
+
+    pub fn loaded_ids(&self) -> impl Iterator<Item = &String> {
+        self.instances.keys()
+    }
+
+    pub fn is_dirty(&self, id: &str) -> bool {
+        self.dirty.contains(id)
+    }
+
+    pub fn dirty_count(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Rough memory footprint of a loaded instance (for the instance cache).
+    pub fn footprint(&self, id: &str) -> usize {
+        self.loaded(id).map_or(0, |i| i.approx_size())
+    }
+
+    /// Drops a clean instance from memory; returns false if it has unsaved changes.
+    pub fn evict(&mut self, id: &str) -> bool {
+        if self.dirty.contains(id) {
+            return false;
+        }
+        self.instances.remove(id);
+        true
+    }
+
+    fn ensure(&mut self, id: &str, src: &dyn InstanceSource) -> Result<(), SourceError> {
+        if !self.instances.contains_key(id) {
+            let slot = match src.load(id)? {
+                Some(state) => Slot::Live(Box::new(Instance {
+                    state,
+                    tail: Vec::new(),
+                    reset: false,
+                })),
+                None => Slot::Absent,
+            };
+            self.instances.insert(id.to_string(), slot);
+        }
+        Ok(())
+    }
+
+    fn take(
+        &mut self,
+        id: &str,
+        src: &dyn InstanceSource,
+    ) -> Result<Option<Box<Instance>>, SourceError> {
+        self.ensure(id, src)?;
+        match self.instances.insert(id.to_string(), Slot::Absent) {
+            Some(Slot::Live(inst)) => Ok(Some(inst)),
+            _ => Ok(None),
+        }
+    }
+
+    fn put(&mut self, inst: Box<Instance>) {
+        let id = inst.state.instance_id.clone();
+        self.dirty.insert(id.clone());
+        self.instances.insert(id, Slot::Live(inst));
+    }
+
+    /// Puts back an instance that was only inspected, not changed.
+    fn put_clean(&mut self, inst: Box<Instance>) {
+        let id = inst.state.instance_id.clone();
+        self.instances.insert(id, Slot::Live(inst));
+    }
+
+    /// Applies the record at `position`. Positions must increase by one per record.
+    pub fn apply(
+        &mut self,
+        position: u64,
+        record: &LogRecord,
+        src: &dyn InstanceSource,
+    ) -> Result<Vec<Effect>, SourceError> {
+        let mut cx = Apply {
+            position,
+            now: record.timestamp,
+            effects: Vec::new(),
+            local: VecDeque::new(),
+            next_index: 0,
+        };
+        match &record.event {
+            PartitionEvent::Client(req) => self.client_request(req, &mut cx, src)?,
+            PartitionEvent::Messages { from, batch } => {
+                let mut last = self.globals.dedup.get(from).copied();
+                for (id, msg) in batch {
+                    if last.is_some_and(|l| *id <= l) {
+                        continue; // already applied: a re-send after recovery
+                    }
+                    last = Some(*id);
+                    self.message(msg.clone(), &mut cx, src)?;
+                }
+                if let Some(last) = last {
+                    self.globals.dedup.insert(*from, last);
+                    cx.effects.push(Effect::AckMessages {
+                        to: *from,
+                        up_to: last,
+                    });
+                }
+            }
+            PartitionEvent::EpisodeCompleted(result) => {
+                self.episode_completed(result, &mut cx, src)?
+            }
+            PartitionEvent::ActivityCompleted {
+                activity_id,
+                result,
+            } => {
+                if let Some(item) = self.globals.activities.remove(activity_id) {
+                    let kind = match result {
+                        Ok(r) => EventKind::TaskCompleted {
+                            task_scheduled_id: item.task_id,
+                            result: r.clone(),
+                        },
+                        Err(f) => EventKind::TaskFailed {
+                            task_scheduled_id: item.task_id,
+                            failure: f.clone(),
+                        },
+                    };
+                    self.deliver(
+                        &item.instance_id,
+                        Some(&item.execution_id),
+                        kind,
+                        &mut cx,
+                        src,
+                    )?;
+                }
+            }
+            PartitionEvent::TimerFired { timer_id } => {
+                if let Some(timer) = self.globals.timers.remove(timer_id) {
+                    match timer.kind {
+                        TimerKind::Orchestration { task_id, fire_at } => {
+                            let kind = EventKind::TimerFired {
+                                timer_id: task_id,
+                                fire_at,
+                            };
+                            self.deliver(
+                                &timer.instance_id,
+                                Some(&timer.execution_id),
+                                kind,
+                                &mut cx,
+                                src,
+                            )?;
+                        }
+                        TimerKind::ScheduledStart => {
+                            if let Some(mut inst) = self.take(&timer.instance_id, src)? {
+                                if inst.state.execution_id == timer.execution_id {
+                                    inst.state.not_before = None;
+                                    self.make_runnable(&inst, &mut cx);
+                                }
+                                self.put(inst);
+                            }
+                        }
+                    }
+                }
+            }
+            PartitionEvent::OutboxAck { to, up_to } => {
+                if let Some(q) = self.globals.outbox.get_mut(to) {
+                    while q.front().is_some_and(|(id, _)| id <= up_to) {
+                        q.pop_front();
+                    }
+                    if q.is_empty() {
+                        self.globals.outbox.remove(to);
+                    }
+                }
+            }
+        }
+        // Messages to instances of this same partition are applied at once, in order.
+        while let Some(msg) = cx.local.pop_front() {
+            self.message(msg, &mut cx, src)?;
+        }
+        self.globals.position = position;
+        Ok(cx.effects)
+    }
+
+    fn client_request(
+        &mut self,
+        req: &ClientRequest,
+        cx: &mut Apply,
+        src: &dyn InstanceSource,
+    ) -> Result<(), SourceError> {
+        let respond = |cx: &mut Apply, response| {
+            cx.effects.push(Effect::Respond {
+                request_id: req.request_id,
+                response,
+            })
+        };
+        match &req.kind {
+            ClientRequestKind::Start(start) => {
+                let response = self.start_instance(start, None, cx, src)?;
+                respond(cx, response);
+            }
+            ClientRequestKind::RaiseEvent {
+                instance_id,
+                name,
+                input,
+            } => {
+                let response = match self.take(instance_id, src)? {
+                    None => ClientResponse::NotFound,
+                    Some(mut inst) => {
+                        let status = inst.state.status;
+                        let r = if status.is_terminal() {
+                            ClientResponse::WrongStatus { status }
+                        } else {
+                            let ev = HistoryEvent::new(
+                                cx.now,
+                                EventKind::EventRaised {
+                                    name: name.clone(),
+                                    input: input.clone(),
+                                },
+                            );
+                            inst.state.pending.push(ev);
+                            self.make_runnable(&inst, cx);
+                            ClientResponse::Ok
+                        };
+                        self.put(inst);
+                        r
+                    }
+                };
+                respond(cx, response);
+            }
+            ClientRequestKind::Terminate {
+                instance_id,
+                reason,
+                recursive,
+            } => {
+                let response = match self.take(instance_id, src)? {
+                    None => ClientResponse::NotFound,
+                    Some(mut inst) => {
+                        let status = inst.state.status;
+                        let r = if status.is_terminal() {
+                            ClientResponse::WrongStatus { status }
+                        } else {
+                            self.terminate(&mut inst, reason.clone(), *recursive, cx);
+                            ClientResponse::Ok
+                        };
+                        self.put(inst);
+                        r
+                    }
+                };
+                respond(cx, response);
+            }
+            ClientRequestKind::Suspend {
+                instance_id,
+                reason,
+            } => {
+                let response = match self.take(instance_id, src)? {
+                    None => ClientResponse::NotFound,
+                    Some(mut inst) => {
+                        let status = inst.state.status;
+                        let r = match status {
+                            RuntimeStatus::Running | RuntimeStatus::Pending => {
+                                inst.state.status = RuntimeStatus::Suspended;
+                                inst.state.last_updated_at = cx.now;
+                                inst.state.pending.push(HistoryEvent::new(
+                                    cx.now,
+                                    EventKind::ExecutionSuspended {
+                                        reason: reason.clone(),
+                                    },
+                                ));
+                                self.globals.runnable.remove(instance_id);
+                                cx.effects
+                                    .push(Effect::InstanceChanged(instance_id.clone()));
+                                ClientResponse::Ok
+                            }
+                            RuntimeStatus::Suspended => ClientResponse::Ok,
+                            _ => ClientResponse::WrongStatus { status },
+                        };
+                        self.put(inst);
+                        r
+                    }
+                };
+                respond(cx, response);
+            }
+            ClientRequestKind::Resume {
+                instance_id,
+                reason,
+            } => {
+                let response = match self.take(instance_id, src)? {
+                    None => ClientResponse::NotFound,
+                    Some(mut inst) => {
+                        let status = inst.state.status;
+                        let r = match status {
+                            RuntimeStatus::Suspended => {
+                                inst.state.status = if inst.state.history_len > 0 {
+                                    RuntimeStatus::Running
+                                } else {
+                                    RuntimeStatus::Pending
+                                };
+                                inst.state.last_updated_at = cx.now;
+                                inst.state.pending.push(HistoryEvent::new(
+                                    cx.now,
+                                    EventKind::ExecutionResumed {
+                                        reason: reason.clone(),
+                                    },
+                                ));
+                                self.make_runnable(&inst, cx);
+                                cx.effects
+                                    .push(Effect::InstanceChanged(instance_id.clone()));
+                                ClientResponse::Ok
+                            }
+                            RuntimeStatus::Running | RuntimeStatus::Pending => ClientResponse::Ok,
+                            _ => ClientResponse::WrongStatus { status },
+                        };
+                        self.put(inst);
+                        r
+                    }
+                };
+                respond(cx, response);
+            }
+            ClientRequestKind::Purge { instance_ids } => {
+                let mut count = 0;
+                for id in instance_ids {
+                    if let Some(inst) = self.take(id, src)? {
+                        if inst.state.status.is_terminal() {
+                            // The slot is now Absent; mark dirty so the checkpoint deletes it.
+                            self.dirty.insert(id.clone());
+                            count += 1;
+                            cx.effects.push(Effect::InstanceChanged(id.clone()));
+                        } else {
+                            self.put_clean(inst);
+                        }
+                    }
+                }
+                respond(cx, ClientResponse::Purged { count });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates (or, per policy, restarts) an instance. Used by client starts and sub-orchestrations.
+    fn start_instance(
+        &mut self,
+        start: &StartRequest,
+        parent: Option<ParentInstance>,
+        cx: &mut Apply,
+        src: &dyn InstanceSource,
+    ) -> Result<ClientResponse, SourceError> {
+        let existing = self.take(&start.instance_id, src)?;
+        let mut replaced = false;
+        if let Some(mut inst) = existing {
+            let status = inst.state.status;
+            if !status.is_terminal() {
+                match start.if_exists {
+                    ExistingPolicy::ReturnExisting | ExistingPolicy::Fail => {
+                        let response = ClientResponse::AlreadyExists {
+                            execution_id: inst.state.execution_id.clone(),
+                            status,
+                            rejected: start.if_exists == ExistingPolicy::Fail,
+                        };
+                        self.put_clean(inst);
+                        return Ok(response);
+                    }
+                    ExistingPolicy::TerminateAndRestart => {
+                        self.terminate(&mut inst, Some("restarted".into()), false, cx);
+                    }
+                }
+            }
+            // Timers of the old execution must not fire into the new one (they are also
+            // filtered by execution id, this just frees them).
+            self.globals
+                .timers
+                .retain(|_, t| t.instance_id != start.instance_id);
+            replaced = true;
+        }
+        let ev = HistoryEvent::new(
+            cx.now,
+            EventKind::ExecutionStarted {
+                name: start.name.clone(),
+                version: start.version.clone(),
+                input: start.input.clone(),
+                execution_id: start.execution_id.clone(),
+                parent: parent.clone(),
+                scheduled_start: start.scheduled_start,
+                tags: start.tags.clone(),
+            },
+        );
+        let not_before = start.scheduled_start.filter(|t| *t > cx.now);
+        let inst = Box::new(Instance {
+            state: InstanceState {
+                instance_id: start.instance_id.clone(),
+                name: start.name.clone(),
+                version: start.version.clone(),
+                execution_id: start.execution_id.clone(),
+                status: RuntimeStatus::Pending,
+                input: start.input.clone(),
+                output: None,
+                failure: None,
+                custom_status: None,
+                created_at: cx.now,
+                last_updated_at: cx.now,
+                completed_at: None,
+                scheduled_start: start.scheduled_start,
+                tags: start.tags.clone(),
+                parent,
+                pending: vec![ev],
+                history_len: 0,
+                children: BTreeMap::new(),
+                not_before,
+            },
+            tail: Vec::new(),
+            reset: replaced,
+        });
+        if let Some(due) = not_before {
+            let timer_id = self.globals.next_timer_id;
+            self.globals.next_timer_id += 1;
+            self.globals.timers.insert(
+                timer_id,
+                TimerEntry {
+                    instance_id: start.instance_id.clone(),
+                    execution_id: start.execution_id.clone(),
+                    due,
+                    kind: TimerKind::ScheduledStart,
+                },
+            );
+            cx.effects.push(Effect::ScheduleTimer { timer_id, due });
+        }
+        self.make_runnable(&inst, cx);
+        cx.effects
+            .push(Effect::InstanceChanged(start.instance_id.clone()));
+        self.put(inst);
+        Ok(ClientResponse::Started {
+            execution_id: start.execution_id.clone(),
+        })
+    }
+
+    fn message(
+        &mut self,
+        msg: Message,
+        cx: &mut Apply,
+        src: &dyn InstanceSource,
+    ) -> Result<(), SourceError> {
+        match msg {
+            Message::StartSubOrchestration {
+                parent,
+                instance_id,
+                name,
+                version,
+                input,
+                execution_id,
+            } => {
+                let start = StartRequest {
+                    instance_id: instance_id.clone(),
+                    name,
+                    version,
+                    input,
+                    scheduled_start: None,
+                    tags: BTreeMap::new(),
+                    execution_id,
+                    if_exists: ExistingPolicy::Fail,
+                };
+                let response = self.start_instance(&start, Some(parent.clone()), cx, src)?;
+                if let ClientResponse::AlreadyExists { status, .. } = response {
+                    let failure = FailureDetails::new(
+                        "InstanceIdInUse",
+                        format!(
+                            "cannot start sub-orchestration: instance id '{instance_id}' is already in use (status {status})"
+                        ),
+                    )
+                    .non_retriable();
+                    self.send(
+                        Message::SubOrchestrationCompleted {
+                            parent_instance_id: parent.instance_id,
+                            parent_execution_id: parent.execution_id,
+                            task_id: parent.task_id,
+                            result: Err(failure),
+                        },
+                        cx,
+                    );
+                }
+            }
+            Message::SubOrchestrationCompleted {
+                parent_instance_id,
+                parent_execution_id,
+                task_id,
+                result,
+            } => {
+                let kind = match result {
+                    Ok(result) => EventKind::SubOrchestrationCompleted {
+                        task_scheduled_id: task_id,
+                        result,
+                    },
+                    Err(failure) => EventKind::SubOrchestrationFailed {
+                        task_scheduled_id: task_id,
+                        failure,
+                    },
+                };
+                if let Some(mut inst) = self.take(&parent_instance_id, src)? {
+                    inst.state.children.remove(&task_id);
+                    self.put(inst);
+                }
+                self.deliver(
+                    &parent_instance_id,
+                    Some(&parent_execution_id),
+                    kind,
+                    cx,
+                    src,
+                )?;
+            }
+            Message::RaiseEvent {
+                instance_id,
+                name,
+                input,
+            } => {
+                self.deliver(
+                    &instance_id,
+                    None,
+                    EventKind::EventRaised { name, input },
+                    cx,
+                    src,
+                )?;
+            }
+            Message::Terminate {
+                instance_id,
+                reason,
+                recursive,
+            } => {
+                if let Some(mut inst) = self.take(&instance_id, src)? {
+                    if !inst.state.status.is_terminal() {
+                        self.terminate(&mut inst, reason, recursive, cx);
+                    }
+                    self.put(inst);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues an event for an instance's next episode (dropped if the instance is gone, terminal,
+    /// or on another execution than the one the event belongs to).
+    fn deliver(
+        &mut self,
+        instance_id: &str,
+        execution_id: Option<&str>,
+        kind: EventKind,
+        cx: &mut Apply,
+        src: &dyn InstanceSource,
+    ) -> Result<(), SourceError> {
+        let Some(mut inst) = self.take(instance_id, src)? else {
+            return Ok(());
+        };
+        let current = execution_id.is_none_or(|e| e == inst.state.execution_id);
+        if current && !inst.state.status.is_terminal() {
+            inst.state.pending.push(HistoryEvent::new(cx.now, kind));
+            self.make_runnable(&inst, cx);
+            self.put(inst);
+        } else {
+            self.put_clean(inst);
+        }
+        Ok(())
+    }
+
+    fn make_runnable(&mut self, inst: &Instance, cx: &mut Apply) {
+        let s = &inst.state;
+        if !s.pending.is_empty()
+            && s.not_before.is_none()
+            && s.status != RuntimeStatus::Suspended
+            && !s.status.is_terminal()
+        {
+            if self.globals.runnable.insert(s.instance_id.clone()) {
+                cx.effects.push(Effect::RunEpisode(s.instance_id.clone()));
+            }
+        } else {
+            self.globals.runnable.remove(&s.instance_id);
+        }
+    }
+
+    /// Routes a message: applied within this same record if the target is local, else outbox.
+    fn send(&mut self, msg: Message, cx: &mut Apply) {
+        let to = partition_of(msg.target(), self.globals.partition_count);
+        if to == self.globals.partition {
+            cx.local.push_back(msg);
+            return;
+        }
+        let id = MessageId {
+            position: cx.position,
+            index: cx.next_index,
+        };
+        cx.next_index += 1;
+        self.globals
+            .outbox
+            .entry(to)
+            .or_default()
+            .push_back((id, msg));
+        if !cx.effects.iter().any(|e| *e == Effect::SendMessages { to }) {
+            cx.effects.push(Effect::SendMessages { to });
+        }
+    }
+
+    fn terminate(
+        &mut self,
+        inst: &mut Instance,
+        reason: Option<String>,
+        recursive: bool,
+        cx: &mut Apply,
+    ) {
+        inst.push(HistoryEvent::new(
+            cx.now,
+            EventKind::ExecutionTerminated {
+                reason: reason.clone(),
+            },
+        ));
+        let output = reason.clone().map(|r| serde_json_string(&r));
+        self.finish(inst, RuntimeStatus::Terminated, output, None, cx);
+        let children = std::mem::take(&mut inst.state.children);
+        if recursive {
+            for child in children.into_values() {
+                self.send(
+                    Message::Terminate {
+                        instance_id: child,
+                        reason: reason.clone(),
+                        recursive: true,
+                    },
+                    cx,
+                );
+            }
+        }
+    }
+
+    /// Moves an instance to a terminal status and tells its parent.
+    fn finish(
+        &mut self,
+        inst: &mut Instance,
+        status: RuntimeStatus,
+        output: Option<String>,
+        failure: Option<FailureDetails>,
+        cx: &mut Apply,
+    ) {
+        inst.push(HistoryEvent::new(
+            cx.now,
+            EventKind::ExecutionCompleted {
+                status,
+                result: output.clone(),
+                failure: failure.clone(),
+            },
+        ));
+        let s = &mut inst.state;
+        s.status = status;
+        s.output = output.clone();
+        s.failure = failure.clone();
+        s.completed_at = Some(cx.now);
+        s.last_updated_at = cx.now;
+        s.pending.clear();
+        s.not_before = None;
+        let id = s.instance_id.clone();
+        let execution = s.execution_id.clone();
+        self.globals.runnable.remove(&id);
+        self.globals
+            .timers
+            .retain(|_, t| !(t.instance_id == id && t.execution_id == execution));
+        cx.effects.push(Effect::InstanceChanged(id));
+        if let Some(parent) = inst.state.parent.clone() {
+            let result = match status {
+                RuntimeStatus::Completed => Ok(output),
+                _ => Err(failure.unwrap_or_else(|| {
+                    FailureDetails::new(
+                        status.as_str(),
+                        format!(
+                            "sub-orchestration '{}' was {}",
+                            inst.state.instance_id, status
+                        ),
+                    )
+                    .non_retriable()
+                })),
+            };
+            self.send(
+                Message::SubOrchestrationCompleted {
+                    parent_instance_id: parent.instance_id,
+                    parent_execution_id: parent.execution_id,
+                    task_id: parent.task_id,
+                    result,
+                },
+                cx,
+            );
+        }
+    }
+
+    fn episode_completed(
+        &mut self,
+        r: &EpisodeResult,
+        cx: &mut Apply,
+        src: &dyn InstanceSource,
+    ) -> Result<(), SourceError> {
+        let Some(mut inst) = self.take(&r.instance_id, src)? else {
+            return Ok(());
+        };
+        let s = &inst.state;
+        let valid = s.execution_id == r.execution_id
+            && s.history_len == r.history_len
+            && !s.status.is_terminal()
+            && (r.consumed as usize) <= s.pending.len();
+        if !valid {
+            // Stale: the instance moved on (terminated, restarted) while the episode ran.
+            // If it still has work, the shell must run a fresh episode.
+            let runnable = self.globals.runnable.contains(&r.instance_id);
+            self.put_clean(inst);
+            if runnable {
+                cx.effects.push(Effect::RunEpisode(r.instance_id.clone()));
+            }
+            return Ok(());
+        }
+        // The episode is done: whether the instance runs again depends only on what is left.
+        self.globals.runnable.remove(&r.instance_id);
+        let now = cx.now;
+        let old_status = inst.state.status;
+        let old_custom = inst.state.custom_status.clone();
+        inst.push(HistoryEvent::new(
+            r.started_at,
+            EventKind::OrchestratorStarted,
+        ));
+        let consumed: Vec<HistoryEvent> = inst.state.pending.drain(..r.consumed as usize).collect();
+        for ev in consumed {
+            if matches!(ev.kind, EventKind::ExecutionStarted { .. })
+                && inst.state.status == RuntimeStatus::Pending
+            {
+                inst.state.status = RuntimeStatus::Running;
+            }
+            inst.push(ev);
+        }
+        let mut completion = None;
+        for action in &r.actions {
+            match action {
+                Action::ScheduleTask {
+                    id,
+                    name,
+                    version,
+                    input,
+                } => {
+                    inst.push(HistoryEvent::scheduled(
+                        *id,
+                        now,
+                        EventKind::TaskScheduled {
+                            name: name.clone(),
+                            version: version.clone(),
+                            input: input.clone(),
+                        },
+                    ));
+                    let activity_id = self.globals.next_activity_id;
+                    self.globals.next_activity_id += 1;
+                    self.globals.activities.insert(
+                        activity_id,
+                        ActivityWorkItem {
+                            instance_id: r.instance_id.clone(),
+                            execution_id: r.execution_id.clone(),
+                            task_id: *id,
+                            name: name.clone(),
+                            version: version.clone(),
+                            input: input.clone(),
+                        },
+                    );
+                    cx.effects.push(Effect::StartActivity(activity_id));
+                }
+                Action::CreateTimer { id, fire_at } => {
+                    inst.push(HistoryEvent::scheduled(
+                        *id,
+                        now,
+                        EventKind::TimerCreated { fire_at: *fire_at },
+                    ));
+                    let timer_id = self.globals.next_timer_id;
+                    self.globals.next_timer_id += 1;
+                    self.globals.timers.insert(
+                        timer_id,
+                        TimerEntry {
+                            instance_id: r.instance_id.clone(),
+                            execution_id: r.execution_id.clone(),
+                            due: *fire_at,
+                            kind: TimerKind::Orchestration {
+                                task_id: *id,
+                                fire_at: *fire_at,
+                            },
+                        },
+                    );
+                    cx.effects.push(Effect::ScheduleTimer {
+                        timer_id,
+                        due: *fire_at,
+                    });
+                }
+                Action::CreateSubOrchestration {
+                    id,
+                    instance_id,
+                    name,
+                    version,
+                    input,
+                    execution_id,
+                } => {
+                    inst.push(HistoryEvent::scheduled(
+                        *id,
+                        now,
+                        EventKind::SubOrchestrationCreated {
+                            name: name.clone(),
+                            version: version.clone(),
+                            instance_id: instance_id.clone(),
+                            input: input.clone(),
+                        },
+                    ));
+                    inst.state.children.insert(*id, instance_id.clone());
+                    self.send(
+                        Message::StartSubOrchestration {
+                            parent: ParentInstance {
+                                instance_id: r.instance_id.clone(),
+                                execution_id: r.execution_id.clone(),
+                                name: inst.state.name.clone(),
+                                task_id: *id,
+                            },
+                            instance_id: instance_id.clone(),
+                            name: name.clone(),
+                            version: version.clone(),
+                            input: input.clone(),
+                            execution_id: execution_id.clone(),
+                        },
+                        cx,
+                    );
+                }
+                Action::SendEvent {
+                    id,
+                    instance_id,
+                    name,
+                    input,
+                } => {
+                    inst.push(HistoryEvent::scheduled(
+                        *id,
+                        now,
+                        EventKind::EventSent {
+                            instance_id: instance_id.clone(),
+                            name: name.clone(),
+                            input: input.clone(),
+                        },
+                    ));
+                    self.send(
+                        Message::RaiseEvent {
+                            instance_id: instance_id.clone(),
+                            name: name.clone(),
+                            input: input.clone(),
+                        },
+                        cx,
+                    );
+                }
+                Action::Complete(c) => completion = Some(c),
+            }
+        }
+        inst.push(HistoryEvent::new(now, EventKind::OrchestratorCompleted));
+        inst.state.custom_status = r.custom_status.clone();
+        inst.state.last_updated_at = now;
+        match completion {
+            None => self.make_runnable(&inst, cx),
+            Some(Completion::Completed { result }) => {
+                self.finish(
+                    &mut inst,
+                    RuntimeStatus::Completed,
+                    result.clone(),
+                    None,
+                    cx,
+                );
+            }
+            Some(Completion::Failed { failure }) => {
+                self.finish(
+                    &mut inst,
+                    RuntimeStatus::Failed,
+                    None,
+                    Some(failure.clone()),
+                    cx,
+                );
+            }
+            Some(Completion::ContinuedAsNew {
+                input,
+                version,
+                carryover,
+                new_execution_id,
+            }) => {
+                let old_execution = inst.state.execution_id.clone();
+                let id = r.instance_id.clone();
+                self.globals
+                    .timers
+                    .retain(|_, t| !(t.instance_id == id && t.execution_id == old_execution));
+                let s = &mut inst.state;
+                let mut pending = vec![HistoryEvent::new(
+                    now,
+                    EventKind::ExecutionStarted {
+                        name: s.name.clone(),
+                        version: version.clone().or_else(|| s.version.clone()),
+                        input: input.clone(),
+                        execution_id: new_execution_id.clone(),
+                        parent: s.parent.clone(),
+                        scheduled_start: None,
+                        tags: s.tags.clone(),
+                    },
+                )];
+                pending.extend(carryover.iter().cloned());
+                // Messages that arrived while the last episode ran belong to the new execution.
+                pending.append(&mut s.pending);
+                s.pending = pending;
+                s.execution_id = new_execution_id.clone();
+                s.input = input.clone();
+                if version.is_some() {
+                    s.version = version.clone();
+                }
+                s.output = None;
+                s.status = RuntimeStatus::Running;
+                s.history_len = 0;
+                s.children.clear();
+                inst.tail.clear();
+                inst.reset = true;
+                self.make_runnable(&inst, cx);
+                cx.effects.push(Effect::InstanceChanged(id));
+            }
+        }
+        if completion.is_none()
+            && (inst.state.status != old_status || inst.state.custom_status != old_custom)
+        {
+            cx.effects
+                .push(Effect::InstanceChanged(r.instance_id.clone()));
+        }
+        self.put(inst);
+        Ok(())
+    }
+
+    /// Collects everything changed since the last checkpoint and marks it clean.
+    pub fn checkpoint(&mut self) -> CheckpointData {
+        let mut data = CheckpointData {
+            position: self.globals.position,
+            globals: postcard::to_stdvec(&self.globals).unwrap_or_default(),
+            ..CheckpointData::default()
+        };
+        let mut dirty: Vec<String> = self.dirty.drain().collect();
+        dirty.sort();
+        for id in dirty {
+            match self.instances.get_mut(&id) {
+                Some(Slot::Live(inst)) => {
+                    if inst.reset {
+                        data.history_resets.push(id.clone());
+                        inst.reset = false;
+                    }
+                    let base = inst.persisted_len();
+                    for (i, ev) in inst.tail.drain(..).enumerate() {
+                        let bytes = postcard::to_stdvec(&ev).unwrap_or_default();
+                        data.history_appends
+                            .push((id.clone(), base + i as u32, bytes));
+                    }
+                    data.puts.push((id.clone(), inst.state.encode()));
+                }
+                _ => {
+                    data.history_resets.push(id.clone());
+                    data.deletes.push(id);
+                }
+            }
+        }
+        data
+    }
+}
+
+/// Encodes a plain string as a JSON string literal (payloads are JSON by convention).
+fn serde_json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Decodes a history row written by [`PartitionState::checkpoint`].
+pub fn decode_history_event(bytes: &[u8]) -> Result<HistoryEvent, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+#[path = "partition_tests.rs"]
+mod tests;

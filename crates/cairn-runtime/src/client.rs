@@ -1,0 +1,581 @@
+//! The client: start, inspect, signal and manage orchestration instances.
+//!
+//! Every call is routed to the partition that owns the instance (`partition_of(id)`), and every
+//! answer is released only once what it reports is durable (see [`crate::leader`]).
+
+use crate::engine::Shared;
+use crate::error::EngineError;
+use crate::leader::{new_execution_id, Input};
+use cairn_core::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// What a status query returns about an instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceStatus {
+    pub instance_id: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub execution_id: String,
+    pub status: RuntimeStatus,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub failure: Option<FailureDetails>,
+    pub custom_status: Option<String>,
+    pub created_at: Millis,
+    pub last_updated_at: Millis,
+    pub completed_at: Option<Millis>,
+    pub scheduled_start: Option<Millis>,
+    pub tags: BTreeMap<String, String>,
+    pub parent: Option<ParentInstance>,
+    /// The current execution's history, when asked for.
+    pub history: Option<Vec<HistoryEvent>>,
+}
+
+impl InstanceStatus {
+    pub(crate) fn from_state(s: &InstanceState) -> Self {
+        InstanceStatus {
+            instance_id: s.instance_id.clone(),
+            name: s.name.clone(),
+            version: s.version.clone(),
+            execution_id: s.execution_id.clone(),
+            status: s.status,
+            input: s.input.clone(),
+            output: s.output.clone(),
+            failure: s.failure.clone(),
+            custom_status: s.custom_status.clone(),
+            created_at: s.created_at,
+            last_updated_at: s.last_updated_at,
+            completed_at: s.completed_at,
+            scheduled_start: s.scheduled_start,
+            tags: s.tags.clone(),
+            parent: s.parent.clone(),
+            history: None,
+        }
+    }
+
+    /// Deserializes the output.
+    pub fn output<T: DeserializeOwned>(&self) -> Result<T, EngineError> {
+        Ok(serde_json::from_str(
+            self.output.as_deref().unwrap_or("null"),
+        )?)
+    }
+
+    /// Deserializes the custom status.
+    pub fn custom_status<T: DeserializeOwned>(&self) -> Result<T, EngineError> {
+        Ok(serde_json::from_str(
+            self.custom_status.as_deref().unwrap_or("null"),
+        )?)
+    }
+
+    fn strip_payloads(&mut self) {
+        self.input = None;
+        self.output = None;
+    }
+}
+
+/// Options of [`Client::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Instance id; a random one is generated when absent.
+    pub instance_id: Option<String>,
+    /// Do not run before this time (the instance is Pending until then).
+    pub scheduled_start: Option<SystemTime>,
+    pub tags: BTreeMap<String, String>,
+    pub version: Option<String>,
+    /// What to do if the id is already Pending/Running/Suspended (default: return it).
+    pub if_exists: ExistingPolicy,
+}
+
+impl StartOptions {
+    pub fn with_id(id: impl Into<String>) -> Self {
+        StartOptions {
+            instance_id: Some(id.into()),
+            ..StartOptions::default()
+        }
+    }
+}
+
+/// Filter of [`Client::query`] and [`Client::purge_by_filter`].
+#[derive(Debug, Clone, Default)]
+pub struct QueryFilter {
+    /// Statuses to include (empty = all).
+    pub statuses: Vec<RuntimeStatus>,
+    pub created_from: Option<Millis>,
+    pub created_to: Option<Millis>,
+    pub instance_id_prefix: Option<String>,
+}
+
+impl QueryFilter {
+    pub(crate) fn matches(&self, s: &InstanceState) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&s.status))
+            && self.created_from.is_none_or(|f| s.created_at >= f)
+            && self.created_to.is_none_or(|t| s.created_at <= t)
+            && self
+                .instance_id_prefix
+                .as_deref()
+                .is_none_or(|p| s.instance_id.starts_with(p))
+    }
+}
+
+/// A query: filter plus paging.
+#[derive(Debug, Clone)]
+pub struct InstanceQuery {
+    pub filter: QueryFilter,
+    /// At most this many instances per page (default 100).
+    pub page_size: usize,
+    /// The token of the previous page, if any.
+    pub continuation_token: Option<String>,
+    /// Include inputs and outputs (default true).
+    pub fetch_inputs_and_outputs: bool,
+}
+
+impl Default for InstanceQuery {
+    fn default() -> Self {
+        InstanceQuery {
+            filter: QueryFilter::default(),
+            page_size: 100,
+            continuation_token: None,
+            fetch_inputs_and_outputs: true,
+        }
+    }
+}
+
+/// One page of query results, ordered by instance id.
+#[derive(Debug, Clone)]
+pub struct QueryPage {
+    pub instances: Vec<InstanceStatus>,
+    /// Pass it back to get the next page; None on the last page.
+    pub continuation_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFor {
+    Start,
+    Completion,
+}
+
+impl WaitFor {
+    pub(crate) fn satisfied_by(self, status: RuntimeStatus) -> bool {
+        match self {
+            WaitFor::Start => status != RuntimeStatus::Pending,
+            WaitFor::Completion => status.is_terminal(),
+        }
+    }
+}
+
+pub(crate) enum ReadRequest {
+    Status {
+        instance_id: String,
+        with_history: bool,
+    },
+    Query {
+        filter: QueryFilter,
+        after: Option<String>,
+        limit: usize,
+    },
+}
+
+pub(crate) enum ReadResponse {
+    Status(Option<Box<InstanceStatus>>),
+    Page(Vec<InstanceStatus>),
+}
+
+/// A handle to a running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+fn payload<T: Serialize>(value: &T) -> Result<Option<String>, EngineError> {
+    Ok(Some(serde_json::to_string(value)?))
+}
+
+fn to_millis(t: SystemTime) -> Millis {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+impl Client {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Client { shared }
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.shared.partition_count
+    }
+
+    fn check_payload(&self, p: &Option<String>) -> Result<(), EngineError> {
+        let size = p.as_ref().map_or(0, |s| s.len());
+        let limit = self.shared.config.max_payload_bytes;
+        if size > limit {
+            return Err(EngineError::PayloadTooLarge { size, limit });
+        }
+        Ok(())
+    }
+
+    async fn request(
+        &self,
+        instance_id: &str,
+        kind: ClientRequestKind,
+    ) -> Result<ClientResponse, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        let p = partition_of(instance_id, self.shared.partition_count);
+        self.shared.send(p, Input::Client { kind, reply })?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    async fn read(
+        &self,
+        partition: u32,
+        request: ReadRequest,
+    ) -> Result<ReadResponse, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .send(partition, Input::Read { request, reply })?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Starts an orchestration with a generated instance id; returns the id.
+    pub async fn start<I: Serialize>(&self, name: &str, input: &I) -> Result<String, EngineError> {
+        self.start_raw(name, payload(input)?, StartOptions::default())
+            .await
+    }
+
+    /// Starts an orchestration with options; returns the instance id.
+    pub async fn start_with<I: Serialize>(
+        &self,
+        name: &str,
+        input: &I,
+        options: StartOptions,
+    ) -> Result<String, EngineError> {
+        self.start_raw(name, payload(input)?, options).await
+    }
+
+    /// Starts an orchestration with an already-serialized input (used by the protocol fronts).
+    pub async fn start_raw(
+        &self,
+        name: &str,
+        input: Option<String>,
+        options: StartOptions,
+    ) -> Result<String, EngineError> {
+        if name.is_empty() {
+            return Err(EngineError::InvalidArgument(
+                "orchestration name must not be empty".into(),
+            ));
+        }
+        self.check_payload(&input)?;
+        let instance_id = options
+            .instance_id
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        validate_instance_id(&instance_id)?;
+        let request = StartRequest {
+            instance_id: instance_id.clone(),
+            name: name.to_string(),
+            version: options.version,
+            input,
+            scheduled_start: options.scheduled_start.map(to_millis),
+            tags: options.tags,
+            execution_id: new_execution_id(),
+            if_exists: options.if_exists,
+        };
+        match self
+            .request(&instance_id, ClientRequestKind::Start(request))
+            .await?
+        {
+            ClientResponse::Started { .. } => Ok(instance_id),
+            ClientResponse::AlreadyExists {
+                rejected: false, ..
+            } => Ok(instance_id),
+            ClientResponse::AlreadyExists { status, .. } => Err(EngineError::AlreadyExists {
+                instance_id,
+                status,
+            }),
+            other => Err(EngineError::InvalidArgument(format!(
+                "unexpected answer to start: {other:?}"
+            ))),
+        }
+    }
+
+    /// The instance's status, or None if it does not exist.
+    pub async fn get_status(
+        &self,
+        instance_id: &str,
+        with_history: bool,
+    ) -> Result<Option<InstanceStatus>, EngineError> {
+        validate_instance_id(instance_id)?;
+        let p = partition_of(instance_id, self.shared.partition_count);
+        match self
+            .read(
+                p,
+                ReadRequest::Status {
+                    instance_id: instance_id.to_string(),
+                    with_history,
+                },
+            )
+            .await?
+        {
+            ReadResponse::Status(s) => Ok(s.map(|b| *b)),
+            ReadResponse::Page(_) => Err(EngineError::InvalidArgument("unexpected page".into())),
+        }
+    }
+
+    async fn wait(
+        &self,
+        instance_id: &str,
+        until: WaitFor,
+        timeout: Duration,
+    ) -> Result<InstanceStatus, EngineError> {
+        validate_instance_id(instance_id)?;
+        let (reply, rx) = oneshot::channel();
+        let p = partition_of(instance_id, self.shared.partition_count);
+        self.shared.send(
+            p,
+            Input::Wait {
+                instance_id: instance_id.to_string(),
+                until,
+                reply,
+            },
+        )?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(r) => r.map_err(|_| EngineError::ShuttingDown)?,
+            Err(_) => Err(EngineError::Timeout(timeout)),
+        }
+    }
+
+    /// Waits until the instance has started running (or finished).
+    pub async fn wait_for_start(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Result<InstanceStatus, EngineError> {
+        self.wait(instance_id, WaitFor::Start, timeout).await
+    }
+
+    /// Waits until the instance is Completed, Failed or Terminated.
+    pub async fn wait_for_completion(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Result<InstanceStatus, EngineError> {
+        self.wait(instance_id, WaitFor::Completion, timeout).await
+    }
+
+    fn expect_ok(&self, instance_id: &str, r: ClientResponse) -> Result<(), EngineError> {
+        match r {
+            ClientResponse::Ok => Ok(()),
+            ClientResponse::NotFound => Err(EngineError::NotFound(instance_id.to_string())),
+            ClientResponse::WrongStatus { status } => Err(EngineError::WrongStatus {
+                instance_id: instance_id.to_string(),
+                status,
+            }),
+            other => Err(EngineError::InvalidArgument(format!(
+                "unexpected answer: {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends an external event to a running instance.
+    pub async fn raise_event<I: Serialize>(
+        &self,
+        instance_id: &str,
+        name: &str,
+        data: &I,
+    ) -> Result<(), EngineError> {
+        self.raise_event_raw(instance_id, name, payload(data)?)
+            .await
+    }
+
+    pub async fn raise_event_raw(
+        &self,
+        instance_id: &str,
+        name: &str,
+        data: Option<String>,
+    ) -> Result<(), EngineError> {
+        validate_instance_id(instance_id)?;
+        if name.is_empty() {
+            return Err(EngineError::InvalidArgument(
+                "event name must not be empty".into(),
+            ));
+        }
+        self.check_payload(&data)?;
+        let r = self
+            .request(
+                instance_id,
+                ClientRequestKind::RaiseEvent {
+                    instance_id: instance_id.to_string(),
+                    name: name.to_string(),
+                    input: data,
+                },
+            )
+            .await?;
+        self.expect_ok(instance_id, r)
+    }
+
+    /// Terminates a running instance; with `recursive`, its running sub-orchestrations too.
+    pub async fn terminate(
+        &self,
+        instance_id: &str,
+        reason: Option<&str>,
+        recursive: bool,
+    ) -> Result<(), EngineError> {
+        validate_instance_id(instance_id)?;
+        let r = self
+            .request(
+                instance_id,
+                ClientRequestKind::Terminate {
+                    instance_id: instance_id.to_string(),
+                    reason: reason.map(String::from),
+                    recursive,
+                },
+            )
+            .await?;
+        self.expect_ok(instance_id, r)
+    }
+
+    /// Suspends a running instance: events queue up until it is resumed.
+    pub async fn suspend(
+        &self,
+        instance_id: &str,
+        reason: Option<&str>,
+    ) -> Result<(), EngineError> {
+        validate_instance_id(instance_id)?;
+        let r = self
+            .request(
+                instance_id,
+                ClientRequestKind::Suspend {
+                    instance_id: instance_id.to_string(),
+                    reason: reason.map(String::from),
+                },
+            )
+            .await?;
+        self.expect_ok(instance_id, r)
+    }
+
+    pub async fn resume(&self, instance_id: &str, reason: Option<&str>) -> Result<(), EngineError> {
+        validate_instance_id(instance_id)?;
+        let r = self
+            .request(
+                instance_id,
+                ClientRequestKind::Resume {
+                    instance_id: instance_id.to_string(),
+                    reason: reason.map(String::from),
+                },
+            )
+            .await?;
+        self.expect_ok(instance_id, r)
+    }
+
+    /// Deletes a terminal instance and its history; returns how many were deleted (0 or 1).
+    pub async fn purge(&self, instance_id: &str) -> Result<u64, EngineError> {
+        validate_instance_id(instance_id)?;
+        match self
+            .request(
+                instance_id,
+                ClientRequestKind::Purge {
+                    instance_ids: vec![instance_id.to_string()],
+                },
+            )
+            .await?
+        {
+            ClientResponse::Purged { count } => Ok(count),
+            other => Err(EngineError::InvalidArgument(format!(
+                "unexpected answer: {other:?}"
+            ))),
+        }
+    }
+
+    /// Deletes every terminal instance matching `filter` (non-terminal ones are never purged).
+    pub async fn purge_by_filter(&self, filter: QueryFilter) -> Result<u64, EngineError> {
+        let mut filter = filter;
+        if filter.statuses.is_empty() {
+            filter.statuses = vec![
+                RuntimeStatus::Completed,
+                RuntimeStatus::Failed,
+                RuntimeStatus::Terminated,
+            ];
+        }
+        filter.statuses.retain(|s| s.is_terminal());
+        let mut total = 0;
+        for p in 0..self.shared.partition_count {
+            let mut after: Option<String> = None;
+            loop {
+                let page = match self
+                    .read(
+                        p,
+                        ReadRequest::Query {
+                            filter: filter.clone(),
+                            after: after.clone(),
+                            limit: 1000,
+                        },
+                    )
+                    .await?
+                {
+                    ReadResponse::Page(v) => v,
+                    ReadResponse::Status(_) => Vec::new(),
+                };
+                if page.is_empty() {
+                    break;
+                }
+                after = page.last().map(|s| s.instance_id.clone());
+                let ids: Vec<String> = page.into_iter().map(|s| s.instance_id).collect();
+                let (reply, rx) = oneshot::channel();
+                self.shared.send(
+                    p,
+                    Input::Client {
+                        kind: ClientRequestKind::Purge { instance_ids: ids },
+                        reply,
+                    },
+                )?;
+                if let ClientResponse::Purged { count } =
+                    rx.await.map_err(|_| EngineError::ShuttingDown)??
+                {
+                    total += count;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Lists instances matching a filter, ordered by instance id, one page at a time.
+    pub async fn query(&self, query: &InstanceQuery) -> Result<QueryPage, EngineError> {
+        let page_size = query.page_size.clamp(1, 10_000);
+        let mut all = Vec::new();
+        let mut asks = Vec::new();
+        for p in 0..self.shared.partition_count {
+            asks.push(self.read(
+                p,
+                ReadRequest::Query {
+                    filter: query.filter.clone(),
+                    after: query.continuation_token.clone(),
+                    limit: page_size + 1,
+                },
+            ));
+        }
+        for r in futures::future::join_all(asks).await {
+            if let ReadResponse::Page(v) = r? {
+                all.extend(v);
+            }
+        }
+        all.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        let more = all.len() > page_size;
+        all.truncate(page_size);
+        if !query.fetch_inputs_and_outputs {
+            all.iter_mut().for_each(InstanceStatus::strip_payloads);
+        }
+        let continuation_token = if more {
+            all.last().map(|s| s.instance_id.clone())
+        } else {
+            None
+        };
+        Ok(QueryPage {
+            instances: all,
+            continuation_token,
+        })
+    }
+}

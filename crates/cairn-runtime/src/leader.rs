@@ -1,0 +1,1063 @@
+//! The partition leader: the shell around one partition's state machine.
+//!
+//! A leader owns its partition's log, checkpoint store, and in-memory state. It turns inputs
+//! (client requests, messages, episode/activity/timer results) into log records, applies them to
+//! the pure state machine, appends them with group commit, and performs the effects.
+//!
+//! ## The speculation rule
+//! Records are applied to the in-memory state *before* they are durable, and work that stays
+//! inside the partition starts at once: episodes run, activities run, timers are armed. A chain
+//! of short steps therefore never waits for an fsync. What **leaves** the partition is held
+//! until the log position that caused it is durable:
+//! * responses to clients (acknowledgements, status reads, query results, completion waits);
+//! * messages to other partitions, and acknowledgements of their messages.
+//!
+//! If the process dies, everything not yet durable is lost *together with* every consequence
+//! that could have been observed: nobody outside saw it. Activities that ran speculatively may
+//! run again after recovery (activities are at-least-once); their results are applied once,
+//! because a result is keyed by an activity id that exists only once in the recovered state.
+//!
+//! This module never decides *what* happens to an instance: that is the state machine's job.
+
+use crate::client::{InstanceStatus, QueryFilter, ReadRequest, ReadResponse, WaitFor};
+use crate::engine::{RecoveryReport, Shared};
+use crate::error::EngineError;
+use crate::registry::ActivityContext;
+use crate::replay::Cursor;
+use cairn_core::*;
+use cairn_storage::log::{GroupCommitLog, LogConfig, SegmentedLog};
+use cairn_storage::store::{CheckpointBatch, PartitionStore};
+use futures::FutureExt;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// Everything a leader reacts to.
+pub(crate) enum Input {
+    Client {
+        kind: ClientRequestKind,
+        reply: Reply<ClientResponse>,
+    },
+    Read {
+        request: ReadRequest,
+        reply: Reply<ReadResponse>,
+    },
+    Wait {
+        instance_id: String,
+        until: WaitFor,
+        reply: Reply<InstanceStatus>,
+    },
+    Messages {
+        from: u32,
+        batch: Vec<(MessageId, Message)>,
+    },
+    Ack {
+        from: u32,
+        up_to: MessageId,
+    },
+    EpisodeDone {
+        instance_id: String,
+        result: Option<EpisodeResult>,
+        cursor: Option<Cursor>,
+    },
+    ActivityDone {
+        activity_id: u64,
+        result: TaskResult,
+    },
+    Durable(u64),
+    Checkpoint(Reply<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Counters a partition exposes (benchmarks, metrics).
+#[derive(Default, Debug)]
+pub struct LeaderStats {
+    pub records: AtomicU64,
+    pub batches: AtomicU64,
+    pub episodes: AtomicU64,
+    pub replays: AtomicU64,
+    pub activities: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub cached_instances: AtomicU64,
+}
+
+/// An effect held back until the log position that caused it is durable.
+enum Held {
+    Respond(Reply<ClientResponse>, ClientResponse),
+    Read(Reply<ReadResponse>, ReadResponse),
+    Status(Reply<InstanceStatus>, InstanceStatus),
+    Changed(InstanceStatus),
+    Send { to: u32 },
+    Ack { to: u32, up_to: MessageId },
+}
+
+struct Waiter {
+    until: WaitFor,
+    reply: Reply<InstanceStatus>,
+}
+
+/// The checkpoint store seen as the state machine's instance source.
+struct StoreSource<'a>(&'a PartitionStore);
+
+impl InstanceSource for StoreSource<'_> {
+    fn load(&self, id: &str) -> Result<Option<InstanceState>, SourceError> {
+        match self.0.get_instance(id) {
+            Ok(Some(bytes)) => InstanceState::decode(&bytes).map(Some).map_err(|e| {
+                SourceError(format!(
+                    "instance '{id}' in the checkpoint store is unreadable: {e}"
+                ))
+            }),
+            Ok(None) => Ok(None),
+            Err(e) => Err(SourceError(e.to_string())),
+        }
+    }
+}
+
+pub(crate) fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// A fresh 32-hex-digit execution id.
+pub(crate) fn new_execution_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+pub(crate) struct Leader {
+    partition: u32,
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Input>,
+    state: PartitionState,
+    store: Arc<PartitionStore>,
+    log: Option<GroupCommitLog>,
+    durable: u64,
+    held: VecDeque<(u64, Held)>,
+    replies: HashMap<u64, Reply<ClientResponse>>,
+    next_request: u64,
+    running: HashSet<String>,
+    cursors: HashMap<String, Cursor>,
+    timers: BTreeSet<(Millis, u64)>,
+    waiters: HashMap<String, Vec<Waiter>>,
+    sent_up_to: HashMap<u32, MessageId>,
+    touched: HashMap<String, u64>,
+    tick: u64,
+    records_since_checkpoint: u64,
+    last_checkpoint: Instant,
+    failed: Option<String>,
+    stats: Arc<LeaderStats>,
+}
+
+impl Leader {
+    /// Loads the last checkpoint and replays the log after it. Blocking (disk reads).
+    pub(crate) fn recover(
+        partition: u32,
+        shared: Arc<Shared>,
+        rx: mpsc::UnboundedReceiver<Input>,
+    ) -> Result<(Leader, RecoveryReport), EngineError> {
+        let storage_err = |message: String| EngineError::Storage { partition, message };
+        let dir = shared
+            .config
+            .data_dir
+            .join("partitions")
+            .join(format!("p{partition:02}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| storage_err(format!("cannot create {}: {e}", dir.display())))?;
+        let store = Arc::new(
+            PartitionStore::open(&dir.join("store.redb"))
+                .map_err(|e| storage_err(e.to_string()))?,
+        );
+        let checkpoint = store
+            .checkpoint_position()
+            .map_err(|e| storage_err(e.to_string()))?;
+        let mut state = match store
+            .load_globals()
+            .map_err(|e| storage_err(e.to_string()))?
+        {
+            Some(bytes) => PartitionState::recover(&bytes)
+                .map_err(|e| storage_err(format!("checkpoint globals are unreadable: {e}")))?,
+            None => PartitionState::new(partition, shared.partition_count),
+        };
+        let log_config = LogConfig {
+            segment_bytes: shared.config.log_segment_bytes,
+            fsync: shared.config.fsync,
+        };
+        let mut log = SegmentedLog::open(&dir.join("log"), log_config)
+            .map_err(|e| storage_err(e.to_string()))?;
+        if log.next_lsn() <= checkpoint {
+            log.set_next_lsn(checkpoint + 1)
+                .map_err(|e| storage_err(e.to_string()))?;
+        }
+        let mut replayed = 0u64;
+        {
+            let source = StoreSource(&store);
+            let reader = log
+                .read_from(checkpoint + 1)
+                .map_err(|e| storage_err(e.to_string()))?;
+            for item in reader {
+                let (lsn, bytes) = item.map_err(|e| storage_err(e.to_string()))?;
+                let record = LogRecord::decode(&bytes).map_err(|e| {
+                    storage_err(format!(
+                        "log record {lsn} cannot be decoded ({e}); it was written by another Cairn version or is damaged"
+                    ))
+                })?;
+                state
+                    .apply(lsn, &record, &source)
+                    .map_err(|e| storage_err(e.to_string()))?;
+                replayed += 1;
+            }
+        }
+        let durable = log.next_lsn() - 1;
+        let stats = shared.stats[partition as usize].clone();
+        let tx = shared.partitions[partition as usize].clone();
+        let log = GroupCommitLog::start_with_notify(
+            log,
+            Box::new(move |lsn| {
+                let _ = tx.send(Input::Durable(lsn));
+            }),
+        );
+        let g = state.globals();
+        let report = RecoveryReport {
+            partition,
+            checkpoint_position: checkpoint,
+            replayed_records: replayed,
+            runnable: g.runnable.len(),
+            activities: g.activities.len(),
+            timers: g.timers.len(),
+            torn_tail_bytes: 0,
+        };
+        let leader = Leader {
+            partition,
+            shared,
+            rx,
+            state,
+            store,
+            log: Some(log),
+            durable,
+            held: VecDeque::new(),
+            replies: HashMap::new(),
+            next_request: 1,
+            running: HashSet::new(),
+            cursors: HashMap::new(),
+            timers: BTreeSet::new(),
+            waiters: HashMap::new(),
+            sent_up_to: HashMap::new(),
+            touched: HashMap::new(),
+            tick: 0,
+            records_since_checkpoint: replayed,
+            last_checkpoint: Instant::now(),
+            failed: None,
+            stats,
+        };
+        Ok((leader, report))
+    }
+
+    /// Stops the log writer of a leader that will never run (another partition failed to open).
+    pub(crate) fn abandon(mut self) {
+        if let Some(log) = self.log.take() {
+            let _ = log.shutdown();
+        }
+    }
+
+    /// Restarts the work the recovered state says is outstanding.
+    fn resume(&mut self) {
+        let g = self.state.globals();
+        let runnable: Vec<String> = g.runnable.iter().cloned().collect();
+        let activities: Vec<u64> = g.activities.keys().copied().collect();
+        let timers: Vec<(Millis, u64)> = g.timers.iter().map(|(id, t)| (t.due, *id)).collect();
+        let destinations = self.state.outbox_destinations();
+        for id in runnable {
+            self.start_episode(&id);
+        }
+        for a in activities {
+            self.start_activity(a);
+        }
+        self.timers.extend(timers);
+        for to in destinations {
+            self.send_outbox(to);
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        self.resume();
+        let mut shutdown: Option<oneshot::Sender<()>> = None;
+        let mut batch: Vec<Input> = Vec::with_capacity(1024);
+        loop {
+            let next_due = self.timers.first().map(|(due, _)| *due);
+            let sleep_for = next_due
+                .map(|due| due.saturating_sub(now_millis()))
+                .unwrap_or(1000)
+                .min(1000);
+            tokio::select! {
+                input = self.rx.recv() => match input {
+                    Some(i) => batch.push(i),
+                    None => break,
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_millis(sleep_for)) => {}
+            }
+            while batch.len() < 4096 {
+                match self.rx.try_recv() {
+                    Ok(i) => batch.push(i),
+                    Err(_) => break,
+                }
+            }
+            for input in batch.iter_mut() {
+                if let Input::Shutdown(_) = input {
+                    if let Input::Shutdown(tx) = std::mem::replace(input, Input::Durable(0)) {
+                        shutdown = Some(tx);
+                    }
+                }
+            }
+            self.process(std::mem::take(&mut batch));
+            self.check_log_failure();
+            self.release();
+            if shutdown.is_some() {
+                break;
+            }
+            if self.records_since_checkpoint >= self.shared.config.checkpoint_every_records
+                || (self.records_since_checkpoint > 0
+                    && self.last_checkpoint.elapsed() >= self.shared.config.checkpoint_interval)
+            {
+                if let Err(e) = self.checkpoint() {
+                    self.fail(format!("checkpoint failed: {e}"));
+                }
+            }
+        }
+        if self.failed.is_none() {
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(partition = self.partition, "final checkpoint failed: {e}");
+            }
+        }
+        self.release();
+        if let Some(log) = self.log.take() {
+            if let Err(e) = tokio::task::block_in_place(|| log.shutdown()) {
+                tracing::error!(partition = self.partition, "closing the log failed: {e}");
+            }
+        }
+        if let Some(tx) = shutdown {
+            let _ = tx.send(());
+        }
+    }
+
+    fn log(&self) -> &GroupCommitLog {
+        // The log is only taken at shutdown, after the loop ends.
+        self.log
+            .as_ref()
+            .expect("log is open while the leader runs")
+    }
+
+    fn storage_error(&self, message: impl Into<String>) -> EngineError {
+        EngineError::Storage {
+            partition: self.partition,
+            message: message.into(),
+        }
+    }
+
+    fn process(&mut self, inputs: Vec<Input>) {
+        let now = now_millis();
+        let mut records: Vec<LogRecord> = Vec::new();
+        let mut reads = Vec::new();
+        let mut waits = Vec::new();
+        let mut checkpoints = Vec::new();
+        let mut acks: HashMap<u32, MessageId> = HashMap::new();
+        let mut episodes_to_retry = Vec::new();
+        for input in inputs {
+            match input {
+                Input::Client { kind, reply } => {
+                    if let Some(f) = &self.failed {
+                        let _ = reply.send(Err(self.storage_error(f.clone())));
+                        continue;
+                    }
+                    let request_id = self.next_request;
+                    self.next_request += 1;
+                    self.replies.insert(request_id, reply);
+                    records.push(LogRecord {
+                        timestamp: now,
+                        event: PartitionEvent::Client(ClientRequest { request_id, kind }),
+                    });
+                }
+                Input::Read { request, reply } => reads.push((request, reply)),
+                Input::Wait {
+                    instance_id,
+                    until,
+                    reply,
+                } => waits.push((instance_id, until, reply)),
+                Input::Messages { from, batch } => records.push(LogRecord {
+                    timestamp: now,
+                    event: PartitionEvent::Messages { from, batch },
+                }),
+                Input::Ack { from, up_to } => {
+                    let e = acks.entry(from).or_insert(up_to);
+                    if up_to > *e {
+                        *e = up_to;
+                    }
+                }
+                Input::EpisodeDone {
+                    instance_id,
+                    result,
+                    cursor,
+                } => {
+                    self.running.remove(&instance_id);
+                    if let Some(c) = cursor {
+                        if self.shared.config.cache_orchestrators {
+                            self.cursors.insert(instance_id.clone(), c);
+                        }
+                    }
+                    match result {
+                        Some(r) => records.push(LogRecord {
+                            timestamp: now,
+                            event: PartitionEvent::EpisodeCompleted(r),
+                        }),
+                        None => episodes_to_retry.push(instance_id),
+                    }
+                }
+                Input::ActivityDone {
+                    activity_id,
+                    result,
+                } => records.push(LogRecord {
+                    timestamp: now,
+                    event: PartitionEvent::ActivityCompleted {
+                        activity_id,
+                        result,
+                    },
+                }),
+                Input::Durable(lsn) => self.durable = self.durable.max(lsn),
+                Input::Checkpoint(reply) => checkpoints.push(reply),
+                Input::Shutdown(_) => {}
+            }
+        }
+        for (to, up_to) in acks {
+            records.push(LogRecord {
+                timestamp: now,
+                event: PartitionEvent::OutboxAck { to, up_to },
+            });
+        }
+        while let Some(&(due, timer_id)) = self.timers.first() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            if self.state.timer(timer_id).is_some() {
+                records.push(LogRecord {
+                    timestamp: now,
+                    event: PartitionEvent::TimerFired { timer_id },
+                });
+            }
+        }
+        if !records.is_empty() && self.failed.is_none() {
+            self.commit(records);
+        }
+        for id in episodes_to_retry {
+            self.start_episode(&id);
+        }
+        for (request, reply) in reads {
+            let result = self.read(request);
+            match result {
+                Ok(r) => self.hold(Held::Read(reply, r)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        for (instance_id, until, reply) in waits {
+            self.register_waiter(instance_id, until, reply);
+        }
+        for reply in checkpoints {
+            let r = self.checkpoint();
+            let _ = reply.send(r);
+        }
+    }
+
+    /// Applies records to the state machine, appends them to the log, performs effects.
+    fn commit(&mut self, records: Vec<LogRecord>) {
+        let base = self.log().next_lsn();
+        let mut payloads = Vec::with_capacity(records.len());
+        let mut effects = Vec::new();
+        let store = self.store.clone();
+        let source = StoreSource(&store);
+        for (i, record) in records.iter().enumerate() {
+            let position = base + i as u64;
+            payloads.push(record.encode());
+            match self.state.apply(position, record, &source) {
+                Ok(e) => effects.push((position, e)),
+                Err(e) => {
+                    self.fail(format!("applying record {position} failed: {e}"));
+                    return;
+                }
+            }
+        }
+        let count = payloads.len() as u64;
+        if let Err(e) = self.log().append_batch(payloads) {
+            self.fail(format!("appending to the log failed: {e}"));
+            return;
+        }
+        self.records_since_checkpoint += count;
+        self.stats.records.fetch_add(count, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        // Effects run after the whole batch is applied, so snapshots taken for waiters reflect the
+        // batch's last position: hold them until that position is durable.
+        let last = base + count - 1;
+        for (position, effects) in effects {
+            for effect in effects {
+                self.effect(position, last, effect);
+            }
+        }
+    }
+
+    fn effect(&mut self, position: u64, batch_end: u64, effect: Effect) {
+        match effect {
+            Effect::RunEpisode(id) => self.start_episode(&id),
+            Effect::StartActivity(a) => self.start_activity(a),
+            Effect::ScheduleTimer { timer_id, due } => {
+                self.timers.insert((due, timer_id));
+            }
+            Effect::SendMessages { to } => self.held.push_back((position, Held::Send { to })),
+            Effect::AckMessages { to, up_to } => {
+                self.held.push_back((position, Held::Ack { to, up_to }))
+            }
+            Effect::Respond {
+                request_id,
+                response,
+            } => {
+                if let Some(reply) = self.replies.remove(&request_id) {
+                    self.held
+                        .push_back((position, Held::Respond(reply, response)));
+                }
+            }
+            Effect::InstanceChanged(id) => {
+                if self.waiters.contains_key(&id) {
+                    if let Some(status) = self.snapshot(&id, false) {
+                        self.held.push_back((batch_end, Held::Changed(status)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Holds an answer until everything applied so far is durable.
+    fn hold(&mut self, held: Held) {
+        let position = self.state.position();
+        self.held.push_back((position, held));
+    }
+
+    /// Releases held effects whose position is durable.
+    fn release(&mut self) {
+        while let Some((position, _)) = self.held.front() {
+            if *position > self.durable {
+                break;
+            }
+            let Some((_, held)) = self.held.pop_front() else {
+                break;
+            };
+            match held {
+                Held::Respond(reply, response) => {
+                    let _ = reply.send(Ok(response));
+                }
+                Held::Read(reply, response) => {
+                    let _ = reply.send(Ok(response));
+                }
+                Held::Status(reply, status) => {
+                    let _ = reply.send(Ok(status));
+                }
+                Held::Changed(status) => self.notify_waiters(status),
+                Held::Send { to } => self.send_outbox(to),
+                Held::Ack { to, up_to } => {
+                    let _ = self.shared.send(
+                        to,
+                        Input::Ack {
+                            from: self.partition,
+                            up_to,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends durable, not-yet-sent outbox messages to partition `to`.
+    fn send_outbox(&mut self, to: u32) {
+        let after = self.sent_up_to.get(&to).copied();
+        let durable = self.durable;
+        let batch: Vec<(MessageId, Message)> = self
+            .state
+            .outbox(to)
+            .filter(|(id, _)| after.is_none_or(|a| *id > a) && id.position <= durable)
+            .cloned()
+            .collect();
+        if let Some((last, _)) = batch.last() {
+            self.sent_up_to.insert(to, *last);
+            let _ = self.shared.send(
+                to,
+                Input::Messages {
+                    from: self.partition,
+                    batch,
+                },
+            );
+        }
+    }
+
+    fn check_log_failure(&mut self) {
+        if self.failed.is_none() {
+            if let Some(f) = self.log.as_ref().and_then(|l| l.failure()) {
+                self.fail(format!("the log cannot be written: {f}"));
+            }
+        }
+    }
+
+    /// Stops accepting writes: answers everything waiting with the error.
+    fn fail(&mut self, message: String) {
+        tracing::error!(
+            partition = self.partition,
+            "partition stopped accepting writes: {message}"
+        );
+        self.failed = Some(message.clone());
+        for (_, held) in self.held.drain(..) {
+            let err = EngineError::Storage {
+                partition: self.partition,
+                message: message.clone(),
+            };
+            match held {
+                Held::Respond(reply, _) => {
+                    let _ = reply.send(Err(err));
+                }
+                Held::Read(reply, _) => {
+                    let _ = reply.send(Err(err));
+                }
+                Held::Status(reply, _) => {
+                    let _ = reply.send(Err(err));
+                }
+                _ => {}
+            }
+        }
+        for (_, reply) in self.replies.drain() {
+            let _ = reply.send(Err(EngineError::Storage {
+                partition: self.partition,
+                message: message.clone(),
+            }));
+        }
+    }
+
+    fn start_episode(&mut self, id: &str) {
+        if self.running.contains(id) || self.failed.is_some() {
+            return;
+        }
+        if !self.state.globals().runnable.contains(id) {
+            return;
+        }
+        let store = self.store.clone();
+        let inst = match self.state.get(id, &StoreSource(&store)) {
+            Ok(Some(i)) => i,
+            Ok(None) => return,
+            Err(e) => {
+                self.fail(e.to_string());
+                return;
+            }
+        };
+        let s = &inst.state;
+        let execution_id = s.execution_id.clone();
+        let name = s.name.clone();
+        let history_len = s.history_len;
+        let persisted = inst.persisted_len();
+        let tail = inst.tail.clone();
+        let new_events = s.pending.clone();
+        self.running.insert(id.to_string());
+        self.tick += 1;
+        self.touched.insert(id.to_string(), self.tick);
+        let cursor = self
+            .cursors
+            .remove(id)
+            .filter(|c| c.execution_id == execution_id && c.history_len == history_len);
+        if cursor.is_none() {
+            self.stats.replays.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.episodes.fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        let instance_id = id.to_string();
+        let tx = self.shared.partitions[self.partition as usize].clone();
+        tokio::spawn(async move {
+            let _permit = shared.orchestration_permits.clone().acquire_owned().await;
+            let started_at = now_millis();
+            let mut episode = EpisodeResult {
+                instance_id: instance_id.clone(),
+                execution_id: execution_id.clone(),
+                history_len,
+                consumed: new_events.len() as u32,
+                started_at,
+                actions: Vec::new(),
+                custom_status: None,
+            };
+            let fail =
+                |f: FailureDetails| vec![Action::Complete(Completion::Failed { failure: f })];
+            let mut cursor_out = None;
+            match shared.registry.get_orchestration(&name) {
+                None => episode.actions = fail(shared.registry.orchestration_not_found(&name)),
+                Some(func) => {
+                    let cursor = match cursor {
+                        Some(c) => Ok(c),
+                        None => {
+                            let past = match read_history(&store, &instance_id, persisted, tail) {
+                                Some(p) => p,
+                                None => {
+                                    // The instance changed under us; let the leader look again.
+                                    let _ = tx.send(Input::EpisodeDone {
+                                        instance_id,
+                                        result: None,
+                                        cursor: None,
+                                    });
+                                    return;
+                                }
+                            };
+                            Cursor::rebuild(func.clone(), &instance_id, &execution_id, &name, &past)
+                        }
+                    };
+                    match cursor {
+                        Ok(mut cursor) => {
+                            let out = cursor.run_episode(&new_events, started_at);
+                            episode.actions = out.actions;
+                            episode.custom_status = out.custom_status;
+                            if !cursor.is_finished() {
+                                cursor_out = Some(cursor);
+                            }
+                        }
+                        Err(f) => episode.actions = fail(f),
+                    }
+                }
+            }
+            let limit = shared.config.max_payload_bytes;
+            for action in episode.actions.iter_mut() {
+                match action {
+                    Action::CreateSubOrchestration { execution_id, .. } => {
+                        *execution_id = new_execution_id()
+                    }
+                    Action::Complete(Completion::ContinuedAsNew {
+                        new_execution_id: e,
+                        ..
+                    }) => *e = new_execution_id(),
+                    _ => {}
+                }
+            }
+            if let Some(f) = oversized_action(&episode.actions, limit) {
+                episode.actions = fail(f);
+                cursor_out = None;
+            }
+            let _ = tx.send(Input::EpisodeDone {
+                instance_id,
+                result: Some(episode),
+                cursor: cursor_out,
+            });
+        });
+    }
+
+    fn start_activity(&mut self, activity_id: u64) {
+        let Some(item) = self.state.activity(activity_id).cloned() else {
+            return;
+        };
+        self.stats.activities.fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        let tx = self.shared.partitions[self.partition as usize].clone();
+        tokio::spawn(async move {
+            let _permit = shared.activity_permits.clone().acquire_owned().await;
+            let result = match shared.registry.get_activity(&item.name) {
+                None => Err(shared.registry.activity_not_found(&item.name)),
+                Some(f) => {
+                    let ctx = ActivityContext {
+                        instance_id: item.instance_id.clone(),
+                        name: item.name.clone(),
+                        task_id: item.task_id,
+                    };
+                    match AssertUnwindSafe(f(ctx, item.input.clone()))
+                        .catch_unwind()
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(FailureDetails::new(
+                            "Panic",
+                            format!("activity '{}' panicked", item.name),
+                        )),
+                    }
+                }
+            };
+            let limit = shared.config.max_payload_bytes;
+            let result = match result {
+                Ok(Some(s)) if s.len() > limit => Err(FailureDetails::new(
+                    "PayloadTooLarge",
+                    format!(
+                        "activity '{}' returned {} bytes; the limit is {limit} bytes (max_payload_bytes)",
+                        item.name,
+                        s.len()
+                    ),
+                )
+                .non_retriable()),
+                r => r,
+            };
+            let _ = tx.send(Input::ActivityDone {
+                activity_id,
+                result,
+            });
+        });
+    }
+
+    /// A status snapshot of an instance as the state machine sees it now.
+    fn snapshot(&mut self, id: &str, with_history: bool) -> Option<InstanceStatus> {
+        let store = self.store.clone();
+        let inst = self.state.get(id, &StoreSource(&store)).ok()??;
+        let mut status = InstanceStatus::from_state(&inst.state);
+        if with_history {
+            status.history = read_history(&store, id, inst.persisted_len(), inst.tail.clone());
+        }
+        Some(status)
+    }
+
+    fn read(&mut self, request: ReadRequest) -> Result<ReadResponse, EngineError> {
+        match request {
+            ReadRequest::Status {
+                instance_id,
+                with_history,
+            } => {
+                let found = self.snapshot(&instance_id, with_history);
+                self.tick += 1;
+                if found.is_some() {
+                    self.touched.insert(instance_id, self.tick);
+                }
+                Ok(ReadResponse::Status(found.map(Box::new)))
+            }
+            ReadRequest::Query {
+                filter,
+                after,
+                limit,
+            } => self.query(&filter, after.as_deref(), limit),
+        }
+    }
+
+    fn query(
+        &mut self,
+        filter: &QueryFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ReadResponse, EngineError> {
+        let mut found: Vec<InstanceStatus> = Vec::new();
+        let state = &self.state;
+        let mut scan_error = None;
+        let mut visit = |id: &str, bytes: &[u8]| -> bool {
+            if state.is_resident(id) {
+                return true; // memory has the current version
+            }
+            match InstanceState::decode(bytes) {
+                Ok(s) => {
+                    if filter.matches(&s) {
+                        found.push(InstanceStatus::from_state(&s));
+                    }
+                }
+                Err(e) => {
+                    scan_error = Some(format!("instance '{id}' in the store is unreadable: {e}"));
+                    return false;
+                }
+            }
+            found.len() < limit
+        };
+        self.store
+            .scan_instances(after, filter.instance_id_prefix.as_deref(), &mut visit)
+            .map_err(|e| self.storage_error(e.to_string()))?;
+        if let Some(e) = scan_error {
+            return Err(self.storage_error(e));
+        }
+        for id in self.state.loaded_ids() {
+            if after.is_some_and(|a| id.as_str() <= a) {
+                continue;
+            }
+            if let Some(inst) = self.state.loaded(id) {
+                if filter.matches(&inst.state) {
+                    found.push(InstanceStatus::from_state(&inst.state));
+                }
+            }
+        }
+        found.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        found.truncate(limit);
+        Ok(ReadResponse::Page(found))
+    }
+
+    fn register_waiter(
+        &mut self,
+        instance_id: String,
+        until: WaitFor,
+        reply: Reply<InstanceStatus>,
+    ) {
+        if let Some(status) = self.snapshot(&instance_id, false) {
+            if until.satisfied_by(status.status) {
+                self.hold(Held::Status(reply, status));
+                return;
+            }
+        }
+        self.waiters
+            .entry(instance_id)
+            .or_default()
+            .push(Waiter { until, reply });
+    }
+
+    fn notify_waiters(&mut self, status: InstanceStatus) {
+        let Some(list) = self.waiters.remove(&status.instance_id) else {
+            return;
+        };
+        let mut keep = Vec::new();
+        for w in list {
+            if w.reply.is_closed() {
+                continue;
+            }
+            if w.until.satisfied_by(status.status) {
+                let _ = w.reply.send(Ok(status.clone()));
+            } else {
+                keep.push(w);
+            }
+        }
+        if !keep.is_empty() {
+            self.waiters.insert(status.instance_id.clone(), keep);
+        }
+    }
+
+    /// Writes everything changed since the last checkpoint to the store, then truncates the
+    /// log segments the checkpoint covers and trims the instance cache.
+    fn checkpoint(&mut self) -> Result<(), EngineError> {
+        if let Some(f) = &self.failed {
+            return Err(self.storage_error(f.clone()));
+        }
+        let log = self.log.as_ref().ok_or(EngineError::ShuttingDown)?;
+        let durable = tokio::task::block_in_place(|| log.flush_blocking())
+            .map_err(|e| self.storage_error(e.to_string()))?;
+        self.durable = self.durable.max(durable);
+        let data = self.state.checkpoint();
+        let position = data.position;
+        let batch = CheckpointBatch {
+            position,
+            globals: data.globals,
+            instance_puts: data.puts,
+            instance_deletes: data.deletes,
+            history_truncates: data.history_resets,
+            history_appends: data.history_appends,
+        };
+        tokio::task::block_in_place(|| self.store.write_checkpoint(&batch))
+            .map_err(|e| self.storage_error(e.to_string()))?;
+        if let Some(log) = self.log.as_ref() {
+            if let Err(e) = tokio::task::block_in_place(|| log.truncate_before(position + 1)) {
+                tracing::warn!(
+                    partition = self.partition,
+                    "log truncation failed (will retry next checkpoint): {e}"
+                );
+            }
+        }
+        self.records_since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.trim_cache();
+        Ok(())
+    }
+
+    /// Evicts least recently used clean instances (and their cursors) beyond the cache budget.
+    fn trim_cache(&mut self) {
+        let budget = self.shared.config.instance_cache_mb * 1024 * 1024
+            / self.shared.partition_count as usize;
+        let ids: Vec<String> = self.state.loaded_ids().cloned().collect();
+        let mut total = 0usize;
+        let mut candidates = Vec::new();
+        for id in ids {
+            let size = self.state.footprint(&id)
+                + if self.cursors.contains_key(&id) {
+                    4096
+                } else {
+                    0
+                };
+            total += size;
+            let busy = self.running.contains(&id)
+                || self.state.globals().runnable.contains(&id)
+                || self.state.is_dirty(&id);
+            if !busy {
+                candidates.push((self.touched.get(&id).copied().unwrap_or(0), size, id));
+            }
+        }
+        if total > budget {
+            candidates.sort();
+            for (_, size, id) in candidates {
+                if total <= budget * 8 / 10 {
+                    break;
+                }
+                if self.state.evict(&id) {
+                    self.cursors.remove(&id);
+                    self.touched.remove(&id);
+                    total = total.saturating_sub(size);
+                }
+            }
+        }
+        // Instances known absent are cheap but unbounded in number: forget them too.
+        self.stats
+            .cached_instances
+            .store(self.state.loaded_ids().count() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Reads the first `persisted` history rows from the store and appends the in-memory tail.
+/// None if the store no longer has them (the instance was restarted or purged meanwhile).
+fn read_history(
+    store: &PartitionStore,
+    id: &str,
+    persisted: u32,
+    tail: Vec<HistoryEvent>,
+) -> Option<Vec<HistoryEvent>> {
+    let mut events = Vec::with_capacity(persisted as usize + tail.len());
+    if persisted > 0 {
+        let rows = store.read_history(id).ok()?;
+        if rows.len() < persisted as usize {
+            return None;
+        }
+        for row in rows.iter().take(persisted as usize) {
+            events.push(cairn_core::partition::decode_history_event(row).ok()?);
+        }
+    }
+    events.extend(tail);
+    Some(events)
+}
+
+/// A failure if an action carries a payload over the limit.
+fn oversized_action(actions: &[Action], limit: usize) -> Option<FailureDetails> {
+    for a in actions {
+        let (what, len) = match a {
+            Action::ScheduleTask { input, name, .. } => (
+                format!("input of activity '{name}'"),
+                input.as_ref().map_or(0, |s| s.len()),
+            ),
+            Action::CreateSubOrchestration { input, name, .. } => (
+                format!("input of sub-orchestration '{name}'"),
+                input.as_ref().map_or(0, |s| s.len()),
+            ),
+            Action::SendEvent { input, name, .. } => (
+                format!("data of event '{name}'"),
+                input.as_ref().map_or(0, |s| s.len()),
+            ),
+            Action::Complete(Completion::Completed { result }) => (
+                "orchestration output".to_string(),
+                result.as_ref().map_or(0, |s| s.len()),
+            ),
+            Action::Complete(Completion::ContinuedAsNew { input, .. }) => (
+                "continue-as-new input".to_string(),
+                input.as_ref().map_or(0, |s| s.len()),
+            ),
+            _ => continue,
+        };
+        if len > limit {
+            return Some(
+                FailureDetails::new(
+                    "PayloadTooLarge",
+                    format!(
+                        "{what} is {len} bytes; the limit is {limit} bytes (max_payload_bytes)"
+                    ),
+                )
+                .non_retriable(),
+            );
+        }
+    }
+    None
+}

@@ -1,0 +1,41 @@
+//! # cairn-runtime: the engine and its Rust API
+//!
+//! * [`orchestration`] and [`registry`]: what users write (orchestrators, activities);
+//! * [`replay`]: runs orchestrator code over history (with cached live cursors);
+//! * [`engine`]: opens a task hub, recovers partitions, wires them together;
+//! * `leader`: the per-partition shell (commit, speculation, effects, checkpoints);
+//! * [`client`]: start, query, signal and manage instances.
+//!
+//! ```no_run
+//! use cairn_runtime::{Engine, EngineConfig, Registry, OrchestrationContext, TaskError};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = Registry::new()
+//!     .activity("greet", |_ctx, name: String| async move { Ok::<_, TaskError>(format!("Hello, {name}!")) })
+//!     .orchestration("hello", |ctx: OrchestrationContext, name: String| async move {
+//!         ctx.call_activity::<_, String>("greet", name).await
+//!     });
+//! let engine = Engine::open(EngineConfig::default(), registry).await?;
+//! let client = engine.client();
+//! let id = client.start("hello", &"Cairn").await?;
+//! let done = client.wait_for_completion(&id, std::time::Duration::from_secs(10)).await?;
+//! assert_eq!(done.output::<String>()?, "Hello, Cairn!");
+//! engine.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod engine;
+pub mod error;
+mod leader;
+pub mod orchestration;
+pub mod registry;
+pub mod replay;
+
+pub use cairn_core::{EventKind, ExistingPolicy, FailureDetails, HistoryEvent, RuntimeStatus};
+pub use client::{Client, InstanceQuery, InstanceStatus, QueryFilter, QueryPage, StartOptions};
+pub use engine::{Engine, EngineConfig, RecoveryReport};
+pub use error::{EngineError, TaskError};
+pub use futures::future::Either;
+pub use leader::LeaderStats;
+pub use orchestration::{DurableFuture, OrchestrationContext, RetryPolicy};
+pub use registry::{ActivityContext, Registry};

@@ -1,0 +1,294 @@
+//! # The embedded checkpoint store
+//!
+//! One redb database file per partition holds the partition's checkpoint: its state as of a log
+//! position. This module owns that file's schema and the atomicity of a checkpoint; it deals in
+//! bytes only (the runtime serializes its own types) and must never be written except through
+//! [`PartitionStore::write_checkpoint`], so that the state on disk is always exactly the state
+//! after some log position.
+//!
+//! ## Schema
+//!
+//! | table       | key                | value                                   |
+//! |-------------|--------------------|-----------------------------------------|
+//! | `instances` | `&str` instance id | instance state blob                     |
+//! | `history`   | `(&str, u32)`      | history event bytes, by (id, seq)       |
+//! | `meta`      | `&str`             | `position` (u64 LE), `globals` (blob)   |
+//!
+//! Reads run in their own read transactions (redb MVCC), so they proceed while a checkpoint is
+//! being written and see either the old or the new checkpoint, never a mix.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+
+const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
+const HISTORY: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("history");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const META_POSITION: &str = "position";
+const META_GLOBALS: &str = "globals";
+
+/// ENOSPC on Linux and the other Unixes Cairn runs on.
+const ENOSPC: i32 = 28;
+
+/// Everything that can go wrong with the checkpoint store.
+#[derive(thiserror::Error, Debug)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error(
+        "cannot open the checkpoint store {}: {source}. If another process has this partition \
+         open, stop it; if the file is not a Cairn checkpoint store or is damaged, move it away \
+         and restore it from backup",
+        path.display()
+    )]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// A read or write failed at the storage level.
+    #[error("{0}")]
+    Io(String),
+    /// The store's content is damaged or not what this version of Cairn wrote.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// A checkpoint to write atomically: everything the partition changed since the previous one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointBatch {
+    /// Log position the checkpoint covers (records up to and including it are applied).
+    pub position: u64,
+    /// The partition's global state blob (replaces the previous one).
+    pub globals: Vec<u8>,
+    /// Instance states to write (insert or replace).
+    pub instance_puts: Vec<(String, Vec<u8>)>,
+    /// Instances to delete; applied after the puts, so an id in both ends up deleted. Their
+    /// history is only deleted if the id is also in `history_truncates`.
+    pub instance_deletes: Vec<String>,
+    /// Instances whose whole history is deleted; applied before `history_appends`.
+    pub history_truncates: Vec<String>,
+    /// History rows `(instance id, seq, event bytes)` to write.
+    pub history_appends: Vec<(String, u32, Vec<u8>)>,
+}
+
+/// The checkpoint store of one partition. `Send + Sync`: share it with an `Arc`.
+pub struct PartitionStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for PartitionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartitionStore {
+    /// Opens the store at `path`, creating it (and its tables) if missing. A file that is not a
+    /// redb database, or is damaged, is a [`StoreError`], never a panic.
+    pub fn open(path: &Path) -> Result<PartitionStore, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Io(format!(
+                    "cannot create the directory {} for the checkpoint store: {e}",
+                    parent.display()
+                ))
+            })?;
+        }
+        let db = Database::create(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let store = PartitionStore {
+            db,
+            path: path.to_path_buf(),
+        };
+        // Create the tables once so that readers never meet a missing table.
+        let txn = store
+            .db
+            .begin_write()
+            .map_err(|e| store.err("creating the tables", e))?;
+        {
+            txn.open_table(INSTANCES)
+                .map_err(|e| store.err("creating the tables", e))?;
+            txn.open_table(HISTORY)
+                .map_err(|e| store.err("creating the tables", e))?;
+            txn.open_table(META)
+                .map_err(|e| store.err("creating the tables", e))?;
+        }
+        txn.commit()
+            .map_err(|e| store.err("creating the tables", e))?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Log position of the last checkpoint; 0 if there was none.
+    pub fn checkpoint_position(&self) -> Result<u64, StoreError> {
+        let ctx = "reading the checkpoint position";
+        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
+        let meta = txn.open_table(META).map_err(|e| self.err(ctx, e))?;
+        let Some(v) = meta.get(META_POSITION).map_err(|e| self.err(ctx, e))? else {
+            return Ok(0);
+        };
+        let bytes: [u8; 8] = v.value().try_into().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "checkpoint store {}: the stored position is {} bytes instead of 8; the file is \
+                 damaged or was not written by Cairn: restore it from backup",
+                self.path.display(),
+                v.value().len()
+            ))
+        })?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// The partition's global state blob from the last checkpoint.
+    pub fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let ctx = "reading the global state";
+        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
+        let meta = txn.open_table(META).map_err(|e| self.err(ctx, e))?;
+        let v = meta.get(META_GLOBALS).map_err(|e| self.err(ctx, e))?;
+        Ok(v.map(|v| v.value().to_vec()))
+    }
+
+    /// The state blob of instance `id`.
+    pub fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let ctx = "reading an instance";
+        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
+        let t = txn.open_table(INSTANCES).map_err(|e| self.err(ctx, e))?;
+        let v = t.get(id).map_err(|e| self.err(ctx, e))?;
+        Ok(v.map(|v| v.value().to_vec()))
+    }
+
+    /// All history rows of `id`, ordered by seq.
+    pub fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let ctx = "reading a history";
+        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
+        let t = txn.open_table(HISTORY).map_err(|e| self.err(ctx, e))?;
+        let mut out = Vec::new();
+        for row in t
+            .range((id, 0u32)..=(id, u32::MAX))
+            .map_err(|e| self.err(ctx, e))?
+        {
+            let (_, v) = row.map_err(|e| self.err(ctx, e))?;
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Calls `f(id, state)` for instances in ascending id order, starting after `start_after`
+    /// (exclusive) and restricted to ids starting with `prefix`, until `f` returns `false`.
+    /// Runs in one read transaction, so it sees one consistent checkpoint.
+    pub fn scan_instances(
+        &self,
+        start_after: Option<&str>,
+        prefix: Option<&str>,
+        f: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let ctx = "scanning instances";
+        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
+        let t = txn.open_table(INSTANCES).map_err(|e| self.err(ctx, e))?;
+        let prefix = prefix.unwrap_or("");
+        // Start at whichever is later: just after `start_after`, or at the prefix.
+        let lower: Bound<&str> = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let range = t
+            .range::<&str>((lower, Bound::Unbounded))
+            .map_err(|e| self.err(ctx, e))?;
+        for row in range {
+            let (k, v) = row.map_err(|e| self.err(ctx, e))?;
+            let id = k.value();
+            // Keys are sorted, so the first one without the prefix ends the prefix's range.
+            if !id.starts_with(prefix) {
+                break;
+            }
+            if !f(id, v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of instances in the last checkpoint.
+    pub fn instance_count(&self) -> Result<u64, StoreError> {
+        let ctx = "counting instances";
+        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
+        let t = txn.open_table(INSTANCES).map_err(|e| self.err(ctx, e))?;
+        t.len().map_err(|e| self.err(ctx, e))
+    }
+
+    /// Writes `batch` in ONE write transaction with a durable commit: either all of it is in
+    /// the store after a crash, or none of it. Order inside the transaction: position, globals,
+    /// history truncates, history appends, instance puts, instance deletes.
+    pub fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError> {
+        let ctx = "writing a checkpoint";
+        let txn = self.db.begin_write().map_err(|e| self.err(ctx, e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.err(ctx, e))?;
+            meta.insert(META_POSITION, batch.position.to_le_bytes().as_slice())
+                .map_err(|e| self.err(ctx, e))?;
+            meta.insert(META_GLOBALS, batch.globals.as_slice())
+                .map_err(|e| self.err(ctx, e))?;
+
+            let mut history = txn.open_table(HISTORY).map_err(|e| self.err(ctx, e))?;
+            // Truncates first: a history that is reset and restarted in the same checkpoint
+            // (continue-as-new) must keep its new rows.
+            for id in &batch.history_truncates {
+                let id = id.as_str();
+                history
+                    .retain_in((id, 0u32)..=(id, u32::MAX), |_, _| false)
+                    .map_err(|e| self.err(ctx, e))?;
+            }
+            for (id, seq, event) in &batch.history_appends {
+                history
+                    .insert((id.as_str(), *seq), event.as_slice())
+                    .map_err(|e| self.err(ctx, e))?;
+            }
+
+            let mut instances = txn.open_table(INSTANCES).map_err(|e| self.err(ctx, e))?;
+            for (id, state) in &batch.instance_puts {
+                instances
+                    .insert(id.as_str(), state.as_slice())
+                    .map_err(|e| self.err(ctx, e))?;
+            }
+            for id in &batch.instance_deletes {
+                instances
+                    .remove(id.as_str())
+                    .map_err(|e| self.err(ctx, e))?;
+            }
+        }
+        // Durability defaults to Immediate: commit returns after the data is synced.
+        txn.commit().map_err(|e| self.err(ctx, e))
+    }
+
+    /// Maps a redb error to a [`StoreError`] that names the file and the operation.
+    fn err(&self, ctx: &str, e: impl Into<redb::Error>) -> StoreError {
+        let e: redb::Error = e.into();
+        let path = self.path.display();
+        match e {
+            redb::Error::Corrupted(msg) => StoreError::Corrupt(format!(
+                "checkpoint store {path} is corrupt ({ctx}): {msg}. Restore it from backup"
+            )),
+            redb::Error::Io(io) if io.raw_os_error() == Some(ENOSPC) => StoreError::Io(format!(
+                "disk full while {ctx} in checkpoint store {path}: {io}. The previous checkpoint \
+                 is intact; free space, then checkpointing can resume"
+            )),
+            redb::Error::Io(io) => StoreError::Io(format!(
+                "I/O error while {ctx} in checkpoint store {path}: {io}. Check the disk and \
+                 permissions, then restart the partition"
+            )),
+            other => StoreError::Io(format!(
+                "checkpoint store {path} failed while {ctx}: {other}"
+            )),
+        }
+    }
+}
