@@ -343,6 +343,35 @@ fn incomplete_header_of_the_last_segment_is_repaired() {
     assert_eq!(read_all(&log, 1), expected(1..=last_first + 3));
 }
 
+#[test]
+fn a_never_synced_last_segment_full_of_zeros_is_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = SegmentedLog::open(dir.path(), cfg(100)).unwrap();
+        append_range(&mut log, 1..=20);
+        log.sync().unwrap();
+    }
+    let files = segment_files(dir.path());
+    let last = files.last().unwrap();
+    let last_first = first_lsn_of(last);
+    let len = fs::metadata(last).unwrap().len() as usize;
+    // The file's size reached the disk but its data blocks did not.
+    for content in [vec![0u8; len], [&b"CAIRN"[..], &vec![0u8; len]].concat()] {
+        fs::write(last, &content).unwrap();
+        let mut log = SegmentedLog::open(dir.path(), cfg(100)).unwrap();
+        assert_eq!(log.next_lsn(), last_first);
+        assert_eq!(read_all(&log, 1), expected(1..=last_first - 1));
+        append_range(&mut log, last_first..=last_first);
+        log.sync().unwrap();
+    }
+    // Zeros in a segment that is not the last are not a crash artefact.
+    fs::write(&files[0], vec![0u8; 64]).unwrap();
+    assert!(matches!(
+        SegmentedLog::open(dir.path(), cfg(100)),
+        Err(LogError::BadHeader { .. })
+    ));
+}
+
 /// Offsets of each frame in a segment file (from the documented layout).
 fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
     let mut offs = Vec::new();

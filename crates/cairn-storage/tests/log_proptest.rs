@@ -1,6 +1,8 @@
 //! Model-based property test: random sequences of append / sync / reopen / truncate /
 //! set_next_lsn against an in-memory model of what the log must hold.
 
+use std::path::{Path, PathBuf};
+
 use cairn_storage::log::{LogConfig, SegmentedLog};
 use proptest::prelude::*;
 
@@ -14,6 +16,19 @@ enum Op {
     Truncate(u16),
     /// If the log is empty, continue it `n` LSNs later.
     SetNextLsn(u16),
+    /// Process crash (buffered appends are lost), then the unsynced part of the last segment
+    /// is cut at a fraction `cut / 255` of its length and `garbage` bytes are appended.
+    Crash {
+        cut: u8,
+        garbage: Garbage,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Garbage {
+    None,
+    Zeros(u8),
+    Pattern(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -24,7 +39,24 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Reopen),
         2 => (0u16..120).prop_map(Op::Truncate),
         1 => (0u16..50).prop_map(Op::SetNextLsn),
+        2 => (any::<u8>(), prop_oneof![
+            Just(Garbage::None),
+            (1u8..40).prop_map(Garbage::Zeros),
+            (1u8..40).prop_map(Garbage::Pattern),
+        ]).prop_map(|(cut, garbage)| Op::Crash { cut, garbage }),
     ]
+}
+
+fn last_segment(dir: &Path) -> Option<(PathBuf, u64)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    let last = files.pop()?;
+    let len = std::fs::metadata(&last).unwrap().len();
+    Some((last, len))
 }
 
 fn read_all(log: &SegmentedLog) -> Vec<(u64, Vec<u8>)> {
@@ -50,6 +82,8 @@ proptest! {
         let mut next = 1u64;
         // Everything up to here was synced and must survive any reopen.
         let mut synced = 0u64;
+        // The last segment and its length at the last sync: a crash only damages what follows.
+        let mut synced_tail: Option<(PathBuf, u64)> = None;
 
         for op in ops {
             match op {
@@ -69,6 +103,41 @@ proptest! {
                 Op::Sync => {
                     log.sync().unwrap();
                     synced = next - 1;
+                    synced_tail = last_segment(dir.path());
+                }
+                Op::Crash { cut, garbage } => {
+                    let first_before = log.first_lsn();
+                    // A crash: buffered appends never reach the OS.
+                    std::mem::forget(log);
+                    if let Some((path, len)) = last_segment(dir.path()) {
+                        let base = match &synced_tail {
+                            Some((p, l)) if *p == path => *l,
+                            _ => 0,
+                        };
+                        let keep = base + (len - base) * u64::from(cut) / 255;
+                        let mut bytes = std::fs::read(&path).unwrap();
+                        bytes.truncate(keep as usize);
+                        match garbage {
+                            Garbage::None => {}
+                            Garbage::Zeros(n) => bytes.extend(std::iter::repeat_n(0u8, n.into())),
+                            // Filesystems expose zeros, not garbage, in a half-written header.
+                            Garbage::Pattern(_) if keep < 12 => {}
+                            Garbage::Pattern(n) => {
+                                bytes.extend((0..n).map(|i| i.wrapping_mul(151).wrapping_add(7)))
+                            }
+                        }
+                        std::fs::write(&path, &bytes).unwrap();
+                    }
+                    log = SegmentedLog::open(dir.path(), config.clone()).unwrap();
+                    prop_assert_eq!(log.first_lsn(), first_before);
+                    let got = read_all(&log);
+                    prop_assert!(got.len() <= model.len());
+                    prop_assert_eq!(&got[..], &model[..got.len()]);
+                    prop_assert!(log.next_lsn() > synced, "lost synced records");
+                    model.truncate(got.len());
+                    next = log.next_lsn();
+                    synced = next - 1;
+                    synced_tail = last_segment(dir.path());
                 }
                 Op::Reopen => {
                     let first_before = log.first_lsn();
@@ -83,6 +152,8 @@ proptest! {
                     prop_assert!(log.next_lsn() > synced);
                     model.truncate(got.len());
                     next = log.next_lsn();
+                    synced = next - 1;
+                    synced_tail = last_segment(dir.path());
                 }
                 Op::Truncate(n) => {
                     let first_before = log.first_lsn();
@@ -106,6 +177,7 @@ proptest! {
                         log.set_next_lsn(lsn).unwrap();
                         next = lsn;
                         synced = lsn - 1;
+                        synced_tail = last_segment(dir.path());
                         prop_assert_eq!(log.next_lsn(), lsn);
                     }
                 }

@@ -491,30 +491,45 @@ fn scan_segment(
         _ => Ok(()),
     };
 
-    let expected_header = header_bytes();
+    // The header is written with the segment's first batch and synced with it, so a last
+    // segment whose header is incomplete (a prefix, then nothing or zeros) never had a
+    // successful sync: nothing in it was acknowledged, and it is reset to empty. Anything else
+    // that is not our header is a foreign file.
+    let torn_header = |bytes: &[u8]| {
+        let expected = header_bytes();
+        let same = bytes
+            .iter()
+            .zip(expected.iter())
+            .take_while(|(a, b)| a == b)
+            .count();
+        bytes[same..].iter().all(|&b| b == 0)
+    };
+    let reset = |mut file: &File, cut_bytes: u64| -> Result<Scanned, LogError> {
+        tracing::warn!(
+            path = %path.display(),
+            cut_bytes,
+            "log segment has an incomplete header (crash before its first sync); resetting it \
+             to empty"
+        );
+        file.set_len(0).map_err(io_err)?;
+        file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+        file.write_all(&header_bytes()).map_err(io_err)?;
+        if fsync {
+            file.sync_all().map_err(io_err)?;
+        }
+        Ok(Scanned {
+            end_lsn: first_lsn,
+            len: HEADER_LEN,
+            records: 0,
+        })
+    };
+
     if file_len < HEADER_LEN {
         let mut got = Vec::new();
         file.read_to_end(&mut got).map_err(io_err)?;
-        if is_last && expected_header.starts_with(&got) {
+        if is_last && torn_header(&got) {
             gap_check()?;
-            // A crash right after the segment was created: nothing but part of the header made
-            // it, so the segment holds no records. Finish the header.
-            tracing::warn!(
-                path = %path.display(),
-                bytes = got.len(),
-                "log segment has an incomplete header (crash while creating it); rewriting it"
-            );
-            file.set_len(0).map_err(io_err)?;
-            file.seek(SeekFrom::Start(0)).map_err(io_err)?;
-            file.write_all(&expected_header).map_err(io_err)?;
-            if fsync {
-                file.sync_all().map_err(io_err)?;
-            }
-            return Ok(Scanned {
-                end_lsn: first_lsn,
-                len: HEADER_LEN,
-                records: 0,
-            });
+            return reset(&file, file_len);
         }
         return Err(LogError::BadHeader {
             path: path.to_path_buf(),
@@ -525,10 +540,29 @@ fn scan_segment(
     let mut reader = BufReader::with_capacity(SCAN_BUFFER, &file);
     let mut header = [0u8; HEADER_LEN as usize];
     reader.read_exact(&mut header).map_err(io_err)?;
-    check_header(&header).map_err(|reason| LogError::BadHeader {
-        path: path.to_path_buf(),
-        reason,
-    })?;
+    if let Err(reason) = check_header(&header) {
+        if !(is_last && torn_header(&header)) {
+            return Err(LogError::BadHeader {
+                path: path.to_path_buf(),
+                reason,
+            });
+        }
+        drop(reader);
+        if let Some((off, lsn)) =
+            find_valid_frame(&file, HEADER_LEN, file_len, first_lsn).map_err(io_err)?
+        {
+            return Err(LogError::Corrupt {
+                path: path.to_path_buf(),
+                offset: 0,
+                reason: format!(
+                    "incomplete segment header, yet a valid record (lsn {lsn}) follows at \
+                     offset {off}"
+                ),
+            });
+        }
+        gap_check()?;
+        return reset(&file, file_len);
+    }
     gap_check()?;
 
     let mut pos = HEADER_LEN;
