@@ -664,15 +664,16 @@ impl Leader {
         let name = s.name.clone();
         let history_len = s.history_len;
         let persisted = inst.persisted_len();
-        let tail = inst.tail.clone();
         let new_events = s.pending.clone();
-        self.running.insert(id.to_string());
-        self.tick += 1;
-        self.touched.insert(id.to_string(), self.tick);
         let cursor = self
             .cursors
             .remove(id)
             .filter(|c| c.execution_id == execution_id && c.history_len == history_len);
+        // The history is only needed to rebuild a cursor; a cached cursor continues without it.
+        let tail = if cursor.is_none() { inst.tail.clone() } else { Vec::new() };
+        self.running.insert(id.to_string());
+        self.tick += 1;
+        self.touched.insert(id.to_string(), self.tick);
         if cursor.is_none() {
             self.stats.replays.fetch_add(1, Ordering::Relaxed);
         }

@@ -26,6 +26,34 @@ fn read_all(log: &SegmentedLog) -> Vec<(u64, Vec<u8>)> {
 }
 
 #[test]
+fn handles_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+    assert_send_sync::<GroupCommitLog>();
+    assert_send_sync::<cairn_storage::log::DurableWatch>();
+    assert_send::<SegmentedLog>();
+    assert_send::<cairn_storage::log::LogReader>();
+}
+
+#[test]
+fn unsynced_appends_are_synced_before_being_reported_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 1 << 20, true);
+    log.append(b"a").unwrap();
+    log.append(b"b").unwrap();
+    let gc = GroupCommitLog::start(log);
+    assert_eq!(gc.durable_lsn(), 2);
+    assert_eq!(gc.stats().batches, 0, "only group batches are counted here");
+    gc.append(b"c".to_vec()).unwrap();
+    gc.flush_blocking().unwrap();
+    assert_eq!(gc.stats().batches, 1);
+    assert_eq!(gc.stats().records, 1);
+    gc.shutdown().unwrap();
+    let log = open(dir.path(), 1 << 20, true);
+    assert_eq!(read_all(&log).len(), 3);
+}
+
+#[test]
 fn concurrent_appends_get_contiguous_lsns_and_share_syncs() {
     const THREADS: u64 = 8;
     const PER_THREAD: u64 = 2_000;
@@ -238,4 +266,37 @@ fn an_io_error_makes_the_writer_fail_for_good() {
     assert!(matches!(gc.shutdown(), Err(LogError::Failed(_))));
     // The closure heard about lsn 1 only, never about the lost record.
     assert_eq!(rx.iter().collect::<Vec<_>>(), vec![1]);
+}
+
+/// Throughput smoke check (run with `--ignored --nocapture`, ideally `--release`).
+#[test]
+#[ignore]
+fn throughput() {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let gc = Arc::new(GroupCommitLog::start(open(dir.path(), 64 << 20, true)));
+    let start = std::time::Instant::now();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let gc = Arc::clone(&gc);
+            std::thread::spawn(move || {
+                for _ in 0..PER_THREAD {
+                    gc.append(vec![42u8; 100]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    gc.flush_blocking().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let stats = gc.stats();
+    eprintln!(
+        "{} records in {secs:.2}s = {:.0} records/s, {} syncs",
+        stats.records,
+        stats.records as f64 / secs,
+        stats.batches
+    );
 }

@@ -102,10 +102,15 @@ impl GroupCommitLog {
         Self::spawn(log, Some(notify))
     }
 
-    fn spawn(log: SegmentedLog, notify: Option<Notify>) -> GroupCommitLog {
+    fn spawn(mut log: SegmentedLog, notify: Option<Notify>) -> GroupCommitLog {
+        // Everything already in the log is reported durable from the start, so records the
+        // caller appended without syncing must be synced first.
+        let failed = log.sync().err().map(|e| match e {
+            LogError::Failed(msg) => msg,
+            other => other.to_string(),
+        });
         let next_lsn = log.next_lsn();
         let durable = next_lsn - 1;
-        let failed = log.failure().map(str::to_owned);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 pending: Vec::new(),
@@ -268,6 +273,11 @@ impl GroupCommitLog {
         };
         self.shared.queue.lock().shutdown = true;
         self.shared.wake.notify_one();
+        if handle.thread().id() == std::thread::current().id() {
+            // Dropped from inside the notify closure: the writer exits after this batch; it
+            // cannot wait for itself.
+            return;
+        }
         if handle.join().is_err() {
             // The guard in the thread already recorded the panic as a failure.
             tracing::error!("the log writer thread panicked");
@@ -374,6 +384,8 @@ impl Drop for ExitGuard {
 
 fn writer_main(mut log: SegmentedLog, shared: Arc<Shared>, notify: Option<Notify>) {
     let _guard = ExitGuard(Arc::clone(&shared));
+    // Counters are reported for this writer only, not for what was done before `start`.
+    let base = log.stats();
     let mut batch: Vec<Vec<u8>> = Vec::new();
     loop {
         let (requests, shutdown) = {
@@ -396,7 +408,13 @@ fn writer_main(mut log: SegmentedLog, shared: Arc<Shared>, notify: Option<Notify
             batch.clear();
             match result {
                 Ok(durable) => {
-                    shared.publish(durable, log.stats());
+                    let now = log.stats();
+                    let stats = LogStats {
+                        batches: now.batches - base.batches,
+                        records: now.records - base.records,
+                        bytes: now.bytes - base.bytes,
+                    };
+                    shared.publish(durable, stats);
                     if let Some(notify) = &notify {
                         notify(durable);
                     }

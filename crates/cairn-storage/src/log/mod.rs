@@ -39,7 +39,13 @@
 //! *torn tail* and is cut off (with a warning saying how many bytes). A bad frame anywhere else —
 //! in a segment that is not the last, or followed by a valid frame, or an LSN gap between frames
 //! or segments — cannot be explained by a crash and is reported as [`LogError::Corrupt`]: the log
-//! refuses to start rather than silently drop acknowledged records.
+//! refuses to start rather than silently drop acknowledged records. A last segment whose header
+//! is incomplete (a prefix of it, then nothing or zeros) was never synced and is reset to empty;
+//! any other unexpected header is [`LogError::BadHeader`].
+//!
+//! Known limit of this rule: if the OS wrote back the pages of an *unsynced* batch out of order
+//! and the machine crashed, the tail can hold a hole followed by valid frames. That is reported
+//! as corruption (and needs an operator) even though none of those records was acknowledged.
 //!
 //! ## Durability ordering
 //!

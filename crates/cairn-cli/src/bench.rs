@@ -1,0 +1,433 @@
+//! `cairn bench`: built-in Rust workloads run in-process against a fresh data directory.
+//!
+//! Scenarios follow the Durable Functions performance table and the Netherite paper:
+//! `sequence`, `hello-cities`, `fan-out-fan-in`, `external-events`, `throughput`, and
+//! `chain-latency` (one 10-step chain at a time). Each prints operations, wall seconds,
+//! operations per second and latency percentiles; `--json` prints one object per scenario.
+
+use anyhow::{Context, Result};
+use cairn_runtime::{Engine, EngineConfig, OrchestrationContext, Registry, RuntimeStatus, TaskError};
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot_free::Stamps;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    Sequence,
+    HelloCities,
+    FanOutFanIn,
+    ExternalEvents,
+    Throughput,
+    ChainLatency,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Sequence => "sequence",
+            Scenario::HelloCities => "hello-cities",
+            Scenario::FanOutFanIn => "fan-out-fan-in",
+            Scenario::ExternalEvents => "external-events",
+            Scenario::Throughput => "throughput",
+            Scenario::ChainLatency => "chain-latency",
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Scenarios to run (default: all).
+    #[arg(value_enum)]
+    scenarios: Vec<Scenario>,
+    /// Print one JSON object per scenario instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Do not fsync the log (NOT durable; for comparison only).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Partitions of the benchmark task hub.
+    #[arg(long, default_value_t = 12)]
+    partitions: u32,
+    /// Directory under which fresh task hubs are created (default: the system temp dir).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Multiply every scenario's operation count (e.g. 0.1 for a quick run).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct BenchResult {
+    scenario: &'static str,
+    ops: u64,
+    seconds: f64,
+    ops_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    fsync: bool,
+    unit: &'static str,
+}
+
+/// Timestamps recorded by the no-op activity, for step latencies of a single instance.
+mod parking_lot_free {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    #[derive(Default)]
+    pub struct Stamps(Mutex<Vec<Instant>>);
+
+    impl Stamps {
+        pub fn push(&self, t: Instant) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(t);
+            }
+        }
+        pub fn take(&self) -> Vec<Instant> {
+            self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+        }
+    }
+}
+
+fn registry(progress: Arc<AtomicU64>, stamps: Arc<Stamps>) -> Registry {
+    let p1 = progress.clone();
+    let p2 = progress.clone();
+    Registry::new()
+        .activity("noop", move |_ctx, _: ()| {
+            let p = p1.clone();
+            async move {
+                p.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, TaskError>(())
+            }
+        })
+        .activity("noop_timed", move |_ctx, _: ()| {
+            let p = p2.clone();
+            let s = stamps.clone();
+            async move {
+                s.push(Instant::now());
+                p.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, TaskError>(())
+            }
+        })
+        .activity("say_hello", |_ctx, city: String| async move { Ok::<_, TaskError>(format!("Hello {city}!")) })
+        .orchestration("sequence", |ctx: OrchestrationContext, n: u32| async move {
+            for _ in 0..n {
+                ctx.call_activity::<_, ()>("noop_timed", ()).await?;
+            }
+            Ok(n)
+        })
+        .orchestration("chain", |ctx: OrchestrationContext, n: u32| async move {
+            for _ in 0..n {
+                ctx.call_activity::<_, ()>("noop", ()).await?;
+            }
+            Ok(n)
+        })
+        .orchestration("hello_cities", |ctx: OrchestrationContext, _: ()| async move {
+            let a: String = ctx.call_activity("say_hello", "Tokyo").await?;
+            let b: String = ctx.call_activity("say_hello", "Seattle").await?;
+            let c: String = ctx.call_activity("say_hello", "London").await?;
+            Ok(vec![a, b, c])
+        })
+        .orchestration("fan_out", |ctx: OrchestrationContext, n: u32| async move {
+            let tasks = (0..n).map(|_| ctx.call_activity::<_, ()>("noop", ())).collect();
+            for r in ctx.when_all(tasks).await {
+                r?;
+            }
+            Ok(n)
+        })
+        .orchestration("events", |ctx: OrchestrationContext, n: u32| async move {
+            let mut sum = 0u64;
+            for _ in 0..n {
+                sum += ctx.wait_for_event::<u64>("e").await?;
+            }
+            Ok(sum)
+        })
+}
+
+struct Bench {
+    engine: Engine,
+    dir: PathBuf,
+    progress: Arc<AtomicU64>,
+    stamps: Arc<Stamps>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 1 h, 3 significant digits; these bounds are constants and valid.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    let _ = h.record((d.as_micros() as u64).max(1));
+}
+
+fn bar(len: u64, name: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(name.to_string());
+    pb
+}
+
+/// Updates the bar from the shared counter until dropped.
+fn follow(pb: &ProgressBar, progress: &Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    let pb = pb.clone();
+    let progress = progress.clone();
+    tokio::spawn(async move {
+        loop {
+            pb.set_position(progress.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+const WAIT: Duration = Duration::from_secs(600);
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let scenarios = if args.scenarios.is_empty() {
+        vec![
+            Scenario::Sequence,
+            Scenario::HelloCities,
+            Scenario::FanOutFanIn,
+            Scenario::ExternalEvents,
+            Scenario::Throughput,
+            Scenario::ChainLatency,
+        ]
+    } else {
+        args.scenarios.clone()
+    };
+    let fsync = !args.no_fsync;
+    if !args.json {
+        println!(
+            "Cairn bench: {} partitions, fsync {} ({} cores)",
+            args.partitions,
+            if fsync { "ON (every commit batch is durable)" } else { "OFF: NOT durable, for comparison only" },
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        );
+    }
+    let mut results = Vec::new();
+    for s in scenarios {
+        let base = args.data.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("cairn-bench-{}-{}", std::process::id(), s.name()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let progress = Arc::new(AtomicU64::new(0));
+        let stamps = Arc::new(Stamps::default());
+        let config = EngineConfig {
+            data_dir: dir.clone(),
+            partitions: Some(args.partitions),
+            fsync,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open(config, registry(progress.clone(), stamps.clone()))
+            .await
+            .with_context(|| format!("cannot open a benchmark hub in {}", dir.display()))?;
+        let bench = Bench {
+            engine,
+            dir,
+            progress,
+            stamps,
+        };
+        let n = |x: u64| ((x as f64 * args.scale).round() as u64).max(1);
+        let result = match s {
+            Scenario::Sequence => sequence(&bench, n(1000)).await,
+            Scenario::HelloCities => many_instances(&bench, s, "hello_cities", None, n(5000), 200, 3).await,
+            Scenario::FanOutFanIn => fan_out(&bench, n(10_000)).await,
+            Scenario::ExternalEvents => external_events(&bench, n(10_000)).await,
+            Scenario::Throughput => many_instances(&bench, s, "chain", Some(10), n(10_000), 500, 10).await,
+            Scenario::ChainLatency => chain_latency(&bench, n(300)).await,
+        };
+        let Bench { engine, dir, .. } = bench;
+        engine.shutdown().await.context("benchmark engine did not shut down cleanly")?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut result = result.with_context(|| format!("scenario {} failed", s.name()))?;
+        result.fsync = fsync;
+        if args.json {
+            println!("{}", serde_json::to_string(&result)?);
+        }
+        results.push(result);
+    }
+    if !args.json {
+        println!();
+        println!(
+            "{:<16} {:>9} {:>9} {:>12} {:>9} {:>9}  unit",
+            "scenario", "ops", "seconds", "ops/s", "p50 ms", "p99 ms"
+        );
+        for r in &results {
+            println!(
+                "{:<16} {:>9} {:>9.3} {:>12.0} {:>9.3} {:>9.3}  {}",
+                r.scenario, r.ops, r.seconds, r.ops_per_s, r.p50_ms, r.p99_ms, r.unit
+            );
+        }
+    }
+    Ok(())
+}
+
+fn finish(scenario: Scenario, ops: u64, elapsed: Duration, h: &Histogram<u64>, unit: &'static str) -> BenchResult {
+    let seconds = elapsed.as_secs_f64();
+    BenchResult {
+        scenario: scenario.name(),
+        ops,
+        seconds,
+        ops_per_s: ops as f64 / seconds.max(1e-9),
+        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        fsync: true,
+        unit,
+    }
+}
+
+fn check_completed(status: &cairn_runtime::InstanceStatus) -> Result<()> {
+    if status.status != RuntimeStatus::Completed {
+        anyhow::bail!("instance {} ended {}: {:?}", status.instance_id, status.status, status.failure);
+    }
+    Ok(())
+}
+
+/// One instance, `n` sequential no-op activities; latency = time between consecutive steps.
+async fn sequence(b: &Bench, n: u64) -> Result<BenchResult> {
+    let client = b.engine.client();
+    let pb = bar(n, "sequence");
+    let follower = follow(&pb, &b.progress);
+    let start = Instant::now();
+    let id = client.start("sequence", &(n as u32)).await?;
+    let status = client.wait_for_completion(&id, WAIT).await?;
+    let elapsed = start.elapsed();
+    follower.abort();
+    pb.finish_and_clear();
+    check_completed(&status)?;
+    let mut h = histogram();
+    let stamps = b.stamps.take();
+    for w in stamps.windows(2) {
+        record(&mut h, w[1] - w[0]);
+    }
+    Ok(finish(Scenario::Sequence, n, elapsed, &h, "activities; latency per step"))
+}
+
+/// `count` instances, `in_flight` at a time; latency = start to completion of one instance.
+async fn many_instances(
+    b: &Bench,
+    scenario: Scenario,
+    orchestration: &'static str,
+    input: Option<u32>,
+    count: u64,
+    in_flight: usize,
+    steps: u64,
+) -> Result<BenchResult> {
+    let client = b.engine.client();
+    let pb = bar(count * steps, scenario.name());
+    let follower = follow(&pb, &b.progress);
+    let start = Instant::now();
+    let latencies: Vec<Result<Duration>> = futures::stream::iter(0..count)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let t = Instant::now();
+                let id = client
+                    .start_with(
+                        orchestration,
+                        &input,
+                        cairn_runtime::StartOptions::with_id(format!("{orchestration}-{i}")),
+                    )
+                    .await?;
+                let status = client.wait_for_completion(&id, WAIT).await?;
+                check_completed(&status)?;
+                Ok(t.elapsed())
+            }
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let elapsed = start.elapsed();
+    follower.abort();
+    pb.finish_and_clear();
+    let mut h = histogram();
+    for l in latencies {
+        record(&mut h, l?);
+    }
+    let unit = if steps == 3 {
+        "activities (3 per instance); latency per instance"
+    } else {
+        "activity steps (10 per instance); latency per instance"
+    };
+    Ok(finish(scenario, count * steps, elapsed, &h, unit))
+}
+
+/// One instance fanning out to `n` parallel activities and fanning in.
+async fn fan_out(b: &Bench, n: u64) -> Result<BenchResult> {
+    let client = b.engine.client();
+    let pb = bar(n, "fan-out-fan-in");
+    let follower = follow(&pb, &b.progress);
+    let start = Instant::now();
+    let id = client.start("fan_out", &(n as u32)).await?;
+    let status = client.wait_for_completion(&id, WAIT).await?;
+    let elapsed = start.elapsed();
+    follower.abort();
+    pb.finish_and_clear();
+    check_completed(&status)?;
+    let mut h = histogram();
+    record(&mut h, elapsed);
+    Ok(finish(Scenario::FanOutFanIn, n, elapsed, &h, "activities; latency of the whole fan-out"))
+}
+
+/// One instance consuming `n` events; 1,000 raises outstanding; latency = raise acknowledgement.
+async fn external_events(b: &Bench, n: u64) -> Result<BenchResult> {
+    let client = b.engine.client();
+    let id = client.start("events", &(n as u32)).await?;
+    client.wait_for_start(&id, WAIT).await?;
+    let pb = bar(n, "external-events");
+    let start = Instant::now();
+    let acks: Vec<Result<Duration>> = futures::stream::iter(0..n)
+        .map(|_| {
+            let client = client.clone();
+            let id = id.clone();
+            let pb = pb.clone();
+            async move {
+                let t = Instant::now();
+                client.raise_event(&id, "e", &1u64).await?;
+                pb.inc(1);
+                Ok(t.elapsed())
+            }
+        })
+        .buffer_unordered(1000)
+        .collect()
+        .await;
+    let status = client.wait_for_completion(&id, WAIT).await?;
+    let elapsed = start.elapsed();
+    pb.finish_and_clear();
+    check_completed(&status)?;
+    if status.output::<u64>()? != n {
+        anyhow::bail!("the orchestration consumed {:?} events, expected {n}", status.output);
+    }
+    let mut h = histogram();
+    for a in acks {
+        record(&mut h, a?);
+    }
+    Ok(finish(Scenario::ExternalEvents, n, elapsed, &h, "events; latency per raise (acknowledged durable)"))
+}
+
+/// 10-step chains run one at a time: the latency of a chain when the engine is otherwise idle.
+async fn chain_latency(b: &Bench, count: u64) -> Result<BenchResult> {
+    let client = b.engine.client();
+    let pb = bar(count, "chain-latency");
+    let mut h = histogram();
+    let start = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        let id = client.start("chain", &10u32).await?;
+        let status = client.wait_for_completion(&id, WAIT).await?;
+        check_completed(&status)?;
+        record(&mut h, t.elapsed());
+        pb.inc(1);
+    }
+    let elapsed = start.elapsed();
+    pb.finish_and_clear();
+    Ok(finish(Scenario::ChainLatency, count, elapsed, &h, "10-step chains, one at a time; latency per chain"))
+}
