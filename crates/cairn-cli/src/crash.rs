@@ -215,8 +215,14 @@ async fn verify(client: &Client, started: &[(String, String)]) -> Result<Summary
     let mut problems = Vec::new();
     let mut ok = 0;
     let mut checked = 0;
+    // One deadline for everything, so a broken engine fails the check quickly instead of
+    // waiting a full timeout per missing instance.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     for (id, kind) in started {
-        let status = match client.wait_for_completion(id, Duration::from_secs(60)).await {
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(10));
+        let status = match client.wait_for_completion(id, left).await {
             Ok(s) => s,
             Err(EngineError::Timeout(_)) => {
                 let now = client.get_status(id, false).await?;
