@@ -573,7 +573,8 @@ impl PartitionState {
         src: &dyn InstanceSource,
     ) -> Result<ClientResponse, SourceError> {
         let existing = self.take(&start.instance_id, src)?;
-        let mut replaced = false;
+        // A purge not yet checkpointed leaves the old rows in the store: they must go too.
+        let mut replaced = existing.is_none() && self.dirty.contains(&start.instance_id);
         if let Some(mut inst) = existing {
             let status = inst.state.status;
             if !status.is_terminal() {

@@ -1,1 +1,368 @@
+//! State machine tests: hand-written scenarios and the recovery property
+//! "apply a prefix, checkpoint, recover, apply the rest" == "apply everything".
 
+use super::*;
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+/// An in-memory checkpoint store with the same semantics as the real one.
+#[derive(Default, Clone)]
+struct MemStore {
+    globals: Option<Vec<u8>>,
+    instances: HashMap<String, Vec<u8>>,
+    history: HashMap<String, Vec<Vec<u8>>>,
+}
+
+impl InstanceSource for MemStore {
+    fn load(&self, id: &str) -> Result<Option<InstanceState>, SourceError> {
+        Ok(self.instances.get(id).map(|b| InstanceState::decode(b).unwrap()))
+    }
+}
+
+impl MemStore {
+    fn write(&mut self, data: CheckpointData) {
+        self.globals = Some(data.globals);
+        for id in data.history_resets {
+            self.history.remove(&id);
+        }
+        for (id, seq, bytes) in data.history_appends {
+            let rows = self.history.entry(id).or_default();
+            assert_eq!(rows.len(), seq as usize, "history rows are appended in order");
+            rows.push(bytes);
+        }
+        for (id, bytes) in data.puts {
+            self.instances.insert(id, bytes);
+        }
+        for id in data.deletes {
+            self.instances.remove(&id);
+        }
+    }
+}
+
+/// Everything observable about a partition: globals, and each instance with its full history.
+fn observe(state: &mut PartitionState, store: &MemStore, ids: &[String]) -> (Globals, Vec<Option<(InstanceState, Vec<HistoryEvent>)>>) {
+    let mut out = Vec::new();
+    for id in ids {
+        let inst = state.get(id, store).unwrap().cloned();
+        out.push(inst.map(|i| {
+            let mut h: Vec<HistoryEvent> = store
+                .history
+                .get(id)
+                .map(|rows| rows.iter().take(i.persisted_len() as usize).map(|r| decode_history_event(r).unwrap()).collect())
+                .unwrap_or_default();
+            h.extend(i.tail.iter().cloned());
+            assert_eq!(h.len() as u32, i.state.history_len);
+            (i.state, h)
+        }));
+    }
+    (state.globals().clone(), out)
+}
+
+/// Tiny deterministic RNG for the record generator.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+fn local_ids() -> Vec<String> {
+    (0..40).map(|i| format!("inst-{i}")).filter(|id| partition_of(id, 2) == 0).take(6).collect()
+}
+
+fn remote_ids() -> Vec<String> {
+    (0..40).map(|i| format!("inst-{i}")).filter(|id| partition_of(id, 2) == 1).take(3).collect()
+}
+
+/// Generates `n` records by driving a partition with random but plausible inputs.
+fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
+    let mut rng = Rng(seed);
+    let mut state = PartitionState::new(0, 2);
+    let ids = local_ids();
+    let remote = remote_ids();
+    let mut records = Vec::new();
+    let mut now: Millis = 1_000_000;
+    let mut msg_pos = 0u64;
+    while records.len() < n {
+        now += rng.below(50);
+        let id = ids[rng.below(ids.len() as u64) as usize].clone();
+        let event = match rng.below(12) {
+            0 | 1 => PartitionEvent::Client(ClientRequest {
+                request_id: rng.next(),
+                kind: ClientRequestKind::Start(StartRequest {
+                    instance_id: id.clone(),
+                    name: "orch".into(),
+                    version: None,
+                    input: Some(format!("{}", rng.below(100))),
+                    scheduled_start: if rng.below(4) == 0 { Some(now + rng.below(100)) } else { None },
+                    tags: BTreeMap::new(),
+                    execution_id: format!("{:032x}", rng.next()),
+                    if_exists: [ExistingPolicy::ReturnExisting, ExistingPolicy::Fail, ExistingPolicy::TerminateAndRestart]
+                        [rng.below(3) as usize],
+                }),
+            }),
+            2 => PartitionEvent::Client(ClientRequest {
+                request_id: rng.next(),
+                kind: match rng.below(5) {
+                    0 => ClientRequestKind::RaiseEvent { instance_id: id.clone(), name: "e".into(), input: Some("1".into()) },
+                    1 => ClientRequestKind::Terminate { instance_id: id.clone(), reason: None, recursive: rng.below(2) == 0 },
+                    2 => ClientRequestKind::Suspend { instance_id: id.clone(), reason: None },
+                    3 => ClientRequestKind::Resume { instance_id: id.clone(), reason: None },
+                    _ => ClientRequestKind::Purge { instance_ids: vec![id.clone()] },
+                },
+            }),
+            3..=6 => {
+                let runnable: Vec<String> = state.globals().runnable.iter().cloned().collect();
+                if runnable.is_empty() {
+                    continue;
+                }
+                let target = runnable[rng.below(runnable.len() as u64) as usize].clone();
+                let inst = state.loaded(&target).unwrap().state.clone();
+                let mut actions = Vec::new();
+                let base = inst.history_len as i32;
+                for k in 0..rng.below(4) as i32 {
+                    let seq = base + k;
+                    actions.push(match rng.below(4) {
+                        0 => Action::ScheduleTask { id: seq, name: "act".into(), version: None, input: None },
+                        1 => Action::CreateTimer { id: seq, fire_at: now + rng.below(200) },
+                        2 => Action::CreateSubOrchestration {
+                            id: seq,
+                            instance_id: if rng.below(2) == 0 { ids[rng.below(ids.len() as u64) as usize].clone() } else { remote[rng.below(remote.len() as u64) as usize].clone() },
+                            name: "orch".into(),
+                            version: None,
+                            input: None,
+                            execution_id: format!("{:032x}", rng.next()),
+                        },
+                        _ => Action::SendEvent {
+                            id: seq,
+                            instance_id: if rng.below(2) == 0 { ids[rng.below(ids.len() as u64) as usize].clone() } else { remote[rng.below(remote.len() as u64) as usize].clone() },
+                            name: "e".into(),
+                            input: None,
+                        },
+                    });
+                }
+                match rng.below(6) {
+                    0 => actions.push(Action::Complete(Completion::Completed { result: Some("42".into()) })),
+                    1 => actions.push(Action::Complete(Completion::Failed { failure: FailureDetails::new("E", "m") })),
+                    2 => actions.push(Action::Complete(Completion::ContinuedAsNew {
+                        input: None,
+                        version: None,
+                        carryover: vec![],
+                        new_execution_id: format!("{:032x}", rng.next()),
+                    })),
+                    _ => {}
+                }
+                PartitionEvent::EpisodeCompleted(EpisodeResult {
+                    instance_id: target,
+                    execution_id: if rng.below(10) == 0 { "stale".into() } else { inst.execution_id.clone() },
+                    history_len: inst.history_len,
+                    consumed: rng.below(inst.pending.len() as u64 + 1) as u32,
+                    started_at: now,
+                    actions,
+                    custom_status: Some(format!("{}", rng.below(3))),
+                })
+            }
+            7 | 8 => {
+                let acts: Vec<u64> = state.globals().activities.keys().copied().collect();
+                let activity_id = if acts.is_empty() || rng.below(8) == 0 { rng.below(1000) } else { acts[rng.below(acts.len() as u64) as usize] };
+                let result = if rng.below(4) == 0 { Err(FailureDetails::new("X", "y")) } else { Ok(Some("1".into())) };
+                PartitionEvent::ActivityCompleted { activity_id, result }
+            }
+            9 => {
+                let timers: Vec<u64> = state.globals().timers.keys().copied().collect();
+                if timers.is_empty() {
+                    continue;
+                }
+                PartitionEvent::TimerFired { timer_id: timers[rng.below(timers.len() as u64) as usize] }
+            }
+            10 => {
+                // Messages from partition 1, sometimes re-sent (must be dropped by dedup).
+                if rng.below(3) != 0 || msg_pos == 0 {
+                    msg_pos += 1;
+                }
+                let msg = match rng.below(3) {
+                    0 => Message::RaiseEvent { instance_id: id.clone(), name: "e".into(), input: None },
+                    1 => Message::Terminate { instance_id: id.clone(), reason: None, recursive: false },
+                    _ => Message::StartSubOrchestration {
+                        parent: ParentInstance { instance_id: remote[0].clone(), execution_id: "p".into(), name: "orch".into(), task_id: 3 },
+                        instance_id: id.clone(),
+                        name: "orch".into(),
+                        version: None,
+                        input: None,
+                        execution_id: format!("{:032x}", rng.next()),
+                    },
+                };
+                PartitionEvent::Messages { from: 1, batch: vec![(MessageId { position: msg_pos, index: 0 }, msg)] }
+            }
+            _ => {
+                let Some((up_to, _)) = state.outbox(1).next().cloned() else { continue };
+                PartitionEvent::OutboxAck { to: 1, up_to }
+            }
+        };
+        let record = LogRecord { timestamp: now, event };
+        let position = records.len() as u64 + 1;
+        state.apply(position, &record, &EmptySource).unwrap();
+        records.push(record);
+    }
+    records
+}
+
+fn apply_all(state: &mut PartitionState, records: &[LogRecord], first_position: u64, src: &MemStore) -> Vec<Vec<Effect>> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| state.apply(first_position + i as u64, r, src).unwrap())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn checkpoint_and_recover_at_any_point_equals_applying_everything(seed in any::<u64>(), len in 1usize..300, split_frac in 0.0f64..1.0, evict in any::<bool>()) {
+        let records = generate(seed, len);
+        let split = ((records.len() as f64) * split_frac) as usize;
+        let ids: Vec<String> = local_ids();
+
+        // A: everything in one go, never checkpointed.
+        let empty = MemStore::default();
+        let mut a = PartitionState::new(0, 2);
+        let effects_a = apply_all(&mut a, &records, 1, &empty);
+
+        // B: a prefix, a checkpoint, a "crash" (only the store survives), recovery, the rest.
+        let mut store = MemStore::default();
+        let mut b = PartitionState::new(0, 2);
+        apply_all(&mut b, &records[..split], 1, &store);
+        store.write(b.checkpoint());
+        let mut b = match &store.globals {
+            Some(g) => PartitionState::recover(g).unwrap(),
+            None => PartitionState::new(0, 2),
+        };
+        if evict {
+            // Recovery starts with an empty instance cache anyway; evicting again is a no-op.
+            for id in &ids { b.evict(id); }
+        }
+        let effects_b = apply_all(&mut b, &records[split..], split as u64 + 1, &store);
+        prop_assert_eq!(&effects_a[split..], &effects_b[..], "effects after recovery differ");
+
+        // Also checkpoint A at the end and B at the end into their stores: same observations.
+        let mut store_a = MemStore::default();
+        store_a.write(a.checkpoint());
+        store.write(b.checkpoint());
+        prop_assert_eq!(observe(&mut a, &store_a, &ids), observe(&mut b, &store, &ids));
+    }
+
+    #[test]
+    fn records_round_trip_through_the_log_encoding(seed in any::<u64>(), len in 1usize..100) {
+        for r in generate(seed, len) {
+            prop_assert_eq!(LogRecord::decode(&r.encode()).unwrap(), r);
+        }
+    }
+}
+
+fn start(id: &str, at: Millis) -> LogRecord {
+    LogRecord {
+        timestamp: at,
+        event: PartitionEvent::Client(ClientRequest {
+            request_id: 7,
+            kind: ClientRequestKind::Start(StartRequest {
+                instance_id: id.into(),
+                name: "orch".into(),
+                version: None,
+                input: Some("1".into()),
+                scheduled_start: None,
+                tags: BTreeMap::new(),
+                execution_id: "e1".into(),
+                if_exists: ExistingPolicy::ReturnExisting,
+            }),
+        }),
+    }
+}
+
+#[test]
+fn start_then_episode_schedules_activity_and_completes() {
+    let mut s = PartitionState::new(0, 1);
+    let fx = s.apply(1, &start("a", 10), &EmptySource).unwrap();
+    assert!(fx.contains(&Effect::RunEpisode("a".into())));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Respond { request_id: 7, response: ClientResponse::Started { .. } })));
+    let ep = LogRecord {
+        timestamp: 20,
+        event: PartitionEvent::EpisodeCompleted(EpisodeResult {
+            instance_id: "a".into(),
+            execution_id: "e1".into(),
+            history_len: 0,
+            consumed: 1,
+            started_at: 15,
+            actions: vec![Action::ScheduleTask { id: 0, name: "act".into(), version: None, input: None }],
+            custom_status: None,
+        }),
+    };
+    let fx = s.apply(2, &ep, &EmptySource).unwrap();
+    assert_eq!(fx, vec![Effect::StartActivity(1), Effect::InstanceChanged("a".into())]);
+    assert_eq!(s.loaded("a").unwrap().state.status, RuntimeStatus::Running);
+    // The same activity result twice: applied once.
+    let done = LogRecord { timestamp: 30, event: PartitionEvent::ActivityCompleted { activity_id: 1, result: Ok(Some("2".into())) } };
+    let fx = s.apply(3, &done, &EmptySource).unwrap();
+    assert_eq!(fx, vec![Effect::RunEpisode("a".into())]);
+    let fx = s.apply(4, &done, &EmptySource).unwrap();
+    assert!(fx.is_empty());
+    assert_eq!(s.loaded("a").unwrap().state.pending.len(), 1);
+    // The OrchestratorStarted timestamp is the episode's start, not the record's.
+    assert_eq!(s.loaded("a").unwrap().tail[0].timestamp, 15);
+}
+
+#[test]
+fn stale_episode_is_discarded() {
+    let mut s = PartitionState::new(0, 1);
+    s.apply(1, &start("a", 10), &EmptySource).unwrap();
+    let ep = |exec: &str, len: u32| LogRecord {
+        timestamp: 20,
+        event: PartitionEvent::EpisodeCompleted(EpisodeResult {
+            instance_id: "a".into(),
+            execution_id: exec.into(),
+            history_len: len,
+            consumed: 1,
+            started_at: 15,
+            actions: vec![Action::Complete(Completion::Completed { result: None })],
+            custom_status: None,
+        }),
+    };
+    let fx = s.apply(2, &ep("other", 0), &EmptySource).unwrap();
+    assert_eq!(fx, vec![Effect::RunEpisode("a".into())], "stale result re-requests an episode");
+    assert_eq!(s.loaded("a").unwrap().state.status, RuntimeStatus::Pending);
+    s.apply(3, &ep("e1", 0), &EmptySource).unwrap();
+    assert_eq!(s.loaded("a").unwrap().state.status, RuntimeStatus::Completed);
+}
+
+#[test]
+fn messages_to_other_partitions_go_through_the_outbox_with_dedup_ids() {
+    let ids = remote_ids();
+    let mut s = PartitionState::new(0, 2);
+    let local = local_ids();
+    s.apply(1, &start(&local[0], 10), &EmptySource).unwrap();
+    let ep = LogRecord {
+        timestamp: 20,
+        event: PartitionEvent::EpisodeCompleted(EpisodeResult {
+            instance_id: local[0].clone(),
+            execution_id: "e1".into(),
+            history_len: 0,
+            consumed: 1,
+            started_at: 15,
+            actions: vec![
+                Action::SendEvent { id: 0, instance_id: ids[0].clone(), name: "x".into(), input: None },
+                Action::SendEvent { id: 1, instance_id: ids[1].clone(), name: "x".into(), input: None },
+            ],
+            custom_status: None,
+        }),
+    };
+    let fx = s.apply(2, &ep, &EmptySource).unwrap();
+    assert!(fx.contains(&Effect::SendMessages { to: 1 }));
+    let out: Vec<MessageId> = s.outbox(1).map(|(id, _)| *id).collect();
+    assert_eq!(out, vec![MessageId { position: 2, index: 0 }, MessageId { position: 2, index: 1 }]);
+    s.apply(3, &LogRecord { timestamp: 30, event: PartitionEvent::OutboxAck { to: 1, up_to: out[0] } }, &EmptySource).unwrap();
+    assert_eq!(s.outbox(1).count(), 1);
+}
