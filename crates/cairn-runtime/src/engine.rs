@@ -48,6 +48,8 @@ pub struct EngineConfig {
     pub max_payload_bytes: usize,
     /// Size at which a log segment is closed and a new one started.
     pub log_segment_bytes: u64,
+    /// Fault injection for tests: every log sync takes at least this long (a slow disk).
+    pub log_sync_delay: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +66,7 @@ impl Default for EngineConfig {
             checkpoint_interval: Duration::from_secs(30),
             max_payload_bytes: 4 * 1024 * 1024,
             log_segment_bytes: 64 * 1024 * 1024,
+            log_sync_delay: None,
         }
     }
 }

@@ -187,6 +187,7 @@ impl Leader {
         let log_config = LogConfig {
             segment_bytes: shared.config.log_segment_bytes,
             fsync: shared.config.fsync,
+            sync_delay: shared.config.log_sync_delay,
         };
         let mut log = SegmentedLog::open(&dir.join("log"), log_config)
             .map_err(|e| storage_err(e.to_string()))?;

@@ -13,6 +13,7 @@ fn open(dir: &std::path::Path, segment_bytes: u64, fsync: bool) -> SegmentedLog 
         LogConfig {
             segment_bytes,
             fsync,
+            sync_delay: None,
         },
     )
     .unwrap()

@@ -10,6 +10,7 @@ fn cfg(segment_bytes: u64) -> LogConfig {
     LogConfig {
         segment_bytes,
         fsync: false,
+        sync_delay: None,
     }
 }
 
@@ -138,6 +139,7 @@ fn fsync_round_trip() {
     let config = LogConfig {
         segment_bytes: 512,
         fsync: true,
+        sync_delay: None,
     };
     let mut log = SegmentedLog::open(dir.path(), config.clone()).unwrap();
     append_range(&mut log, 1..=50);

@@ -75,7 +75,7 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let config = LogConfig { segment_bytes, fsync: false };
+        let config = LogConfig { segment_bytes, fsync: false, sync_delay: None };
         let mut log = SegmentedLog::open(dir.path(), config.clone()).unwrap();
         // What the log must return: every retained record, synced or not.
         let mut model: Vec<(u64, Vec<u8>)> = Vec::new();

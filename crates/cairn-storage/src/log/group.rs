@@ -447,6 +447,9 @@ fn write_batch(log: &mut SegmentedLog, batch: &[Vec<u8>]) -> Result<u64, LogErro
         log.append(payload)?;
     }
     log.sync()?;
+    if let Some(delay) = log.config().sync_delay {
+        std::thread::sleep(delay);
+    }
     Ok(log.next_lsn() - 1)
 }
 

@@ -80,6 +80,9 @@ pub struct LogConfig {
     /// deleting segments). Default `true`. Turning it off keeps data safe across a process crash
     /// but not across a power loss or kernel crash: only for tests and throw-away benchmarks.
     pub fsync: bool,
+    /// Fault injection: pretend every sync takes this long (a slow disk). Lets tests observe that
+    /// nothing is released before it is durable. `None` in production.
+    pub sync_delay: Option<std::time::Duration>,
 }
 
 impl Default for LogConfig {
@@ -87,6 +90,7 @@ impl Default for LogConfig {
         LogConfig {
             segment_bytes: 64 * 1024 * 1024,
             fsync: true,
+            sync_delay: None,
         }
     }
 }
