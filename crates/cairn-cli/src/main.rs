@@ -85,13 +85,17 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Debug { command } => crash::run(command).await,
         }
-    })
+    });
+    // After an error, partition tasks may still be running: drop them without polling them
+    // again (a clean stop has already shut the engine down inside `block_on`).
+    runtime.shutdown_background();
+    result
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

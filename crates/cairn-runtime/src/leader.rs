@@ -321,12 +321,12 @@ impl Leader {
             if shutdown.is_some() {
                 break;
             }
-            if self.records_since_checkpoint >= self.shared.config.checkpoint_every_records
+            let due = self.records_since_checkpoint >= self.shared.config.checkpoint_every_records
                 || (self.records_since_checkpoint > 0
-                    && self.last_checkpoint.elapsed() >= self.shared.config.checkpoint_interval)
-            {
+                    && self.last_checkpoint.elapsed() >= self.shared.config.checkpoint_interval);
+            if due && self.failed.is_none() {
                 if let Err(e) = self.checkpoint() {
-                    self.fail(format!("checkpoint failed: {e}"));
+                    self.fail(raw_message(e));
                 }
             }
         }
@@ -471,6 +471,13 @@ impl Leader {
         }
         for reply in checkpoints {
             let r = self.checkpoint();
+            if self.failed.is_none() {
+                match &r {
+                    Err(EngineError::Storage { message, .. }) => self.fail(message.clone()),
+                    Err(e) => self.fail(e.to_string()),
+                    Ok(()) => {}
+                }
+            }
             let _ = reply.send(r);
         }
     }
@@ -613,10 +620,11 @@ impl Leader {
 
     /// Stops accepting writes: answers everything waiting with the error.
     fn fail(&mut self, message: String) {
-        tracing::error!(
-            partition = self.partition,
-            "partition stopped accepting writes: {message}"
+        let message = format!(
+            "{message}. The partition stopped accepting writes; acknowledged work is safe in the log \
+             and the last checkpoint: fix the cause (e.g. free disk space) and restart Cairn"
         );
+        tracing::error!(partition = self.partition, "{message}");
         self.failed = Some(message.clone());
         for (_, held) in self.held.drain(..) {
             let err = EngineError::Storage {
@@ -998,6 +1006,15 @@ impl Leader {
         self.stats
             .cached_instances
             .store(self.state.loaded_ids().count() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The message of a storage error without the "storage failure in partition N" prefix, which
+/// the error reported to clients adds again.
+fn raw_message(e: EngineError) -> String {
+    match e {
+        EngineError::Storage { message, .. } => message,
+        other => other.to_string(),
     }
 }
 
