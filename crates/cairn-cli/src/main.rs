@@ -121,32 +121,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
         "recovered: {records} log records replayed after checkpoints; {runnable} instances with work, \
          {activities} activities and {timers} timers pending"
     );
+    // Install the handlers before saying we run, so an early Ctrl-C is not lost.
+    let signal = wait_for_signal()?;
     tracing::info!("Cairn is running; press Ctrl-C to stop");
-    wait_for_signal().await;
+    signal.await;
     tracing::info!("stopping: flushing the log and writing checkpoints");
     engine.shutdown().await.context("clean shutdown failed")?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called.
+fn wait_for_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

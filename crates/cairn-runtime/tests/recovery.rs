@@ -202,3 +202,29 @@ async fn memory_is_bounded_by_the_cache_not_by_instance_count() {
     assert_eq!(page.instances.len(), 400);
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_in_the_middle_of_the_log_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        partitions: Some(1),
+        ..config(dir.path())
+    };
+    let engine = Engine::open(cfg.clone(), registry()).await.unwrap();
+    let c = engine.client();
+    for i in 0..20 {
+        let id = c.start_with("chain", &2, StartOptions::with_id(format!("c-{i}"))).await.unwrap();
+        c.wait_for_completion(&id, WAIT).await.unwrap();
+    }
+    engine.shutdown().await.unwrap();
+    let log_dir = dir.path().join("partitions/p00/log");
+    let segment = std::fs::read_dir(&log_dir).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    assert!(bytes.len() > 2000, "the segment holds the records written since the checkpoint");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+    let err = Engine::open(cfg, registry()).await.err().expect("a corrupt log must not open");
+    let msg = err.to_string();
+    assert!(msg.contains("corrupt") && msg.contains(".seg"), "{msg}");
+}

@@ -1,0 +1,94 @@
+//! `cairn serve` on the embedded default: starts, creates its data directory, reports recovery,
+//! and stops cleanly on Ctrl-C (SIGINT); bad arguments get clear errors.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn cairn() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    c.env("RUST_LOG", "info").env("NO_COLOR", "1");
+    c
+}
+
+fn run_until_ready_then_interrupt(data: &std::path::Path, extra: &[&str]) -> String {
+    let mut child = cairn()
+        .arg("serve")
+        .arg("--data")
+        .arg(data)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("cairn serve became ready");
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("Cairn is running") {
+            break;
+        }
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(status.success(), "serve did not exit cleanly:\n{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    log
+}
+
+#[test]
+fn serve_starts_recovers_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cairn-data");
+    let log = run_until_ready_then_interrupt(&data, &["--partitions", "3"]);
+    assert!(log.contains("recovered"), "{log}");
+    assert!(data.join("hub.json").exists());
+    assert_eq!(std::fs::read_dir(data.join("partitions")).unwrap().count(), 3);
+    // A second start recovers the same hub.
+    let log = run_until_ready_then_interrupt(&data, &[]);
+    assert!(log.contains("partitions=3"), "{log}");
+}
+
+#[test]
+fn serve_refuses_another_partition_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    run_until_ready_then_interrupt(&data, &["--partitions", "2"]);
+    let out = cairn().arg("serve").arg("--data").arg(&data).args(["--partitions", "5"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2 partitions but 5 were requested"), "{err}");
+}
+
+#[test]
+fn bench_json_reports_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cairn()
+        .args(["bench", "sequence", "fan-out-fan-in", "--json", "--scale", "0.05", "--partitions", "2", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for (row, name) in rows.iter().zip(["sequence", "fan-out-fan-in"]) {
+        assert_eq!(row["scenario"], name);
+        assert_eq!(row["fsync"], true);
+        for key in ["ops", "seconds", "ops_per_s", "p50_ms", "p99_ms"] {
+            assert!(row[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {row}");
+        }
+    }
+}
