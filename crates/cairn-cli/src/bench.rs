@@ -6,7 +6,9 @@
 //! operations per second and latency percentiles; `--json` prints one object per scenario.
 
 use anyhow::{Context, Result};
-use cairn_runtime::{Engine, EngineConfig, OrchestrationContext, Registry, RuntimeStatus, TaskError};
+use cairn_runtime::{
+    Engine, EngineConfig, OrchestrationContext, Registry, RuntimeStatus, TaskError,
+};
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -90,7 +92,10 @@ mod parking_lot_free {
             }
         }
         pub fn take(&self) -> Vec<Instant> {
-            self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+            self.0
+                .lock()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default()
         }
     }
 }
@@ -115,7 +120,9 @@ fn registry(progress: Arc<AtomicU64>, stamps: Arc<Stamps>) -> Registry {
                 Ok::<_, TaskError>(())
             }
         })
-        .activity("say_hello", |_ctx, city: String| async move { Ok::<_, TaskError>(format!("Hello {city}!")) })
+        .activity("say_hello", |_ctx, city: String| async move {
+            Ok::<_, TaskError>(format!("Hello {city}!"))
+        })
         .orchestration("sequence", |ctx: OrchestrationContext, n: u32| async move {
             for _ in 0..n {
                 ctx.call_activity::<_, ()>("noop_timed", ()).await?;
@@ -128,14 +135,19 @@ fn registry(progress: Arc<AtomicU64>, stamps: Arc<Stamps>) -> Registry {
             }
             Ok(n)
         })
-        .orchestration("hello_cities", |ctx: OrchestrationContext, _: ()| async move {
-            let a: String = ctx.call_activity("say_hello", "Tokyo").await?;
-            let b: String = ctx.call_activity("say_hello", "Seattle").await?;
-            let c: String = ctx.call_activity("say_hello", "London").await?;
-            Ok(vec![a, b, c])
-        })
+        .orchestration(
+            "hello_cities",
+            |ctx: OrchestrationContext, _: ()| async move {
+                let a: String = ctx.call_activity("say_hello", "Tokyo").await?;
+                let b: String = ctx.call_activity("say_hello", "Seattle").await?;
+                let c: String = ctx.call_activity("say_hello", "London").await?;
+                Ok(vec![a, b, c])
+            },
+        )
         .orchestration("fan_out", |ctx: OrchestrationContext, n: u32| async move {
-            let tasks = (0..n).map(|_| ctx.call_activity::<_, ()>("noop", ())).collect();
+            let tasks = (0..n)
+                .map(|_| ctx.call_activity::<_, ()>("noop", ()))
+                .collect();
             for r in ctx.when_all(tasks).await {
                 r?;
             }
@@ -159,7 +171,8 @@ struct Bench {
 
 fn histogram() -> Histogram<u64> {
     // 1 µs .. 1 h, 3 significant digits; these bounds are constants and valid.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
 fn record(h: &mut Histogram<u64>, d: Duration) {
@@ -209,8 +222,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         println!(
             "Cairn bench: {} partitions, fsync {} ({} cores)",
             args.partitions,
-            if fsync { "ON (every commit batch is durable)" } else { "OFF: NOT durable, for comparison only" },
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            if fsync {
+                "ON (every commit batch is durable)"
+            } else {
+                "OFF: NOT durable, for comparison only"
+            },
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         );
     }
     let mut results = Vec::new();
@@ -238,14 +257,21 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let n = |x: u64| ((x as f64 * args.scale).round() as u64).max(1);
         let result = match s {
             Scenario::Sequence => sequence(&bench, n(1000)).await,
-            Scenario::HelloCities => many_instances(&bench, s, "hello_cities", None, n(5000), 200, 3).await,
+            Scenario::HelloCities => {
+                many_instances(&bench, s, "hello_cities", None, n(5000), 200, 3).await
+            }
             Scenario::FanOutFanIn => fan_out(&bench, n(10_000)).await,
             Scenario::ExternalEvents => external_events(&bench, n(10_000)).await,
-            Scenario::Throughput => many_instances(&bench, s, "chain", Some(10), n(10_000), 500, 10).await,
+            Scenario::Throughput => {
+                many_instances(&bench, s, "chain", Some(10), n(10_000), 500, 10).await
+            }
             Scenario::ChainLatency => chain_latency(&bench, n(300)).await,
         };
         let Bench { engine, dir, .. } = bench;
-        engine.shutdown().await.context("benchmark engine did not shut down cleanly")?;
+        engine
+            .shutdown()
+            .await
+            .context("benchmark engine did not shut down cleanly")?;
         let _ = std::fs::remove_dir_all(&dir);
         let mut result = result.with_context(|| format!("scenario {} failed", s.name()))?;
         result.fsync = fsync;
@@ -270,7 +296,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn finish(scenario: Scenario, ops: u64, elapsed: Duration, h: &Histogram<u64>, unit: &'static str) -> BenchResult {
+fn finish(
+    scenario: Scenario,
+    ops: u64,
+    elapsed: Duration,
+    h: &Histogram<u64>,
+    unit: &'static str,
+) -> BenchResult {
     let seconds = elapsed.as_secs_f64();
     BenchResult {
         scenario: scenario.name(),
@@ -286,7 +318,12 @@ fn finish(scenario: Scenario, ops: u64, elapsed: Duration, h: &Histogram<u64>, u
 
 fn check_completed(status: &cairn_runtime::InstanceStatus) -> Result<()> {
     if status.status != RuntimeStatus::Completed {
-        anyhow::bail!("instance {} ended {}: {:?}", status.instance_id, status.status, status.failure);
+        anyhow::bail!(
+            "instance {} ended {}: {:?}",
+            status.instance_id,
+            status.status,
+            status.failure
+        );
     }
     Ok(())
 }
@@ -308,7 +345,13 @@ async fn sequence(b: &Bench, n: u64) -> Result<BenchResult> {
     for w in stamps.windows(2) {
         record(&mut h, w[1] - w[0]);
     }
-    Ok(finish(Scenario::Sequence, n, elapsed, &h, "activities; latency per step"))
+    Ok(finish(
+        Scenario::Sequence,
+        n,
+        elapsed,
+        &h,
+        "activities; latency per step",
+    ))
 }
 
 /// `count` instances, `in_flight` at a time; latency = start to completion of one instance.
@@ -374,7 +417,13 @@ async fn fan_out(b: &Bench, n: u64) -> Result<BenchResult> {
     check_completed(&status)?;
     let mut h = histogram();
     record(&mut h, elapsed);
-    Ok(finish(Scenario::FanOutFanIn, n, elapsed, &h, "activities; latency of the whole fan-out"))
+    Ok(finish(
+        Scenario::FanOutFanIn,
+        n,
+        elapsed,
+        &h,
+        "activities; latency of the whole fan-out",
+    ))
 }
 
 /// One instance consuming `n` events; 1,000 raises outstanding; latency = raise acknowledgement.
@@ -404,13 +453,22 @@ async fn external_events(b: &Bench, n: u64) -> Result<BenchResult> {
     pb.finish_and_clear();
     check_completed(&status)?;
     if status.output::<u64>()? != n {
-        anyhow::bail!("the orchestration consumed {:?} events, expected {n}", status.output);
+        anyhow::bail!(
+            "the orchestration consumed {:?} events, expected {n}",
+            status.output
+        );
     }
     let mut h = histogram();
     for a in acks {
         record(&mut h, a?);
     }
-    Ok(finish(Scenario::ExternalEvents, n, elapsed, &h, "events; latency per raise (acknowledged durable)"))
+    Ok(finish(
+        Scenario::ExternalEvents,
+        n,
+        elapsed,
+        &h,
+        "events; latency per raise (acknowledged durable)",
+    ))
 }
 
 /// 10-step chains run one at a time: the latency of a chain when the engine is otherwise idle.
@@ -429,5 +487,11 @@ async fn chain_latency(b: &Bench, count: u64) -> Result<BenchResult> {
     }
     let elapsed = start.elapsed();
     pb.finish_and_clear();
-    Ok(finish(Scenario::ChainLatency, count, elapsed, &h, "10-step chains, one at a time; latency per chain"))
+    Ok(finish(
+        Scenario::ChainLatency,
+        count,
+        elapsed,
+        &h,
+        "10-step chains, one at a time; latency per chain",
+    ))
 }

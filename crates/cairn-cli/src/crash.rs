@@ -43,7 +43,9 @@ pub struct CrashArgs {
     workers: usize,
 }
 
-const KINDS: [&str; 6] = ["w_chain", "w_fan", "w_parent", "w_timer", "w_events", "w_can"];
+const KINDS: [&str; 6] = [
+    "w_chain", "w_fan", "w_parent", "w_timer", "w_events", "w_can",
+];
 
 fn expected_output(kind: &str) -> &'static str {
     match kind {
@@ -68,7 +70,9 @@ fn registry() -> Registry {
             Ok(x)
         })
         .orchestration("w_fan", |ctx: OrchestrationContext, _: ()| async move {
-            let tasks = (0..20).map(|_| ctx.call_activity::<_, u64>("one", ())).collect();
+            let tasks = (0..20)
+                .map(|_| ctx.call_activity::<_, u64>("one", ()))
+                .collect();
             let mut sum = 0;
             for r in ctx.when_all(tasks).await {
                 sum += r?;
@@ -115,7 +119,10 @@ impl Ledger {
 }
 
 /// Reads the ledger: started ids with their kind, and ids whose events were all raised.
-fn read_ledger(path: &Path) -> Result<(Vec<(String, String)>, Vec<String>)> {
+/// (instance id, orchestration name) of every acknowledged start, in order.
+type Started = Vec<(String, String)>;
+
+fn read_ledger(path: &Path) -> Result<(Started, Vec<String>)> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -158,7 +165,9 @@ pub async fn run(command: DebugCommand) -> Result<()> {
         checkpoint_every_records: args.checkpoint_every,
         ..args.engine.config()
     };
-    let engine = Engine::open(config, registry()).await.context("cannot open the task hub")?;
+    let engine = Engine::open(config, registry())
+        .await
+        .context("cannot open the task hub")?;
     let client = engine.client();
     let (started, raised) = read_ledger(&args.ledger)?;
     // Finish what a kill interrupted: events not yet all raised.
@@ -193,9 +202,18 @@ pub async fn run(command: DebugCommand) -> Result<()> {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let kind = KINDS[i % KINDS.len()];
                 let id = format!("w-{i:06}");
-                let input: Option<String> = Some(if kind == "w_can" { "0".into() } else { "null".into() });
-                client.start_raw(kind, input, StartOptions::with_id(id.clone())).await?;
-                ledger.lock().await.append(&format!("started {id} {kind}"))?;
+                let input: Option<String> = Some(if kind == "w_can" {
+                    "0".into()
+                } else {
+                    "null".into()
+                });
+                client
+                    .start_raw(kind, input, StartOptions::with_id(id.clone()))
+                    .await?;
+                ledger
+                    .lock()
+                    .await
+                    .append(&format!("started {id} {kind}"))?;
                 if kind == "w_events" {
                     raise_all(&client, &id).await?;
                     ledger.lock().await.append(&format!("raised {id}"))?;
@@ -234,7 +252,9 @@ async fn verify(client: &Client, started: &[(String, String)]) -> Result<Summary
             }
             Err(e) => return Err(e.into()),
         };
-        if status.status != RuntimeStatus::Completed || status.output.as_deref() != Some(expected_output(kind)) {
+        if status.status != RuntimeStatus::Completed
+            || status.output.as_deref() != Some(expected_output(kind))
+        {
             problems.push(format!(
                 "{id} ({kind}): status {} output {:?} failure {:?}",
                 status.status, status.output, status.failure
@@ -260,20 +280,37 @@ async fn verify(client: &Client, started: &[(String, String)]) -> Result<Summary
             let mut scheduled: BTreeMap<i32, &'static str> = BTreeMap::new();
             let mut results: HashMap<i32, usize> = HashMap::new();
             for e in &history {
+                let is_step = matches!(
+                    e.kind,
+                    EventKind::TaskScheduled { .. }
+                        | EventKind::SubOrchestrationCreated { .. }
+                        | EventKind::TimerCreated { .. }
+                );
+                if is_step && scheduled.insert(e.event_id, e.kind.name()).is_some() {
+                    problems.push(format!(
+                        "{}: step {} scheduled twice",
+                        s.instance_id, e.event_id
+                    ));
+                    good = false;
+                }
                 match &e.kind {
-                    EventKind::TaskScheduled { .. } | EventKind::SubOrchestrationCreated { .. } | EventKind::TimerCreated { .. } => {
-                        if scheduled.insert(e.event_id, e.kind.name()).is_some() {
-                            problems.push(format!("{}: step {} scheduled twice", s.instance_id, e.event_id));
-                            good = false;
-                        }
+                    EventKind::TaskCompleted {
+                        task_scheduled_id, ..
                     }
-                    EventKind::TaskCompleted { task_scheduled_id, .. }
-                    | EventKind::TaskFailed { task_scheduled_id, .. }
-                    | EventKind::SubOrchestrationCompleted { task_scheduled_id, .. }
-                    | EventKind::SubOrchestrationFailed { task_scheduled_id, .. } => {
+                    | EventKind::TaskFailed {
+                        task_scheduled_id, ..
+                    }
+                    | EventKind::SubOrchestrationCompleted {
+                        task_scheduled_id, ..
+                    }
+                    | EventKind::SubOrchestrationFailed {
+                        task_scheduled_id, ..
+                    } => {
                         *results.entry(*task_scheduled_id).or_default() += 1;
                     }
-                    EventKind::TimerFired { timer_id, .. } => *results.entry(*timer_id).or_default() += 1,
+                    EventKind::TimerFired { timer_id, .. } => {
+                        *results.entry(*timer_id).or_default() += 1
+                    }
                     _ => {}
                 }
             }
@@ -281,13 +318,19 @@ async fn verify(client: &Client, started: &[(String, String)]) -> Result<Summary
                 let n = results.get(step).copied().unwrap_or(0);
                 checked += 1;
                 if n != 1 {
-                    problems.push(format!("{}: {what} {step} has {n} results in history (expected exactly 1)", s.instance_id));
+                    problems.push(format!(
+                        "{}: {what} {step} has {n} results in history (expected exactly 1)",
+                        s.instance_id
+                    ));
                     good = false;
                 }
             }
             for (step, n) in &results {
                 if !scheduled.contains_key(step) {
-                    problems.push(format!("{}: {n} results for step {step} that was never scheduled", s.instance_id));
+                    problems.push(format!(
+                        "{}: {n} results for step {step} that was never scheduled",
+                        s.instance_id
+                    ));
                     good = false;
                 }
             }

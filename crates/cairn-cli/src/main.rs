@@ -107,14 +107,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let engine = Engine::open(config, Registry::new())
         .await
         .with_context(|| format!("cannot open the task hub in {}", dir.display()))?;
-    let (records, runnable, activities, timers) = engine.recovery.iter().fold((0, 0, 0, 0), |a, r| {
-        (
-            a.0 + r.replayed_records,
-            a.1 + r.runnable,
-            a.2 + r.activities,
-            a.3 + r.timers,
-        )
-    });
+    let (records, runnable, activities, timers) =
+        engine.recovery.iter().fold((0, 0, 0, 0), |a, r| {
+            (
+                a.0 + r.replayed_records,
+                a.1 + r.runnable,
+                a.2 + r.activities,
+                a.3 + r.timers,
+            )
+        });
     tracing::info!(
         data = %dir.display(),
         partitions = engine.partition_count(),
@@ -136,8 +137,10 @@ fn wait_for_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-        let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut int =
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        let mut term =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
         Ok(async move {
             tokio::select! {
                 _ = int.recv() => {}

@@ -11,12 +11,19 @@ use std::time::{Duration, Instant};
 
 fn workload(data: &Path, ledger: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    cmd.args(["debug", "crash-workload", "--partitions", "4", "--checkpoint-every", "1500"])
-        .arg("--data")
-        .arg(data)
-        .arg("--ledger")
-        .arg(ledger)
-        .env("RUST_LOG", "warn");
+    cmd.args([
+        "debug",
+        "crash-workload",
+        "--partitions",
+        "4",
+        "--checkpoint-every",
+        "1500",
+    ])
+    .arg("--data")
+    .arg(data)
+    .arg("--ledger")
+    .arg(ledger)
+    .env("RUST_LOG", "warn");
     cmd
 }
 
@@ -67,16 +74,31 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             progressed += 1;
         }
     }
-    assert!(progressed >= kills / 2, "only {progressed} of {kills} rounds made progress");
+    assert!(
+        progressed >= kills / 2,
+        "only {progressed} of {kills} rounds made progress"
+    );
     let acknowledged = ledger_starts(&ledger);
-    assert!(acknowledged >= 100, "only {acknowledged} acknowledged starts: the workload barely ran");
+    assert!(
+        acknowledged >= 100,
+        "only {acknowledged} acknowledged starts: the workload barely ran"
+    );
 
     let out = workload(&data, &ledger).arg("--finish").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "verification failed:\n{stdout}\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("bad summary {stdout}: {e}"));
-    assert_eq!(summary["problems"].as_array().map(|a| a.len()), Some(0), "{summary}");
+    assert!(
+        out.status.success(),
+        "verification failed:\n{stdout}\n{stderr}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("bad summary {stdout}: {e}"));
+    assert_eq!(
+        summary["problems"].as_array().map(|a| a.len()),
+        Some(0),
+        "{summary}"
+    );
     assert_eq!(summary["instances"].as_u64(), Some(acknowledged as u64));
     assert_eq!(summary["ok"].as_u64(), Some(acknowledged as u64));
     assert!(summary["activity_results_checked"].as_u64().unwrap_or(0) > acknowledged as u64);

@@ -17,12 +17,19 @@ impl Drop for Mount {
 
 fn workload(data: &Path, ledger: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    cmd.args(["debug", "crash-workload", "--partitions", "2", "--checkpoint-every", "500"])
-        .arg("--data")
-        .arg(data)
-        .arg("--ledger")
-        .arg(ledger)
-        .env("RUST_LOG", "warn");
+    cmd.args([
+        "debug",
+        "crash-workload",
+        "--partitions",
+        "2",
+        "--checkpoint-every",
+        "500",
+    ])
+    .arg("--data")
+    .arg(data)
+    .arg("--ledger")
+    .arg(ledger)
+    .env("RUST_LOG", "warn");
     cmd
 }
 
@@ -36,7 +43,10 @@ fn full_disk_gives_a_clear_error_and_loses_nothing_acknowledged() {
         .arg(&mnt)
         .status()
         .expect("the mount command runs");
-    assert!(mounted.success(), "this test mounts a 4 MiB tmpfs and needs root to do so");
+    assert!(
+        mounted.success(),
+        "this test mounts a 4 MiB tmpfs and needs root to do so"
+    );
     let guard = Mount(mnt.clone());
     let data = mnt.join("data");
     let ledger = dir.path().join("ledger");
@@ -59,23 +69,54 @@ fn full_disk_gives_a_clear_error_and_loses_nothing_acknowledged() {
     }
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the workload should fail when the disk is full");
+    assert!(
+        !out.status.success(),
+        "the workload should fail when the disk is full"
+    );
     assert!(
         stderr.contains("disk full") || stderr.contains("No space left on device"),
         "the error does not say the disk is full:\n{stderr}"
     );
-    let acknowledged = std::fs::read_to_string(&ledger).unwrap().lines().filter(|l| l.starts_with("started")).count();
-    assert!(acknowledged > 20, "only {acknowledged} starts before the disk filled");
+    let acknowledged = std::fs::read_to_string(&ledger)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("started"))
+        .count();
+    assert!(
+        acknowledged > 20,
+        "only {acknowledged} starts before the disk filled"
+    );
 
     // Move the data to a disk with room and recover it there.
     let rescued = dir.path().join("rescued");
-    let cp = Command::new("cp").arg("-a").arg(&data).arg(&rescued).status().unwrap();
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&data)
+        .arg(&rescued)
+        .status()
+        .unwrap();
     assert!(cp.success());
     drop(guard);
-    let out = workload(&rescued, &ledger).arg("--finish").output().unwrap();
+    let out = workload(&rescued, &ledger)
+        .arg("--finish")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "recovery after a full disk failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
-    assert_eq!(summary["instances"].as_u64(), Some(acknowledged as u64), "{summary}");
-    assert_eq!(summary["ok"].as_u64(), Some(acknowledged as u64), "{summary}");
+    assert!(
+        out.status.success(),
+        "recovery after a full disk failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(
+        summary["instances"].as_u64(),
+        Some(acknowledged as u64),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["ok"].as_u64(),
+        Some(acknowledged as u64),
+        "{summary}"
+    );
 }

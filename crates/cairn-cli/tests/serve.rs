@@ -29,7 +29,9 @@ fn run_until_ready_then_interrupt(data: &std::path::Path, extra: &[&str]) -> Str
     });
     let mut log = String::new();
     loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("cairn serve became ready");
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("cairn serve became ready");
         log.push_str(&line);
         log.push('\n');
         if line.contains("Cairn is running") {
@@ -37,7 +39,11 @@ fn run_until_ready_then_interrupt(data: &std::path::Path, extra: &[&str]) -> Str
         }
     }
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     let status = child.wait().unwrap();
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
         log.push_str(&line);
@@ -55,7 +61,10 @@ fn serve_starts_recovers_and_stops_on_ctrl_c() {
     let log = run_until_ready_then_interrupt(&data, &["--partitions", "3"]);
     assert!(log.contains("recovered"), "{log}");
     assert!(data.join("hub.json").exists());
-    assert_eq!(std::fs::read_dir(data.join("partitions")).unwrap().count(), 3);
+    assert_eq!(
+        std::fs::read_dir(data.join("partitions")).unwrap().count(),
+        3
+    );
     // A second start recovers the same hub.
     let log = run_until_ready_then_interrupt(&data, &[]);
     assert!(log.contains("partitions=3"), "{log}");
@@ -66,7 +75,13 @@ fn serve_refuses_another_partition_count() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
     run_until_ready_then_interrupt(&data, &["--partitions", "2"]);
-    let out = cairn().arg("serve").arg("--data").arg(&data).args(["--partitions", "5"]).output().unwrap();
+    let out = cairn()
+        .arg("serve")
+        .arg("--data")
+        .arg(&data)
+        .args(["--partitions", "5"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("2 partitions but 5 were requested"), "{err}");
@@ -76,13 +91,30 @@ fn serve_refuses_another_partition_count() {
 fn bench_json_reports_every_field() {
     let dir = tempfile::tempdir().unwrap();
     let out = cairn()
-        .args(["bench", "sequence", "fan-out-fan-in", "--json", "--scale", "0.05", "--partitions", "2", "--data"])
+        .args([
+            "bench",
+            "sequence",
+            "fan-out-fan-in",
+            "--json",
+            "--scale",
+            "0.05",
+            "--partitions",
+            "2",
+            "--data",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 2);
     for (row, name) in rows.iter().zip(["sequence", "fan-out-fan-in"]) {
         assert_eq!(row["scenario"], name);

@@ -819,7 +819,7 @@ impl PartitionState {
             .entry(to)
             .or_default()
             .push_back((id, msg));
-        if !cx.effects.iter().any(|e| *e == Effect::SendMessages { to }) {
+        if !cx.effects.contains(&Effect::SendMessages { to }) {
             cx.effects.push(Effect::SendMessages { to });
         }
     }

@@ -15,7 +15,10 @@ struct MemStore {
 
 impl InstanceSource for MemStore {
     fn load(&self, id: &str) -> Result<Option<InstanceState>, SourceError> {
-        Ok(self.instances.get(id).map(|b| InstanceState::decode(b).unwrap()))
+        Ok(self
+            .instances
+            .get(id)
+            .map(|b| InstanceState::decode(b).unwrap()))
     }
 }
 
@@ -27,7 +30,11 @@ impl MemStore {
         }
         for (id, seq, bytes) in data.history_appends {
             let rows = self.history.entry(id).or_default();
-            assert_eq!(rows.len(), seq as usize, "history rows are appended in order");
+            assert_eq!(
+                rows.len(),
+                seq as usize,
+                "history rows are appended in order"
+            );
             rows.push(bytes);
         }
         for (id, bytes) in data.puts {
@@ -39,8 +46,11 @@ impl MemStore {
     }
 }
 
+/// Globals plus, per instance id, its state and full history (None if absent).
+type Observed = (Globals, Vec<Option<(InstanceState, Vec<HistoryEvent>)>>);
+
 /// Everything observable about a partition: globals, and each instance with its full history.
-fn observe(state: &mut PartitionState, store: &MemStore, ids: &[String]) -> (Globals, Vec<Option<(InstanceState, Vec<HistoryEvent>)>>) {
+fn observe(state: &mut PartitionState, store: &MemStore, ids: &[String]) -> Observed {
     let mut out = Vec::new();
     for id in ids {
         let inst = state.get(id, store).unwrap().cloned();
@@ -48,7 +58,12 @@ fn observe(state: &mut PartitionState, store: &MemStore, ids: &[String]) -> (Glo
             let mut h: Vec<HistoryEvent> = store
                 .history
                 .get(id)
-                .map(|rows| rows.iter().take(i.persisted_len() as usize).map(|r| decode_history_event(r).unwrap()).collect())
+                .map(|rows| {
+                    rows.iter()
+                        .take(i.persisted_len() as usize)
+                        .map(|r| decode_history_event(r).unwrap())
+                        .collect()
+                })
                 .unwrap_or_default();
             h.extend(i.tail.iter().cloned());
             assert_eq!(h.len() as u32, i.state.history_len);
@@ -62,20 +77,35 @@ fn observe(state: &mut PartitionState, store: &MemStore, ids: &[String]) -> (Glo
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
     }
 }
 
 fn local_ids() -> Vec<String> {
-    (0..40).map(|i| format!("inst-{i}")).filter(|id| partition_of(id, 2) == 0).take(6).collect()
+    (0..40)
+        .map(|i| format!("inst-{i}"))
+        .filter(|id| partition_of(id, 2) == 0)
+        .take(6)
+        .collect()
 }
 
 fn remote_ids() -> Vec<String> {
-    (0..40).map(|i| format!("inst-{i}")).filter(|id| partition_of(id, 2) == 1).take(3).collect()
+    (0..40)
+        .map(|i| format!("inst-{i}"))
+        .filter(|id| partition_of(id, 2) == 1)
+        .take(3)
+        .collect()
 }
 
 /// Generates `n` records by driving a partition with random but plausible inputs.
@@ -98,21 +128,44 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                     name: "orch".into(),
                     version: None,
                     input: Some(format!("{}", rng.below(100))),
-                    scheduled_start: if rng.below(4) == 0 { Some(now + rng.below(100)) } else { None },
+                    scheduled_start: if rng.below(4) == 0 {
+                        Some(now + rng.below(100))
+                    } else {
+                        None
+                    },
                     tags: BTreeMap::new(),
                     execution_id: format!("{:032x}", rng.next()),
-                    if_exists: [ExistingPolicy::ReturnExisting, ExistingPolicy::Fail, ExistingPolicy::TerminateAndRestart]
-                        [rng.below(3) as usize],
+                    if_exists: [
+                        ExistingPolicy::ReturnExisting,
+                        ExistingPolicy::Fail,
+                        ExistingPolicy::TerminateAndRestart,
+                    ][rng.below(3) as usize],
                 }),
             }),
             2 => PartitionEvent::Client(ClientRequest {
                 request_id: rng.next(),
                 kind: match rng.below(5) {
-                    0 => ClientRequestKind::RaiseEvent { instance_id: id.clone(), name: "e".into(), input: Some("1".into()) },
-                    1 => ClientRequestKind::Terminate { instance_id: id.clone(), reason: None, recursive: rng.below(2) == 0 },
-                    2 => ClientRequestKind::Suspend { instance_id: id.clone(), reason: None },
-                    3 => ClientRequestKind::Resume { instance_id: id.clone(), reason: None },
-                    _ => ClientRequestKind::Purge { instance_ids: vec![id.clone()] },
+                    0 => ClientRequestKind::RaiseEvent {
+                        instance_id: id.clone(),
+                        name: "e".into(),
+                        input: Some("1".into()),
+                    },
+                    1 => ClientRequestKind::Terminate {
+                        instance_id: id.clone(),
+                        reason: None,
+                        recursive: rng.below(2) == 0,
+                    },
+                    2 => ClientRequestKind::Suspend {
+                        instance_id: id.clone(),
+                        reason: None,
+                    },
+                    3 => ClientRequestKind::Resume {
+                        instance_id: id.clone(),
+                        reason: None,
+                    },
+                    _ => ClientRequestKind::Purge {
+                        instance_ids: vec![id.clone()],
+                    },
                 },
             }),
             3..=6 => {
@@ -127,11 +180,23 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                 for k in 0..rng.below(4) as i32 {
                     let seq = base + k;
                     actions.push(match rng.below(4) {
-                        0 => Action::ScheduleTask { id: seq, name: "act".into(), version: None, input: None },
-                        1 => Action::CreateTimer { id: seq, fire_at: now + rng.below(200) },
+                        0 => Action::ScheduleTask {
+                            id: seq,
+                            name: "act".into(),
+                            version: None,
+                            input: None,
+                        },
+                        1 => Action::CreateTimer {
+                            id: seq,
+                            fire_at: now + rng.below(200),
+                        },
                         2 => Action::CreateSubOrchestration {
                             id: seq,
-                            instance_id: if rng.below(2) == 0 { ids[rng.below(ids.len() as u64) as usize].clone() } else { remote[rng.below(remote.len() as u64) as usize].clone() },
+                            instance_id: if rng.below(2) == 0 {
+                                ids[rng.below(ids.len() as u64) as usize].clone()
+                            } else {
+                                remote[rng.below(remote.len() as u64) as usize].clone()
+                            },
                             name: "orch".into(),
                             version: None,
                             input: None,
@@ -139,15 +204,23 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                         },
                         _ => Action::SendEvent {
                             id: seq,
-                            instance_id: if rng.below(2) == 0 { ids[rng.below(ids.len() as u64) as usize].clone() } else { remote[rng.below(remote.len() as u64) as usize].clone() },
+                            instance_id: if rng.below(2) == 0 {
+                                ids[rng.below(ids.len() as u64) as usize].clone()
+                            } else {
+                                remote[rng.below(remote.len() as u64) as usize].clone()
+                            },
                             name: "e".into(),
                             input: None,
                         },
                     });
                 }
                 match rng.below(6) {
-                    0 => actions.push(Action::Complete(Completion::Completed { result: Some("42".into()) })),
-                    1 => actions.push(Action::Complete(Completion::Failed { failure: FailureDetails::new("E", "m") })),
+                    0 => actions.push(Action::Complete(Completion::Completed {
+                        result: Some("42".into()),
+                    })),
+                    1 => actions.push(Action::Complete(Completion::Failed {
+                        failure: FailureDetails::new("E", "m"),
+                    })),
                     2 => actions.push(Action::Complete(Completion::ContinuedAsNew {
                         input: None,
                         version: None,
@@ -158,7 +231,11 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                 }
                 PartitionEvent::EpisodeCompleted(EpisodeResult {
                     instance_id: target,
-                    execution_id: if rng.below(10) == 0 { "stale".into() } else { inst.execution_id.clone() },
+                    execution_id: if rng.below(10) == 0 {
+                        "stale".into()
+                    } else {
+                        inst.execution_id.clone()
+                    },
                     history_len: inst.history_len,
                     consumed: rng.below(inst.pending.len() as u64 + 1) as u32,
                     started_at: now,
@@ -168,16 +245,29 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
             }
             7 | 8 => {
                 let acts: Vec<u64> = state.globals().activities.keys().copied().collect();
-                let activity_id = if acts.is_empty() || rng.below(8) == 0 { rng.below(1000) } else { acts[rng.below(acts.len() as u64) as usize] };
-                let result = if rng.below(4) == 0 { Err(FailureDetails::new("X", "y")) } else { Ok(Some("1".into())) };
-                PartitionEvent::ActivityCompleted { activity_id, result }
+                let activity_id = if acts.is_empty() || rng.below(8) == 0 {
+                    rng.below(1000)
+                } else {
+                    acts[rng.below(acts.len() as u64) as usize]
+                };
+                let result = if rng.below(4) == 0 {
+                    Err(FailureDetails::new("X", "y"))
+                } else {
+                    Ok(Some("1".into()))
+                };
+                PartitionEvent::ActivityCompleted {
+                    activity_id,
+                    result,
+                }
             }
             9 => {
                 let timers: Vec<u64> = state.globals().timers.keys().copied().collect();
                 if timers.is_empty() {
                     continue;
                 }
-                PartitionEvent::TimerFired { timer_id: timers[rng.below(timers.len() as u64) as usize] }
+                PartitionEvent::TimerFired {
+                    timer_id: timers[rng.below(timers.len() as u64) as usize],
+                }
             }
             10 => {
                 // Messages from partition 1, sometimes re-sent (must be dropped by dedup).
@@ -185,10 +275,23 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                     msg_pos += 1;
                 }
                 let msg = match rng.below(3) {
-                    0 => Message::RaiseEvent { instance_id: id.clone(), name: "e".into(), input: None },
-                    1 => Message::Terminate { instance_id: id.clone(), reason: None, recursive: false },
+                    0 => Message::RaiseEvent {
+                        instance_id: id.clone(),
+                        name: "e".into(),
+                        input: None,
+                    },
+                    1 => Message::Terminate {
+                        instance_id: id.clone(),
+                        reason: None,
+                        recursive: false,
+                    },
                     _ => Message::StartSubOrchestration {
-                        parent: ParentInstance { instance_id: remote[0].clone(), execution_id: "p".into(), name: "orch".into(), task_id: 3 },
+                        parent: ParentInstance {
+                            instance_id: remote[0].clone(),
+                            execution_id: "p".into(),
+                            name: "orch".into(),
+                            task_id: 3,
+                        },
                         instance_id: id.clone(),
                         name: "orch".into(),
                         version: None,
@@ -196,14 +299,28 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                         execution_id: format!("{:032x}", rng.next()),
                     },
                 };
-                PartitionEvent::Messages { from: 1, batch: vec![(MessageId { position: msg_pos, index: 0 }, msg)] }
+                PartitionEvent::Messages {
+                    from: 1,
+                    batch: vec![(
+                        MessageId {
+                            position: msg_pos,
+                            index: 0,
+                        },
+                        msg,
+                    )],
+                }
             }
             _ => {
-                let Some((up_to, _)) = state.outbox(1).next().cloned() else { continue };
+                let Some((up_to, _)) = state.outbox(1).next().cloned() else {
+                    continue;
+                };
                 PartitionEvent::OutboxAck { to: 1, up_to }
             }
         };
-        let record = LogRecord { timestamp: now, event };
+        let record = LogRecord {
+            timestamp: now,
+            event,
+        };
         let position = records.len() as u64 + 1;
         state.apply(position, &record, &EmptySource).unwrap();
         records.push(record);
@@ -211,7 +328,12 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
     records
 }
 
-fn apply_all(state: &mut PartitionState, records: &[LogRecord], first_position: u64, src: &MemStore) -> Vec<Vec<Effect>> {
+fn apply_all(
+    state: &mut PartitionState,
+    records: &[LogRecord],
+    first_position: u64,
+    src: &MemStore,
+) -> Vec<Vec<Effect>> {
     records
         .iter()
         .enumerate()
@@ -288,7 +410,13 @@ fn start_then_episode_schedules_activity_and_completes() {
     let mut s = PartitionState::new(0, 1);
     let fx = s.apply(1, &start("a", 10), &EmptySource).unwrap();
     assert!(fx.contains(&Effect::RunEpisode("a".into())));
-    assert!(fx.iter().any(|e| matches!(e, Effect::Respond { request_id: 7, response: ClientResponse::Started { .. } })));
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Respond {
+            request_id: 7,
+            response: ClientResponse::Started { .. }
+        }
+    )));
     let ep = LogRecord {
         timestamp: 20,
         event: PartitionEvent::EpisodeCompleted(EpisodeResult {
@@ -297,15 +425,32 @@ fn start_then_episode_schedules_activity_and_completes() {
             history_len: 0,
             consumed: 1,
             started_at: 15,
-            actions: vec![Action::ScheduleTask { id: 0, name: "act".into(), version: None, input: None }],
+            actions: vec![Action::ScheduleTask {
+                id: 0,
+                name: "act".into(),
+                version: None,
+                input: None,
+            }],
             custom_status: None,
         }),
     };
     let fx = s.apply(2, &ep, &EmptySource).unwrap();
-    assert_eq!(fx, vec![Effect::StartActivity(1), Effect::InstanceChanged("a".into())]);
+    assert_eq!(
+        fx,
+        vec![
+            Effect::StartActivity(1),
+            Effect::InstanceChanged("a".into())
+        ]
+    );
     assert_eq!(s.loaded("a").unwrap().state.status, RuntimeStatus::Running);
     // The same activity result twice: applied once.
-    let done = LogRecord { timestamp: 30, event: PartitionEvent::ActivityCompleted { activity_id: 1, result: Ok(Some("2".into())) } };
+    let done = LogRecord {
+        timestamp: 30,
+        event: PartitionEvent::ActivityCompleted {
+            activity_id: 1,
+            result: Ok(Some("2".into())),
+        },
+    };
     let fx = s.apply(3, &done, &EmptySource).unwrap();
     assert_eq!(fx, vec![Effect::RunEpisode("a".into())]);
     let fx = s.apply(4, &done, &EmptySource).unwrap();
@@ -332,10 +477,17 @@ fn stale_episode_is_discarded() {
         }),
     };
     let fx = s.apply(2, &ep("other", 0), &EmptySource).unwrap();
-    assert_eq!(fx, vec![Effect::RunEpisode("a".into())], "stale result re-requests an episode");
+    assert_eq!(
+        fx,
+        vec![Effect::RunEpisode("a".into())],
+        "stale result re-requests an episode"
+    );
     assert_eq!(s.loaded("a").unwrap().state.status, RuntimeStatus::Pending);
     s.apply(3, &ep("e1", 0), &EmptySource).unwrap();
-    assert_eq!(s.loaded("a").unwrap().state.status, RuntimeStatus::Completed);
+    assert_eq!(
+        s.loaded("a").unwrap().state.status,
+        RuntimeStatus::Completed
+    );
 }
 
 #[test]
@@ -353,8 +505,18 @@ fn messages_to_other_partitions_go_through_the_outbox_with_dedup_ids() {
             consumed: 1,
             started_at: 15,
             actions: vec![
-                Action::SendEvent { id: 0, instance_id: ids[0].clone(), name: "x".into(), input: None },
-                Action::SendEvent { id: 1, instance_id: ids[1].clone(), name: "x".into(), input: None },
+                Action::SendEvent {
+                    id: 0,
+                    instance_id: ids[0].clone(),
+                    name: "x".into(),
+                    input: None,
+                },
+                Action::SendEvent {
+                    id: 1,
+                    instance_id: ids[1].clone(),
+                    name: "x".into(),
+                    input: None,
+                },
             ],
             custom_status: None,
         }),
@@ -362,7 +524,30 @@ fn messages_to_other_partitions_go_through_the_outbox_with_dedup_ids() {
     let fx = s.apply(2, &ep, &EmptySource).unwrap();
     assert!(fx.contains(&Effect::SendMessages { to: 1 }));
     let out: Vec<MessageId> = s.outbox(1).map(|(id, _)| *id).collect();
-    assert_eq!(out, vec![MessageId { position: 2, index: 0 }, MessageId { position: 2, index: 1 }]);
-    s.apply(3, &LogRecord { timestamp: 30, event: PartitionEvent::OutboxAck { to: 1, up_to: out[0] } }, &EmptySource).unwrap();
+    assert_eq!(
+        out,
+        vec![
+            MessageId {
+                position: 2,
+                index: 0
+            },
+            MessageId {
+                position: 2,
+                index: 1
+            }
+        ]
+    );
+    s.apply(
+        3,
+        &LogRecord {
+            timestamp: 30,
+            event: PartitionEvent::OutboxAck {
+                to: 1,
+                up_to: out[0],
+            },
+        },
+        &EmptySource,
+    )
+    .unwrap();
     assert_eq!(s.outbox(1).count(), 1);
 }

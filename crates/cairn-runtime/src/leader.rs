@@ -679,7 +679,11 @@ impl Leader {
             .remove(id)
             .filter(|c| c.execution_id == execution_id && c.history_len == history_len);
         // The history is only needed to rebuild a cursor; a cached cursor continues without it.
-        let tail = if cursor.is_none() { inst.tail.clone() } else { Vec::new() };
+        let tail = if cursor.is_none() {
+            inst.tail.clone()
+        } else {
+            Vec::new()
+        };
         self.running.insert(id.to_string());
         self.tick += 1;
         self.touched.insert(id.to_string(), self.tick);

@@ -39,3 +39,8 @@ pub use futures::future::Either;
 pub use leader::LeaderStats;
 pub use orchestration::{DurableFuture, OrchestrationContext, RetryPolicy};
 pub use registry::{ActivityContext, Registry};
+
+/// The README's example, compiled and run as a doc test so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExample;

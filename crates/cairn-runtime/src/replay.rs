@@ -131,10 +131,8 @@ impl Cursor {
     fn apply(&mut self, ev: &HistoryEvent) -> Result<(), FailureDetails> {
         match &ev.kind {
             EventKind::OrchestratorStarted => self.ctx.inner.lock().current_time = ev.timestamp,
-            EventKind::ExecutionStarted { input, .. } => {
-                if self.future.is_none() {
-                    self.future = Some((self.func)(self.ctx.clone(), input.clone()));
-                }
+            EventKind::ExecutionStarted { input, .. } if self.future.is_none() => {
+                self.future = Some((self.func)(self.ctx.clone(), input.clone()));
             }
             EventKind::TaskCompleted {
                 task_scheduled_id,

@@ -25,7 +25,11 @@ async fn chaining_fan_out_and_sub_orchestrations() {
     assert_eq!(s.status, RuntimeStatus::Completed, "{s:?}");
     assert_eq!(s.output::<i64>().unwrap(), 10 + (1..=10).sum::<i64>());
     // The children exist under derived ids, with the parent recorded.
-    let child = c.get_status(&format!("{}:0000", s.instance_id), false).await.unwrap().unwrap();
+    let child = c
+        .get_status(&format!("{}:0000", s.instance_id), false)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(child.name, "chain");
     assert_eq!(child.parent.unwrap().instance_id, s.instance_id);
     engine.shutdown().await.unwrap();
@@ -61,8 +65,20 @@ async fn events_are_buffered_until_awaited() {
     assert_eq!(s.output::<i64>().unwrap(), (1..=50).sum::<i64>());
     // Raising to a completed instance is refused with the status.
     let err = c.raise_event(&id, "value", &1).await.unwrap_err();
-    assert!(matches!(err, EngineError::WrongStatus { status: RuntimeStatus::Completed, .. }), "{err}");
-    let err = c.raise_event("no-such-instance", "value", &1).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::WrongStatus {
+                status: RuntimeStatus::Completed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = c
+        .raise_event("no-such-instance", "value", &1)
+        .await
+        .unwrap_err();
     assert!(matches!(err, EngineError::NotFound(_)), "{err}");
     engine.shutdown().await.unwrap();
 }
@@ -79,8 +95,17 @@ async fn continue_as_new_resets_history_and_keeps_custom_status() {
     let with_history = c.get_status(&s.instance_id, true).await.unwrap().unwrap();
     let history = with_history.history.unwrap();
     // Only the last execution's history is kept: start, the completing episode, completion.
-    assert!(history.len() <= 6, "history was not reset: {} events", history.len());
-    match &history.iter().find(|e| matches!(e.kind, EventKind::ExecutionStarted { .. })).unwrap().kind {
+    assert!(
+        history.len() <= 6,
+        "history was not reset: {} events",
+        history.len()
+    );
+    match &history
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::ExecutionStarted { .. }))
+        .unwrap()
+        .kind
+    {
         EventKind::ExecutionStarted { input, .. } => assert_eq!(input.as_deref(), Some("[5,5]")),
         _ => unreachable!(),
     }
@@ -90,9 +115,13 @@ async fn continue_as_new_resets_history_and_keeps_custom_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_carry_type_message_and_details_up_the_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = registry().orchestration("calls_failing", |ctx: OrchestrationContext, _: ()| async move {
-        ctx.call_sub_orchestration::<_, ()>("failing", None, ()).await
-    });
+    let registry = registry().orchestration(
+        "calls_failing",
+        |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_sub_orchestration::<_, ()>("failing", None, ())
+                .await
+        },
+    );
     let engine = Engine::open(config(dir.path()), registry).await.unwrap();
     let c = engine.client();
     let s = run_to_end(&c, "calls_failing", ()).await;
@@ -123,16 +152,30 @@ async fn retry_policy_retries_with_backoff_then_succeeds_or_gives_up() {
                 }
             }
         })
-        .orchestration("retrying", |ctx: OrchestrationContext, (succeed_on, attempts): (u32, u32)| async move {
-            let policy = RetryPolicy::new(attempts, Duration::from_millis(20)).with_backoff(2.0);
-            ctx.call_activity_with_retry::<_, u32>("flaky", succeed_on, &policy).await
-        });
+        .orchestration(
+            "retrying",
+            |ctx: OrchestrationContext, (succeed_on, attempts): (u32, u32)| async move {
+                let policy =
+                    RetryPolicy::new(attempts, Duration::from_millis(20)).with_backoff(2.0);
+                ctx.call_activity_with_retry::<_, u32>("flaky", succeed_on, &policy)
+                    .await
+            },
+        );
     let engine = Engine::open(config(dir.path()), registry).await.unwrap();
     let c = engine.client();
     let s = run_to_end(&c, "retrying", (3u32, 5u32)).await;
     assert_eq!(s.output::<u32>().unwrap(), 3);
-    let history = c.get_status(&s.instance_id, true).await.unwrap().unwrap().history.unwrap();
-    let timers = history.iter().filter(|e| matches!(e.kind, EventKind::TimerCreated { .. })).count();
+    let history = c
+        .get_status(&s.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap()
+        .history
+        .unwrap();
+    let timers = history
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::TimerCreated { .. }))
+        .count();
     assert_eq!(timers, 2, "two backoff timers between three attempts");
     calls.store(0, Ordering::SeqCst);
     let s = run_to_end(&c, "retrying", (10u32, 2u32)).await;
@@ -144,16 +187,23 @@ async fn retry_policy_retries_with_backoff_then_succeeds_or_gives_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_names_and_bad_inputs_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = registry().orchestration("calls_missing", |ctx: OrchestrationContext, _: ()| async move {
-        ctx.call_activity::<_, ()>("no_such_activity", ()).await
-    });
+    let registry = registry().orchestration(
+        "calls_missing",
+        |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_activity::<_, ()>("no_such_activity", ()).await
+        },
+    );
     let engine = Engine::open(config(dir.path()), registry).await.unwrap();
     let c = engine.client();
     let s = run_to_end(&c, "no_such_orchestration", ()).await;
     assert_eq!(s.status, RuntimeStatus::Failed);
     let f = s.failure.unwrap();
     assert_eq!(f.error_type, "OrchestrationNotFound");
-    assert!(f.message.contains("no_such_orchestration") && f.message.contains("chain"), "{}", f.message);
+    assert!(
+        f.message.contains("no_such_orchestration") && f.message.contains("chain"),
+        "{}",
+        f.message
+    );
     let s = run_to_end(&c, "calls_missing", ()).await;
     assert_eq!(s.failure.unwrap().error_type, "ActivityNotFound");
     // "chain" wants a number.
@@ -162,9 +212,15 @@ async fn unknown_names_and_bad_inputs_fail_clearly() {
     assert_eq!(f.error_type, "InputDeserializationError");
     assert!(f.message.contains("chain"), "{}", f.message);
     // Instance ids.
-    let err = c.start_with("chain", &1, StartOptions::with_id("")).await.unwrap_err();
+    let err = c
+        .start_with("chain", &1, StartOptions::with_id(""))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("must not be empty"), "{err}");
-    let err = c.start_with("chain", &1, StartOptions::with_id("x".repeat(1000))).await.unwrap_err();
+    let err = c
+        .start_with("chain", &1, StartOptions::with_id("x".repeat(1000)))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("limit"), "{err}");
     // Oversized payloads are refused before anything is stored.
     let big = "x".repeat(EngineConfig::default().max_payload_bytes + 1);
@@ -184,7 +240,9 @@ async fn terminate_suspend_resume() {
         .await
         .unwrap();
     c.wait_for_start(&registry_parent, WAIT).await.unwrap();
-    c.terminate("lonely", Some("no longer needed"), false).await.unwrap();
+    c.terminate("lonely", Some("no longer needed"), false)
+        .await
+        .unwrap();
     let s = c.wait_for_completion("lonely", WAIT).await.unwrap();
     assert_eq!(s.status, RuntimeStatus::Terminated);
     assert_eq!(s.output.as_deref(), Some("\"no longer needed\""));
@@ -208,9 +266,13 @@ async fn terminate_suspend_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recursive_terminate_stops_children() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = registry().orchestration("waits_on_child", |ctx: OrchestrationContext, _: ()| async move {
-        ctx.call_sub_orchestration::<_, String>("approval", Some("the-child"), 3_600_000u64).await
-    });
+    let registry = registry().orchestration(
+        "waits_on_child",
+        |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_sub_orchestration::<_, String>("approval", Some("the-child"), 3_600_000u64)
+                .await
+        },
+    );
     let engine = Engine::open(config(dir.path()), registry).await.unwrap();
     let c = engine.client();
     let id = c.start("waits_on_child", &()).await.unwrap();
@@ -226,12 +288,21 @@ async fn start_is_idempotent_and_scheduled_start_waits() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path()).await;
     let c = engine.client();
-    let a = c.start_with("approval", &3_600_000u64, StartOptions::with_id("same")).await.unwrap();
+    let a = c
+        .start_with("approval", &3_600_000u64, StartOptions::with_id("same"))
+        .await
+        .unwrap();
     let first = c.wait_for_start(&a, WAIT).await.unwrap();
-    let b = c.start_with("approval", &3_600_000u64, StartOptions::with_id("same")).await.unwrap();
+    let b = c
+        .start_with("approval", &3_600_000u64, StartOptions::with_id("same"))
+        .await
+        .unwrap();
     assert_eq!(a, b);
     let again = c.get_status("same", false).await.unwrap().unwrap();
-    assert_eq!(first.execution_id, again.execution_id, "idempotent start must not restart");
+    assert_eq!(
+        first.execution_id, again.execution_id,
+        "idempotent start must not restart"
+    );
     let strict = StartOptions {
         if_exists: ExistingPolicy::Fail,
         ..StartOptions::with_id("same")
@@ -250,7 +321,10 @@ async fn start_is_idempotent_and_scheduled_start_waits() {
     };
     c.start_with("chain", &1, later).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(c.get_status("later", false).await.unwrap().unwrap().status, RuntimeStatus::Pending);
+    assert_eq!(
+        c.get_status("later", false).await.unwrap().unwrap().status,
+        RuntimeStatus::Pending
+    );
     let s = c.wait_for_completion("later", WAIT).await.unwrap();
     assert_eq!(s.status, RuntimeStatus::Completed);
     assert!(s.completed_at.unwrap() >= s.scheduled_start.unwrap());
@@ -263,12 +337,24 @@ async fn query_pages_and_purge_by_filter() {
     let engine = open(dir.path()).await;
     let c = engine.client();
     for i in 0..25 {
-        c.start_with("chain", &1, StartOptions::with_id(format!("q-{i:02}"))).await.unwrap();
+        c.start_with("chain", &1, StartOptions::with_id(format!("q-{i:02}")))
+            .await
+            .unwrap();
     }
-    c.start_with("approval", &3_600_000u64, StartOptions::with_id("q-running")).await.unwrap();
-    c.start_with("chain", &1, StartOptions::with_id("other")).await.unwrap();
+    c.start_with(
+        "approval",
+        &3_600_000u64,
+        StartOptions::with_id("q-running"),
+    )
+    .await
+    .unwrap();
+    c.start_with("chain", &1, StartOptions::with_id("other"))
+        .await
+        .unwrap();
     for i in 0..25 {
-        c.wait_for_completion(&format!("q-{i:02}"), WAIT).await.unwrap();
+        c.wait_for_completion(&format!("q-{i:02}"), WAIT)
+            .await
+            .unwrap();
     }
     c.wait_for_start("q-running", WAIT).await.unwrap();
     let mut query = InstanceQuery {
@@ -290,7 +376,10 @@ async fn query_pages_and_purge_by_filter() {
         }
     }
     assert_eq!(seen.len(), 26);
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "ordered, no duplicates");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "ordered, no duplicates"
+    );
     // Status filter.
     query.continuation_token = None;
     query.page_size = 100;
@@ -333,7 +422,13 @@ async fn history_has_the_durable_task_shape() {
     let engine = open(dir.path()).await;
     let c = engine.client();
     let s = run_to_end(&c, "chain", 2).await;
-    let h = c.get_status(&s.instance_id, true).await.unwrap().unwrap().history.unwrap();
+    let h = c
+        .get_status(&s.instance_id, true)
+        .await
+        .unwrap()
+        .unwrap()
+        .history
+        .unwrap();
     let names: Vec<&str> = h.iter().map(|e| e.kind.name()).collect();
     assert_eq!(
         names,
@@ -355,6 +450,12 @@ async fn history_has_the_durable_task_shape() {
     // Scheduled events carry the sequence number; completions point back to it.
     assert_eq!(h[2].event_id, 0);
     assert_eq!(h[6].event_id, 1);
-    assert!(matches!(h[9].kind, EventKind::TaskCompleted { task_scheduled_id: 1, .. }));
+    assert!(matches!(
+        h[9].kind,
+        EventKind::TaskCompleted {
+            task_scheduled_id: 1,
+            ..
+        }
+    ));
     engine.shutdown().await.unwrap();
 }

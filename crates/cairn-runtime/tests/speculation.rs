@@ -22,20 +22,40 @@ async fn nothing_is_visible_before_it_is_durable_and_steps_do_not_wait_for_fsync
 
     // A start is acknowledged only after its record is durable: at least one slow sync.
     let t = Instant::now();
-    let id = c.start_with("chain", &20, StartOptions::with_id("spec")).await.unwrap();
-    assert!(t.elapsed() >= SYNC, "start acknowledged after {:?}, before a sync could finish", t.elapsed());
+    let id = c
+        .start_with("chain", &20, StartOptions::with_id("spec"))
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() >= SYNC,
+        "start acknowledged after {:?}, before a sync could finish",
+        t.elapsed()
+    );
 
     // 20 steps = 40 records. Without speculation each step would wait for a sync (≥ 10 s).
     let s = c.wait_for_completion(&id, WAIT).await.unwrap();
     let elapsed = t.elapsed();
     assert_eq!(s.output::<i64>().unwrap(), 20);
-    assert!(elapsed < SYNC * 20, "20 steps took {elapsed:?}: steps waited for fsync");
-    let batches: u64 = engine.stats().iter().map(|s| s.batches.load(Ordering::Relaxed)).sum();
-    assert!(batches >= 40, "each step was its own commit batch ({batches})");
+    assert!(
+        elapsed < SYNC * 20,
+        "20 steps took {elapsed:?}: steps waited for fsync"
+    );
+    let batches: u64 = engine
+        .stats()
+        .iter()
+        .map(|s| s.batches.load(Ordering::Relaxed))
+        .sum();
+    assert!(
+        batches >= 40,
+        "each step was its own commit batch ({batches})"
+    );
 
     // Reads are answered from durable state only: a status read right after an event waits for
     // the event's record to be durable, and then shows it.
-    let id = c.start_with("events", &1u32, StartOptions::with_id("spec-ev")).await.unwrap();
+    let id = c
+        .start_with("events", &1u32, StartOptions::with_id("spec-ev"))
+        .await
+        .unwrap();
     c.wait_for_start(&id, WAIT).await.unwrap();
     let raise = {
         let c = c.clone();
@@ -44,7 +64,11 @@ async fn nothing_is_visible_before_it_is_durable_and_steps_do_not_wait_for_fsync
     tokio::time::sleep(Duration::from_millis(20)).await;
     let t = Instant::now();
     let status = c.get_status("spec-ev", false).await.unwrap().unwrap();
-    assert!(t.elapsed() >= SYNC / 2, "status answered in {:?}, before the pending sync", t.elapsed());
+    assert!(
+        t.elapsed() >= SYNC / 2,
+        "status answered in {:?}, before the pending sync",
+        t.elapsed()
+    );
     raise.await.unwrap().unwrap();
     // Whatever it showed was durable; the final state is consistent with it.
     let done = c.wait_for_completion("spec-ev", WAIT).await.unwrap();
