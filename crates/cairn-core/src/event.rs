@@ -161,7 +161,7 @@ impl ClientRequestKind {
 }
 
 /// What to do when starting an id that is already Pending/Running/Suspended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum ExistingPolicy {
     /// Return the existing instance (idempotent start). The default.
     #[default]
@@ -170,6 +170,10 @@ pub enum ExistingPolicy {
     Fail,
     /// Terminate the running execution and start a new one.
     TerminateAndRestart,
+    /// Replace the instance only if its status is one of these (terminating it if it runs);
+    /// otherwise fail with [`ClientResponse::AlreadyExists`]. This is the Durable Task
+    /// protocol's `OrchestrationIdReusePolicy`; an empty list means "never replace".
+    ReplaceIf(Vec<RuntimeStatus>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

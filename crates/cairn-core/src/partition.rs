@@ -577,21 +577,22 @@ impl PartitionState {
         let mut replaced = existing.is_none() && self.dirty.contains(&start.instance_id);
         if let Some(mut inst) = existing {
             let status = inst.state.status;
+            let replace = match &start.if_exists {
+                ExistingPolicy::ReplaceIf(statuses) => statuses.contains(&status),
+                ExistingPolicy::TerminateAndRestart => true,
+                ExistingPolicy::ReturnExisting | ExistingPolicy::Fail => status.is_terminal(),
+            };
+            if !replace {
+                let response = ClientResponse::AlreadyExists {
+                    execution_id: inst.state.execution_id.clone(),
+                    status,
+                    rejected: start.if_exists != ExistingPolicy::ReturnExisting,
+                };
+                self.put_clean(inst);
+                return Ok(response);
+            }
             if !status.is_terminal() {
-                match start.if_exists {
-                    ExistingPolicy::ReturnExisting | ExistingPolicy::Fail => {
-                        let response = ClientResponse::AlreadyExists {
-                            execution_id: inst.state.execution_id.clone(),
-                            status,
-                            rejected: start.if_exists == ExistingPolicy::Fail,
-                        };
-                        self.put_clean(inst);
-                        return Ok(response);
-                    }
-                    ExistingPolicy::TerminateAndRestart => {
-                        self.terminate(&mut inst, Some("restarted".into()), false, cx);
-                    }
-                }
+                self.terminate(&mut inst, Some("restarted".into()), false, cx);
             }
             // Timers of the old execution must not fire into the new one (they are also
             // filtered by execution id, this just frees them).

@@ -135,11 +135,15 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                     },
                     tags: BTreeMap::new(),
                     execution_id: format!("{:032x}", rng.next()),
-                    if_exists: [
-                        ExistingPolicy::ReturnExisting,
-                        ExistingPolicy::Fail,
-                        ExistingPolicy::TerminateAndRestart,
-                    ][rng.below(3) as usize],
+                    if_exists: match rng.below(4) {
+                        0 => ExistingPolicy::ReturnExisting,
+                        1 => ExistingPolicy::Fail,
+                        2 => ExistingPolicy::TerminateAndRestart,
+                        _ => ExistingPolicy::ReplaceIf(vec![
+                            RuntimeStatus::Completed,
+                            RuntimeStatus::Running,
+                        ]),
+                    },
                 }),
             }),
             2 => PartitionEvent::Client(ClientRequest {

@@ -15,6 +15,7 @@ use crate::client::Client;
 use crate::error::EngineError;
 use crate::leader::{self, Input, LeaderStats};
 use crate::registry::Registry;
+use crate::remote::RemoteQueue;
 use cairn_core::LOG_FORMAT_VERSION;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,9 @@ pub struct EngineConfig {
     pub log_segment_bytes: u64,
     /// Fault injection for tests: every log sync takes at least this long (a slow disk).
     pub log_sync_delay: Option<Duration>,
+    /// Hand orchestrations and activities that are not registered in this process to remote
+    /// workers (see [`Engine::remote_queue`]) instead of failing them as unknown.
+    pub remote_workers: bool,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +71,7 @@ impl Default for EngineConfig {
             max_payload_bytes: 4 * 1024 * 1024,
             log_segment_bytes: 64 * 1024 * 1024,
             log_sync_delay: None,
+            remote_workers: false,
         }
     }
 }
@@ -177,6 +182,7 @@ pub(crate) struct Shared {
     pub orchestration_permits: Arc<Semaphore>,
     pub activity_permits: Arc<Semaphore>,
     pub stats: Vec<Arc<LeaderStats>>,
+    pub remote: Option<RemoteQueue>,
 }
 
 impl Shared {
@@ -227,6 +233,7 @@ impl Engine {
         let stats: Vec<Arc<LeaderStats>> = (0..count)
             .map(|_| Arc::new(LeaderStats::default()))
             .collect();
+        let config_remote = config.remote_workers;
         let shared = Arc::new(Shared {
             orchestration_permits: Arc::new(Semaphore::new(
                 config.max_concurrent_orchestrations.max(1),
@@ -237,6 +244,7 @@ impl Engine {
             partition_count: count,
             partitions: senders,
             stats,
+            remote: config_remote.then(RemoteQueue::default),
         });
         // Recover partitions in parallel on blocking threads (disk reads), then start leaders.
         let mut recovering = Vec::new();
@@ -287,6 +295,11 @@ impl Engine {
 
     pub fn partition_count(&self) -> u32 {
         self.shared.partition_count
+    }
+
+    /// The queue of work for remote workers (with `remote_workers` on).
+    pub fn remote_queue(&self) -> Option<RemoteQueue> {
+        self.shared.remote.clone()
     }
 
     pub fn config(&self) -> &EngineConfig {

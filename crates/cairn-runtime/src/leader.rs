@@ -23,6 +23,7 @@ use crate::client::{InstanceStatus, QueryFilter, ReadRequest, ReadResponse, Wait
 use crate::engine::{RecoveryReport, Shared};
 use crate::error::EngineError;
 use crate::registry::ActivityContext;
+use crate::remote::{ActivityWork, OrchestratorWork, RemoteQueue, RemoteWork};
 use crate::replay::Cursor;
 use cairn_core::*;
 use cairn_storage::log::{GroupCommitLog, LogConfig, SegmentedLog};
@@ -674,10 +675,15 @@ impl Leader {
         let history_len = s.history_len;
         let persisted = inst.persisted_len();
         let new_events = s.pending.clone();
-        let cursor = self
-            .cursors
-            .remove(id)
-            .filter(|c| c.execution_id == execution_id && c.history_len == history_len);
+        // Orchestrations not registered here run on remote workers (when a front serves them):
+        // they always get the full history, as the Durable Task protocol expects.
+        let remote = match self.shared.registry.get_orchestration(&name) {
+            Some(_) => None,
+            None => self.shared.remote.clone(),
+        };
+        let cursor = self.cursors.remove(id).filter(|c| {
+            remote.is_none() && c.execution_id == execution_id && c.history_len == history_len
+        });
         // The history is only needed to rebuild a cursor; a cached cursor continues without it.
         let tail = if cursor.is_none() {
             inst.tail.clone()
@@ -691,81 +697,19 @@ impl Leader {
             self.stats.replays.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.episodes.fetch_add(1, Ordering::Relaxed);
-        let shared = self.shared.clone();
-        let instance_id = id.to_string();
-        let tx = self.shared.partitions[self.partition as usize].clone();
-        tokio::spawn(async move {
-            let _permit = shared.orchestration_permits.clone().acquire_owned().await;
-            let started_at = now_millis();
-            let mut episode = EpisodeResult {
-                instance_id: instance_id.clone(),
-                execution_id: execution_id.clone(),
-                history_len,
-                consumed: new_events.len() as u32,
-                started_at,
-                actions: Vec::new(),
-                custom_status: None,
-            };
-            let fail =
-                |f: FailureDetails| vec![Action::Complete(Completion::Failed { failure: f })];
-            let mut cursor_out = None;
-            match shared.registry.get_orchestration(&name) {
-                None => episode.actions = fail(shared.registry.orchestration_not_found(&name)),
-                Some(func) => {
-                    let cursor = match cursor {
-                        Some(c) => Ok(c),
-                        None => {
-                            let past = match read_history(&store, &instance_id, persisted, tail) {
-                                Some(p) => p,
-                                None => {
-                                    // The instance changed under us; let the leader look again.
-                                    let _ = tx.send(Input::EpisodeDone {
-                                        instance_id,
-                                        result: None,
-                                        cursor: None,
-                                    });
-                                    return;
-                                }
-                            };
-                            Cursor::rebuild(func.clone(), &instance_id, &execution_id, &name, &past)
-                        }
-                    };
-                    match cursor {
-                        Ok(mut cursor) => {
-                            let out = cursor.run_episode(&new_events, started_at);
-                            episode.actions = out.actions;
-                            episode.custom_status = out.custom_status;
-                            if !cursor.is_finished() {
-                                cursor_out = Some(cursor);
-                            }
-                        }
-                        Err(f) => episode.actions = fail(f),
-                    }
-                }
-            }
-            let limit = shared.config.max_payload_bytes;
-            for action in episode.actions.iter_mut() {
-                match action {
-                    Action::CreateSubOrchestration { execution_id, .. } => {
-                        *execution_id = new_execution_id()
-                    }
-                    Action::Complete(Completion::ContinuedAsNew {
-                        new_execution_id: e,
-                        ..
-                    }) => *e = new_execution_id(),
-                    _ => {}
-                }
-            }
-            if let Some(f) = oversized_action(&episode.actions, limit) {
-                episode.actions = fail(f);
-                cursor_out = None;
-            }
-            let _ = tx.send(Input::EpisodeDone {
-                instance_id,
-                result: Some(episode),
-                cursor: cursor_out,
-            });
-        });
+        let work = EpisodeWork {
+            shared: self.shared.clone(),
+            store,
+            tx: self.shared.partitions[self.partition as usize].clone(),
+            instance_id: id.to_string(),
+            execution_id,
+            name,
+            history_len,
+            persisted,
+            tail,
+            new_events,
+        };
+        tokio::spawn(work.run(cursor, remote));
     }
 
     fn start_activity(&mut self, activity_id: u64) {
@@ -778,6 +722,25 @@ impl Leader {
         tokio::spawn(async move {
             let _permit = shared.activity_permits.clone().acquire_owned().await;
             let result = match shared.registry.get_activity(&item.name) {
+                None if shared.remote.is_some() => {
+                    let (reply, answer) = oneshot::channel();
+                    if let Some(queue) = &shared.remote {
+                        queue.push(RemoteWork::Activity(ActivityWork {
+                            instance_id: item.instance_id.clone(),
+                            execution_id: item.execution_id.clone(),
+                            name: item.name.clone(),
+                            version: item.version.clone(),
+                            task_id: item.task_id,
+                            input: item.input.clone(),
+                            reply,
+                        }));
+                    }
+                    match answer.await {
+                        Ok(r) => r,
+                        // The queue dropped it (shutdown): recovery will run it again.
+                        Err(_) => return,
+                    }
+                }
                 None => Err(shared.registry.activity_not_found(&item.name)),
                 Some(f) => {
                     let ctx = ActivityContext {
@@ -1010,6 +973,138 @@ impl Leader {
         self.stats
             .cached_instances
             .store(self.state.loaded_ids().count() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Everything an episode needs, moved onto a worker task.
+struct EpisodeWork {
+    shared: Arc<Shared>,
+    store: Arc<PartitionStore>,
+    tx: mpsc::UnboundedSender<Input>,
+    instance_id: String,
+    execution_id: String,
+    name: String,
+    history_len: u32,
+    persisted: u32,
+    tail: Vec<HistoryEvent>,
+    new_events: Vec<HistoryEvent>,
+}
+
+impl EpisodeWork {
+    /// Runs the episode (locally with a cursor, or on a remote worker) and reports the result
+    /// to the leader.
+    async fn run(self, cursor: Option<Cursor>, remote: Option<RemoteQueue>) {
+        let fail = |f: FailureDetails| vec![Action::Complete(Completion::Failed { failure: f })];
+        let retry_later = |tx: &mpsc::UnboundedSender<Input>, instance_id: String| {
+            let _ = tx.send(Input::EpisodeDone {
+                instance_id,
+                result: None,
+                cursor: None,
+            });
+        };
+        let mut episode = EpisodeResult {
+            instance_id: self.instance_id.clone(),
+            execution_id: self.execution_id.clone(),
+            history_len: self.history_len,
+            consumed: self.new_events.len() as u32,
+            started_at: 0,
+            actions: Vec::new(),
+            custom_status: None,
+        };
+        let mut cursor_out = None;
+        let past = if cursor.is_none() {
+            match read_history(&self.store, &self.instance_id, self.persisted, self.tail) {
+                Some(p) => p,
+                // The instance changed under us; let the leader look again.
+                None => return retry_later(&self.tx, self.instance_id),
+            }
+        } else {
+            Vec::new()
+        };
+        if let Some(queue) = remote {
+            let started_at = now_millis();
+            episode.started_at = started_at;
+            let mut new_events = Vec::with_capacity(self.new_events.len() + 1);
+            new_events.push(HistoryEvent::new(
+                started_at,
+                EventKind::OrchestratorStarted,
+            ));
+            new_events.extend(self.new_events);
+            let (reply, answer) = oneshot::channel();
+            queue.push(RemoteWork::Orchestrator(OrchestratorWork {
+                instance_id: self.instance_id.clone(),
+                execution_id: self.execution_id.clone(),
+                name: self.name.clone(),
+                past_events: past,
+                new_events,
+                reply,
+            }));
+            match answer.await {
+                Ok(out) => {
+                    episode.actions = out.actions;
+                    episode.custom_status = out.custom_status;
+                }
+                Err(_) => return retry_later(&self.tx, self.instance_id),
+            }
+        } else {
+            let _permit = self
+                .shared
+                .orchestration_permits
+                .clone()
+                .acquire_owned()
+                .await;
+            let started_at = now_millis();
+            episode.started_at = started_at;
+            match self.shared.registry.get_orchestration(&self.name) {
+                None => {
+                    episode.actions = fail(self.shared.registry.orchestration_not_found(&self.name))
+                }
+                Some(func) => {
+                    let cursor = match cursor {
+                        Some(c) => Ok(c),
+                        None => Cursor::rebuild(
+                            func.clone(),
+                            &self.instance_id,
+                            &self.execution_id,
+                            &self.name,
+                            &past,
+                        ),
+                    };
+                    match cursor {
+                        Ok(mut cursor) => {
+                            let out = cursor.run_episode(&self.new_events, started_at);
+                            episode.actions = out.actions;
+                            episode.custom_status = out.custom_status;
+                            if !cursor.is_finished() {
+                                cursor_out = Some(cursor);
+                            }
+                        }
+                        Err(f) => episode.actions = fail(f),
+                    }
+                }
+            }
+        }
+        for action in episode.actions.iter_mut() {
+            match action {
+                Action::CreateSubOrchestration { execution_id, .. } => {
+                    *execution_id = new_execution_id()
+                }
+                Action::Complete(Completion::ContinuedAsNew {
+                    new_execution_id: e,
+                    ..
+                }) => *e = new_execution_id(),
+                _ => {}
+            }
+        }
+        if let Some(f) = oversized_action(&episode.actions, self.shared.config.max_payload_bytes) {
+            episode.actions = fail(f);
+            cursor_out = None;
+        }
+        let _ = self.tx.send(Input::EpisodeDone {
+            instance_id: self.instance_id,
+            result: Some(episode),
+            cursor: cursor_out,
+        });
     }
 }
 

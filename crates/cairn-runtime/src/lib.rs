@@ -29,6 +29,7 @@ pub mod error;
 mod leader;
 pub mod orchestration;
 pub mod registry;
+pub mod remote;
 pub mod replay;
 
 pub use cairn_core::{EventKind, ExistingPolicy, FailureDetails, HistoryEvent, RuntimeStatus};
