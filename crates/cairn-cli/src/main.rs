@@ -51,6 +51,9 @@ pub struct EngineArgs {
     /// Do not fsync the log (faster, NOT durable across power loss).
     #[arg(long)]
     no_fsync: bool,
+    /// Largest accepted payload (input, event data, result), in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    max_payload_bytes: usize,
 }
 
 impl EngineArgs {
@@ -62,6 +65,7 @@ impl EngineArgs {
             max_concurrent_orchestrations: self.max_concurrent_orchestrations,
             max_concurrent_activities: self.max_concurrent_activities,
             fsync: !self.no_fsync,
+            max_payload_bytes: self.max_payload_bytes,
             ..EngineConfig::default()
         }
     }
@@ -71,6 +75,12 @@ impl EngineArgs {
 struct ServeArgs {
     #[command(flatten)]
     engine: EngineArgs,
+    /// Address of the Durable Task gRPC front (the SDKs' default is localhost:4001).
+    #[arg(long, default_value = "127.0.0.1:4001", env = "CAIRN_GRPC")]
+    grpc: std::net::SocketAddr,
+    /// Seconds between health pings on idle worker streams.
+    #[arg(long, default_value_t = 30, hide = true)]
+    health_ping_secs: u64,
 }
 
 fn main() -> Result<()> {
@@ -99,33 +109,56 @@ fn main() -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let config = args.engine.config();
+    let config = EngineConfig {
+        // Orchestrations and activities come from SDK workers connected over gRPC.
+        remote_workers: true,
+        ..args.engine.config()
+    };
     if !config.fsync {
         tracing::warn!("fsync is OFF: acknowledged work can be lost on power failure");
     }
     let dir = config.data_dir.clone();
+    let max_payload = config.max_payload_bytes;
     let engine = Engine::open(config, Registry::new())
         .await
         .with_context(|| format!("cannot open the task hub in {}", dir.display()))?;
-    let (records, runnable, activities, timers) =
-        engine.recovery.iter().fold((0, 0, 0, 0), |a, r| {
-            (
-                a.0 + r.replayed_records,
-                a.1 + r.runnable,
-                a.2 + r.activities,
-                a.3 + r.timers,
-            )
-        });
+    let (records, runnable, activities, timers) = engine.recovery.iter().fold((0, 0, 0, 0), |a, r| {
+        (
+            a.0 + r.replayed_records,
+            a.1 + r.runnable,
+            a.2 + r.activities,
+            a.3 + r.timers,
+        )
+    });
     tracing::info!(
         data = %dir.display(),
         partitions = engine.partition_count(),
         "recovered: {records} log records replayed after checkpoints; {runnable} instances with work, \
          {activities} activities and {timers} timers pending"
     );
+    let listener = tokio::net::TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {} (is another Cairn running? use --grpc)", args.grpc))?;
+    let grpc_addr = listener.local_addr().unwrap_or(args.grpc);
     // Install the handlers before saying we run, so an early Ctrl-C is not lost.
     let signal = wait_for_signal()?;
-    tracing::info!("Cairn is running; press Ctrl-C to stop");
-    signal.await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sidecar_config = cairn_sidecar::SidecarConfig {
+        addr: grpc_addr,
+        health_ping: std::time::Duration::from_secs(args.health_ping_secs.max(1)),
+        // Leave room for protocol framing around the largest payload.
+        max_message_bytes: (max_payload * 2).max(64 * 1024 * 1024),
+    };
+    let grpc = cairn_sidecar::serve(&engine, sidecar_config, listener, async {
+        let _ = stop_rx.await;
+    });
+    tracing::info!(grpc = %grpc_addr, "Cairn is running; Durable Task SDKs can connect to {grpc_addr}; press Ctrl-C to stop");
+    tokio::select! {
+        r = grpc => r.context("the gRPC server failed")?,
+        _ = signal => {
+            let _ = stop_tx.send(());
+        }
+    }
     tracing::info!("stopping: flushing the log and writing checkpoints");
     engine.shutdown().await.context("clean shutdown failed")?;
     tracing::info!("stopped cleanly");

@@ -126,6 +126,7 @@ pub enum ClientRequestKind {
         name: String,
         input: Option<String>,
     },
+    /// `reason` becomes the instance's output: a payload (JSON by convention).
     Terminate {
         instance_id: String,
         reason: Option<String>,

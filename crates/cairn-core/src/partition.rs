@@ -838,7 +838,8 @@ impl PartitionState {
                 reason: reason.clone(),
             },
         ));
-        let output = reason.clone().map(|r| serde_json_string(&r));
+        // The reason is the termination output (a payload, JSON by convention).
+        let output = reason.clone();
         self.finish(inst, RuntimeStatus::Terminated, output, None, cx);
         let children = std::mem::take(&mut inst.state.children);
         if recursive {
@@ -1184,25 +1185,6 @@ impl PartitionState {
         }
         data
     }
-}
-
-/// Encodes a plain string as a JSON string literal (payloads are JSON by convention).
-fn serde_json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Decodes a history row written by [`PartitionState::checkpoint`].

@@ -1,0 +1,399 @@
+//! Conversions between Cairn's model (`cairn-core`) and the Durable Task protocol messages.
+//!
+//! History events keep the exact shape SDKs replay against: scheduling events carry the
+//! orchestrator's action id as `eventId`, completions point back with `taskScheduledId`,
+//! `ExecutionStarted` carries the instance and execution ids, and timestamps come from Cairn's
+//! log (the `OrchestratorStarted` timestamp is the orchestration's current time).
+
+use crate::proto as pb;
+use cairn_core::{Action, Completion, EventKind, FailureDetails, HistoryEvent, Millis, RuntimeStatus};
+use cairn_runtime::InstanceStatus;
+use pb::history_event::EventType;
+
+pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn millis(t: &prost_types::Timestamp) -> Millis {
+    if t.seconds < 0 {
+        return 0;
+    }
+    t.seconds as Millis * 1000 + (t.nanos.max(0) as Millis) / 1_000_000
+}
+
+pub fn status_to_proto(s: RuntimeStatus) -> pb::OrchestrationStatus {
+    match s {
+        RuntimeStatus::Pending => pb::OrchestrationStatus::Pending,
+        RuntimeStatus::Running => pb::OrchestrationStatus::Running,
+        RuntimeStatus::Completed => pb::OrchestrationStatus::Completed,
+        RuntimeStatus::ContinuedAsNew => pb::OrchestrationStatus::ContinuedAsNew,
+        RuntimeStatus::Failed => pb::OrchestrationStatus::Failed,
+        RuntimeStatus::Terminated => pb::OrchestrationStatus::Terminated,
+        RuntimeStatus::Suspended => pb::OrchestrationStatus::Suspended,
+    }
+}
+
+/// A protocol status as a Cairn status; `Canceled` (never produced by Cairn) has none.
+pub fn status_from_proto(v: i32) -> Option<RuntimeStatus> {
+    match pb::OrchestrationStatus::try_from(v).ok()? {
+        pb::OrchestrationStatus::Pending => Some(RuntimeStatus::Pending),
+        pb::OrchestrationStatus::Running => Some(RuntimeStatus::Running),
+        pb::OrchestrationStatus::Completed => Some(RuntimeStatus::Completed),
+        pb::OrchestrationStatus::ContinuedAsNew => Some(RuntimeStatus::ContinuedAsNew),
+        pb::OrchestrationStatus::Failed => Some(RuntimeStatus::Failed),
+        pb::OrchestrationStatus::Terminated => Some(RuntimeStatus::Terminated),
+        pb::OrchestrationStatus::Suspended => Some(RuntimeStatus::Suspended),
+        pb::OrchestrationStatus::Canceled => None,
+    }
+}
+
+pub fn failure_to_proto(f: &FailureDetails) -> pb::TaskFailureDetails {
+    pb::TaskFailureDetails {
+        error_type: f.error_type.clone(),
+        error_message: f.message.clone(),
+        stack_trace: f.details.clone(),
+        inner_failure: f.inner.as_ref().map(|i| Box::new(failure_to_proto(i))),
+        is_non_retriable: !f.retriable,
+        ..Default::default()
+    }
+}
+
+pub fn failure_from_proto(f: &pb::TaskFailureDetails) -> FailureDetails {
+    FailureDetails {
+        error_type: f.error_type.clone(),
+        message: f.error_message.clone(),
+        details: f.stack_trace.clone(),
+        inner: f.inner_failure.as_ref().map(|i| Box::new(failure_from_proto(i))),
+        retriable: !f.is_non_retriable,
+    }
+}
+
+fn instance(id: &str, execution_id: &str) -> pb::OrchestrationInstance {
+    pb::OrchestrationInstance {
+        instance_id: id.to_string(),
+        execution_id: Some(execution_id.to_string()),
+    }
+}
+
+/// A Cairn history event as the protocol's `HistoryEvent`.
+pub fn event_to_proto(instance_id: &str, e: &HistoryEvent) -> pb::HistoryEvent {
+    let event_type = match &e.kind {
+        EventKind::ExecutionStarted {
+            name,
+            version,
+            input,
+            execution_id,
+            parent,
+            scheduled_start,
+            tags,
+        } => EventType::ExecutionStarted(pb::ExecutionStartedEvent {
+            name: name.clone(),
+            version: version.clone(),
+            input: input.clone(),
+            orchestration_instance: Some(instance(instance_id, execution_id)),
+            parent_instance: parent.as_ref().map(|p| pb::ParentInstanceInfo {
+                task_scheduled_id: p.task_id,
+                name: Some(p.name.clone()),
+                version: None,
+                orchestration_instance: Some(instance(&p.instance_id, &p.execution_id)),
+            }),
+            scheduled_start_timestamp: scheduled_start.map(timestamp),
+            tags: tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            ..Default::default()
+        }),
+        EventKind::ExecutionCompleted { status, result, failure } => {
+            EventType::ExecutionCompleted(pb::ExecutionCompletedEvent {
+                orchestration_status: status_to_proto(*status) as i32,
+                result: result.clone(),
+                failure_details: failure.as_ref().map(failure_to_proto),
+            })
+        }
+        EventKind::ExecutionTerminated { reason } => EventType::ExecutionTerminated(pb::ExecutionTerminatedEvent {
+            input: reason.clone(),
+            recurse: false,
+        }),
+        EventKind::ExecutionSuspended { reason } => {
+            EventType::ExecutionSuspended(pb::ExecutionSuspendedEvent { input: reason.clone() })
+        }
+        EventKind::ExecutionResumed { reason } => {
+            EventType::ExecutionResumed(pb::ExecutionResumedEvent { input: reason.clone() })
+        }
+        EventKind::TaskScheduled { name, version, input } => EventType::TaskScheduled(pb::TaskScheduledEvent {
+            name: name.clone(),
+            version: version.clone(),
+            input: input.clone(),
+            ..Default::default()
+        }),
+        EventKind::TaskCompleted {
+            task_scheduled_id,
+            result,
+        } => EventType::TaskCompleted(pb::TaskCompletedEvent {
+            task_scheduled_id: *task_scheduled_id,
+            result: result.clone(),
+        }),
+        EventKind::TaskFailed {
+            task_scheduled_id,
+            failure,
+        } => EventType::TaskFailed(pb::TaskFailedEvent {
+            task_scheduled_id: *task_scheduled_id,
+            failure_details: Some(failure_to_proto(failure)),
+        }),
+        EventKind::SubOrchestrationCreated {
+            name,
+            version,
+            instance_id,
+            input,
+        } => EventType::SubOrchestrationInstanceCreated(pb::SubOrchestrationInstanceCreatedEvent {
+            instance_id: instance_id.clone(),
+            name: name.clone(),
+            version: version.clone(),
+            input: input.clone(),
+            ..Default::default()
+        }),
+        EventKind::SubOrchestrationCompleted {
+            task_scheduled_id,
+            result,
+        } => EventType::SubOrchestrationInstanceCompleted(pb::SubOrchestrationInstanceCompletedEvent {
+            task_scheduled_id: *task_scheduled_id,
+            result: result.clone(),
+        }),
+        EventKind::SubOrchestrationFailed {
+            task_scheduled_id,
+            failure,
+        } => EventType::SubOrchestrationInstanceFailed(pb::SubOrchestrationInstanceFailedEvent {
+            task_scheduled_id: *task_scheduled_id,
+            failure_details: Some(failure_to_proto(failure)),
+        }),
+        EventKind::TimerCreated { fire_at } => EventType::TimerCreated(pb::TimerCreatedEvent {
+            fire_at: Some(timestamp(*fire_at)),
+        }),
+        EventKind::TimerFired { timer_id, fire_at } => EventType::TimerFired(pb::TimerFiredEvent {
+            fire_at: Some(timestamp(*fire_at)),
+            timer_id: *timer_id,
+        }),
+        EventKind::OrchestratorStarted => EventType::OrchestratorStarted(pb::OrchestratorStartedEvent::default()),
+        EventKind::OrchestratorCompleted => EventType::OrchestratorCompleted(pb::OrchestratorCompletedEvent::default()),
+        EventKind::EventSent {
+            instance_id,
+            name,
+            input,
+        } => EventType::EventSent(pb::EventSentEvent {
+            instance_id: instance_id.clone(),
+            name: name.clone(),
+            input: input.clone(),
+        }),
+        EventKind::EventRaised { name, input } => EventType::EventRaised(pb::EventRaisedEvent {
+            name: name.clone(),
+            input: input.clone(),
+        }),
+        EventKind::GenericEvent { data } => EventType::GenericEvent(pb::GenericEvent { data: data.clone() }),
+    };
+    pb::HistoryEvent {
+        event_id: e.event_id,
+        timestamp: Some(timestamp(e.timestamp)),
+        event_type: Some(event_type),
+    }
+}
+
+/// A protocol action that Cairn cannot carry out (yet), or one that is malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("action {id}: {reason}")]
+pub struct BadAction {
+    pub id: i32,
+    pub reason: String,
+}
+
+/// The actions of an `OrchestratorResponse` as Cairn actions.
+pub fn actions_from_proto(instance_id: &str, actions: &[pb::OrchestratorAction]) -> Result<Vec<Action>, BadAction> {
+    use pb::orchestrator_action::OrchestratorActionType as T;
+    let mut out = Vec::with_capacity(actions.len());
+    for a in actions {
+        let id = a.id;
+        let bad = |reason: &str| BadAction {
+            id,
+            reason: reason.to_string(),
+        };
+        let Some(kind) = &a.orchestrator_action_type else {
+            return Err(bad("no action type is set"));
+        };
+        out.push(match kind {
+            T::ScheduleTask(t) => {
+                if t.name.is_empty() {
+                    return Err(bad("scheduleTask has an empty activity name"));
+                }
+                Action::ScheduleTask {
+                    id,
+                    name: t.name.clone(),
+                    version: t.version.clone(),
+                    input: t.input.clone(),
+                }
+            }
+            T::CreateSubOrchestration(c) => {
+                if c.name.is_empty() {
+                    return Err(bad("createSubOrchestration has an empty orchestration name"));
+                }
+                let child = if c.instance_id.is_empty() {
+                    format!("{instance_id}:{id:04x}")
+                } else {
+                    c.instance_id.clone()
+                };
+                cairn_core::validate_instance_id(&child).map_err(|e| bad(&e.to_string()))?;
+                Action::CreateSubOrchestration {
+                    id,
+                    instance_id: child,
+                    name: c.name.clone(),
+                    version: c.version.clone(),
+                    input: c.input.clone(),
+                    execution_id: String::new(),
+                }
+            }
+            T::CreateTimer(t) => Action::CreateTimer {
+                id,
+                fire_at: t.fire_at.as_ref().map(millis).unwrap_or(0),
+            },
+            T::SendEvent(e) => {
+                let target = e.instance.as_ref().map(|i| i.instance_id.clone()).unwrap_or_default();
+                cairn_core::validate_instance_id(&target).map_err(|err| bad(&format!("sendEvent target: {err}")))?;
+                Action::SendEvent {
+                    id,
+                    instance_id: target,
+                    name: e.name.clone(),
+                    input: e.data.clone(),
+                }
+            }
+            T::CompleteOrchestration(c) => {
+                let status = pb::OrchestrationStatus::try_from(c.orchestration_status)
+                    .map_err(|_| bad(&format!("unknown orchestration status {}", c.orchestration_status)))?;
+                Action::Complete(match status {
+                    pb::OrchestrationStatus::Completed => Completion::Completed { result: c.result.clone() },
+                    pb::OrchestrationStatus::ContinuedAsNew => Completion::ContinuedAsNew {
+                        input: c.result.clone(),
+                        version: c.new_version.clone(),
+                        carryover: c.carryover_events.iter().filter_map(carryover_event).collect(),
+                        new_execution_id: String::new(),
+                    },
+                    pb::OrchestrationStatus::Failed => Completion::Failed {
+                        failure: c
+                            .failure_details
+                            .as_ref()
+                            .map(failure_from_proto)
+                            .unwrap_or_else(|| FailureDetails::new("OrchestrationFailed", "the orchestration failed without details")),
+                    },
+                    pb::OrchestrationStatus::Terminated => Completion::Failed {
+                        failure: FailureDetails::new("Terminated", c.result.clone().unwrap_or_default()).non_retriable(),
+                    },
+                    other => return Err(bad(&format!("an orchestration cannot complete as {}", other.as_str_name()))),
+                })
+            }
+            T::TerminateOrchestration(_) => {
+                return Err(bad("terminateOrchestration actions are not supported; terminate through the client"))
+            }
+            T::SendEntityMessage(_) => {
+                return Err(bad("durable entities are not available in this Cairn version yet"))
+            }
+            T::RewindOrchestration(_) => return Err(bad("rewind is not supported yet")),
+        });
+    }
+    Ok(out)
+}
+
+/// Carry-over events of continue-as-new: Cairn keeps unprocessed external events.
+fn carryover_event(e: &pb::HistoryEvent) -> Option<HistoryEvent> {
+    let ts = e.timestamp.as_ref().map(millis).unwrap_or(0);
+    match &e.event_type {
+        Some(EventType::EventRaised(r)) => Some(HistoryEvent::new(
+            ts,
+            EventKind::EventRaised {
+                name: r.name.clone(),
+                input: r.input.clone(),
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// An instance's status as the protocol's `OrchestrationState`.
+pub fn state_to_proto(s: &InstanceStatus, with_payloads: bool) -> pb::OrchestrationState {
+    pb::OrchestrationState {
+        instance_id: s.instance_id.clone(),
+        name: s.name.clone(),
+        version: s.version.clone(),
+        orchestration_status: status_to_proto(s.status) as i32,
+        scheduled_start_timestamp: s.scheduled_start.map(timestamp),
+        created_timestamp: Some(timestamp(s.created_at)),
+        last_updated_timestamp: Some(timestamp(s.last_updated_at)),
+        input: if with_payloads { s.input.clone() } else { None },
+        output: if with_payloads { s.output.clone() } else { None },
+        custom_status: s.custom_status.clone(),
+        // Only failed instances carry failure details (the JS client treats presence as failure).
+        failure_details: match s.status {
+            RuntimeStatus::Failed => s.failure.as_ref().map(failure_to_proto),
+            _ => None,
+        },
+        execution_id: Some(s.execution_id.clone()),
+        completed_timestamp: s.completed_at.map(timestamp),
+        parent_instance_id: s.parent.as_ref().map(|p| p.instance_id.clone()),
+        tags: s.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_at_millisecond_precision() {
+        for ms in [0u64, 1, 999, 1_000, 1_700_000_000_123] {
+            assert_eq!(millis(&timestamp(ms)), ms);
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip_and_canceled_has_no_equivalent() {
+        for s in [
+            RuntimeStatus::Pending,
+            RuntimeStatus::Running,
+            RuntimeStatus::Completed,
+            RuntimeStatus::ContinuedAsNew,
+            RuntimeStatus::Failed,
+            RuntimeStatus::Terminated,
+            RuntimeStatus::Suspended,
+        ] {
+            assert_eq!(status_from_proto(status_to_proto(s) as i32), Some(s));
+        }
+        assert_eq!(status_from_proto(pb::OrchestrationStatus::Canceled as i32), None);
+        assert_eq!(pb::OrchestrationStatus::Pending as i32, 6);
+    }
+
+    #[test]
+    fn sub_orchestration_ids_default_like_the_python_sdk() {
+        use pb::orchestrator_action::OrchestratorActionType as T;
+        let a = pb::OrchestratorAction {
+            id: 3,
+            orchestrator_action_type: Some(T::CreateSubOrchestration(pb::CreateSubOrchestrationAction {
+                name: "child".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        match &actions_from_proto("parent", &[a]).unwrap()[0] {
+            Action::CreateSubOrchestration { instance_id, .. } => assert_eq!(instance_id, "parent:0003"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unsupported_actions_are_reported() {
+        use pb::orchestrator_action::OrchestratorActionType as T;
+        let a = pb::OrchestratorAction {
+            id: 1,
+            orchestrator_action_type: Some(T::SendEntityMessage(Default::default())),
+            ..Default::default()
+        };
+        let err = actions_from_proto("x", &[a]).unwrap_err();
+        assert!(err.to_string().contains("entities"), "{err}");
+    }
+}
