@@ -1,0 +1,104 @@
+"""Fixtures: a real `cairn serve` process (started by the tests) and SDK workers/clients.
+
+The binary comes from $CAIRN_BIN (the Rust test that drives this suite sets it) or
+target/debug/cairn.
+"""
+import os
+import pathlib
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+from durabletask import client, worker
+
+import workflows
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CairnServer:
+    """A `cairn serve` child process on a free port and a fresh data directory."""
+
+    def __init__(self, *extra_args: str, data_dir: str | None = None):
+        self.bin = os.environ.get("CAIRN_BIN", str(ROOT / "target" / "debug" / "cairn"))
+        self.tmp = tempfile.TemporaryDirectory(prefix="cairn-interop-")
+        self.data = data_dir or os.path.join(self.tmp.name, "data")
+        self.port = free_port()
+        self.address = f"localhost:{self.port}"
+        self.extra = list(extra_args)
+        self.proc = None
+        self.log_path = os.path.join(self.tmp.name, "serve.log")
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [self.bin, "serve", "--data", self.data, "--grpc", f"127.0.0.1:{self.port}", "--partitions", "4", *self.extra],
+            stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn,cairn=info", "NO_COLOR": "1"},
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cairn serve exited: {self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"cairn serve did not start listening: {self.log()}")
+
+    def kill(self):
+        """SIGKILL: no flush, no checkpoint."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def log(self) -> str:
+        try:
+            return open(self.log_path, encoding="utf-8", errors="replace").read()[-4000:]
+        except OSError:
+            return ""
+
+
+def new_worker(address: str) -> worker.TaskHubGrpcWorker:
+    w = worker.TaskHubGrpcWorker(host_address=address)
+    for o in workflows.ORCHESTRATORS:
+        w.add_orchestrator(o)
+    for a in workflows.ACTIVITIES:
+        w.add_activity(a)
+    return w
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = CairnServer().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def sdk_worker(server):
+    w = new_worker(server.address)
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def dt(server, sdk_worker) -> client.TaskHubGrpcClient:
+    return client.TaskHubGrpcClient(host_address=server.address)
