@@ -122,14 +122,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let engine = Engine::open(config, Registry::new())
         .await
         .with_context(|| format!("cannot open the task hub in {}", dir.display()))?;
-    let (records, runnable, activities, timers) = engine.recovery.iter().fold((0, 0, 0, 0), |a, r| {
-        (
-            a.0 + r.replayed_records,
-            a.1 + r.runnable,
-            a.2 + r.activities,
-            a.3 + r.timers,
-        )
-    });
+    let (records, runnable, activities, timers) =
+        engine.recovery.iter().fold((0, 0, 0, 0), |a, r| {
+            (
+                a.0 + r.replayed_records,
+                a.1 + r.runnable,
+                a.2 + r.activities,
+                a.3 + r.timers,
+            )
+        });
     tracing::info!(
         data = %dir.display(),
         partitions = engine.partition_count(),
@@ -138,7 +139,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     );
     let listener = tokio::net::TcpListener::bind(args.grpc)
         .await
-        .with_context(|| format!("cannot listen for gRPC on {} (is another Cairn running? use --grpc)", args.grpc))?;
+        .with_context(|| {
+            format!(
+                "cannot listen for gRPC on {} (is another Cairn running? use --grpc)",
+                args.grpc
+            )
+        })?;
     let grpc_addr = listener.local_addr().unwrap_or(args.grpc);
     // Install the handlers before saying we run, so an early Ctrl-C is not lost.
     let signal = wait_for_signal()?;

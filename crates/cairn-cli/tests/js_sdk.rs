@@ -18,5 +18,8 @@ fn official_javascript_sdk_runs_on_cairn() {
         .env("CAIRN_BIN", env!("CARGO_BIN_EXE_cairn"))
         .status()
         .expect("node runs");
-    assert!(status.success(), "the JavaScript smoke test failed (its output is above)");
+    assert!(
+        status.success(),
+        "the JavaScript smoke test failed (its output is above)"
+    );
 }

@@ -22,10 +22,20 @@ fn official_python_sdk_runs_unchanged_on_cairn() {
         python.display()
     );
     let status = Command::new(&python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "interop/python"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "interop/python",
+        ])
         .current_dir(&root)
         .env("CAIRN_BIN", env!("CARGO_BIN_EXE_cairn"))
         .status()
         .expect("pytest runs");
-    assert!(status.success(), "the Python interop suite failed (its output is above)");
+    assert!(
+        status.success(),
+        "the Python interop suite failed (its output is above)"
+    );
 }

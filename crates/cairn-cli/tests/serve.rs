@@ -16,6 +16,7 @@ fn run_until_ready_then_interrupt(data: &std::path::Path, extra: &[&str]) -> Str
         .arg("serve")
         .arg("--data")
         .arg(data)
+        .args(["--grpc", "127.0.0.1:0"])
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()

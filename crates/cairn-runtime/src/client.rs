@@ -419,13 +419,23 @@ impl Client {
 
     /// Terminates a running instance; with `recursive`, its running sub-orchestrations too.
     /// The reason becomes the instance's output (as a JSON string).
-    pub async fn terminate(&self, instance_id: &str, reason: Option<&str>, recursive: bool) -> Result<(), EngineError> {
+    pub async fn terminate(
+        &self,
+        instance_id: &str,
+        reason: Option<&str>,
+        recursive: bool,
+    ) -> Result<(), EngineError> {
         let output = reason.map(serde_json::to_string).transpose()?;
         self.terminate_raw(instance_id, output, recursive).await
     }
 
     /// Terminates with an already-serialized output payload (used by the protocol fronts).
-    pub async fn terminate_raw(&self, instance_id: &str, output: Option<String>, recursive: bool) -> Result<(), EngineError> {
+    pub async fn terminate_raw(
+        &self,
+        instance_id: &str,
+        output: Option<String>,
+        recursive: bool,
+    ) -> Result<(), EngineError> {
         validate_instance_id(instance_id)?;
         self.check_payload(&output)?;
         let reason = output;

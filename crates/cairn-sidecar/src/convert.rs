@@ -6,7 +6,9 @@
 //! log (the `OrchestratorStarted` timestamp is the orchestration's current time).
 
 use crate::proto as pb;
-use cairn_core::{Action, Completion, EventKind, FailureDetails, HistoryEvent, Millis, RuntimeStatus};
+use cairn_core::{
+    Action, Completion, EventKind, FailureDetails, HistoryEvent, Millis, RuntimeStatus,
+};
 use cairn_runtime::InstanceStatus;
 use pb::history_event::EventType;
 
@@ -66,7 +68,10 @@ pub fn failure_from_proto(f: &pb::TaskFailureDetails) -> FailureDetails {
         error_type: f.error_type.clone(),
         message: f.error_message.clone(),
         details: f.stack_trace.clone(),
-        inner: f.inner_failure.as_ref().map(|i| Box::new(failure_from_proto(i))),
+        inner: f
+            .inner_failure
+            .as_ref()
+            .map(|i| Box::new(failure_from_proto(i))),
         retriable: !f.is_non_retriable,
     }
 }
@@ -104,24 +109,36 @@ pub fn event_to_proto(instance_id: &str, e: &HistoryEvent) -> pb::HistoryEvent {
             tags: tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             ..Default::default()
         }),
-        EventKind::ExecutionCompleted { status, result, failure } => {
-            EventType::ExecutionCompleted(pb::ExecutionCompletedEvent {
-                orchestration_status: status_to_proto(*status) as i32,
-                result: result.clone(),
-                failure_details: failure.as_ref().map(failure_to_proto),
+        EventKind::ExecutionCompleted {
+            status,
+            result,
+            failure,
+        } => EventType::ExecutionCompleted(pb::ExecutionCompletedEvent {
+            orchestration_status: status_to_proto(*status) as i32,
+            result: result.clone(),
+            failure_details: failure.as_ref().map(failure_to_proto),
+        }),
+        EventKind::ExecutionTerminated { reason } => {
+            EventType::ExecutionTerminated(pb::ExecutionTerminatedEvent {
+                input: reason.clone(),
+                recurse: false,
             })
         }
-        EventKind::ExecutionTerminated { reason } => EventType::ExecutionTerminated(pb::ExecutionTerminatedEvent {
-            input: reason.clone(),
-            recurse: false,
-        }),
         EventKind::ExecutionSuspended { reason } => {
-            EventType::ExecutionSuspended(pb::ExecutionSuspendedEvent { input: reason.clone() })
+            EventType::ExecutionSuspended(pb::ExecutionSuspendedEvent {
+                input: reason.clone(),
+            })
         }
         EventKind::ExecutionResumed { reason } => {
-            EventType::ExecutionResumed(pb::ExecutionResumedEvent { input: reason.clone() })
+            EventType::ExecutionResumed(pb::ExecutionResumedEvent {
+                input: reason.clone(),
+            })
         }
-        EventKind::TaskScheduled { name, version, input } => EventType::TaskScheduled(pb::TaskScheduledEvent {
+        EventKind::TaskScheduled {
+            name,
+            version,
+            input,
+        } => EventType::TaskScheduled(pb::TaskScheduledEvent {
             name: name.clone(),
             version: version.clone(),
             input: input.clone(),
@@ -156,10 +173,12 @@ pub fn event_to_proto(instance_id: &str, e: &HistoryEvent) -> pb::HistoryEvent {
         EventKind::SubOrchestrationCompleted {
             task_scheduled_id,
             result,
-        } => EventType::SubOrchestrationInstanceCompleted(pb::SubOrchestrationInstanceCompletedEvent {
-            task_scheduled_id: *task_scheduled_id,
-            result: result.clone(),
-        }),
+        } => EventType::SubOrchestrationInstanceCompleted(
+            pb::SubOrchestrationInstanceCompletedEvent {
+                task_scheduled_id: *task_scheduled_id,
+                result: result.clone(),
+            },
+        ),
         EventKind::SubOrchestrationFailed {
             task_scheduled_id,
             failure,
@@ -174,8 +193,12 @@ pub fn event_to_proto(instance_id: &str, e: &HistoryEvent) -> pb::HistoryEvent {
             fire_at: Some(timestamp(*fire_at)),
             timer_id: *timer_id,
         }),
-        EventKind::OrchestratorStarted => EventType::OrchestratorStarted(pb::OrchestratorStartedEvent::default()),
-        EventKind::OrchestratorCompleted => EventType::OrchestratorCompleted(pb::OrchestratorCompletedEvent::default()),
+        EventKind::OrchestratorStarted => {
+            EventType::OrchestratorStarted(pb::OrchestratorStartedEvent::default())
+        }
+        EventKind::OrchestratorCompleted => {
+            EventType::OrchestratorCompleted(pb::OrchestratorCompletedEvent::default())
+        }
         EventKind::EventSent {
             instance_id,
             name,
@@ -189,7 +212,9 @@ pub fn event_to_proto(instance_id: &str, e: &HistoryEvent) -> pb::HistoryEvent {
             name: name.clone(),
             input: input.clone(),
         }),
-        EventKind::GenericEvent { data } => EventType::GenericEvent(pb::GenericEvent { data: data.clone() }),
+        EventKind::GenericEvent { data } => {
+            EventType::GenericEvent(pb::GenericEvent { data: data.clone() })
+        }
     };
     pb::HistoryEvent {
         event_id: e.event_id,
@@ -207,7 +232,10 @@ pub struct BadAction {
 }
 
 /// The actions of an `OrchestratorResponse` as Cairn actions.
-pub fn actions_from_proto(instance_id: &str, actions: &[pb::OrchestratorAction]) -> Result<Vec<Action>, BadAction> {
+pub fn actions_from_proto(
+    instance_id: &str,
+    actions: &[pb::OrchestratorAction],
+) -> Result<Vec<Action>, BadAction> {
     use pb::orchestrator_action::OrchestratorActionType as T;
     let mut out = Vec::with_capacity(actions.len());
     for a in actions {
@@ -233,7 +261,9 @@ pub fn actions_from_proto(instance_id: &str, actions: &[pb::OrchestratorAction])
             }
             T::CreateSubOrchestration(c) => {
                 if c.name.is_empty() {
-                    return Err(bad("createSubOrchestration has an empty orchestration name"));
+                    return Err(bad(
+                        "createSubOrchestration has an empty orchestration name",
+                    ));
                 }
                 let child = if c.instance_id.is_empty() {
                     format!("{instance_id}:{id:04x}")
@@ -255,8 +285,13 @@ pub fn actions_from_proto(instance_id: &str, actions: &[pb::OrchestratorAction])
                 fire_at: t.fire_at.as_ref().map(millis).unwrap_or(0),
             },
             T::SendEvent(e) => {
-                let target = e.instance.as_ref().map(|i| i.instance_id.clone()).unwrap_or_default();
-                cairn_core::validate_instance_id(&target).map_err(|err| bad(&format!("sendEvent target: {err}")))?;
+                let target = e
+                    .instance
+                    .as_ref()
+                    .map(|i| i.instance_id.clone())
+                    .unwrap_or_default();
+                cairn_core::validate_instance_id(&target)
+                    .map_err(|err| bad(&format!("sendEvent target: {err}")))?;
                 Action::SendEvent {
                     id,
                     instance_id: target,
@@ -265,14 +300,25 @@ pub fn actions_from_proto(instance_id: &str, actions: &[pb::OrchestratorAction])
                 }
             }
             T::CompleteOrchestration(c) => {
-                let status = pb::OrchestrationStatus::try_from(c.orchestration_status)
-                    .map_err(|_| bad(&format!("unknown orchestration status {}", c.orchestration_status)))?;
+                let status =
+                    pb::OrchestrationStatus::try_from(c.orchestration_status).map_err(|_| {
+                        bad(&format!(
+                            "unknown orchestration status {}",
+                            c.orchestration_status
+                        ))
+                    })?;
                 Action::Complete(match status {
-                    pb::OrchestrationStatus::Completed => Completion::Completed { result: c.result.clone() },
+                    pb::OrchestrationStatus::Completed => Completion::Completed {
+                        result: c.result.clone(),
+                    },
                     pb::OrchestrationStatus::ContinuedAsNew => Completion::ContinuedAsNew {
                         input: c.result.clone(),
                         version: c.new_version.clone(),
-                        carryover: c.carryover_events.iter().filter_map(carryover_event).collect(),
+                        carryover: c
+                            .carryover_events
+                            .iter()
+                            .filter_map(carryover_event)
+                            .collect(),
                         new_execution_id: String::new(),
                     },
                     pb::OrchestrationStatus::Failed => Completion::Failed {
@@ -280,19 +326,35 @@ pub fn actions_from_proto(instance_id: &str, actions: &[pb::OrchestratorAction])
                             .failure_details
                             .as_ref()
                             .map(failure_from_proto)
-                            .unwrap_or_else(|| FailureDetails::new("OrchestrationFailed", "the orchestration failed without details")),
+                            .unwrap_or_else(|| {
+                                FailureDetails::new(
+                                    "OrchestrationFailed",
+                                    "the orchestration failed without details",
+                                )
+                            }),
                     },
                     pb::OrchestrationStatus::Terminated => Completion::Failed {
-                        failure: FailureDetails::new("Terminated", c.result.clone().unwrap_or_default()).non_retriable(),
+                        failure: FailureDetails::new(
+                            "Terminated",
+                            c.result.clone().unwrap_or_default(),
+                        )
+                        .non_retriable(),
                     },
-                    other => return Err(bad(&format!("an orchestration cannot complete as {}", other.as_str_name()))),
+                    other => {
+                        return Err(bad(&format!(
+                            "an orchestration cannot complete as {}",
+                            other.as_str_name()
+                        )))
+                    }
                 })
             }
-            T::TerminateOrchestration(_) => {
-                return Err(bad("terminateOrchestration actions are not supported; terminate through the client"))
-            }
+            T::TerminateOrchestration(_) => return Err(bad(
+                "terminateOrchestration actions are not supported; terminate through the client",
+            )),
             T::SendEntityMessage(_) => {
-                return Err(bad("durable entities are not available in this Cairn version yet"))
+                return Err(bad(
+                    "durable entities are not available in this Cairn version yet",
+                ))
             }
             T::RewindOrchestration(_) => return Err(bad("rewind is not supported yet")),
         });
@@ -326,7 +388,11 @@ pub fn state_to_proto(s: &InstanceStatus, with_payloads: bool) -> pb::Orchestrat
         created_timestamp: Some(timestamp(s.created_at)),
         last_updated_timestamp: Some(timestamp(s.last_updated_at)),
         input: if with_payloads { s.input.clone() } else { None },
-        output: if with_payloads { s.output.clone() } else { None },
+        output: if with_payloads {
+            s.output.clone()
+        } else {
+            None
+        },
         custom_status: s.custom_status.clone(),
         // Only failed instances carry failure details (the JS client treats presence as failure).
         failure_details: match s.status {
@@ -364,7 +430,10 @@ mod tests {
         ] {
             assert_eq!(status_from_proto(status_to_proto(s) as i32), Some(s));
         }
-        assert_eq!(status_from_proto(pb::OrchestrationStatus::Canceled as i32), None);
+        assert_eq!(
+            status_from_proto(pb::OrchestrationStatus::Canceled as i32),
+            None
+        );
         assert_eq!(pb::OrchestrationStatus::Pending as i32, 6);
     }
 
@@ -373,14 +442,17 @@ mod tests {
         use pb::orchestrator_action::OrchestratorActionType as T;
         let a = pb::OrchestratorAction {
             id: 3,
-            orchestrator_action_type: Some(T::CreateSubOrchestration(pb::CreateSubOrchestrationAction {
-                name: "child".into(),
-                ..Default::default()
-            })),
-            ..Default::default()
+            orchestrator_action_type: Some(T::CreateSubOrchestration(
+                pb::CreateSubOrchestrationAction {
+                    name: "child".into(),
+                    ..Default::default()
+                },
+            )),
         };
         match &actions_from_proto("parent", &[a]).unwrap()[0] {
-            Action::CreateSubOrchestration { instance_id, .. } => assert_eq!(instance_id, "parent:0003"),
+            Action::CreateSubOrchestration { instance_id, .. } => {
+                assert_eq!(instance_id, "parent:0003")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -391,7 +463,6 @@ mod tests {
         let a = pb::OrchestratorAction {
             id: 1,
             orchestrator_action_type: Some(T::SendEntityMessage(Default::default())),
-            ..Default::default()
         };
         let err = actions_from_proto("x", &[a]).unwrap_err();
         assert!(err.to_string().contains("entities"), "{err}");

@@ -50,7 +50,11 @@ impl Dispatcher {
     }
 
     fn outstanding(&self, stream: u64) -> usize {
-        self.in_flight.lock().values().filter(|f| f.stream == stream).count()
+        self.in_flight
+            .lock()
+            .values()
+            .filter(|f| f.stream == stream)
+            .count()
     }
 
     /// Work items waiting for a worker (for metrics and tests).
@@ -59,22 +63,35 @@ impl Dispatcher {
     }
 
     /// Starts serving one `GetWorkItems` stream; returns the receiving end for tonic.
-    pub fn open_stream(self: &Arc<Self>, request: &pb::GetWorkItemsRequest) -> mpsc::Receiver<Result<pb::WorkItem, Status>> {
+    pub fn open_stream(
+        self: &Arc<Self>,
+        request: &pb::GetWorkItemsRequest,
+    ) -> mpsc::Receiver<Result<pb::WorkItem, Status>> {
         let (tx, rx) = mpsc::channel(64);
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let limit = |v: i32| if v > 0 { v as usize } else { DEFAULT_LIMIT };
-        let limit = limit(request.max_concurrent_orchestration_work_items) + limit(request.max_concurrent_activity_work_items);
+        let limit = limit(request.max_concurrent_orchestration_work_items)
+            + limit(request.max_concurrent_activity_work_items);
         let this = self.clone();
         tokio::spawn(async move {
             tracing::info!(stream, limit, "worker connected");
             this.serve_stream(stream, limit, tx).await;
             let returned = this.release_stream(stream);
-            tracing::info!(stream, returned, "worker disconnected; its unfinished work items go to the next worker");
+            tracing::info!(
+                stream,
+                returned,
+                "worker disconnected; its unfinished work items go to the next worker"
+            );
         });
         rx
     }
 
-    async fn serve_stream(&self, stream: u64, limit: usize, tx: mpsc::Sender<Result<pb::WorkItem, Status>>) {
+    async fn serve_stream(
+        &self,
+        stream: u64,
+        limit: usize,
+        tx: mpsc::Sender<Result<pb::WorkItem, Status>>,
+    ) {
         loop {
             // Backpressure: wait until the worker has room.
             while self.outstanding(stream) >= limit {
@@ -103,7 +120,9 @@ impl Dispatcher {
             };
             let token = format!("{}", self.next_token.fetch_add(1, Ordering::Relaxed));
             let item = work_item(&work, &token);
-            self.in_flight.lock().insert(token.clone(), InFlight { work, stream });
+            self.in_flight
+                .lock()
+                .insert(token.clone(), InFlight { work, stream });
             if tx.send(Ok(item)).await.is_err() {
                 return; // release_stream hands the item back
             }
@@ -113,7 +132,11 @@ impl Dispatcher {
     /// Returns every item still in flight on `stream` to the queue.
     fn release_stream(&self, stream: u64) -> usize {
         let mut map = self.in_flight.lock();
-        let tokens: Vec<String> = map.iter().filter(|(_, f)| f.stream == stream).map(|(t, _)| t.clone()).collect();
+        let tokens: Vec<String> = map
+            .iter()
+            .filter(|(_, f)| f.stream == stream)
+            .map(|(t, _)| t.clone())
+            .collect();
         let n = tokens.len();
         for t in tokens {
             if let Some(f) = map.remove(&t) {
@@ -153,13 +176,23 @@ fn health_ping() -> pb::WorkItem {
 
 fn work_item(work: &RemoteWork, token: &str) -> pb::WorkItem {
     let request = match work {
-        RemoteWork::Orchestrator(o) => pb::work_item::Request::OrchestratorRequest(pb::OrchestratorRequest {
-            instance_id: o.instance_id.clone(),
-            execution_id: Some(o.execution_id.clone()),
-            past_events: o.past_events.iter().map(|e| convert::event_to_proto(&o.instance_id, e)).collect(),
-            new_events: o.new_events.iter().map(|e| convert::event_to_proto(&o.instance_id, e)).collect(),
-            ..Default::default()
-        }),
+        RemoteWork::Orchestrator(o) => {
+            pb::work_item::Request::OrchestratorRequest(pb::OrchestratorRequest {
+                instance_id: o.instance_id.clone(),
+                execution_id: Some(o.execution_id.clone()),
+                past_events: o
+                    .past_events
+                    .iter()
+                    .map(|e| convert::event_to_proto(&o.instance_id, e))
+                    .collect(),
+                new_events: o
+                    .new_events
+                    .iter()
+                    .map(|e| convert::event_to_proto(&o.instance_id, e))
+                    .collect(),
+                ..Default::default()
+            })
+        }
         RemoteWork::Activity(a) => pb::work_item::Request::ActivityRequest(pb::ActivityRequest {
             name: a.name.clone(),
             version: a.version.clone(),

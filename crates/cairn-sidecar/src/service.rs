@@ -1,7 +1,9 @@
 //! `TaskHubSidecarService`: the client calls map onto Cairn's [`Client`], the worker calls onto
 //! the [`Dispatcher`]. Errors become gRPC statuses a caller can act on.
 
-use crate::convert::{self, actions_from_proto, failure_from_proto, state_to_proto, status_from_proto};
+use crate::convert::{
+    self, actions_from_proto, failure_from_proto, state_to_proto, status_from_proto,
+};
 use crate::dispatch::Dispatcher;
 use crate::proto as pb;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarService;
@@ -26,9 +28,9 @@ type Reply<T> = Result<Response<T>, Status>;
 pub fn status(e: EngineError) -> Status {
     let msg = e.to_string();
     match e {
-        EngineError::InvalidInstanceId(_) | EngineError::InvalidArgument(_) | EngineError::Serialization(_) => {
-            Status::invalid_argument(msg)
-        }
+        EngineError::InvalidInstanceId(_)
+        | EngineError::InvalidArgument(_)
+        | EngineError::Serialization(_) => Status::invalid_argument(msg),
         EngineError::NotFound(_) => Status::not_found(msg),
         EngineError::AlreadyExists { .. } => Status::already_exists(msg),
         EngineError::WrongStatus { .. } => Status::failed_precondition(msg),
@@ -40,7 +42,9 @@ pub fn status(e: EngineError) -> Status {
 }
 
 fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not supported by this Cairn version (see the README's protocol table)"))
+    Status::unimplemented(format!(
+        "{what} is not supported by this Cairn version (see the README's protocol table)"
+    ))
 }
 
 fn entities_unimplemented() -> Status {
@@ -48,13 +52,18 @@ fn entities_unimplemented() -> Status {
 }
 
 fn require_id(id: &str) -> Result<(), Status> {
-    cairn_core::validate_instance_id(id).map_err(|e| Status::invalid_argument(format!("invalid instance id: {e}")))
+    cairn_core::validate_instance_id(id)
+        .map_err(|e| Status::invalid_argument(format!("invalid instance id: {e}")))
 }
 
 fn statuses(values: &[i32]) -> Result<Vec<RuntimeStatus>, Status> {
     values
         .iter()
-        .map(|v| status_from_proto(*v).ok_or_else(|| Status::invalid_argument(format!("unknown or unsupported runtime status {v}"))))
+        .map(|v| {
+            status_from_proto(*v).ok_or_else(|| {
+                Status::invalid_argument(format!("unknown or unsupported runtime status {v}"))
+            })
+        })
         .collect()
 }
 
@@ -62,7 +71,11 @@ fn statuses(values: &[i32]) -> Result<Vec<RuntimeStatus>, Status> {
 const LONG_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 impl Sidecar {
-    async fn instance_response(&self, id: &str, with_payloads: bool) -> Reply<pb::GetInstanceResponse> {
+    async fn instance_response(
+        &self,
+        id: &str,
+        with_payloads: bool,
+    ) -> Reply<pb::GetInstanceResponse> {
         let s = self.client.get_status(id, false).await.map_err(status)?;
         Ok(Response::new(pb::GetInstanceResponse {
             exists: s.is_some(),
@@ -77,7 +90,9 @@ impl Sidecar {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|e| match e.kind {
-                cairn_core::EventKind::SubOrchestrationCreated { instance_id, .. } => Some(instance_id),
+                cairn_core::EventKind::SubOrchestrationCreated { instance_id, .. } => {
+                    Some(instance_id)
+                }
                 _ => None,
             })
             .collect())
@@ -85,7 +100,10 @@ impl Sidecar {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[tonic::async_trait]
@@ -94,10 +112,15 @@ impl TaskHubSidecarService for Sidecar {
         Ok(Response::new(()))
     }
 
-    async fn start_instance(&self, request: Request<pb::CreateInstanceRequest>) -> Reply<pb::CreateInstanceResponse> {
+    async fn start_instance(
+        &self,
+        request: Request<pb::CreateInstanceRequest>,
+    ) -> Reply<pb::CreateInstanceResponse> {
         let r = request.into_inner();
         if r.name.is_empty() {
-            return Err(Status::invalid_argument("the orchestration name must not be empty"));
+            return Err(Status::invalid_argument(
+                "the orchestration name must not be empty",
+            ));
         }
         let if_exists = match &r.orchestration_id_reuse_policy {
             Some(policy) => ExistingPolicy::ReplaceIf(statuses(&policy.replaceable_status)?),
@@ -117,25 +140,49 @@ impl TaskHubSidecarService for Sidecar {
             version: r.version,
             if_exists,
         };
-        let id = self.client.start_raw(&r.name, r.input, options).await.map_err(status)?;
-        Ok(Response::new(pb::CreateInstanceResponse { instance_id: id }))
+        let id = self
+            .client
+            .start_raw(&r.name, r.input, options)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateInstanceResponse {
+            instance_id: id,
+        }))
     }
 
-    async fn get_instance(&self, request: Request<pb::GetInstanceRequest>) -> Reply<pb::GetInstanceResponse> {
+    async fn get_instance(
+        &self,
+        request: Request<pb::GetInstanceRequest>,
+    ) -> Reply<pb::GetInstanceResponse> {
         let r = request.into_inner();
         require_id(&r.instance_id)?;
-        self.instance_response(&r.instance_id, r.get_inputs_and_outputs).await
+        self.instance_response(&r.instance_id, r.get_inputs_and_outputs)
+            .await
     }
 
-    async fn rewind_instance(&self, _: Request<pb::RewindInstanceRequest>) -> Reply<pb::RewindInstanceResponse> {
+    async fn rewind_instance(
+        &self,
+        _: Request<pb::RewindInstanceRequest>,
+    ) -> Reply<pb::RewindInstanceResponse> {
         Err(unimplemented("RewindInstance"))
     }
 
-    async fn restart_instance(&self, request: Request<pb::RestartInstanceRequest>) -> Reply<pb::RestartInstanceResponse> {
+    async fn restart_instance(
+        &self,
+        request: Request<pb::RestartInstanceRequest>,
+    ) -> Reply<pb::RestartInstanceResponse> {
         let r = request.into_inner();
         require_id(&r.instance_id)?;
-        let Some(old) = self.client.get_status(&r.instance_id, false).await.map_err(status)? else {
-            return Err(Status::not_found(format!("instance '{}' not found", r.instance_id)));
+        let Some(old) = self
+            .client
+            .get_status(&r.instance_id, false)
+            .await
+            .map_err(status)?
+        else {
+            return Err(Status::not_found(format!(
+                "instance '{}' not found",
+                r.instance_id
+            )));
         };
         let options = if r.restart_with_new_instance_id {
             StartOptions {
@@ -154,53 +201,104 @@ impl TaskHubSidecarService for Sidecar {
                 instance_id: Some(r.instance_id.clone()),
                 tags: old.tags.clone(),
                 version: old.version.clone(),
-                if_exists: ExistingPolicy::ReplaceIf(vec![RuntimeStatus::Completed, RuntimeStatus::Failed, RuntimeStatus::Terminated]),
+                if_exists: ExistingPolicy::ReplaceIf(vec![
+                    RuntimeStatus::Completed,
+                    RuntimeStatus::Failed,
+                    RuntimeStatus::Terminated,
+                ]),
                 ..StartOptions::default()
             }
         };
-        let id = self.client.start_raw(&old.name, old.input.clone(), options).await.map_err(status)?;
-        Ok(Response::new(pb::RestartInstanceResponse { instance_id: id }))
+        let id = self
+            .client
+            .start_raw(&old.name, old.input.clone(), options)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RestartInstanceResponse {
+            instance_id: id,
+        }))
     }
 
-    async fn wait_for_instance_start(&self, request: Request<pb::GetInstanceRequest>) -> Reply<pb::GetInstanceResponse> {
+    async fn wait_for_instance_start(
+        &self,
+        request: Request<pb::GetInstanceRequest>,
+    ) -> Reply<pb::GetInstanceResponse> {
         let r = request.into_inner();
         require_id(&r.instance_id)?;
-        self.client.wait_for_start(&r.instance_id, LONG_WAIT).await.map_err(status)?;
-        self.instance_response(&r.instance_id, r.get_inputs_and_outputs).await
+        self.client
+            .wait_for_start(&r.instance_id, LONG_WAIT)
+            .await
+            .map_err(status)?;
+        self.instance_response(&r.instance_id, r.get_inputs_and_outputs)
+            .await
     }
 
-    async fn wait_for_instance_completion(&self, request: Request<pb::GetInstanceRequest>) -> Reply<pb::GetInstanceResponse> {
+    async fn wait_for_instance_completion(
+        &self,
+        request: Request<pb::GetInstanceRequest>,
+    ) -> Reply<pb::GetInstanceResponse> {
         let r = request.into_inner();
         require_id(&r.instance_id)?;
-        self.client.wait_for_completion(&r.instance_id, LONG_WAIT).await.map_err(status)?;
-        self.instance_response(&r.instance_id, r.get_inputs_and_outputs).await
+        self.client
+            .wait_for_completion(&r.instance_id, LONG_WAIT)
+            .await
+            .map_err(status)?;
+        self.instance_response(&r.instance_id, r.get_inputs_and_outputs)
+            .await
     }
 
-    async fn raise_event(&self, request: Request<pb::RaiseEventRequest>) -> Reply<pb::RaiseEventResponse> {
+    async fn raise_event(
+        &self,
+        request: Request<pb::RaiseEventRequest>,
+    ) -> Reply<pb::RaiseEventResponse> {
         let r = request.into_inner();
-        self.client.raise_event_raw(&r.instance_id, &r.name, r.input).await.map_err(status)?;
+        self.client
+            .raise_event_raw(&r.instance_id, &r.name, r.input)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RaiseEventResponse {}))
     }
 
-    async fn terminate_instance(&self, request: Request<pb::TerminateRequest>) -> Reply<pb::TerminateResponse> {
+    async fn terminate_instance(
+        &self,
+        request: Request<pb::TerminateRequest>,
+    ) -> Reply<pb::TerminateResponse> {
         let r = request.into_inner();
-        self.client.terminate_raw(&r.instance_id, r.output, r.recursive).await.map_err(status)?;
+        self.client
+            .terminate_raw(&r.instance_id, r.output, r.recursive)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::TerminateResponse {}))
     }
 
-    async fn suspend_instance(&self, request: Request<pb::SuspendRequest>) -> Reply<pb::SuspendResponse> {
+    async fn suspend_instance(
+        &self,
+        request: Request<pb::SuspendRequest>,
+    ) -> Reply<pb::SuspendResponse> {
         let r = request.into_inner();
-        self.client.suspend(&r.instance_id, r.reason.as_deref()).await.map_err(status)?;
+        self.client
+            .suspend(&r.instance_id, r.reason.as_deref())
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::SuspendResponse {}))
     }
 
-    async fn resume_instance(&self, request: Request<pb::ResumeRequest>) -> Reply<pb::ResumeResponse> {
+    async fn resume_instance(
+        &self,
+        request: Request<pb::ResumeRequest>,
+    ) -> Reply<pb::ResumeResponse> {
         let r = request.into_inner();
-        self.client.resume(&r.instance_id, r.reason.as_deref()).await.map_err(status)?;
+        self.client
+            .resume(&r.instance_id, r.reason.as_deref())
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ResumeResponse {}))
     }
 
-    async fn query_instances(&self, request: Request<pb::QueryInstancesRequest>) -> Reply<pb::QueryInstancesResponse> {
+    async fn query_instances(
+        &self,
+        request: Request<pb::QueryInstancesRequest>,
+    ) -> Reply<pb::QueryInstancesResponse> {
         let q = request.into_inner().query.unwrap_or_default();
         let query = InstanceQuery {
             filter: QueryFilter {
@@ -209,7 +307,11 @@ impl TaskHubSidecarService for Sidecar {
                 created_to: q.created_time_to.as_ref().map(convert::millis),
                 instance_id_prefix: q.instance_id_prefix.filter(|p| !p.is_empty()),
             },
-            page_size: if q.max_instance_count > 0 { (q.max_instance_count as usize).min(1000) } else { 100 },
+            page_size: if q.max_instance_count > 0 {
+                (q.max_instance_count as usize).min(1000)
+            } else {
+                100
+            },
             continuation_token: q.continuation_token.filter(|t| !t.is_empty()),
             fetch_inputs_and_outputs: q.fetch_inputs_and_outputs,
         };
@@ -224,11 +326,18 @@ impl TaskHubSidecarService for Sidecar {
         }))
     }
 
-    async fn list_instance_ids(&self, request: Request<pb::ListInstanceIdsRequest>) -> Reply<pb::ListInstanceIdsResponse> {
+    async fn list_instance_ids(
+        &self,
+        request: Request<pb::ListInstanceIdsRequest>,
+    ) -> Reply<pb::ListInstanceIdsResponse> {
         let r = request.into_inner();
         let mut wanted = statuses(&r.runtime_status)?;
         if wanted.is_empty() {
-            wanted = vec![RuntimeStatus::Completed, RuntimeStatus::Failed, RuntimeStatus::Terminated];
+            wanted = vec![
+                RuntimeStatus::Completed,
+                RuntimeStatus::Failed,
+                RuntimeStatus::Terminated,
+            ];
         }
         let from = r.completed_time_from.as_ref().map(convert::millis);
         let to = r.completed_time_to.as_ref().map(convert::millis);
@@ -261,18 +370,32 @@ impl TaskHubSidecarService for Sidecar {
             let (t, id) = k.split_once(':')?;
             Some((t.parse::<u64>().ok()?, id.to_string()))
         });
-        let page_size = if r.page_size > 0 { r.page_size as usize } else { 100 };
-        let rest: Vec<(u64, String)> = all.into_iter().filter(|k| after.as_ref().is_none_or(|a| k > a)).collect();
+        let page_size = if r.page_size > 0 {
+            r.page_size as usize
+        } else {
+            100
+        };
+        let rest: Vec<(u64, String)> = all
+            .into_iter()
+            .filter(|k| after.as_ref().is_none_or(|a| k > a))
+            .collect();
         let more = rest.len() > page_size;
         let page: Vec<(u64, String)> = rest.into_iter().take(page_size).collect();
-        let last = if more { page.last().map(|(t, id)| format!("{t}:{id}")) } else { None };
+        let last = if more {
+            page.last().map(|(t, id)| format!("{t}:{id}"))
+        } else {
+            None
+        };
         Ok(Response::new(pb::ListInstanceIdsResponse {
             instance_ids: page.into_iter().map(|(_, id)| id).collect(),
             last_instance_key: last,
         }))
     }
 
-    async fn purge_instances(&self, request: Request<pb::PurgeInstancesRequest>) -> Reply<pb::PurgeInstancesResponse> {
+    async fn purge_instances(
+        &self,
+        request: Request<pb::PurgeInstancesRequest>,
+    ) -> Reply<pb::PurgeInstancesResponse> {
         use pb::purge_instances_request::Request as R;
         let r = request.into_inner();
         let count = match r.request {
@@ -300,7 +423,11 @@ impl TaskHubSidecarService for Sidecar {
                 })
                 .await
                 .map_err(status)?,
-            _ => return Err(Status::invalid_argument("PurgeInstances needs an instanceId or a purgeInstanceFilter")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "PurgeInstances needs an instanceId or a purgeInstanceFilter",
+                ))
+            }
         };
         Ok(Response::new(pb::PurgeInstancesResponse {
             deleted_instance_count: count.min(i32::MAX as u64) as i32,
@@ -308,7 +435,8 @@ impl TaskHubSidecarService for Sidecar {
         }))
     }
 
-    type StreamInstanceHistoryStream = Pin<Box<dyn Stream<Item = Result<pb::HistoryChunk, Status>> + Send>>;
+    type StreamInstanceHistoryStream =
+        Pin<Box<dyn Stream<Item = Result<pb::HistoryChunk, Status>> + Send>>;
 
     async fn stream_instance_history(
         &self,
@@ -316,8 +444,16 @@ impl TaskHubSidecarService for Sidecar {
     ) -> Reply<Self::StreamInstanceHistoryStream> {
         let r = request.into_inner();
         require_id(&r.instance_id)?;
-        let Some(s) = self.client.get_status(&r.instance_id, true).await.map_err(status)? else {
-            return Err(Status::not_found(format!("instance '{}' not found", r.instance_id)));
+        let Some(s) = self
+            .client
+            .get_status(&r.instance_id, true)
+            .await
+            .map_err(status)?
+        else {
+            return Err(Status::not_found(format!(
+                "instance '{}' not found",
+                r.instance_id
+            )));
         };
         if let Some(e) = r.execution_id.as_deref().filter(|e| !e.is_empty()) {
             if e != s.execution_id {
@@ -349,12 +485,18 @@ impl TaskHubSidecarService for Sidecar {
 
     type GetWorkItemsStream = ReceiverStream<Result<pb::WorkItem, Status>>;
 
-    async fn get_work_items(&self, request: Request<pb::GetWorkItemsRequest>) -> Reply<Self::GetWorkItemsStream> {
+    async fn get_work_items(
+        &self,
+        request: Request<pb::GetWorkItemsRequest>,
+    ) -> Reply<Self::GetWorkItemsStream> {
         let rx = self.dispatcher.open_stream(request.get_ref());
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn complete_activity_task(&self, request: Request<pb::ActivityResponse>) -> Reply<pb::CompleteTaskResponse> {
+    async fn complete_activity_task(
+        &self,
+        request: Request<pb::ActivityResponse>,
+    ) -> Reply<pb::CompleteTaskResponse> {
         let r = request.into_inner();
         match self.dispatcher.complete(&r.completion_token)? {
             RemoteWork::Activity(a) => {
@@ -379,7 +521,10 @@ impl TaskHubSidecarService for Sidecar {
         }
     }
 
-    async fn complete_orchestrator_task(&self, request: Request<pb::OrchestratorResponse>) -> Reply<pb::CompleteTaskResponse> {
+    async fn complete_orchestrator_task(
+        &self,
+        request: Request<pb::OrchestratorResponse>,
+    ) -> Reply<pb::CompleteTaskResponse> {
         let r = request.into_inner();
         match self.dispatcher.complete(&r.completion_token)? {
             RemoteWork::Orchestrator(o) => {
@@ -388,9 +533,13 @@ impl TaskHubSidecarService for Sidecar {
                     Err(e) => {
                         // The orchestration cannot go on with actions Cairn cannot carry out:
                         // fail it with the reason rather than retrying forever.
-                        let failure = cairn_core::FailureDetails::new("UnsupportedAction", e.to_string()).non_retriable();
+                        let failure =
+                            cairn_core::FailureDetails::new("UnsupportedAction", e.to_string())
+                                .non_retriable();
                         (
-                            vec![cairn_core::Action::Complete(cairn_core::Completion::Failed { failure })],
+                            vec![cairn_core::Action::Complete(
+                                cairn_core::Completion::Failed { failure },
+                            )],
                             Some(e),
                         )
                     }
@@ -400,7 +549,10 @@ impl TaskHubSidecarService for Sidecar {
                     custom_status: r.custom_status,
                 });
                 if let Some(e) = bad {
-                    return Err(Status::invalid_argument(format!("orchestration '{}' failed: {e}", o.instance_id)));
+                    return Err(Status::invalid_argument(format!(
+                        "orchestration '{}' failed: {e}",
+                        o.instance_id
+                    )));
                 }
                 Ok(Response::new(pb::CompleteTaskResponse {}))
             }
@@ -414,7 +566,10 @@ impl TaskHubSidecarService for Sidecar {
         }
     }
 
-    async fn complete_entity_task(&self, _: Request<pb::EntityBatchResult>) -> Reply<pb::CompleteTaskResponse> {
+    async fn complete_entity_task(
+        &self,
+        _: Request<pb::EntityBatchResult>,
+    ) -> Reply<pb::CompleteTaskResponse> {
         Err(entities_unimplemented())
     }
 
@@ -422,7 +577,8 @@ impl TaskHubSidecarService for Sidecar {
         &self,
         request: Request<pb::AbandonActivityTaskRequest>,
     ) -> Reply<pb::AbandonActivityTaskResponse> {
-        self.dispatcher.abandon(&request.into_inner().completion_token)?;
+        self.dispatcher
+            .abandon(&request.into_inner().completion_token)?;
         Ok(Response::new(pb::AbandonActivityTaskResponse {}))
     }
 
@@ -430,7 +586,8 @@ impl TaskHubSidecarService for Sidecar {
         &self,
         request: Request<pb::AbandonOrchestrationTaskRequest>,
     ) -> Reply<pb::AbandonOrchestrationTaskResponse> {
-        self.dispatcher.abandon(&request.into_inner().completion_token)?;
+        self.dispatcher
+            .abandon(&request.into_inner().completion_token)?;
         Ok(Response::new(pb::AbandonOrchestrationTaskResponse {}))
     }
 
@@ -441,12 +598,18 @@ impl TaskHubSidecarService for Sidecar {
         Err(entities_unimplemented())
     }
 
-    async fn create_task_hub(&self, _: Request<pb::CreateTaskHubRequest>) -> Reply<pb::CreateTaskHubResponse> {
+    async fn create_task_hub(
+        &self,
+        _: Request<pb::CreateTaskHubRequest>,
+    ) -> Reply<pb::CreateTaskHubResponse> {
         // `cairn serve` opened (or created) the hub already.
         Ok(Response::new(pb::CreateTaskHubResponse {}))
     }
 
-    async fn delete_task_hub(&self, _: Request<pb::DeleteTaskHubRequest>) -> Reply<pb::DeleteTaskHubResponse> {
+    async fn delete_task_hub(
+        &self,
+        _: Request<pb::DeleteTaskHubRequest>,
+    ) -> Reply<pb::DeleteTaskHubResponse> {
         // Empties the hub: terminate what runs, then purge everything.
         let mut query = InstanceQuery {
             page_size: 1000,
@@ -458,7 +621,9 @@ impl TaskHubSidecarService for Sidecar {
             for s in &page.instances {
                 if !s.status.is_terminal() {
                     match self.client.terminate_raw(&s.instance_id, None, false).await {
-                        Ok(()) | Err(EngineError::WrongStatus { .. }) | Err(EngineError::NotFound(_)) => {}
+                        Ok(())
+                        | Err(EngineError::WrongStatus { .. })
+                        | Err(EngineError::NotFound(_)) => {}
                         Err(e) => return Err(status(e)),
                     }
                 }
@@ -468,12 +633,18 @@ impl TaskHubSidecarService for Sidecar {
                 None => break,
             }
         }
-        self.client.purge_by_filter(QueryFilter::default()).await.map_err(status)?;
+        self.client
+            .purge_by_filter(QueryFilter::default())
+            .await
+            .map_err(status)?;
         tracing::info!(at = now_ms(), "task hub emptied by DeleteTaskHub");
         Ok(Response::new(pb::DeleteTaskHubResponse {}))
     }
 
-    async fn signal_entity(&self, _: Request<pb::SignalEntityRequest>) -> Reply<pb::SignalEntityResponse> {
+    async fn signal_entity(
+        &self,
+        _: Request<pb::SignalEntityRequest>,
+    ) -> Reply<pb::SignalEntityResponse> {
         Err(entities_unimplemented())
     }
 
@@ -481,11 +652,17 @@ impl TaskHubSidecarService for Sidecar {
         Err(entities_unimplemented())
     }
 
-    async fn query_entities(&self, _: Request<pb::QueryEntitiesRequest>) -> Reply<pb::QueryEntitiesResponse> {
+    async fn query_entities(
+        &self,
+        _: Request<pb::QueryEntitiesRequest>,
+    ) -> Reply<pb::QueryEntitiesResponse> {
         Err(entities_unimplemented())
     }
 
-    async fn clean_entity_storage(&self, _: Request<pb::CleanEntityStorageRequest>) -> Reply<pb::CleanEntityStorageResponse> {
+    async fn clean_entity_storage(
+        &self,
+        _: Request<pb::CleanEntityStorageRequest>,
+    ) -> Reply<pb::CleanEntityStorageResponse> {
         Err(entities_unimplemented())
     }
 }
