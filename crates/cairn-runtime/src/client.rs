@@ -366,6 +366,13 @@ impl Client {
         self.wait(instance_id, WaitFor::Completion, timeout).await
     }
 
+    /// Sends a request about one instance that is answered with `Ok` (or why not).
+    async fn command(&self, instance_id: &str, kind: ClientRequestKind) -> Result<(), EngineError> {
+        validate_instance_id(instance_id)?;
+        let r = self.request(instance_id, kind).await?;
+        self.expect_ok(instance_id, r)
+    }
+
     fn expect_ok(&self, instance_id: &str, r: ClientResponse) -> Result<(), EngineError> {
         match r {
             ClientResponse::Ok => Ok(()),
@@ -397,24 +404,18 @@ impl Client {
         name: &str,
         data: Option<String>,
     ) -> Result<(), EngineError> {
-        validate_instance_id(instance_id)?;
         if name.is_empty() {
             return Err(EngineError::InvalidArgument(
                 "event name must not be empty".into(),
             ));
         }
         self.check_payload(&data)?;
-        let r = self
-            .request(
-                instance_id,
-                ClientRequestKind::RaiseEvent {
-                    instance_id: instance_id.to_string(),
-                    name: name.to_string(),
-                    input: data,
-                },
-            )
-            .await?;
-        self.expect_ok(instance_id, r)
+        let kind = ClientRequestKind::RaiseEvent {
+            instance_id: instance_id.to_string(),
+            name: name.to_string(),
+            input: data,
+        };
+        self.command(instance_id, kind).await
     }
 
     /// Terminates a running instance; with `recursive`, its running sub-orchestrations too.
@@ -436,20 +437,13 @@ impl Client {
         output: Option<String>,
         recursive: bool,
     ) -> Result<(), EngineError> {
-        validate_instance_id(instance_id)?;
         self.check_payload(&output)?;
-        let reason = output;
-        let r = self
-            .request(
-                instance_id,
-                ClientRequestKind::Terminate {
-                    instance_id: instance_id.to_string(),
-                    reason,
-                    recursive,
-                },
-            )
-            .await?;
-        self.expect_ok(instance_id, r)
+        let kind = ClientRequestKind::Terminate {
+            instance_id: instance_id.to_string(),
+            reason: output,
+            recursive,
+        };
+        self.command(instance_id, kind).await
     }
 
     /// Suspends a running instance: events queue up until it is resumed.
@@ -458,31 +452,19 @@ impl Client {
         instance_id: &str,
         reason: Option<&str>,
     ) -> Result<(), EngineError> {
-        validate_instance_id(instance_id)?;
-        let r = self
-            .request(
-                instance_id,
-                ClientRequestKind::Suspend {
-                    instance_id: instance_id.to_string(),
-                    reason: reason.map(String::from),
-                },
-            )
-            .await?;
-        self.expect_ok(instance_id, r)
+        let kind = ClientRequestKind::Suspend {
+            instance_id: instance_id.to_string(),
+            reason: reason.map(String::from),
+        };
+        self.command(instance_id, kind).await
     }
 
     pub async fn resume(&self, instance_id: &str, reason: Option<&str>) -> Result<(), EngineError> {
-        validate_instance_id(instance_id)?;
-        let r = self
-            .request(
-                instance_id,
-                ClientRequestKind::Resume {
-                    instance_id: instance_id.to_string(),
-                    reason: reason.map(String::from),
-                },
-            )
-            .await?;
-        self.expect_ok(instance_id, r)
+        let kind = ClientRequestKind::Resume {
+            instance_id: instance_id.to_string(),
+            reason: reason.map(String::from),
+        };
+        self.command(instance_id, kind).await
     }
 
     /// Deletes a terminal instance and its history; returns how many were deleted (0 or 1).
