@@ -45,6 +45,8 @@ pub enum PartitionEvent {
         batch: Vec<(MessageId, Message)>,
     },
     EpisodeCompleted(EpisodeResult),
+    /// An entity processed a batch of its queued operations.
+    EntityBatchCompleted(EntityBatchResult),
     ActivityCompleted {
         activity_id: u64,
         result: TaskResult,
@@ -94,6 +96,72 @@ pub enum Message {
         reason: Option<String>,
         recursive: bool,
     },
+    /// An operation for an entity (a signal, or a call whose result goes back to `caller`).
+    EntityOperation {
+        entity_id: String,
+        operation: EntityOperation,
+    },
+    /// Start an orchestration on behalf of an entity (no parent waits for it).
+    StartOrchestration(StartRequest),
+    /// The result of an entity call, for the calling orchestration.
+    EntityResult {
+        instance_id: String,
+        execution_id: String,
+        task_id: i32,
+        request_id: String,
+        result: TaskResult,
+    },
+}
+
+/// One queued operation of an entity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityOperation {
+    pub request_id: String,
+    pub operation: String,
+    pub input: Option<String>,
+    /// Who waits for the result; None for a signal.
+    pub caller: Option<EntityCaller>,
+    /// Do not deliver before this time (scheduled signals).
+    pub scheduled_time: Option<Millis>,
+}
+
+/// The orchestration step waiting for an entity call's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityCaller {
+    pub instance_id: String,
+    pub execution_id: String,
+    pub task_id: i32,
+}
+
+/// What running a batch of entity operations decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityBatchResult {
+    pub entity_id: String,
+    /// How many queued operations (a prefix) the batch processed.
+    pub consumed: u32,
+    /// The entity's state after the batch; None means the entity has no state (deleted).
+    pub state: Option<String>,
+    /// One result per processed operation, in order.
+    pub results: Vec<TaskResult>,
+    /// Signals to other entities and orchestrations to start, from operations that succeeded.
+    pub actions: Vec<EntityAction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EntityAction {
+    Signal {
+        entity_id: String,
+        operation: String,
+        input: Option<String>,
+        scheduled_time: Option<Millis>,
+        request_id: String,
+    },
+    StartOrchestration {
+        instance_id: String,
+        name: String,
+        input: Option<String>,
+        execution_id: String,
+    },
 }
 
 impl Message {
@@ -106,6 +174,9 @@ impl Message {
             Message::SubOrchestrationCompleted {
                 parent_instance_id, ..
             } => parent_instance_id,
+            Message::EntityOperation { entity_id, .. } => entity_id,
+            Message::StartOrchestration(start) => &start.instance_id,
+            Message::EntityResult { instance_id, .. } => instance_id,
         }
     }
 }
@@ -140,6 +211,11 @@ pub enum ClientRequestKind {
         instance_id: String,
         reason: Option<String>,
     },
+    /// Queue an operation on an entity (created implicitly on its first operation).
+    SignalEntity {
+        entity_id: String,
+        operation: EntityOperation,
+    },
     /// Delete terminal instances and their histories. Non-terminal ids are left alone.
     Purge {
         instance_ids: Vec<String>,
@@ -154,6 +230,7 @@ impl ClientRequestKind {
             | ClientRequestKind::Terminate { instance_id, .. }
             | ClientRequestKind::Suspend { instance_id, .. }
             | ClientRequestKind::Resume { instance_id, .. } => vec![instance_id],
+            ClientRequestKind::SignalEntity { entity_id, .. } => vec![entity_id],
             ClientRequestKind::Purge { instance_ids } => {
                 instance_ids.iter().map(|s| s.as_str()).collect()
             }
@@ -257,6 +334,23 @@ pub enum Action {
         name: String,
         input: Option<String>,
     },
+    /// Call an entity operation; its result arrives as `EntityOperationCompleted/Failed`.
+    CallEntity {
+        id: i32,
+        entity_id: String,
+        operation: String,
+        input: Option<String>,
+        request_id: String,
+    },
+    /// Signal an entity (one-way).
+    SignalEntity {
+        id: i32,
+        entity_id: String,
+        operation: String,
+        input: Option<String>,
+        scheduled_time: Option<Millis>,
+        request_id: String,
+    },
     Complete(Completion),
 }
 
@@ -295,6 +389,8 @@ pub enum TimerKind {
     Orchestration { task_id: i32, fire_at: Millis },
     /// The scheduled start time of a Pending instance.
     ScheduledStart,
+    /// A scheduled entity operation, queued on the entity when due.
+    EntityOperation(EntityOperation),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

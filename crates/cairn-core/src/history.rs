@@ -258,6 +258,31 @@ pub enum EventKind {
     GenericEvent {
         data: Option<String>,
     },
+    /// The orchestration called an entity operation (a scheduling event: `event_id` is the step).
+    EntityOperationCalled {
+        request_id: String,
+        target_instance_id: String,
+        operation: String,
+        input: Option<String>,
+    },
+    /// The orchestration signaled an entity (one-way; a scheduling event).
+    EntityOperationSignaled {
+        request_id: String,
+        target_instance_id: String,
+        operation: String,
+        input: Option<String>,
+        scheduled_time: Option<Millis>,
+    },
+    EntityOperationCompleted {
+        task_scheduled_id: i32,
+        request_id: String,
+        result: Option<String>,
+    },
+    EntityOperationFailed {
+        task_scheduled_id: i32,
+        request_id: String,
+        failure: FailureDetails,
+    },
 }
 
 impl EventKind {
@@ -282,6 +307,10 @@ impl EventKind {
             EventKind::EventSent { .. } => "EventSent",
             EventKind::EventRaised { .. } => "EventRaised",
             EventKind::GenericEvent { .. } => "GenericEvent",
+            EventKind::EntityOperationCalled { .. } => "EntityOperationCalled",
+            EventKind::EntityOperationSignaled { .. } => "EntityOperationSignaled",
+            EventKind::EntityOperationCompleted { .. } => "EntityOperationCompleted",
+            EventKind::EntityOperationFailed { .. } => "EntityOperationFailed",
         }
     }
 }

@@ -21,6 +21,6 @@ pub use event::*;
 pub use history::*;
 pub use ids::*;
 pub use partition::{
-    CheckpointData, EmptySource, Globals, Instance, InstanceSource, InstanceState, PartitionState,
-    SourceError,
+    entity_name, CheckpointData, EmptySource, EntityRecord, Globals, Instance, InstanceSource,
+    InstanceState, PartitionState, SourceError,
 };

@@ -65,6 +65,24 @@ pub struct InstanceState {
     pub children: BTreeMap<i32, String>,
     /// Set while a scheduled start time has not come yet.
     pub not_before: Option<Millis>,
+    /// Present for entities (instance id `@name@key`): their state and queued operations.
+    pub entity: Option<EntityRecord>,
+}
+
+/// What an entity keeps: its state and the operations waiting for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityRecord {
+    /// Serialized state; None when the entity has no state.
+    pub state: Option<String>,
+    /// Operations in arrival order (per sender, the order they were sent).
+    pub queue: VecDeque<EntityOperation>,
+    pub last_modified: Millis,
+}
+
+/// The entity name of an entity instance id `@name@key`.
+pub fn entity_name(entity_id: &str) -> Option<&str> {
+    let rest = entity_id.strip_prefix('@')?;
+    rest.split_once('@').map(|(name, _)| name)
 }
 
 impl InstanceState {
@@ -338,6 +356,9 @@ impl PartitionState {
             PartitionEvent::EpisodeCompleted(result) => {
                 self.episode_completed(result, &mut cx, src)?
             }
+            PartitionEvent::EntityBatchCompleted(result) => {
+                self.entity_batch_completed(result, &mut cx, src)?
+            }
             PartitionEvent::ActivityCompleted {
                 activity_id,
                 result,
@@ -377,6 +398,9 @@ impl PartitionState {
                                 &mut cx,
                                 src,
                             )?;
+                        }
+                        TimerKind::EntityOperation(op) => {
+                            self.entity_operation(&timer.instance_id, op, &mut cx, src)?;
                         }
                         TimerKind::ScheduledStart => {
                             if let Some(mut inst) = self.take(&timer.instance_id, src)? {
@@ -544,6 +568,13 @@ impl PartitionState {
                 };
                 respond(cx, response);
             }
+            ClientRequestKind::SignalEntity {
+                entity_id,
+                operation,
+            } => {
+                self.entity_operation(entity_id, operation.clone(), cx, src)?;
+                respond(cx, ClientResponse::Ok);
+            }
             ClientRequestKind::Purge { instance_ids } => {
                 let mut count = 0;
                 for id in instance_ids {
@@ -635,6 +666,7 @@ impl PartitionState {
                 history_len: 0,
                 children: BTreeMap::new(),
                 not_before,
+                entity: None,
             },
             tail: Vec::new(),
             reset: replaced,
@@ -748,6 +780,34 @@ impl PartitionState {
                     src,
                 )?;
             }
+            Message::EntityOperation {
+                entity_id,
+                operation,
+            } => self.entity_operation(&entity_id, operation, cx, src)?,
+            Message::EntityResult {
+                instance_id,
+                execution_id,
+                task_id,
+                request_id,
+                result,
+            } => {
+                let kind = match result {
+                    Ok(result) => EventKind::EntityOperationCompleted {
+                        task_scheduled_id: task_id,
+                        request_id,
+                        result,
+                    },
+                    Err(failure) => EventKind::EntityOperationFailed {
+                        task_scheduled_id: task_id,
+                        request_id,
+                        failure,
+                    },
+                };
+                self.deliver(&instance_id, Some(&execution_id), kind, cx, src)?;
+            }
+            Message::StartOrchestration(start) => {
+                self.start_instance(&start, None, cx, src)?;
+            }
             Message::Terminate {
                 instance_id,
                 reason,
@@ -790,7 +850,11 @@ impl PartitionState {
 
     fn make_runnable(&mut self, inst: &Instance, cx: &mut Apply) {
         let s = &inst.state;
-        if !s.pending.is_empty()
+        let has_work = match &s.entity {
+            Some(e) => !e.queue.is_empty(),
+            None => !s.pending.is_empty(),
+        };
+        if has_work
             && s.not_before.is_none()
             && s.status != RuntimeStatus::Suspended
             && !s.status.is_terminal()
@@ -1074,6 +1138,74 @@ impl PartitionState {
                         cx,
                     );
                 }
+                Action::CallEntity {
+                    id,
+                    entity_id,
+                    operation,
+                    input,
+                    request_id,
+                } => {
+                    inst.push(HistoryEvent::scheduled(
+                        *id,
+                        now,
+                        EventKind::EntityOperationCalled {
+                            request_id: request_id.clone(),
+                            target_instance_id: entity_id.clone(),
+                            operation: operation.clone(),
+                            input: input.clone(),
+                        },
+                    ));
+                    self.send(
+                        Message::EntityOperation {
+                            entity_id: entity_id.clone(),
+                            operation: EntityOperation {
+                                request_id: request_id.clone(),
+                                operation: operation.clone(),
+                                input: input.clone(),
+                                caller: Some(EntityCaller {
+                                    instance_id: r.instance_id.clone(),
+                                    execution_id: r.execution_id.clone(),
+                                    task_id: *id,
+                                }),
+                                scheduled_time: None,
+                            },
+                        },
+                        cx,
+                    );
+                }
+                Action::SignalEntity {
+                    id,
+                    entity_id,
+                    operation,
+                    input,
+                    scheduled_time,
+                    request_id,
+                } => {
+                    inst.push(HistoryEvent::scheduled(
+                        *id,
+                        now,
+                        EventKind::EntityOperationSignaled {
+                            request_id: request_id.clone(),
+                            target_instance_id: entity_id.clone(),
+                            operation: operation.clone(),
+                            input: input.clone(),
+                            scheduled_time: *scheduled_time,
+                        },
+                    ));
+                    self.send(
+                        Message::EntityOperation {
+                            entity_id: entity_id.clone(),
+                            operation: EntityOperation {
+                                request_id: request_id.clone(),
+                                operation: operation.clone(),
+                                input: input.clone(),
+                                caller: None,
+                                scheduled_time: *scheduled_time,
+                            },
+                        },
+                        cx,
+                    );
+                }
                 Action::Complete(c) => completion = Some(c),
             }
         }
@@ -1150,6 +1282,218 @@ impl PartitionState {
                 .push(Effect::InstanceChanged(r.instance_id.clone()));
         }
         self.put(inst);
+        Ok(())
+    }
+
+    /// Queues an operation on an entity, creating the entity on its first operation. A
+    /// scheduled operation waits in the timer table until it is due.
+    fn entity_operation(
+        &mut self,
+        entity_id: &str,
+        op: EntityOperation,
+        cx: &mut Apply,
+        src: &dyn InstanceSource,
+    ) -> Result<(), SourceError> {
+        if let Some(due) = op.scheduled_time.filter(|t| *t > cx.now) {
+            let timer_id = self.globals.next_timer_id;
+            self.globals.next_timer_id += 1;
+            self.globals.timers.insert(
+                timer_id,
+                TimerEntry {
+                    instance_id: entity_id.to_string(),
+                    execution_id: String::new(),
+                    due,
+                    kind: TimerKind::EntityOperation(EntityOperation {
+                        scheduled_time: None,
+                        ..op
+                    }),
+                },
+            );
+            cx.effects.push(Effect::ScheduleTimer { timer_id, due });
+            return Ok(());
+        }
+        let mut inst = match self.take(entity_id, src)? {
+            Some(inst) if inst.state.entity.is_some() => inst,
+            Some(inst) => {
+                // An orchestration holds this id: the operation cannot be delivered.
+                self.put_clean(inst);
+                self.fail_entity_call(
+                    entity_id,
+                    &op,
+                    "the id belongs to an orchestration, not an entity",
+                    cx,
+                );
+                return Ok(());
+            }
+            None => Box::new(Instance {
+                state: InstanceState {
+                    instance_id: entity_id.to_string(),
+                    name: entity_name(entity_id).unwrap_or_default().to_string(),
+                    version: None,
+                    execution_id: String::new(),
+                    status: RuntimeStatus::Running,
+                    input: None,
+                    output: None,
+                    failure: None,
+                    custom_status: None,
+                    created_at: cx.now,
+                    last_updated_at: cx.now,
+                    completed_at: None,
+                    scheduled_start: None,
+                    tags: BTreeMap::new(),
+                    parent: None,
+                    pending: Vec::new(),
+                    history_len: 0,
+                    children: BTreeMap::new(),
+                    not_before: None,
+                    entity: Some(EntityRecord {
+                        state: None,
+                        queue: VecDeque::new(),
+                        last_modified: cx.now,
+                    }),
+                },
+                tail: Vec::new(),
+                reset: self.dirty.contains(entity_id),
+            }),
+        };
+        if let Some(e) = inst.state.entity.as_mut() {
+            e.queue.push_back(op);
+        }
+        self.make_runnable(&inst, cx);
+        self.put(inst);
+        Ok(())
+    }
+
+    /// Answers a caller whose entity operation cannot be delivered.
+    fn fail_entity_call(
+        &mut self,
+        entity_id: &str,
+        op: &EntityOperation,
+        why: &str,
+        cx: &mut Apply,
+    ) {
+        if let Some(caller) = &op.caller {
+            let failure = FailureDetails::new(
+                "EntityOperationFailed",
+                format!(
+                    "operation '{}' on '{entity_id}' failed: {why}",
+                    op.operation
+                ),
+            )
+            .non_retriable();
+            self.send(
+                Message::EntityResult {
+                    instance_id: caller.instance_id.clone(),
+                    execution_id: caller.execution_id.clone(),
+                    task_id: caller.task_id,
+                    request_id: op.request_id.clone(),
+                    result: Err(failure),
+                },
+                cx,
+            );
+        }
+    }
+
+    fn entity_batch_completed(
+        &mut self,
+        r: &EntityBatchResult,
+        cx: &mut Apply,
+        src: &dyn InstanceSource,
+    ) -> Result<(), SourceError> {
+        let Some(mut inst) = self.take(&r.entity_id, src)? else {
+            return Ok(());
+        };
+        let queued = inst.state.entity.as_ref().map_or(0, |e| e.queue.len());
+        if inst.state.entity.is_none()
+            || r.consumed as usize > queued
+            || r.results.len() != r.consumed as usize
+        {
+            let runnable = self.globals.runnable.contains(&r.entity_id);
+            self.put_clean(inst);
+            if runnable {
+                cx.effects.push(Effect::RunEpisode(r.entity_id.clone()));
+            }
+            return Ok(());
+        }
+        self.globals.runnable.remove(&r.entity_id);
+        let done: Vec<EntityOperation> = match inst.state.entity.as_mut() {
+            Some(e) => {
+                e.state = r.state.clone();
+                e.last_modified = cx.now;
+                e.queue.drain(..r.consumed as usize).collect()
+            }
+            None => Vec::new(),
+        };
+        inst.state.last_updated_at = cx.now;
+        for (op, result) in done.iter().zip(&r.results) {
+            if let Some(caller) = &op.caller {
+                self.send(
+                    Message::EntityResult {
+                        instance_id: caller.instance_id.clone(),
+                        execution_id: caller.execution_id.clone(),
+                        task_id: caller.task_id,
+                        request_id: op.request_id.clone(),
+                        result: result.clone(),
+                    },
+                    cx,
+                );
+            }
+        }
+        for action in &r.actions {
+            match action {
+                EntityAction::Signal {
+                    entity_id,
+                    operation,
+                    input,
+                    scheduled_time,
+                    request_id,
+                } => self.send(
+                    Message::EntityOperation {
+                        entity_id: entity_id.clone(),
+                        operation: EntityOperation {
+                            request_id: request_id.clone(),
+                            operation: operation.clone(),
+                            input: input.clone(),
+                            caller: None,
+                            scheduled_time: *scheduled_time,
+                        },
+                    },
+                    cx,
+                ),
+                EntityAction::StartOrchestration {
+                    instance_id,
+                    name,
+                    input,
+                    execution_id,
+                } => self.send(
+                    Message::StartOrchestration(StartRequest {
+                        instance_id: instance_id.clone(),
+                        name: name.clone(),
+                        version: None,
+                        input: input.clone(),
+                        scheduled_start: None,
+                        tags: BTreeMap::new(),
+                        execution_id: execution_id.clone(),
+                        if_exists: ExistingPolicy::ReturnExisting,
+                    }),
+                    cx,
+                ),
+            }
+        }
+        cx.effects
+            .push(Effect::InstanceChanged(r.entity_id.clone()));
+        let empty = inst
+            .state
+            .entity
+            .as_ref()
+            .is_some_and(|e| e.state.is_none() && e.queue.is_empty());
+        if empty {
+            // An entity without state and without work does not exist: delete it.
+            self.dirty.insert(r.entity_id.clone());
+        } else {
+            self.make_runnable(&inst, cx);
+            self.put(inst);
+        }
         Ok(())
     }
 

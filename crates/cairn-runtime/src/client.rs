@@ -78,6 +78,45 @@ impl InstanceStatus {
     }
 }
 
+/// What Cairn knows about an entity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EntityStatus {
+    pub entity_id: String,
+    pub name: String,
+    pub key: String,
+    /// Serialized state (None: the entity exists only through queued operations).
+    pub state: Option<String>,
+    pub last_modified: Millis,
+    /// Operations waiting to be processed.
+    pub queued: usize,
+}
+
+impl EntityStatus {
+    pub(crate) fn from_state(s: &InstanceState) -> Option<EntityStatus> {
+        let e = s.entity.as_ref()?;
+        Some(EntityStatus {
+            entity_id: s.instance_id.clone(),
+            name: s.name.clone(),
+            key: s
+                .instance_id
+                .splitn(3, '@')
+                .nth(2)
+                .unwrap_or_default()
+                .to_string(),
+            state: e.state.clone(),
+            last_modified: e.last_modified,
+            queued: e.queue.len(),
+        })
+    }
+
+    /// Deserializes the state.
+    pub fn state<T: DeserializeOwned>(&self) -> Result<T, EngineError> {
+        Ok(serde_json::from_str(
+            self.state.as_deref().unwrap_or("null"),
+        )?)
+    }
+}
+
 /// Options of [`Client::start_with`].
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -112,7 +151,8 @@ pub struct QueryFilter {
 
 impl QueryFilter {
     pub(crate) fn matches(&self, s: &InstanceState) -> bool {
-        (self.statuses.is_empty() || self.statuses.contains(&s.status))
+        s.entity.is_none()
+            && (self.statuses.is_empty() || self.statuses.contains(&s.status))
             && self.created_from.is_none_or(|f| s.created_at >= f)
             && self.created_to.is_none_or(|t| s.created_at <= t)
             && self
@@ -178,11 +218,15 @@ pub(crate) enum ReadRequest {
         after: Option<String>,
         limit: usize,
     },
+    Entity {
+        entity_id: String,
+    },
 }
 
 pub(crate) enum ReadResponse {
     Status(Option<Box<InstanceStatus>>),
     Page(Vec<InstanceStatus>),
+    Entity(Option<EntityStatus>),
 }
 
 /// A handle to a running engine; cheap to clone.
@@ -321,7 +365,9 @@ impl Client {
             .await?
         {
             ReadResponse::Status(s) => Ok(s.map(|b| *b)),
-            ReadResponse::Page(_) => Err(EngineError::InvalidArgument("unexpected page".into())),
+            _ => Err(EngineError::InvalidArgument(
+                "unexpected answer to a status read".into(),
+            )),
         }
     }
 
@@ -467,6 +513,68 @@ impl Client {
         self.command(instance_id, kind).await
     }
 
+    /// Queues an operation on the entity `(name, key)` (created on its first operation),
+    /// optionally not before `at`. Returns once the signal is durable.
+    pub async fn signal_entity<I: Serialize>(
+        &self,
+        name: &str,
+        key: &str,
+        operation: &str,
+        input: &I,
+        at: Option<SystemTime>,
+    ) -> Result<(), EngineError> {
+        self.signal_entity_raw(name, key, operation, payload(input)?, at)
+            .await
+    }
+
+    pub async fn signal_entity_raw(
+        &self,
+        name: &str,
+        key: &str,
+        operation: &str,
+        input: Option<String>,
+        at: Option<SystemTime>,
+    ) -> Result<(), EngineError> {
+        if name.is_empty() || name.contains('@') {
+            return Err(EngineError::InvalidArgument(format!(
+                "entity name {name:?} must be non-empty and must not contain '@'"
+            )));
+        }
+        if operation.is_empty() {
+            return Err(EngineError::InvalidArgument(
+                "operation name must not be empty".into(),
+            ));
+        }
+        self.check_payload(&input)?;
+        let entity_id = entity_instance_id(name, key);
+        let kind = ClientRequestKind::SignalEntity {
+            entity_id: entity_id.clone(),
+            operation: EntityOperation {
+                request_id: format!("{:032x}", rand::random::<u128>()),
+                operation: operation.to_string(),
+                input,
+                caller: None,
+                scheduled_time: at.map(to_millis),
+            },
+        };
+        self.command(&entity_id, kind).await
+    }
+
+    /// The entity's state and queue length, or None if it does not exist.
+    pub async fn get_entity(
+        &self,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<EntityStatus>, EngineError> {
+        let entity_id = entity_instance_id(name, key);
+        validate_instance_id(&entity_id)?;
+        let p = partition_of(&entity_id, self.shared.partition_count);
+        match self.read(p, ReadRequest::Entity { entity_id }).await? {
+            ReadResponse::Entity(e) => Ok(e),
+            _ => Err(EngineError::InvalidArgument("unexpected answer".into())),
+        }
+    }
+
     /// Deletes a terminal instance and its history; returns how many were deleted (0 or 1).
     pub async fn purge(&self, instance_id: &str) -> Result<u64, EngineError> {
         validate_instance_id(instance_id)?;
@@ -513,7 +621,7 @@ impl Client {
                     .await?
                 {
                     ReadResponse::Page(v) => v,
-                    ReadResponse::Status(_) => Vec::new(),
+                    _ => Vec::new(),
                 };
                 if page.is_empty() {
                     break;

@@ -51,6 +51,8 @@ pub struct EngineConfig {
     pub log_segment_bytes: u64,
     /// Fault injection for tests: every log sync takes at least this long (a slow disk).
     pub log_sync_delay: Option<Duration>,
+    /// Most queued operations an entity processes in one batch (one state write per batch).
+    pub max_entity_batch: usize,
     /// Hand orchestrations and activities that are not registered in this process to remote
     /// workers (see [`Engine::remote_queue`]) instead of failing them as unknown.
     pub remote_workers: bool,
@@ -72,6 +74,7 @@ impl Default for EngineConfig {
             log_segment_bytes: 64 * 1024 * 1024,
             log_sync_delay: None,
             remote_workers: false,
+            max_entity_batch: 5000,
         }
     }
 }

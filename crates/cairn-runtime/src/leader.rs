@@ -19,7 +19,9 @@
 //!
 //! This module never decides *what* happens to an instance: that is the state machine's job.
 
-use crate::client::{InstanceStatus, QueryFilter, ReadRequest, ReadResponse, WaitFor};
+use crate::client::{
+    EntityStatus, InstanceStatus, QueryFilter, ReadRequest, ReadResponse, WaitFor,
+};
 use crate::engine::{RecoveryReport, Shared};
 use crate::error::EngineError;
 use crate::registry::ActivityContext;
@@ -69,6 +71,10 @@ pub(crate) enum Input {
     ActivityDone {
         activity_id: u64,
         result: TaskResult,
+    },
+    EntityDone {
+        entity_id: String,
+        result: EntityBatchResult,
     },
     Durable(u64),
     Checkpoint(Reply<()>),
@@ -429,6 +435,13 @@ impl Leader {
                         result,
                     },
                 }),
+                Input::EntityDone { entity_id, result } => {
+                    self.running.remove(&entity_id);
+                    records.push(LogRecord {
+                        timestamp: now,
+                        event: PartitionEvent::EntityBatchCompleted(result),
+                    });
+                }
                 Input::Durable(lsn) => self.durable = self.durable.max(lsn),
                 Input::Checkpoint(reply) => checkpoints.push(reply),
                 Input::Shutdown(_) => {}
@@ -669,6 +682,44 @@ impl Leader {
                 return;
             }
         };
+        if let Some(entity) = &inst.state.entity {
+            let name = inst.state.name.clone();
+            let state = entity.state.clone();
+            let ops: Vec<EntityOperation> = entity
+                .queue
+                .iter()
+                .take(self.shared.config.max_entity_batch.max(1))
+                .cloned()
+                .collect();
+            self.running.insert(id.to_string());
+            self.stats.episodes.fetch_add(1, Ordering::Relaxed);
+            let shared = self.shared.clone();
+            let tx = self.shared.partitions[self.partition as usize].clone();
+            let entity_id = id.to_string();
+            tokio::spawn(async move {
+                let _permit = shared.orchestration_permits.clone().acquire_owned().await;
+                let out = match shared.registry.get_entity(&name) {
+                    Some(run) => run(&entity_id, state, &ops),
+                    None => {
+                        let f = shared.registry.entity_not_found(&name);
+                        crate::entity::BatchOutput {
+                            state,
+                            results: ops.iter().map(|_| Err(f.clone())).collect(),
+                            actions: Vec::new(),
+                        }
+                    }
+                };
+                let result = EntityBatchResult {
+                    entity_id: entity_id.clone(),
+                    consumed: ops.len() as u32,
+                    state: out.state,
+                    results: out.results,
+                    actions: out.actions,
+                };
+                let _ = tx.send(Input::EntityDone { entity_id, result });
+            });
+            return;
+        }
         let s = &inst.state;
         let execution_id = s.execution_id.clone();
         let name = s.name.clone();
@@ -809,6 +860,20 @@ impl Leader {
                 after,
                 limit,
             } => self.query(&filter, after.as_deref(), limit),
+            ReadRequest::Entity { entity_id } => {
+                let store = self.store.clone();
+                let partition = self.partition;
+                let inst = self
+                    .state
+                    .get(&entity_id, &StoreSource(&store))
+                    .map_err(|e| EngineError::Storage {
+                        partition,
+                        message: e.to_string(),
+                    })?;
+                Ok(ReadResponse::Entity(
+                    inst.and_then(|i| EntityStatus::from_state(&i.state)),
+                ))
+            }
         }
     }
 

@@ -25,6 +25,7 @@
 
 pub mod client;
 pub mod engine;
+pub mod entity;
 pub mod error;
 mod leader;
 pub mod orchestration;
@@ -35,6 +36,7 @@ pub mod replay;
 pub use cairn_core::{EventKind, ExistingPolicy, FailureDetails, HistoryEvent, RuntimeStatus};
 pub use client::{Client, InstanceQuery, InstanceStatus, QueryFilter, QueryPage, StartOptions};
 pub use engine::{Engine, EngineConfig, RecoveryReport};
+pub use entity::{Entity, EntityContext};
 pub use error::{EngineError, TaskError};
 pub use futures::future::Either;
 pub use leader::LeaderStats;

@@ -52,6 +52,18 @@ impl ScheduledStep {
             }
             Action::CreateTimer { id, .. } => (*id, "timer", String::new()),
             Action::SendEvent { id, name, .. } => (*id, "event", name.clone()),
+            Action::CallEntity {
+                id,
+                entity_id,
+                operation,
+                ..
+            } => (*id, "entity call", format!("{entity_id}.{operation}")),
+            Action::SignalEntity {
+                id,
+                entity_id,
+                operation,
+                ..
+            } => (*id, "entity signal", format!("{entity_id}.{operation}")),
             Action::Complete(_) => return None,
         };
         Some((id, ScheduledStep { kind, name }))
@@ -63,6 +75,16 @@ impl ScheduledStep {
             EventKind::SubOrchestrationCreated { name, .. } => ("sub-orchestration", name.clone()),
             EventKind::TimerCreated { .. } => ("timer", String::new()),
             EventKind::EventSent { name, .. } => ("event", name.clone()),
+            EventKind::EntityOperationCalled {
+                target_instance_id,
+                operation,
+                ..
+            } => ("entity call", format!("{target_instance_id}.{operation}")),
+            EventKind::EntityOperationSignaled {
+                target_instance_id,
+                operation,
+                ..
+            } => ("entity signal", format!("{target_instance_id}.{operation}")),
             _ => return None,
         };
         Some((event.event_id, ScheduledStep { kind, name }))
@@ -333,6 +355,43 @@ impl OrchestrationContext {
             instance_id: instance_id.to_string(),
             name: name.to_string(),
             input,
+        });
+    }
+
+    /// Calls an operation on the entity `(name, key)` and waits for its result (or the
+    /// operation's error). Operations on one entity run one at a time, in order per caller.
+    pub fn call_entity<I: Serialize, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        key: &str,
+        operation: &str,
+        input: I,
+    ) -> DurableFuture<O> {
+        let input = self.to_payload(&input);
+        let request_id = self.new_guid();
+        let entity_id = cairn_core::entity_instance_id(name, key);
+        let id = self.schedule(|id| Action::CallEntity {
+            id,
+            entity_id,
+            operation: operation.to_string(),
+            input,
+            request_id,
+        });
+        DurableFuture::new(self, Slot::Task(id))
+    }
+
+    /// Sends a one-way operation to the entity `(name, key)`.
+    pub fn signal_entity<I: Serialize>(&self, name: &str, key: &str, operation: &str, input: I) {
+        let input = self.to_payload(&input);
+        let request_id = self.new_guid();
+        let entity_id = cairn_core::entity_instance_id(name, key);
+        self.schedule(|id| Action::SignalEntity {
+            id,
+            entity_id,
+            operation: operation.to_string(),
+            input,
+            scheduled_time: None,
+            request_id,
         });
     }
 

@@ -4,6 +4,7 @@
 //! orchestration fails with `OrchestrationNotFound`, an activity call fails with the
 //! non-retriable `ActivityNotFound`, both naming what *is* registered.
 
+use crate::entity::{erase_entity, Entity, EntityFn};
 use crate::error::TaskError;
 use crate::orchestration::{erase_orchestrator, OrchestrationContext, OrchestratorFn};
 use cairn_core::FailureDetails;
@@ -35,6 +36,7 @@ pub type ActivityFn = Arc<
 pub struct Registry {
     orchestrations: BTreeMap<String, OrchestratorFn>,
     activities: BTreeMap<String, ActivityFn>,
+    entities: BTreeMap<String, EntityFn>,
 }
 
 impl Registry {
@@ -86,6 +88,28 @@ impl Registry {
         });
         self.activities.insert(name.to_string(), erased);
         self
+    }
+
+    /// Registers an entity type under `name` (matched case-insensitively, as entity ids are).
+    pub fn entity<E: Entity>(mut self, name: &str) -> Self {
+        self.entities
+            .insert(name.to_lowercase(), erase_entity::<E>());
+        self
+    }
+
+    pub fn get_entity(&self, name: &str) -> Option<&EntityFn> {
+        self.entities.get(&name.to_lowercase())
+    }
+
+    pub(crate) fn entity_not_found(&self, name: &str) -> FailureDetails {
+        FailureDetails::new(
+            "EntityNotFound",
+            format!(
+                "no entity named '{name}' is registered (registered: {})",
+                list(self.entities.keys().map(|s| s.as_str()).collect())
+            ),
+        )
+        .non_retriable()
     }
 
     pub fn get_orchestration(&self, name: &str) -> Option<&OrchestratorFn> {

@@ -152,6 +152,18 @@ impl Cursor {
             } => {
                 self.with_state(|s| s.deliver(Slot::Task(*task_scheduled_id), Err(failure.clone())))
             }
+            EventKind::EntityOperationCompleted {
+                task_scheduled_id,
+                result,
+                ..
+            } => self.with_state(|s| s.deliver(Slot::Task(*task_scheduled_id), Ok(result.clone()))),
+            EventKind::EntityOperationFailed {
+                task_scheduled_id,
+                failure,
+                ..
+            } => {
+                self.with_state(|s| s.deliver(Slot::Task(*task_scheduled_id), Err(failure.clone())))
+            }
             EventKind::TimerFired { timer_id, .. } => {
                 self.with_state(|s| s.deliver(Slot::Task(*timer_id), Ok(None)))
             }

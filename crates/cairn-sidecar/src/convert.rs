@@ -215,6 +215,46 @@ pub fn event_to_proto(instance_id: &str, e: &HistoryEvent) -> pb::HistoryEvent {
         EventKind::GenericEvent { data } => {
             EventType::GenericEvent(pb::GenericEvent { data: data.clone() })
         }
+        EventKind::EntityOperationCalled {
+            request_id,
+            target_instance_id,
+            operation,
+            input,
+        } => EventType::EntityOperationCalled(pb::EntityOperationCalledEvent {
+            request_id: request_id.clone(),
+            operation: operation.clone(),
+            input: input.clone(),
+            parent_instance_id: Some(instance_id.to_string()),
+            target_instance_id: Some(target_instance_id.clone()),
+            ..Default::default()
+        }),
+        EventKind::EntityOperationSignaled {
+            request_id,
+            target_instance_id,
+            operation,
+            input,
+            scheduled_time,
+        } => EventType::EntityOperationSignaled(pb::EntityOperationSignaledEvent {
+            request_id: request_id.clone(),
+            operation: operation.clone(),
+            scheduled_time: scheduled_time.map(timestamp),
+            input: input.clone(),
+            target_instance_id: Some(target_instance_id.clone()),
+        }),
+        EventKind::EntityOperationCompleted {
+            request_id, result, ..
+        } => EventType::EntityOperationCompleted(pb::EntityOperationCompletedEvent {
+            request_id: request_id.clone(),
+            output: result.clone(),
+        }),
+        EventKind::EntityOperationFailed {
+            request_id,
+            failure,
+            ..
+        } => EventType::EntityOperationFailed(pb::EntityOperationFailedEvent {
+            request_id: request_id.clone(),
+            failure_details: Some(failure_to_proto(failure)),
+        }),
     };
     pb::HistoryEvent {
         event_id: e.event_id,

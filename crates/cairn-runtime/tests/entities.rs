@@ -1,0 +1,236 @@
+//! Durable entities: operations one at a time, batched, exactly once, with per-operation
+//! rollback; signals and calls from clients and orchestrations.
+mod common;
+use cairn_runtime::*;
+use common::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+#[derive(Default, Clone, Serialize, Deserialize)]
+struct Counter {
+    value: i64,
+}
+
+impl Entity for Counter {
+    fn operation(&mut self, ctx: &mut EntityContext, operation: &str) -> Result<Value, TaskError> {
+        match operation {
+            "add" => {
+                let by: i64 = ctx.input()?;
+                self.value += by;
+                Ok(json!(self.value))
+            }
+            "add_then_fail" => {
+                // The change is rolled back with the failure.
+                self.value += 1000;
+                Err(TaskError::new("Refused", "add_then_fail always fails"))
+            }
+            "get" => Ok(json!(self.value)),
+            "forward" => {
+                // Signals another counter; only sent if this operation succeeds.
+                let to: String = ctx.input()?;
+                ctx.signal_entity("counter", &to, "add", &self.value)?;
+                Ok(Value::Null)
+            }
+            "delete" => {
+                ctx.delete_state();
+                Ok(Value::Null)
+            }
+            other => Err(TaskError::non_retriable(
+                "UnknownOperation",
+                format!("no operation '{other}'"),
+            )),
+        }
+    }
+}
+
+fn registry_with_entities() -> Registry {
+    registry()
+        .entity::<Counter>("counter")
+        .orchestration("uses_counter", |ctx: OrchestrationContext, key: String| async move {
+            ctx.signal_entity("counter", &key, "add", 5);
+            let after: i64 = ctx.call_entity("counter", &key, "add", 10).await?;
+            let failed = ctx.call_entity::<_, i64>("counter", &key, "add_then_fail", ()).await;
+            let now: i64 = ctx.call_entity("counter", &key, "get", ()).await?;
+            Ok(json!({"after": after, "failed": failed.err().map(|e| e.failure.error_type), "now": now}))
+        })
+}
+
+async fn open_engine(dir: &std::path::Path) -> Engine {
+    Engine::open(config(dir), registry_with_entities())
+        .await
+        .unwrap()
+}
+
+async fn entity_value(c: &Client, key: &str) -> Option<i64> {
+    c.get_entity("counter", key)
+        .await
+        .unwrap()
+        .map(|e| e.state::<Counter>().unwrap().value)
+}
+
+async fn wait_for_value(c: &Client, key: &str, want: i64) {
+    for _ in 0..500 {
+        if entity_value(c, key).await == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "counter {key} never reached {want}: {:?}",
+        entity_value(c, key).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_signals_are_applied_exactly_once_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path()).await;
+    let c = engine.client();
+    assert!(
+        c.get_entity("counter", "a").await.unwrap().is_none(),
+        "no entity before its first operation"
+    );
+    let before: u64 = engine
+        .stats()
+        .iter()
+        .map(|s| s.episodes.load(Ordering::Relaxed))
+        .sum();
+    let signals = (0..2000).map(|_| c.signal_entity("counter", "a", "add", &1, None));
+    for r in futures::future::join_all(signals).await {
+        r.unwrap();
+    }
+    wait_for_value(&c, "a", 2000).await;
+    let batches: u64 = engine
+        .stats()
+        .iter()
+        .map(|s| s.episodes.load(Ordering::Relaxed))
+        .sum::<u64>()
+        - before;
+    assert!(
+        batches < 1000,
+        "{batches} batches for 2000 operations: operations were not batched"
+    );
+    let e = c.get_entity("counter", "a").await.unwrap().unwrap();
+    assert_eq!(
+        (e.name.as_str(), e.key.as_str(), e.queued),
+        ("counter", "a", 0)
+    );
+    // Entities are not orchestrations: queries do not list them.
+    let page = c.query(&InstanceQuery::default()).await.unwrap();
+    assert!(page
+        .instances
+        .iter()
+        .all(|s| !s.instance_id.starts_with('@')));
+    engine.shutdown().await.unwrap();
+    // The state is durable.
+    let engine = open_engine(dir.path()).await;
+    assert_eq!(entity_value(&engine.client(), "a").await, Some(2000));
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestrations_signal_and_call_entities_and_failures_roll_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path()).await;
+    let c = engine.client();
+    let id = c.start("uses_counter", &"b").await.unwrap();
+    let s = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(s.status, RuntimeStatus::Completed, "{s:?}");
+    // The signal (5) is processed before the call (+10) from the same sender; the failing
+    // operation's +1000 is rolled back and its error reaches the caller.
+    assert_eq!(
+        s.output::<Value>().unwrap(),
+        json!({"after": 15, "failed": "Refused", "now": 15})
+    );
+    let h = c
+        .get_status(&id, true)
+        .await
+        .unwrap()
+        .unwrap()
+        .history
+        .unwrap();
+    assert!(h
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::EntityOperationSignaled { .. })));
+    assert_eq!(
+        h.iter()
+            .filter(|e| matches!(e.kind, EventKind::EntityOperationCompleted { .. }))
+            .count(),
+        2
+    );
+    assert_eq!(
+        h.iter()
+            .filter(|e| matches!(e.kind, EventKind::EntityOperationFailed { .. }))
+            .count(),
+        1
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_signals_scheduling_and_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path()).await;
+    let c = engine.client();
+    c.signal_entity("counter", "src", "add", &7, None)
+        .await
+        .unwrap();
+    c.signal_entity("counter", "src", "forward", &"dst", None)
+        .await
+        .unwrap();
+    wait_for_value(&c, "dst", 7).await;
+    // A scheduled signal waits for its time.
+    c.signal_entity(
+        "counter",
+        "later",
+        "add",
+        &1,
+        Some(SystemTime::now() + Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(entity_value(&c, "later").await, None);
+    wait_for_value(&c, "later", 1).await;
+    // Deleting the state deletes the entity.
+    c.signal_entity("counter", "src", "delete", &(), None)
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if c.get_entity("counter", "src").await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(c.get_entity("counter", "src").await.unwrap().is_none());
+    // Bad input.
+    assert!(c.signal_entity("", "k", "add", &1, None).await.is_err());
+    assert!(c.signal_entity("counter", "k", "", &1, None).await.is_err());
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_unknown_entities_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_entities().orchestration(
+        "calls_ghost",
+        |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_entity::<_, i64>("ghost", "x", "get", ()).await
+        },
+    );
+    let engine = Engine::open(config(dir.path()), registry).await.unwrap();
+    let c = engine.client();
+    let id = c.start("calls_ghost", &()).await.unwrap();
+    let s = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(s.status, RuntimeStatus::Failed);
+    let f = s.failure.unwrap();
+    assert_eq!(f.error_type, "EntityNotFound");
+    assert!(
+        f.message.contains("ghost") && f.message.contains("counter"),
+        "{}",
+        f.message
+    );
+    engine.shutdown().await.unwrap();
+}
