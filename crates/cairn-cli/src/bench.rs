@@ -28,6 +28,8 @@ pub enum Scenario {
     ExternalEvents,
     Throughput,
     ChainLatency,
+    EntityOps,
+    EntityCalls,
 }
 
 impl Scenario {
@@ -39,6 +41,8 @@ impl Scenario {
             Scenario::ExternalEvents => "external-events",
             Scenario::Throughput => "throughput",
             Scenario::ChainLatency => "chain-latency",
+            Scenario::EntityOps => "entity-ops",
+            Scenario::EntityCalls => "entity-calls",
         }
     }
 }
@@ -100,6 +104,26 @@ mod parking_lot_free {
     }
 }
 
+/// The benchmark's counter entity.
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
+struct Counter(u64);
+
+impl cairn_runtime::Entity for Counter {
+    fn operation(
+        &mut self,
+        ctx: &mut cairn_runtime::EntityContext,
+        op: &str,
+    ) -> Result<serde_json::Value, TaskError> {
+        match op {
+            "add" => {
+                self.0 += ctx.input::<u64>()?;
+                Ok(serde_json::Value::from(self.0))
+            }
+            _ => Ok(serde_json::Value::from(self.0)),
+        }
+    }
+}
+
 fn registry(progress: Arc<AtomicU64>, stamps: Arc<Stamps>) -> Registry {
     let p1 = progress.clone();
     let p2 = progress.clone();
@@ -153,6 +177,14 @@ fn registry(progress: Arc<AtomicU64>, stamps: Arc<Stamps>) -> Registry {
             }
             Ok(n)
         })
+        .entity::<Counter>("counter")
+        .orchestration(
+            "calls_counter",
+            |ctx: OrchestrationContext, key: String| async move {
+                let v: u64 = ctx.call_entity("counter", &key, "add", 1u64).await?;
+                Ok(v)
+            },
+        )
         .orchestration("events", |ctx: OrchestrationContext, n: u32| async move {
             let mut sum = 0u64;
             for _ in 0..n {
@@ -213,6 +245,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             Scenario::ExternalEvents,
             Scenario::Throughput,
             Scenario::ChainLatency,
+            Scenario::EntityOps,
+            Scenario::EntityCalls,
         ]
     } else {
         args.scenarios.clone()
@@ -266,6 +300,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 many_instances(&bench, s, "chain", Some(10), n(10_000), 500, 10).await
             }
             Scenario::ChainLatency => chain_latency(&bench, n(300)).await,
+            Scenario::EntityOps => entity_ops(&bench, n(100_000)).await,
+            Scenario::EntityCalls => entity_calls(&bench, n(2_000)).await,
         };
         let Bench { engine, dir, .. } = bench;
         engine
@@ -493,5 +529,105 @@ async fn chain_latency(b: &Bench, count: u64) -> Result<BenchResult> {
         elapsed,
         &h,
         "10-step chains, one at a time; latency per chain",
+    ))
+}
+
+/// One counter entity receiving `n` signals (1,000 outstanding); done when the state is `n`.
+/// Latency = signal acknowledged (durable).
+async fn entity_ops(b: &Bench, n: u64) -> Result<BenchResult> {
+    let client = b.engine.client();
+    let pb = bar(n, "entity-ops");
+    let start = Instant::now();
+    let acks: Vec<Result<Duration>> = futures::stream::iter(0..n)
+        .map(|_| {
+            let client = client.clone();
+            let pb = pb.clone();
+            async move {
+                let t = Instant::now();
+                client
+                    .signal_entity("counter", "hot", "add", &1u64, None)
+                    .await?;
+                pb.inc(1);
+                Ok(t.elapsed())
+            }
+        })
+        .buffer_unordered(1000)
+        .collect()
+        .await;
+    loop {
+        let value = client
+            .get_entity("counter", "hot")
+            .await?
+            .map(|e| e.state::<Counter>())
+            .transpose()?
+            .map_or(0, |c| c.0);
+        if value == n {
+            break;
+        }
+        if value > n {
+            anyhow::bail!(
+                "the counter reached {value} after {n} signals: an operation was applied twice"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    pb.finish_and_clear();
+    let mut h = histogram();
+    for a in acks {
+        record(&mut h, a?);
+    }
+    Ok(finish(
+        Scenario::EntityOps,
+        n,
+        elapsed,
+        &h,
+        "operations on one counter; latency per signal (durable)",
+    ))
+}
+
+/// `n` orchestrations (200 in flight) each calling the same counter once; latency = start to
+/// completion of an orchestration.
+async fn entity_calls(b: &Bench, n: u64) -> Result<BenchResult> {
+    let client = b.engine.client();
+    let pb = bar(n, "entity-calls");
+    let start = Instant::now();
+    let latencies: Vec<Result<Duration>> = futures::stream::iter(0..n)
+        .map(|_| {
+            let client = client.clone();
+            let pb = pb.clone();
+            async move {
+                let t = Instant::now();
+                let id = client.start("calls_counter", &"shared").await?;
+                let status = client.wait_for_completion(&id, WAIT).await?;
+                check_completed(&status)?;
+                pb.inc(1);
+                Ok(t.elapsed())
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    let elapsed = start.elapsed();
+    pb.finish_and_clear();
+    let mut h = histogram();
+    for l in latencies {
+        record(&mut h, l?);
+    }
+    let value = client
+        .get_entity("counter", "shared")
+        .await?
+        .map(|e| e.state::<Counter>())
+        .transpose()?
+        .map_or(0, |c| c.0);
+    if value != n {
+        anyhow::bail!("the counter is {value} after {n} calls");
+    }
+    Ok(finish(
+        Scenario::EntityCalls,
+        n,
+        elapsed,
+        &h,
+        "orchestrations calling one counter; latency per orchestration",
     ))
 }

@@ -58,8 +58,30 @@ fn expected_output(kind: &str) -> &'static str {
     }
 }
 
+/// Counts every signal it receives, by the signal's unique id: a lost signal is missing here,
+/// a signal applied twice has a count of 2.
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
+struct Tally {
+    seen: BTreeMap<String, u32>,
+}
+
+impl Entity for Tally {
+    fn operation(
+        &mut self,
+        ctx: &mut EntityContext,
+        operation: &str,
+    ) -> Result<serde_json::Value, TaskError> {
+        if operation == "record" {
+            let id: String = ctx.input()?;
+            *self.seen.entry(id).or_default() += 1;
+        }
+        Ok(serde_json::Value::Null)
+    }
+}
+
 fn registry() -> Registry {
     Registry::new()
+        .entity::<Tally>("tally")
         .activity("add", |_c, x: u64| async move { Ok::<_, TaskError>(x + 1) })
         .activity("one", |_c, _: ()| async move { Ok::<_, TaskError>(1u64) })
         .orchestration("w_chain", |ctx: OrchestrationContext, _: ()| async move {
@@ -118,11 +140,12 @@ impl Ledger {
     }
 }
 
-/// Reads the ledger: started ids with their kind, and ids whose events were all raised.
 /// (instance id, orchestration name) of every acknowledged start, in order.
 type Started = Vec<(String, String)>;
 
-fn read_ledger(path: &Path) -> Result<(Started, Vec<String>)> {
+/// Reads the ledger: acknowledged starts, ids whose events were all raised, and the ids of
+/// acknowledged entity signals.
+fn read_ledger(path: &Path) -> Result<(Started, Vec<String>, Vec<String>)> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -130,15 +153,17 @@ fn read_ledger(path: &Path) -> Result<(Started, Vec<String>)> {
     };
     let mut started = Vec::new();
     let mut raised = Vec::new();
+    let mut signaled = Vec::new();
     for line in text.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         match parts.as_slice() {
             ["started", id, kind] => started.push((id.to_string(), kind.to_string())),
             ["raised", id] => raised.push(id.to_string()),
+            ["signaled", id] => signaled.push(id.to_string()),
             _ => {} // a torn last line from a kill: the start it describes was acknowledged but is not counted
         }
     }
-    Ok((started, raised))
+    Ok((started, raised, signaled))
 }
 
 async fn raise_all(client: &Client, id: &str) -> Result<()> {
@@ -156,6 +181,8 @@ struct Summary {
     instances: usize,
     ok: usize,
     activity_results_checked: usize,
+    signals_acknowledged: usize,
+    signals_applied: usize,
     problems: Vec<String>,
 }
 
@@ -169,7 +196,7 @@ pub async fn run(command: DebugCommand) -> Result<()> {
         .await
         .context("cannot open the task hub")?;
     let client = engine.client();
-    let (started, raised) = read_ledger(&args.ledger)?;
+    let (started, raised, signaled) = read_ledger(&args.ledger)?;
     // Finish what a kill interrupted: events not yet all raised.
     for (id, kind) in &started {
         if kind == "w_events" && !raised.contains(id) {
@@ -177,7 +204,8 @@ pub async fn run(command: DebugCommand) -> Result<()> {
         }
     }
     if args.finish {
-        let summary = verify(&client, &started).await?;
+        let mut summary = verify(&client, &started).await?;
+        verify_signals(&client, &signaled, &mut summary).await?;
         println!("{}", serde_json::to_string(&summary)?);
         engine.shutdown().await?;
         if !summary.problems.is_empty() {
@@ -223,10 +251,67 @@ pub async fn run(command: DebugCommand) -> Result<()> {
             Ok::<(), anyhow::Error>(())
         }));
     }
+    {
+        // A steady stream of entity signals, each with a unique id.
+        let client = client.clone();
+        let ledger = ledger.clone();
+        workers.push(tokio::spawn(async move {
+            let process = std::process::id();
+            for i in 0u64.. {
+                let id = format!("{process}-{i}");
+                client
+                    .signal_entity("tally", "t", "record", &id, None)
+                    .await?;
+                ledger.lock().await.append(&format!("signaled {id}"))?;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
     for w in workers {
         w.await??;
     }
     Ok(())
+}
+
+/// Every acknowledged signal was applied exactly once; no signal was applied twice.
+async fn verify_signals(
+    client: &Client,
+    acknowledged: &[String],
+    summary: &mut Summary,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let tally: Tally = match client.get_entity("tally", "t").await? {
+            Some(e) if e.queued == 0 => e.state()?,
+            _ if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            _ => Tally::default(),
+        };
+        summary.signals_acknowledged = acknowledged.len();
+        summary.signals_applied = tally.seen.len();
+        for id in acknowledged {
+            match tally.seen.get(id) {
+                Some(1) => {}
+                Some(n) => summary
+                    .problems
+                    .push(format!("signal {id} was applied {n} times")),
+                None => summary
+                    .problems
+                    .push(format!("acknowledged signal {id} was lost")),
+            }
+        }
+        for (id, n) in &tally.seen {
+            if *n > 1 && !acknowledged.contains(id) {
+                summary
+                    .problems
+                    .push(format!("signal {id} was applied {n} times"));
+            }
+        }
+        return Ok(());
+    }
 }
 
 async fn verify(client: &Client, started: &[(String, String)]) -> Result<Summary> {
@@ -343,6 +428,8 @@ async fn verify(client: &Client, started: &[(String, String)]) -> Result<Summary
         instances: started.len(),
         ok,
         activity_results_checked: checked,
+        signals_acknowledged: 0,
+        signals_applied: 0,
         problems,
     })
 }

@@ -102,5 +102,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     assert_eq!(summary["instances"].as_u64(), Some(acknowledged as u64));
     assert_eq!(summary["ok"].as_u64(), Some(acknowledged as u64));
     assert!(summary["activity_results_checked"].as_u64().unwrap_or(0) > acknowledged as u64);
+    // Entity signals: every acknowledged one applied exactly once (checked per signal id in the
+    // workload's verification; "problems" is empty), and there were many of them.
+    let signals = summary["signals_acknowledged"].as_u64().unwrap_or(0);
+    assert!(signals >= 100, "only {signals} acknowledged entity signals");
+    assert!(summary["signals_applied"].as_u64().unwrap_or(0) >= signals);
     eprintln!("after {kills} kills: {summary}");
 }

@@ -988,7 +988,8 @@ impl PartitionState {
             return Ok(());
         };
         let s = &inst.state;
-        let valid = s.execution_id == r.execution_id
+        let valid = s.entity.is_none()
+            && s.execution_id == r.execution_id
             && s.history_len == r.history_len
             && !s.status.is_terminal()
             && (r.consumed as usize) <= s.pending.len();

@@ -2,6 +2,7 @@
 //! "apply a prefix, checkpoint, recover, apply the rest" == "apply everything".
 
 use super::*;
+use crate::ids::entity_instance_id;
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -120,7 +121,90 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
     while records.len() < n {
         now += rng.below(50);
         let id = ids[rng.below(ids.len() as u64) as usize].clone();
-        let event = match rng.below(12) {
+        let entities: Vec<String> = (0..40)
+            .map(|i| entity_instance_id("counter", &format!("k{i}")))
+            .filter(|id| partition_of(id, 2) == 0)
+            .take(3)
+            .collect();
+        let event = match rng.below(15) {
+            12 | 13 => {
+                // An operation for an entity: a signal, or a call from a local orchestration.
+                let caller = if rng.below(2) == 0 {
+                    Some(EntityCaller {
+                        instance_id: id.clone(),
+                        execution_id: "e".into(),
+                        task_id: rng.below(5) as i32,
+                    })
+                } else {
+                    None
+                };
+                if rng.below(3) != 0 || msg_pos == 0 {
+                    msg_pos += 1;
+                }
+                let op = EntityOperation {
+                    request_id: format!("r{}", rng.next()),
+                    operation: "add".into(),
+                    input: Some("1".into()),
+                    caller,
+                    scheduled_time: if rng.below(5) == 0 {
+                        Some(now + rng.below(100))
+                    } else {
+                        None
+                    },
+                };
+                let target = entities[rng.below(entities.len() as u64) as usize].clone();
+                PartitionEvent::Messages {
+                    from: 1,
+                    batch: vec![(
+                        MessageId {
+                            position: msg_pos,
+                            index: 0,
+                        },
+                        Message::EntityOperation {
+                            entity_id: target,
+                            operation: op,
+                        },
+                    )],
+                }
+            }
+            14 => {
+                let runnable: Vec<String> = state
+                    .globals()
+                    .runnable
+                    .iter()
+                    .filter(|id| id.starts_with('@'))
+                    .cloned()
+                    .collect();
+                let Some(target) = runnable.first().cloned() else {
+                    continue;
+                };
+                let queued = state
+                    .loaded(&target)
+                    .and_then(|i| i.state.entity.as_ref())
+                    .map_or(0, |e| e.queue.len());
+                let consumed = rng.below(queued as u64 + 1) as u32;
+                PartitionEvent::EntityBatchCompleted(EntityBatchResult {
+                    entity_id: target,
+                    consumed,
+                    state: if rng.below(6) == 0 {
+                        None
+                    } else {
+                        Some(format!("{}", rng.below(1000)))
+                    },
+                    results: (0..consumed).map(|_| Ok(Some("1".into()))).collect(),
+                    actions: if rng.below(3) == 0 {
+                        vec![EntityAction::Signal {
+                            entity_id: entities[0].clone(),
+                            operation: "add".into(),
+                            input: None,
+                            scheduled_time: None,
+                            request_id: "x".into(),
+                        }]
+                    } else {
+                        vec![]
+                    },
+                })
+            }
             0 | 1 => PartitionEvent::Client(ClientRequest {
                 request_id: rng.next(),
                 kind: ClientRequestKind::Start(StartRequest {
@@ -173,7 +257,13 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                 },
             }),
             3..=6 => {
-                let runnable: Vec<String> = state.globals().runnable.iter().cloned().collect();
+                let runnable: Vec<String> = state
+                    .globals()
+                    .runnable
+                    .iter()
+                    .filter(|id| !id.starts_with('@'))
+                    .cloned()
+                    .collect();
                 if runnable.is_empty() {
                     continue;
                 }
