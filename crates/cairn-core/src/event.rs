@@ -103,6 +103,13 @@ pub enum Message {
     },
     /// Start an orchestration on behalf of an entity (no parent waits for it).
     StartOrchestration(StartRequest),
+    /// Every entity of a critical section is locked: tell the orchestration.
+    EntityLockGranted {
+        instance_id: String,
+        execution_id: String,
+        task_id: i32,
+        critical_section: String,
+    },
     /// The result of an entity call, for the calling orchestration.
     EntityResult {
         instance_id: String,
@@ -123,6 +130,26 @@ pub struct EntityOperation {
     pub caller: Option<EntityCaller>,
     /// Do not deliver before this time (scheduled signals).
     pub scheduled_time: Option<Millis>,
+    /// The orchestration that sent it, if any: a lock holder's operations pass its lock.
+    pub sender: Option<String>,
+    pub kind: EntityRequestKind,
+}
+
+/// An operation, or a step of the lock protocol of critical sections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum EntityRequestKind {
+    #[default]
+    Operation,
+    /// Lock this entity for `critical_section`, then pass the request on to
+    /// `lock_set[position + 1]` (entities are locked in `lock_set` order, which is sorted, so
+    /// two critical sections can never wait for each other).
+    Lock {
+        critical_section: String,
+        lock_set: Vec<String>,
+        position: u32,
+    },
+    /// Release the lock of `critical_section`.
+    Unlock { critical_section: String },
 }
 
 /// The orchestration step waiting for an entity call's result.
@@ -137,8 +164,8 @@ pub struct EntityCaller {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntityBatchResult {
     pub entity_id: String,
-    /// How many queued operations (a prefix) the batch processed.
-    pub consumed: u32,
+    /// Request ids of the queued operations the batch processed, in order.
+    pub processed: Vec<String>,
     /// The entity's state after the batch; None means the entity has no state (deleted).
     pub state: Option<String>,
     /// One result per processed operation, in order.
@@ -176,7 +203,8 @@ impl Message {
             } => parent_instance_id,
             Message::EntityOperation { entity_id, .. } => entity_id,
             Message::StartOrchestration(start) => &start.instance_id,
-            Message::EntityResult { instance_id, .. } => instance_id,
+            Message::EntityResult { instance_id, .. }
+            | Message::EntityLockGranted { instance_id, .. } => instance_id,
         }
     }
 }
@@ -351,6 +379,19 @@ pub enum Action {
         scheduled_time: Option<Millis>,
         request_id: String,
     },
+    /// Lock a set of entities (a critical section); granted as `EntityLockGranted`.
+    LockEntities {
+        id: i32,
+        critical_section: String,
+        /// Sorted, without duplicates.
+        lock_set: Vec<String>,
+    },
+    /// Release a critical section's locks.
+    UnlockEntities {
+        id: i32,
+        critical_section: String,
+        lock_set: Vec<String>,
+    },
     Complete(Completion),
 }
 
@@ -390,7 +431,7 @@ pub enum TimerKind {
     /// The scheduled start time of a Pending instance.
     ScheduledStart,
     /// A scheduled entity operation, queued on the entity when due.
-    EntityOperation(EntityOperation),
+    EntityOperation(Box<EntityOperation>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

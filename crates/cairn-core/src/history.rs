@@ -283,6 +283,20 @@ pub enum EventKind {
         request_id: String,
         failure: FailureDetails,
     },
+    /// The orchestration asked to lock entities (a scheduling event).
+    EntityLockRequested {
+        critical_section: String,
+        lock_set: Vec<String>,
+    },
+    EntityLockGranted {
+        task_scheduled_id: i32,
+        critical_section: String,
+    },
+    /// The orchestration released a critical section (a scheduling event).
+    EntityUnlockSent {
+        critical_section: String,
+        lock_set: Vec<String>,
+    },
 }
 
 impl EventKind {
@@ -311,6 +325,9 @@ impl EventKind {
             EventKind::EntityOperationSignaled { .. } => "EntityOperationSignaled",
             EventKind::EntityOperationCompleted { .. } => "EntityOperationCompleted",
             EventKind::EntityOperationFailed { .. } => "EntityOperationFailed",
+            EventKind::EntityLockRequested { .. } => "EntityLockRequested",
+            EventKind::EntityLockGranted { .. } => "EntityLockGranted",
+            EventKind::EntityUnlockSent { .. } => "EntityUnlockSent",
         }
     }
 }

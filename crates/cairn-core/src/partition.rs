@@ -67,6 +67,8 @@ pub struct InstanceState {
     pub not_before: Option<Millis>,
     /// Present for entities (instance id `@name@key`): their state and queued operations.
     pub entity: Option<EntityRecord>,
+    /// Critical sections this orchestration holds (id -> locked entities), released when it ends.
+    pub held_locks: BTreeMap<String, Vec<String>>,
 }
 
 /// What an entity keeps: its state and the operations waiting for it.
@@ -77,6 +79,34 @@ pub struct EntityRecord {
     /// Operations in arrival order (per sender, the order they were sent).
     pub queue: VecDeque<EntityOperation>,
     pub last_modified: Millis,
+    /// (critical section, holding orchestration) while the entity is locked.
+    pub locked_by: Option<(String, String)>,
+}
+
+impl EntityRecord {
+    /// The operations that may run now, in order: while locked, only the holder's; otherwise
+    /// those queued before the first lock request.
+    pub fn eligible(&self, max: usize) -> Vec<EntityOperation> {
+        match &self.locked_by {
+            Some((_, holder)) => self
+                .queue
+                .iter()
+                .filter(|op| {
+                    op.kind == EntityRequestKind::Operation
+                        && op.sender.as_deref() == Some(holder.as_str())
+                })
+                .take(max)
+                .cloned()
+                .collect(),
+            None => self
+                .queue
+                .iter()
+                .take_while(|op| op.kind == EntityRequestKind::Operation)
+                .take(max)
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 /// The entity name of an entity instance id `@name@key`.
@@ -400,7 +430,7 @@ impl PartitionState {
                             )?;
                         }
                         TimerKind::EntityOperation(op) => {
-                            self.entity_operation(&timer.instance_id, op, &mut cx, src)?;
+                            self.entity_operation(&timer.instance_id, *op, &mut cx, src)?;
                         }
                         TimerKind::ScheduledStart => {
                             if let Some(mut inst) = self.take(&timer.instance_id, src)? {
@@ -667,6 +697,7 @@ impl PartitionState {
                 children: BTreeMap::new(),
                 not_before,
                 entity: None,
+                held_locks: BTreeMap::new(),
             },
             tail: Vec::new(),
             reset: replaced,
@@ -805,6 +836,18 @@ impl PartitionState {
                 };
                 self.deliver(&instance_id, Some(&execution_id), kind, cx, src)?;
             }
+            Message::EntityLockGranted {
+                instance_id,
+                execution_id,
+                task_id,
+                critical_section,
+            } => {
+                let kind = EventKind::EntityLockGranted {
+                    task_scheduled_id: task_id,
+                    critical_section,
+                };
+                self.deliver(&instance_id, Some(&execution_id), kind, cx, src)?;
+            }
             Message::StartOrchestration(start) => {
                 self.start_instance(&start, None, cx, src)?;
             }
@@ -851,7 +894,7 @@ impl PartitionState {
     fn make_runnable(&mut self, inst: &Instance, cx: &mut Apply) {
         let s = &inst.state;
         let has_work = match &s.entity {
-            Some(e) => !e.queue.is_empty(),
+            Some(e) => !e.eligible(1).is_empty(),
             None => !s.pending.is_empty(),
         };
         if has_work
@@ -929,6 +972,8 @@ impl PartitionState {
         failure: Option<FailureDetails>,
         cx: &mut Apply,
     ) {
+        // Locks die with the orchestration that held them.
+        self.release_locks(inst, cx);
         inst.push(HistoryEvent::new(
             cx.now,
             EventKind::ExecutionCompleted {
@@ -1169,6 +1214,8 @@ impl PartitionState {
                                     task_id: *id,
                                 }),
                                 scheduled_time: None,
+                                sender: Some(r.instance_id.clone()),
+                                kind: EntityRequestKind::Operation,
                             },
                         },
                         cx,
@@ -1202,10 +1249,71 @@ impl PartitionState {
                                 input: input.clone(),
                                 caller: None,
                                 scheduled_time: *scheduled_time,
+                                sender: Some(r.instance_id.clone()),
+                                kind: EntityRequestKind::Operation,
                             },
                         },
                         cx,
                     );
+                }
+                Action::LockEntities {
+                    id,
+                    critical_section,
+                    lock_set,
+                } => {
+                    inst.push(HistoryEvent::scheduled(
+                        *id,
+                        now,
+                        EventKind::EntityLockRequested {
+                            critical_section: critical_section.clone(),
+                            lock_set: lock_set.clone(),
+                        },
+                    ));
+                    inst.state
+                        .held_locks
+                        .insert(critical_section.clone(), lock_set.clone());
+                    if let Some(first) = lock_set.first() {
+                        self.send(
+                            Message::EntityOperation {
+                                entity_id: first.clone(),
+                                operation: EntityOperation {
+                                    request_id: format!("{critical_section}:lock"),
+                                    operation: String::new(),
+                                    input: None,
+                                    caller: Some(EntityCaller {
+                                        instance_id: r.instance_id.clone(),
+                                        execution_id: r.execution_id.clone(),
+                                        task_id: *id,
+                                    }),
+                                    scheduled_time: None,
+                                    sender: Some(r.instance_id.clone()),
+                                    kind: EntityRequestKind::Lock {
+                                        critical_section: critical_section.clone(),
+                                        lock_set: lock_set.clone(),
+                                        position: 0,
+                                    },
+                                },
+                            },
+                            cx,
+                        );
+                    }
+                }
+                Action::UnlockEntities {
+                    id,
+                    critical_section,
+                    lock_set,
+                } => {
+                    inst.push(HistoryEvent::scheduled(
+                        *id,
+                        now,
+                        EventKind::EntityUnlockSent {
+                            critical_section: critical_section.clone(),
+                            lock_set: lock_set.clone(),
+                        },
+                    ));
+                    inst.state.held_locks.remove(critical_section);
+                    let sender = r.instance_id.clone();
+                    self.send_unlocks(&sender, critical_section, lock_set, cx);
                 }
                 Action::Complete(c) => completion = Some(c),
             }
@@ -1239,6 +1347,7 @@ impl PartitionState {
                 carryover,
                 new_execution_id,
             }) => {
+                self.release_locks(&mut inst, cx);
                 let old_execution = inst.state.execution_id.clone();
                 let id = r.instance_id.clone();
                 self.globals
@@ -1287,7 +1396,8 @@ impl PartitionState {
     }
 
     /// Queues an operation on an entity, creating the entity on its first operation. A
-    /// scheduled operation waits in the timer table until it is due.
+    /// scheduled operation waits in the timer table until it is due; an unlock is applied at
+    /// once.
     fn entity_operation(
         &mut self,
         entity_id: &str,
@@ -1304,13 +1414,35 @@ impl PartitionState {
                     instance_id: entity_id.to_string(),
                     execution_id: String::new(),
                     due,
-                    kind: TimerKind::EntityOperation(EntityOperation {
+                    kind: TimerKind::EntityOperation(Box::new(EntityOperation {
                         scheduled_time: None,
                         ..op
-                    }),
+                    })),
                 },
             );
             cx.effects.push(Effect::ScheduleTimer { timer_id, due });
+            return Ok(());
+        }
+        if let EntityRequestKind::Unlock { critical_section } = &op.kind {
+            if let Some(mut inst) = self.take(entity_id, src)? {
+                let holds = inst
+                    .state
+                    .entity
+                    .as_ref()
+                    .and_then(|e| e.locked_by.as_ref())
+                    .is_some_and(|(cs, _)| cs == critical_section);
+                if holds {
+                    if let Some(e) = inst.state.entity.as_mut() {
+                        e.locked_by = None;
+                    }
+                    self.pump_locks(&mut inst, cx);
+                    self.globals.runnable.remove(entity_id);
+                    self.make_runnable(&inst, cx);
+                    self.put_entity(inst);
+                } else {
+                    self.put_clean(inst);
+                }
+            }
             return Ok(());
         }
         let mut inst = match self.take(entity_id, src)? {
@@ -1351,7 +1483,9 @@ impl PartitionState {
                         state: None,
                         queue: VecDeque::new(),
                         last_modified: cx.now,
+                        locked_by: None,
                     }),
+                    held_locks: BTreeMap::new(),
                 },
                 tail: Vec::new(),
                 reset: self.dirty.contains(entity_id),
@@ -1360,9 +1494,125 @@ impl PartitionState {
         if let Some(e) = inst.state.entity.as_mut() {
             e.queue.push_back(op);
         }
+        self.pump_locks(&mut inst, cx);
         self.make_runnable(&inst, cx);
         self.put(inst);
         Ok(())
+    }
+
+    /// Grants lock requests at the head of an unlocked entity's queue: the entity is locked,
+    /// and the request travels on to the next entity of the (sorted) set; from the last one,
+    /// the orchestration learns that it holds every lock.
+    fn pump_locks(&mut self, inst: &mut Instance, cx: &mut Apply) {
+        loop {
+            let Some(e) = inst.state.entity.as_mut() else {
+                return;
+            };
+            if e.locked_by.is_some()
+                || !e
+                    .queue
+                    .front()
+                    .is_some_and(|op| matches!(op.kind, EntityRequestKind::Lock { .. }))
+            {
+                return;
+            }
+            let Some(op) = e.queue.pop_front() else {
+                return;
+            };
+            let EntityRequestKind::Lock {
+                critical_section,
+                lock_set,
+                position,
+            } = op.kind.clone()
+            else {
+                return;
+            };
+            let holder = op
+                .caller
+                .as_ref()
+                .map(|c| c.instance_id.clone())
+                .unwrap_or_default();
+            e.locked_by = Some((critical_section.clone(), holder));
+            let next = position as usize + 1;
+            if let Some(next_id) = lock_set.get(next) {
+                self.send(
+                    Message::EntityOperation {
+                        entity_id: next_id.clone(),
+                        operation: EntityOperation {
+                            kind: EntityRequestKind::Lock {
+                                critical_section,
+                                lock_set: lock_set.clone(),
+                                position: next as u32,
+                            },
+                            ..op
+                        },
+                    },
+                    cx,
+                );
+            } else if let Some(caller) = op.caller {
+                self.send(
+                    Message::EntityLockGranted {
+                        instance_id: caller.instance_id,
+                        execution_id: caller.execution_id,
+                        task_id: caller.task_id,
+                        critical_section,
+                    },
+                    cx,
+                );
+            }
+        }
+    }
+
+    /// Puts back an entity, deleting it if it has neither state, work nor a lock.
+    fn put_entity(&mut self, inst: Box<Instance>) {
+        let empty = inst
+            .state
+            .entity
+            .as_ref()
+            .is_some_and(|e| e.state.is_none() && e.queue.is_empty() && e.locked_by.is_none());
+        if empty {
+            let id = inst.state.instance_id.clone();
+            self.dirty.insert(id.clone());
+            self.instances.insert(id, Slot::Absent);
+        } else {
+            self.put(inst);
+        }
+    }
+
+    /// Releases every critical section an orchestration still holds (it ended).
+    fn release_locks(&mut self, inst: &mut Instance, cx: &mut Apply) {
+        let held = std::mem::take(&mut inst.state.held_locks);
+        for (critical_section, lock_set) in held {
+            self.send_unlocks(&inst.state.instance_id, &critical_section, &lock_set, cx);
+        }
+    }
+
+    fn send_unlocks(
+        &mut self,
+        sender: &str,
+        critical_section: &str,
+        lock_set: &[String],
+        cx: &mut Apply,
+    ) {
+        for entity_id in lock_set {
+            self.send(
+                Message::EntityOperation {
+                    entity_id: entity_id.clone(),
+                    operation: EntityOperation {
+                        request_id: format!("{critical_section}:unlock"),
+                        operation: String::new(),
+                        input: None,
+                        caller: None,
+                        scheduled_time: None,
+                        sender: Some(sender.to_string()),
+                        kind: EntityRequestKind::Unlock {
+                            critical_section: critical_section.to_string(),
+                        },
+                    },
+                },
+                cx,
+            );
+        }
     }
 
     /// Answers a caller whose entity operation cannot be delivered.
@@ -1404,11 +1654,15 @@ impl PartitionState {
         let Some(mut inst) = self.take(&r.entity_id, src)? else {
             return Ok(());
         };
-        let queued = inst.state.entity.as_ref().map_or(0, |e| e.queue.len());
-        if inst.state.entity.is_none()
-            || r.consumed as usize > queued
-            || r.results.len() != r.consumed as usize
-        {
+        let all_queued = inst.state.entity.as_ref().is_some_and(|e| {
+            r.processed.iter().all(|id| {
+                e.queue
+                    .iter()
+                    .any(|op| &op.request_id == id && op.kind == EntityRequestKind::Operation)
+            })
+        });
+        if !all_queued || r.results.len() != r.processed.len() {
+            // Stale: the batch does not match what is queued any more.
             let runnable = self.globals.runnable.contains(&r.entity_id);
             self.put_clean(inst);
             if runnable {
@@ -1417,14 +1671,26 @@ impl PartitionState {
             return Ok(());
         }
         self.globals.runnable.remove(&r.entity_id);
-        let done: Vec<EntityOperation> = match inst.state.entity.as_mut() {
-            Some(e) => {
-                e.state = r.state.clone();
-                e.last_modified = cx.now;
-                e.queue.drain(..r.consumed as usize).collect()
+        let mut done: Vec<EntityOperation> = Vec::with_capacity(r.processed.len());
+        if let Some(e) = inst.state.entity.as_mut() {
+            e.state = r.state.clone();
+            e.last_modified = cx.now;
+            let processed: HashSet<&String> = r.processed.iter().collect();
+            let mut by_id: HashMap<String, EntityOperation> = HashMap::new();
+            e.queue.retain(|op| {
+                let hit =
+                    op.kind == EntityRequestKind::Operation && processed.contains(&op.request_id);
+                if hit {
+                    by_id.insert(op.request_id.clone(), op.clone());
+                }
+                !hit
+            });
+            for id in &r.processed {
+                if let Some(op) = by_id.remove(id) {
+                    done.push(op);
+                }
             }
-            None => Vec::new(),
-        };
+        }
         inst.state.last_updated_at = cx.now;
         for (op, result) in done.iter().zip(&r.results) {
             if let Some(caller) = &op.caller {
@@ -1457,6 +1723,8 @@ impl PartitionState {
                             input: input.clone(),
                             caller: None,
                             scheduled_time: *scheduled_time,
+                            sender: None,
+                            kind: EntityRequestKind::Operation,
                         },
                     },
                     cx,
@@ -1483,18 +1751,10 @@ impl PartitionState {
         }
         cx.effects
             .push(Effect::InstanceChanged(r.entity_id.clone()));
-        let empty = inst
-            .state
-            .entity
-            .as_ref()
-            .is_some_and(|e| e.state.is_none() && e.queue.is_empty());
-        if empty {
-            // An entity without state and without work does not exist: delete it.
-            self.dirty.insert(r.entity_id.clone());
-        } else {
-            self.make_runnable(&inst, cx);
-            self.put(inst);
-        }
+        self.pump_locks(&mut inst, cx);
+        self.make_runnable(&inst, cx);
+        // An entity without state, work or lock does not exist: it is deleted.
+        self.put_entity(inst);
         Ok(())
     }
 

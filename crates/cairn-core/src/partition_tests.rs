@@ -141,16 +141,31 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                 if rng.below(3) != 0 || msg_pos == 0 {
                     msg_pos += 1;
                 }
+                let mut sorted = entities.clone();
+                sorted.sort();
+                let kind = match rng.below(8) {
+                    0 => EntityRequestKind::Lock {
+                        critical_section: format!("cs{}", rng.below(3)),
+                        lock_set: sorted,
+                        position: 0,
+                    },
+                    1 => EntityRequestKind::Unlock {
+                        critical_section: format!("cs{}", rng.below(3)),
+                    },
+                    _ => EntityRequestKind::Operation,
+                };
                 let op = EntityOperation {
                     request_id: format!("r{}", rng.next()),
                     operation: "add".into(),
                     input: Some("1".into()),
+                    sender: caller.as_ref().map(|c| c.instance_id.clone()),
                     caller,
                     scheduled_time: if rng.below(5) == 0 {
                         Some(now + rng.below(100))
                     } else {
                         None
                     },
+                    kind,
                 };
                 let target = entities[rng.below(entities.len() as u64) as usize].clone();
                 PartitionEvent::Messages {
@@ -178,20 +193,26 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                 let Some(target) = runnable.first().cloned() else {
                     continue;
                 };
-                let queued = state
+                let eligible = state
                     .loaded(&target)
                     .and_then(|i| i.state.entity.as_ref())
-                    .map_or(0, |e| e.queue.len());
-                let consumed = rng.below(queued as u64 + 1) as u32;
+                    .map(|e| e.eligible(100))
+                    .unwrap_or_default();
+                let take = rng.below(eligible.len() as u64 + 1) as usize;
+                let processed: Vec<String> = eligible
+                    .iter()
+                    .take(take)
+                    .map(|op| op.request_id.clone())
+                    .collect();
                 PartitionEvent::EntityBatchCompleted(EntityBatchResult {
                     entity_id: target,
-                    consumed,
+                    results: processed.iter().map(|_| Ok(Some("1".into()))).collect(),
+                    processed,
                     state: if rng.below(6) == 0 {
                         None
                     } else {
                         Some(format!("{}", rng.below(1000)))
                     },
-                    results: (0..consumed).map(|_| Ok(Some("1".into()))).collect(),
                     actions: if rng.below(3) == 0 {
                         vec![EntityAction::Signal {
                             entity_id: entities[0].clone(),

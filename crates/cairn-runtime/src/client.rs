@@ -89,6 +89,8 @@ pub struct EntityStatus {
     pub last_modified: Millis,
     /// Operations waiting to be processed.
     pub queued: usize,
+    /// The orchestration holding this entity's lock (a critical section), if any.
+    pub locked_by: Option<String>,
 }
 
 impl EntityStatus {
@@ -106,6 +108,7 @@ impl EntityStatus {
             state: e.state.clone(),
             last_modified: e.last_modified,
             queued: e.queue.len(),
+            locked_by: e.locked_by.as_ref().map(|(_, holder)| holder.clone()),
         })
     }
 
@@ -555,6 +558,8 @@ impl Client {
                 input,
                 caller: None,
                 scheduled_time: at.map(to_millis),
+                sender: None,
+                kind: cairn_core::EntityRequestKind::Operation,
             },
         };
         self.command(&entity_id, kind).await

@@ -685,12 +685,8 @@ impl Leader {
         if let Some(entity) = &inst.state.entity {
             let name = inst.state.name.clone();
             let state = entity.state.clone();
-            let ops: Vec<EntityOperation> = entity
-                .queue
-                .iter()
-                .take(self.shared.config.max_entity_batch.max(1))
-                .cloned()
-                .collect();
+            let ops: Vec<EntityOperation> =
+                entity.eligible(self.shared.config.max_entity_batch.max(1));
             self.running.insert(id.to_string());
             self.stats.episodes.fetch_add(1, Ordering::Relaxed);
             let shared = self.shared.clone();
@@ -711,7 +707,7 @@ impl Leader {
                 };
                 let result = EntityBatchResult {
                     entity_id: entity_id.clone(),
-                    consumed: ops.len() as u32,
+                    processed: ops.iter().map(|op| op.request_id.clone()).collect(),
                     state: out.state,
                     results: out.results,
                     actions: out.actions,

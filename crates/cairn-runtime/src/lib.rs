@@ -40,7 +40,7 @@ pub use entity::{Entity, EntityContext};
 pub use error::{EngineError, TaskError};
 pub use futures::future::Either;
 pub use leader::LeaderStats;
-pub use orchestration::{DurableFuture, OrchestrationContext, RetryPolicy};
+pub use orchestration::{CriticalSection, DurableFuture, OrchestrationContext, RetryPolicy};
 pub use registry::{ActivityContext, Registry};
 
 /// The README's example, compiled and run as a doc test so it stays true.

@@ -64,6 +64,10 @@ impl ScheduledStep {
                 operation,
                 ..
             } => (*id, "entity signal", format!("{entity_id}.{operation}")),
+            Action::LockEntities { id, lock_set, .. } => (*id, "entity lock", lock_set.join(",")),
+            Action::UnlockEntities { id, lock_set, .. } => {
+                (*id, "entity unlock", lock_set.join(","))
+            }
             Action::Complete(_) => return None,
         };
         Some((id, ScheduledStep { kind, name }))
@@ -85,6 +89,8 @@ impl ScheduledStep {
                 operation,
                 ..
             } => ("entity signal", format!("{target_instance_id}.{operation}")),
+            EventKind::EntityLockRequested { lock_set, .. } => ("entity lock", lock_set.join(",")),
+            EventKind::EntityUnlockSent { lock_set, .. } => ("entity unlock", lock_set.join(",")),
             _ => return None,
         };
         Some((event.event_id, ScheduledStep { kind, name }))
@@ -125,6 +131,8 @@ pub(crate) struct CtxState {
     pub continue_as_new: Option<(Option<String>, bool)>,
     /// Set when the code's own (de)serialization failed in a way that must fail the instance.
     pub fatal: Option<FailureDetails>,
+    /// The critical section held now: (id, locked entity ids).
+    pub critical_section: Option<(String, Vec<String>)>,
 }
 
 impl CtxState {
@@ -370,6 +378,9 @@ impl OrchestrationContext {
         let input = self.to_payload(&input);
         let request_id = self.new_guid();
         let entity_id = cairn_core::entity_instance_id(name, key);
+        if let Some(failure) = self.outside_critical_section(&entity_id) {
+            return self.failed_future(failure);
+        }
         let id = self.schedule(|id| Action::CallEntity {
             id,
             entity_id,
@@ -378,6 +389,81 @@ impl OrchestrationContext {
             request_id,
         });
         DurableFuture::new(self, Slot::Task(id))
+    }
+
+    /// Inside a critical section, only the locked entities may be called.
+    fn outside_critical_section(&self, entity_id: &str) -> Option<FailureDetails> {
+        let s = self.inner.lock();
+        let (_, locked) = s.critical_section.as_ref()?;
+        if locked.iter().any(|e| e == entity_id) {
+            return None;
+        }
+        Some(
+            FailureDetails::new(
+                "EntityNotLocked",
+                format!(
+                    "cannot call {entity_id} inside a critical section that locked only {}; lock it too, or call it after the section",
+                    locked.join(", ")
+                ),
+            )
+            .non_retriable(),
+        )
+    }
+
+    /// A future that is already failed (no work is scheduled; deterministic on replay).
+    fn failed_future<T>(&self, failure: FailureDetails) -> DurableFuture<T> {
+        let mut s = self.inner.lock();
+        let slot = Slot::Event(s.next_event_slot);
+        s.next_event_slot += 1;
+        s.delivered += 1;
+        let order = s.delivered;
+        s.results.insert(slot, (order, Err(failure)));
+        drop(s);
+        DurableFuture::new(self, slot)
+    }
+
+    /// Locks the entities `(name, key)` for a critical section. Locks are acquired in one
+    /// global order (sorted entity ids), so two orchestrations never deadlock. Inside the
+    /// section only these entities may be called; the locks are released by
+    /// [`CriticalSection::release`], when the guard is dropped, or when the orchestration ends.
+    pub async fn lock_entities(
+        &self,
+        entities: &[(&str, &str)],
+    ) -> Result<CriticalSection, TaskError> {
+        if self.inner.lock().critical_section.is_some() {
+            return Err(TaskError::non_retriable(
+                "NestedCriticalSection",
+                "a critical section is already held; release it before locking again",
+            ));
+        }
+        let mut lock_set: Vec<String> = entities
+            .iter()
+            .map(|(n, k)| cairn_core::entity_instance_id(n, k))
+            .collect();
+        lock_set.sort();
+        lock_set.dedup();
+        if lock_set.is_empty() {
+            return Err(TaskError::non_retriable(
+                "EmptyLockSet",
+                "lock_entities needs at least one entity",
+            ));
+        }
+        let critical_section = self.new_guid();
+        let (cs, set) = (critical_section.clone(), lock_set.clone());
+        let id = self.schedule(|id| Action::LockEntities {
+            id,
+            critical_section: cs,
+            lock_set: set,
+        });
+        let granted: DurableFuture<()> = DurableFuture::new(self, Slot::Task(id));
+        granted.await?;
+        self.inner.lock().critical_section = Some((critical_section.clone(), lock_set.clone()));
+        Ok(CriticalSection {
+            ctx: self.clone(),
+            id: critical_section,
+            lock_set,
+            released: false,
+        })
     }
 
     /// Sends a one-way operation to the entity `(name, key)`.
@@ -423,6 +509,46 @@ impl OrchestrationContext {
             a: Some(a),
             b: Some(b),
         }
+    }
+}
+
+/// Locks held by an orchestration; released by [`CriticalSection::release`] or on drop.
+pub struct CriticalSection {
+    ctx: OrchestrationContext,
+    id: String,
+    lock_set: Vec<String>,
+    released: bool,
+}
+
+impl CriticalSection {
+    /// The locked entity ids.
+    pub fn entities(&self) -> &[String] {
+        &self.lock_set
+    }
+
+    /// Releases the locks now.
+    pub fn release(mut self) {
+        self.unlock();
+    }
+
+    fn unlock(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        let (cs, set) = (self.id.clone(), self.lock_set.clone());
+        self.ctx.schedule(|id| Action::UnlockEntities {
+            id,
+            critical_section: cs,
+            lock_set: set,
+        });
+        self.ctx.inner.lock().critical_section = None;
+    }
+}
+
+impl Drop for CriticalSection {
+    fn drop(&mut self) {
+        self.unlock();
     }
 }
 

@@ -164,6 +164,9 @@ impl Cursor {
             } => {
                 self.with_state(|s| s.deliver(Slot::Task(*task_scheduled_id), Err(failure.clone())))
             }
+            EventKind::EntityLockGranted {
+                task_scheduled_id, ..
+            } => self.with_state(|s| s.deliver(Slot::Task(*task_scheduled_id), Ok(None))),
             EventKind::TimerFired { timer_id, .. } => {
                 self.with_state(|s| s.deliver(Slot::Task(*timer_id), Ok(None)))
             }

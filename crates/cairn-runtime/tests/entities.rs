@@ -27,6 +27,10 @@ impl Entity for Counter {
                 Err(TaskError::new("Refused", "add_then_fail always fails"))
             }
             "get" => Ok(json!(self.value)),
+            "set" => {
+                self.value = ctx.input()?;
+                Ok(Value::Null)
+            }
             "forward" => {
                 // Signals another counter; only sent if this operation succeeds.
                 let to: String = ctx.input()?;
@@ -48,6 +52,24 @@ impl Entity for Counter {
 fn registry_with_entities() -> Registry {
     registry()
         .entity::<Counter>("counter")
+        .orchestration("transfer", |ctx: OrchestrationContext, (a, b): (String, String)| async move {
+            // Read-modify-write on two counters: without the lock, concurrent transfers would
+            // overwrite each other's updates.
+            let section = ctx.lock_entities(&[("counter", a.as_str()), ("counter", b.as_str())]).await?;
+            let va: i64 = ctx.call_entity("counter", &a, "get", ()).await?;
+            let vb: i64 = ctx.call_entity("counter", &b, "get", ()).await?;
+            ctx.call_entity::<_, ()>("counter", &a, "set", va + 1).await?;
+            ctx.call_entity::<_, ()>("counter", &b, "set", vb + 1).await?;
+            section.release();
+            Ok(())
+        })
+        .orchestration("strays", |ctx: OrchestrationContext, _: ()| async move {
+            let _section = ctx.lock_entities(&[("counter", "held")]).await?;
+            // Not in the locked set: refused, clearly.
+            let err = ctx.call_entity::<_, i64>("counter", "other", "get", ()).await.unwrap_err();
+            Ok(err.failure.error_type)
+            // The guard drops here and releases the lock.
+        })
         .orchestration("uses_counter", |ctx: OrchestrationContext, key: String| async move {
             ctx.signal_entity("counter", &key, "add", 5);
             let after: i64 = ctx.call_entity("counter", &key, "add", 10).await?;
@@ -232,5 +254,61 @@ async fn calls_to_unknown_entities_fail_clearly() {
         "{}",
         f.message
     );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn critical_sections_never_deadlock_and_never_lose_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path()).await;
+    let c = engine.client();
+    let keys = ["w", "x", "y", "z"];
+    let mut ids = Vec::new();
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..40usize {
+        // Overlapping pairs in both orders: (w,x), (x,w), (x,y), ... a classic deadlock recipe
+        // without a global lock order.
+        let (a, b) = if i % 2 == 0 {
+            (keys[i % 4], keys[(i + 1) % 4])
+        } else {
+            (keys[(i + 1) % 4], keys[i % 4])
+        };
+        *expected.entry(a).or_insert(0i64) += 1;
+        *expected.entry(b).or_insert(0i64) += 1;
+        ids.push(c.start("transfer", &(a, b)).await.unwrap());
+    }
+    for id in &ids {
+        let s = c.wait_for_completion(id, WAIT).await.unwrap();
+        assert_eq!(s.status, RuntimeStatus::Completed, "{s:?}");
+    }
+    for (k, want) in expected {
+        assert_eq!(entity_value(&c, k).await, Some(want), "lost update on {k}");
+        assert_eq!(
+            c.get_entity("counter", k).await.unwrap().unwrap().locked_by,
+            None,
+            "{k} still locked"
+        );
+    }
+    let s = c
+        .wait_for_completion(&c.start("strays", &()).await.unwrap(), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(s.output::<String>().unwrap(), "EntityNotLocked");
+    // The lock was released when the guard dropped at the end of the orchestration.
+    for _ in 0..200 {
+        if c.get_entity("counter", "held")
+            .await
+            .unwrap()
+            .is_none_or(|e| e.locked_by.is_none())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(c
+        .get_entity("counter", "held")
+        .await
+        .unwrap()
+        .is_none_or(|e| e.locked_by.is_none()));
     engine.shutdown().await.unwrap();
 }

@@ -255,6 +255,28 @@ pub fn event_to_proto(instance_id: &str, e: &HistoryEvent) -> pb::HistoryEvent {
             request_id: request_id.clone(),
             failure_details: Some(failure_to_proto(failure)),
         }),
+        EventKind::EntityLockRequested {
+            critical_section,
+            lock_set,
+        } => EventType::EntityLockRequested(pb::EntityLockRequestedEvent {
+            critical_section_id: critical_section.clone(),
+            lock_set: lock_set.clone(),
+            position: 0,
+            parent_instance_id: Some(instance_id.to_string()),
+        }),
+        EventKind::EntityLockGranted {
+            critical_section, ..
+        } => EventType::EntityLockGranted(pb::EntityLockGrantedEvent {
+            critical_section_id: critical_section.clone(),
+        }),
+        EventKind::EntityUnlockSent {
+            critical_section,
+            lock_set,
+        } => EventType::EntityUnlockSent(pb::EntityUnlockSentEvent {
+            critical_section_id: critical_section.clone(),
+            parent_instance_id: Some(instance_id.to_string()),
+            target_instance_id: lock_set.first().cloned(),
+        }),
     };
     pb::HistoryEvent {
         event_id: e.event_id,
