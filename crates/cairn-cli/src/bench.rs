@@ -558,6 +558,7 @@ async fn entity_ops(b: &Bench, n: u64) -> Result<BenchResult> {
         let value = client
             .get_entity("counter", "hot")
             .await?
+            .filter(|e| e.state.is_some())
             .map(|e| e.state::<Counter>())
             .transpose()?
             .map_or(0, |c| c.0);
@@ -617,6 +618,7 @@ async fn entity_calls(b: &Bench, n: u64) -> Result<BenchResult> {
     let value = client
         .get_entity("counter", "shared")
         .await?
+        .filter(|e| e.state.is_some())
         .map(|e| e.state::<Counter>())
         .transpose()?
         .map_or(0, |c| c.0);

@@ -91,6 +91,46 @@ pub struct EntityStatus {
     pub queued: usize,
     /// The orchestration holding this entity's lock (a critical section), if any.
     pub locked_by: Option<String>,
+    /// The critical section holding the lock.
+    pub critical_section: Option<String>,
+}
+
+/// Filter and paging of [`Client::query_entities`].
+#[derive(Debug, Clone)]
+pub struct EntityQuery {
+    /// Only entities of this name.
+    pub name: Option<String>,
+    /// Only keys starting with this (needs `name`).
+    pub key_prefix: Option<String>,
+    pub page_size: usize,
+    pub continuation_token: Option<String>,
+    pub include_state: bool,
+}
+
+impl Default for EntityQuery {
+    fn default() -> Self {
+        EntityQuery {
+            name: None,
+            key_prefix: None,
+            page_size: 100,
+            continuation_token: None,
+            include_state: true,
+        }
+    }
+}
+
+/// One page of entities, ordered by entity id.
+#[derive(Debug, Clone)]
+pub struct EntityPage {
+    pub entities: Vec<EntityStatus>,
+    pub continuation_token: Option<String>,
+}
+
+/// What [`Client::clean_entities`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanResult {
+    /// Locks released because their orchestration no longer runs.
+    pub orphaned_locks_released: u64,
 }
 
 impl EntityStatus {
@@ -109,6 +149,7 @@ impl EntityStatus {
             last_modified: e.last_modified,
             queued: e.queue.len(),
             locked_by: e.locked_by.as_ref().map(|(_, holder)| holder.clone()),
+            critical_section: e.locked_by.as_ref().map(|(cs, _)| cs.clone()),
         })
     }
 
@@ -224,12 +265,19 @@ pub(crate) enum ReadRequest {
     Entity {
         entity_id: String,
     },
+    Entities {
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+        include_state: bool,
+    },
 }
 
 pub(crate) enum ReadResponse {
     Status(Option<Box<InstanceStatus>>),
     Page(Vec<InstanceStatus>),
     Entity(Option<EntityStatus>),
+    Entities(Vec<EntityStatus>),
 }
 
 /// A handle to a running engine; cheap to clone.
@@ -577,6 +625,100 @@ impl Client {
         match self.read(p, ReadRequest::Entity { entity_id }).await? {
             ReadResponse::Entity(e) => Ok(e),
             _ => Err(EngineError::InvalidArgument("unexpected answer".into())),
+        }
+    }
+
+    /// Lists entities by name and key prefix, ordered by entity id, one page at a time.
+    pub async fn query_entities(&self, query: &EntityQuery) -> Result<EntityPage, EngineError> {
+        if query.key_prefix.is_some() && query.name.is_none() {
+            return Err(EngineError::InvalidArgument(
+                "a key prefix needs an entity name".into(),
+            ));
+        }
+        let prefix = match &query.name {
+            Some(name) => format!(
+                "@{}@{}",
+                name.to_lowercase(),
+                query.key_prefix.as_deref().unwrap_or("")
+            ),
+            None => "@".to_string(),
+        };
+        let page_size = query.page_size.clamp(1, 10_000);
+        let mut asks = Vec::new();
+        for p in 0..self.shared.partition_count {
+            asks.push(self.read(
+                p,
+                ReadRequest::Entities {
+                    prefix: prefix.clone(),
+                    after: query.continuation_token.clone(),
+                    limit: page_size + 1,
+                    include_state: query.include_state,
+                },
+            ));
+        }
+        let mut all = Vec::new();
+        for r in futures::future::join_all(asks).await {
+            if let ReadResponse::Entities(v) = r? {
+                all.extend(v);
+            }
+        }
+        all.sort_by(|a, b| a.entity_id.cmp(&b.entity_id));
+        let more = all.len() > page_size;
+        all.truncate(page_size);
+        let continuation_token = if more {
+            all.last().map(|e| e.entity_id.clone())
+        } else {
+            None
+        };
+        Ok(EntityPage {
+            entities: all,
+            continuation_token,
+        })
+    }
+
+    /// Releases entity locks whose orchestration no longer runs (completed, failed, terminated
+    /// or purged). Entities without state, work or lock are deleted as they empty, so there are
+    /// no empty entities left to remove.
+    pub async fn clean_entities(&self) -> Result<CleanResult, EngineError> {
+        let mut result = CleanResult::default();
+        let mut query = EntityQuery {
+            include_state: false,
+            page_size: 1000,
+            ..EntityQuery::default()
+        };
+        loop {
+            let page = self.query_entities(&query).await?;
+            for e in &page.entities {
+                let (Some(holder), Some(cs)) = (&e.locked_by, &e.critical_section) else {
+                    continue;
+                };
+                let running = match self.get_status(holder, false).await? {
+                    Some(s) => !s.status.is_terminal(),
+                    None => false,
+                };
+                if !running {
+                    let kind = ClientRequestKind::SignalEntity {
+                        entity_id: e.entity_id.clone(),
+                        operation: EntityOperation {
+                            request_id: format!("{cs}:clean"),
+                            operation: String::new(),
+                            input: None,
+                            caller: None,
+                            scheduled_time: None,
+                            sender: None,
+                            kind: cairn_core::EntityRequestKind::Unlock {
+                                critical_section: cs.clone(),
+                            },
+                        },
+                    };
+                    self.command(&e.entity_id, kind).await?;
+                    result.orphaned_locks_released += 1;
+                }
+            }
+            match page.continuation_token {
+                Some(t) => query.continuation_token = Some(t),
+                None => return Ok(result),
+            }
         }
     }
 

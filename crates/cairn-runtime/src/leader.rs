@@ -856,6 +856,24 @@ impl Leader {
                 after,
                 limit,
             } => self.query(&filter, after.as_deref(), limit),
+            ReadRequest::Entities {
+                prefix,
+                after,
+                limit,
+                include_state,
+            } => {
+                let page = self.scan(Some(&prefix), after.as_deref(), limit, |s| {
+                    EntityStatus::from_state(s).map(|mut e| {
+                        if !include_state {
+                            e.state = None;
+                        }
+                        e
+                    })
+                })?;
+                Ok(ReadResponse::Entities(
+                    page.into_iter().map(|(_, e)| e).collect(),
+                ))
+            }
             ReadRequest::Entity { entity_id } => {
                 let store = self.store.clone();
                 let partition = self.partition;
@@ -879,7 +897,24 @@ impl Leader {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ReadResponse, EngineError> {
-        let mut found: Vec<InstanceStatus> = Vec::new();
+        let page = self.scan(filter.instance_id_prefix.as_deref(), after, limit, |s| {
+            filter.matches(s).then(|| InstanceStatus::from_state(s))
+        })?;
+        Ok(ReadResponse::Page(
+            page.into_iter().map(|(_, s)| s).collect(),
+        ))
+    }
+
+    /// Instances (store overlaid with memory) with ids after `after` and starting with
+    /// `prefix`, that `select` keeps, ordered by id; at most `limit`.
+    fn scan<T>(
+        &self,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+        select: impl Fn(&InstanceState) -> Option<T>,
+    ) -> Result<Vec<(String, T)>, EngineError> {
+        let mut found: Vec<(String, T)> = Vec::new();
         let state = &self.state;
         let mut scan_error = None;
         let mut visit = |id: &str, bytes: &[u8]| -> bool {
@@ -888,8 +923,8 @@ impl Leader {
             }
             match InstanceState::decode(bytes) {
                 Ok(s) => {
-                    if filter.matches(&s) {
-                        found.push(InstanceStatus::from_state(&s));
+                    if let Some(t) = select(&s) {
+                        found.push((id.to_string(), t));
                     }
                 }
                 Err(e) => {
@@ -900,24 +935,23 @@ impl Leader {
             found.len() < limit
         };
         self.store
-            .scan_instances(after, filter.instance_id_prefix.as_deref(), &mut visit)
+            .scan_instances(after, prefix, &mut visit)
             .map_err(|e| self.storage_error(e.to_string()))?;
         if let Some(e) = scan_error {
             return Err(self.storage_error(e));
         }
         for id in self.state.loaded_ids() {
-            if after.is_some_and(|a| id.as_str() <= a) {
+            if after.is_some_and(|a| id.as_str() <= a) || prefix.is_some_and(|p| !id.starts_with(p))
+            {
                 continue;
             }
-            if let Some(inst) = self.state.loaded(id) {
-                if filter.matches(&inst.state) {
-                    found.push(InstanceStatus::from_state(&inst.state));
-                }
+            if let Some(t) = self.state.loaded(id).and_then(|inst| select(&inst.state)) {
+                found.push((id.clone(), t));
             }
         }
-        found.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        found.sort_by(|a, b| a.0.cmp(&b.0));
         found.truncate(limit);
-        Ok(ReadResponse::Page(found))
+        Ok(found)
     }
 
     fn register_waiter(

@@ -34,7 +34,10 @@ pub mod remote;
 pub mod replay;
 
 pub use cairn_core::{EventKind, ExistingPolicy, FailureDetails, HistoryEvent, RuntimeStatus};
-pub use client::{Client, InstanceQuery, InstanceStatus, QueryFilter, QueryPage, StartOptions};
+pub use client::{
+    CleanResult, Client, EntityPage, EntityQuery, EntityStatus, InstanceQuery, InstanceStatus,
+    QueryFilter, QueryPage, StartOptions,
+};
 pub use engine::{Engine, EngineConfig, RecoveryReport};
 pub use entity::{Entity, EntityContext};
 pub use error::{EngineError, TaskError};

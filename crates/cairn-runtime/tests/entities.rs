@@ -86,9 +86,11 @@ async fn open_engine(dir: &std::path::Path) -> Engine {
 }
 
 async fn entity_value(c: &Client, key: &str) -> Option<i64> {
+    // An entity whose first operations are still queued exists but has no state yet.
     c.get_entity("counter", key)
         .await
         .unwrap()
+        .filter(|e| e.state.is_some())
         .map(|e| e.state::<Counter>().unwrap().value)
 }
 
@@ -310,5 +312,66 @@ async fn critical_sections_never_deadlock_and_never_lose_updates() {
         .await
         .unwrap()
         .is_none_or(|e| e.locked_by.is_none()));
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_are_queried_by_name_and_key_prefix_with_paging() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path()).await;
+    let c = engine.client();
+    for i in 0..25 {
+        c.signal_entity("counter", &format!("user-{i:02}"), "add", &i, None)
+            .await
+            .unwrap();
+    }
+    c.signal_entity("counter", "admin", "add", &1, None)
+        .await
+        .unwrap();
+    wait_for_value(&c, "user-24", 24).await;
+    wait_for_value(&c, "admin", 1).await;
+    engine.checkpoint().await.unwrap(); // half from the store, half from memory is fine too
+    let mut query = EntityQuery {
+        name: Some("counter".into()),
+        key_prefix: Some("user-".into()),
+        page_size: 10,
+        ..EntityQuery::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = c.query_entities(&query).await.unwrap();
+        assert!(page.entities.len() <= 10);
+        for e in &page.entities {
+            assert!(e.state.is_some());
+            seen.push(e.key.clone());
+        }
+        match page.continuation_token {
+            Some(t) => query.continuation_token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..25).map(|i| format!("user-{i:02}")).collect::<Vec<_>>()
+    );
+    let all = c
+        .query_entities(&EntityQuery {
+            include_state: false,
+            page_size: 1000,
+            ..EntityQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.entities.len(), 26);
+    assert!(all.entities.iter().all(|e| e.state.is_none()));
+    assert!(c
+        .query_entities(&EntityQuery {
+            key_prefix: Some("x".into()),
+            ..EntityQuery::default()
+        })
+        .await
+        .is_err());
+    // Nothing holds a lock, so nothing is orphaned.
+    assert_eq!(c.clean_entities().await.unwrap().orphaned_locks_released, 0);
     engine.shutdown().await.unwrap();
 }
