@@ -81,6 +81,8 @@ def new_worker(address: str) -> worker.TaskHubGrpcWorker:
         w.add_orchestrator(o)
     for a in workflows.ACTIVITIES:
         w.add_activity(a)
+    for entity, name in workflows.ENTITIES:
+        w.add_entity(entity, name=name)
     return w
 
 

@@ -3,6 +3,7 @@ import threading
 from datetime import timedelta
 
 from durabletask import task
+from durabletask.entities import DurableEntity, EntityInstanceId
 
 _attempts: dict[str, int] = {}
 _lock = threading.Lock()
@@ -100,6 +101,55 @@ def echo_orchestration(ctx: task.OrchestrationContext, value):
     return (yield ctx.call_activity(echo, input=value))
 
 
+def counter_entity(ctx, input):
+    """A function-based entity (registered as "counter")."""
+    state = ctx.get_state(int, 0)
+    if ctx.operation == "add":
+        state += input
+        ctx.set_state(state)
+    elif ctx.operation == "fail":
+        ctx.set_state(state + 1000)
+        raise ValueError("refused")
+    elif ctx.operation == "delete":
+        ctx.set_state(None)
+        return None
+    return state
+
+
+class Account(DurableEntity):
+    """A class-based entity."""
+
+    def deposit(self, amount: int) -> int:
+        balance = self.get_state(int, 0) + amount
+        self.set_state(balance)
+        return balance
+
+    def balance(self, _=None) -> int:
+        return self.get_state(int, 0)
+
+
+def uses_entities(ctx: task.OrchestrationContext, key: str):
+    c = EntityInstanceId("counter", key)
+    ctx.signal_entity(c, "add", 5)
+    after = yield ctx.call_entity(c, "add", 10)
+    try:
+        yield ctx.call_entity(c, "fail")
+        failed = None
+    except Exception as e:  # the operation's error reaches the caller
+        failed = type(e).__name__
+    now = yield ctx.call_entity(c, "get")
+    return {"after": after, "failed": failed, "now": now}
+
+
+def locked_transfer(ctx: task.OrchestrationContext, keys):
+    a, b = EntityInstanceId("account", keys[0]), EntityInstanceId("account", keys[1])
+    with (yield ctx.lock_entities([a, b])):
+        yield ctx.call_entity(a, "deposit", -1)
+        yield ctx.call_entity(b, "deposit", 1)
+    return "done"
+
+
 ORCHESTRATORS = [chaining, fan_out_fan_in, parent, sleeper, approval, counter, with_retries, failing, waiter,
-                 waits_on_child, echo_orchestration]
+                 waits_on_child, echo_orchestration, uses_entities, locked_transfer]
+ENTITIES = [(counter_entity, "counter"), (Account, "account")]
 ACTIVITIES = [greet, double, flaky, explode, echo]

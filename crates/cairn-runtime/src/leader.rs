@@ -25,7 +25,7 @@ use crate::client::{
 use crate::engine::{RecoveryReport, Shared};
 use crate::error::EngineError;
 use crate::registry::ActivityContext;
-use crate::remote::{ActivityWork, OrchestratorWork, RemoteQueue, RemoteWork};
+use crate::remote::{ActivityWork, EntityWork, OrchestratorWork, RemoteQueue, RemoteWork};
 use crate::replay::Cursor;
 use cairn_core::*;
 use cairn_storage::log::{GroupCommitLog, LogConfig, SegmentedLog};
@@ -696,6 +696,33 @@ impl Leader {
                 let _permit = shared.orchestration_permits.clone().acquire_owned().await;
                 let out = match shared.registry.get_entity(&name) {
                     Some(run) => run(&entity_id, state, &ops),
+                    None if shared.remote.is_some() => {
+                        let (reply, answer) = oneshot::channel();
+                        if let Some(queue) = &shared.remote {
+                            queue.push(RemoteWork::Entity(EntityWork {
+                                entity_id: entity_id.clone(),
+                                name: name.clone(),
+                                state,
+                                operations: ops.clone(),
+                                reply,
+                            }));
+                        }
+                        match answer.await {
+                            Ok(out) => crate::entity::BatchOutput {
+                                state: out.state,
+                                results: out.results,
+                                actions: out.actions,
+                            },
+                            Err(_) => {
+                                let _ = tx.send(Input::EpisodeDone {
+                                    instance_id: entity_id,
+                                    result: None,
+                                    cursor: None,
+                                });
+                                return;
+                            }
+                        }
+                    }
                     None => {
                         let f = shared.registry.entity_not_found(&name);
                         crate::entity::BatchOutput {

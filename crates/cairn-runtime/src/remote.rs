@@ -7,7 +7,7 @@
 //! [`RemoteQueue::requeue`] (worker gone, work abandoned); an item whose reply is dropped
 //! unanswered is retried by the engine. This module knows nothing about gRPC.
 
-use cairn_core::{Action, HistoryEvent, TaskResult};
+use cairn_core::{Action, EntityAction, EntityOperation, HistoryEvent, TaskResult};
 use tokio::sync::oneshot;
 
 /// What a remote orchestrator decided in one episode.
@@ -41,10 +41,29 @@ pub struct ActivityWork {
     pub reply: oneshot::Sender<TaskResult>,
 }
 
+/// A batch of entity operations to run remotely.
+#[derive(Debug)]
+pub struct EntityWork {
+    pub entity_id: String,
+    pub name: String,
+    pub state: Option<String>,
+    pub operations: Vec<EntityOperation>,
+    pub reply: oneshot::Sender<EntityBatchOutput>,
+}
+
+/// What a remote entity batch produced: state after it, one result per operation, actions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityBatchOutput {
+    pub state: Option<String>,
+    pub results: Vec<TaskResult>,
+    pub actions: Vec<EntityAction>,
+}
+
 #[derive(Debug)]
 pub enum RemoteWork {
     Orchestrator(OrchestratorWork),
     Activity(ActivityWork),
+    Entity(EntityWork),
 }
 
 impl RemoteWork {
@@ -52,6 +71,7 @@ impl RemoteWork {
         match self {
             RemoteWork::Orchestrator(o) => &o.name,
             RemoteWork::Activity(a) => &a.name,
+            RemoteWork::Entity(e) => &e.name,
         }
     }
 
@@ -60,6 +80,7 @@ impl RemoteWork {
         match self {
             RemoteWork::Orchestrator(o) => o.reply.is_closed(),
             RemoteWork::Activity(a) => a.reply.is_closed(),
+            RemoteWork::Entity(e) => e.reply.is_closed(),
         }
     }
 }

@@ -7,7 +7,8 @@
 
 use crate::proto as pb;
 use cairn_core::{
-    Action, Completion, EventKind, FailureDetails, HistoryEvent, Millis, RuntimeStatus,
+    Action, Completion, EntityAction, EntityOperation, EventKind, FailureDetails, HistoryEvent,
+    Millis, RuntimeStatus, TaskResult,
 };
 use cairn_runtime::InstanceStatus;
 use pb::history_event::EventType;
@@ -413,15 +414,166 @@ pub fn actions_from_proto(
             T::TerminateOrchestration(_) => return Err(bad(
                 "terminateOrchestration actions are not supported; terminate through the client",
             )),
-            T::SendEntityMessage(_) => {
-                return Err(bad(
-                    "durable entities are not available in this Cairn version yet",
-                ))
+            T::SendEntityMessage(m) => {
+                use pb::send_entity_message_action::EntityMessageType as M;
+                let target = |t: &Option<String>| -> Result<String, BadAction> {
+                    let t = t.clone().unwrap_or_default();
+                    cairn_core::validate_instance_id(&t)
+                        .map_err(|e| bad(&format!("entity target: {e}")))?;
+                    if cairn_core::entity_name(&t).is_none() {
+                        return Err(bad(&format!(
+                            "entity target {t:?} is not of the form @name@key"
+                        )));
+                    }
+                    Ok(t)
+                };
+                match &m.entity_message_type {
+                    Some(M::EntityOperationSignaled(e)) => Action::SignalEntity {
+                        id,
+                        entity_id: target(&e.target_instance_id)?,
+                        operation: e.operation.clone(),
+                        input: e.input.clone(),
+                        scheduled_time: e.scheduled_time.as_ref().map(millis),
+                        request_id: e.request_id.clone(),
+                    },
+                    Some(M::EntityOperationCalled(e)) => Action::CallEntity {
+                        id,
+                        entity_id: target(&e.target_instance_id)?,
+                        operation: e.operation.clone(),
+                        input: e.input.clone(),
+                        request_id: e.request_id.clone(),
+                    },
+                    Some(M::EntityLockRequested(e)) => {
+                        let mut lock_set = e.lock_set.clone();
+                        lock_set.sort();
+                        lock_set.dedup();
+                        for t in &lock_set {
+                            target(&Some(t.clone()))?;
+                        }
+                        Action::LockEntities {
+                            id,
+                            critical_section: e.critical_section_id.clone(),
+                            lock_set,
+                        }
+                    }
+                    Some(M::EntityUnlockSent(e)) => Action::UnlockEntities {
+                        id,
+                        critical_section: e.critical_section_id.clone(),
+                        lock_set: vec![target(&e.target_instance_id)?],
+                    },
+                    None => return Err(bad("sendEntityMessage has no message")),
+                }
             }
             T::RewindOrchestration(_) => return Err(bad("rewind is not supported yet")),
         });
     }
     Ok(out)
+}
+
+/// A queued entity operation as the protocol's operation request event.
+pub fn entity_operation_to_proto(entity_id: &str, op: &EntityOperation) -> pb::HistoryEvent {
+    let event_type = match &op.caller {
+        Some(caller) => EventType::EntityOperationCalled(pb::EntityOperationCalledEvent {
+            request_id: op.request_id.clone(),
+            operation: op.operation.clone(),
+            input: op.input.clone(),
+            parent_instance_id: Some(caller.instance_id.clone()),
+            parent_execution_id: Some(caller.execution_id.clone()),
+            target_instance_id: Some(entity_id.to_string()),
+            ..Default::default()
+        }),
+        None => EventType::EntityOperationSignaled(pb::EntityOperationSignaledEvent {
+            request_id: op.request_id.clone(),
+            operation: op.operation.clone(),
+            input: op.input.clone(),
+            target_instance_id: Some(entity_id.to_string()),
+            ..Default::default()
+        }),
+    };
+    pb::HistoryEvent {
+        event_id: -1,
+        timestamp: None,
+        event_type: Some(event_type),
+    }
+}
+
+/// An SDK's `EntityBatchResult` for `operations` as Cairn's batch output. A whole-batch failure
+/// or a result count that does not match fails every operation and keeps the old state.
+pub fn entity_batch_from_proto(
+    r: &pb::EntityBatchResult,
+    operations: usize,
+    old_state: Option<String>,
+) -> cairn_runtime::remote::EntityBatchOutput {
+    use pb::operation_action::OperationActionType as A;
+    use pb::operation_result::ResultType as R;
+    let whole_batch = match (&r.failure_details, r.results.len() == operations) {
+        (Some(f), _) => Some(failure_from_proto(f)),
+        (None, false) => Some(FailureDetails::new(
+            "InvalidEntityBatchResult",
+            format!(
+                "the worker returned {} results for {operations} operations",
+                r.results.len()
+            ),
+        )),
+        (None, true) => None,
+    };
+    if let Some(f) = whole_batch {
+        return cairn_runtime::remote::EntityBatchOutput {
+            state: old_state,
+            results: (0..operations).map(|_| Err(f.clone())).collect(),
+            actions: Vec::new(),
+        };
+    }
+    let results: Vec<TaskResult> = r
+        .results
+        .iter()
+        .map(|res| match &res.result_type {
+            Some(R::Success(s)) => Ok(s.result.clone()),
+            Some(R::Failure(f)) => Err(f
+                .failure_details
+                .as_ref()
+                .map(failure_from_proto)
+                .unwrap_or_else(|| {
+                    FailureDetails::new(
+                        "EntityOperationFailed",
+                        "the operation failed without details",
+                    )
+                })),
+            None => Err(FailureDetails::new(
+                "InvalidEntityBatchResult",
+                "an operation result has no outcome",
+            )),
+        })
+        .collect();
+    let actions = r
+        .actions
+        .iter()
+        .filter_map(|a| match &a.operation_action_type {
+            Some(A::SendSignal(s)) => Some(EntityAction::Signal {
+                entity_id: s.instance_id.clone(),
+                operation: s.name.clone(),
+                input: s.input.clone(),
+                scheduled_time: s.scheduled_time.as_ref().map(millis),
+                request_id: format!("{:032x}", rand::random::<u128>()),
+            }),
+            Some(A::StartNewOrchestration(o)) => Some(EntityAction::StartOrchestration {
+                instance_id: if o.instance_id.is_empty() {
+                    format!("{:032x}", rand::random::<u128>())
+                } else {
+                    o.instance_id.clone()
+                },
+                name: o.name.clone(),
+                input: o.input.clone(),
+                execution_id: format!("{:032x}", rand::random::<u128>()),
+            }),
+            None => None,
+        })
+        .collect();
+    cairn_runtime::remote::EntityBatchOutput {
+        state: r.entity_state.clone(),
+        results,
+        actions,
+    }
 }
 
 /// Carry-over events of continue-as-new: Cairn keeps unprocessed external events.
@@ -520,13 +672,13 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_actions_are_reported() {
+    fn malformed_actions_are_reported() {
         use pb::orchestrator_action::OrchestratorActionType as T;
         let a = pb::OrchestratorAction {
             id: 1,
             orchestrator_action_type: Some(T::SendEntityMessage(Default::default())),
         };
         let err = actions_from_proto("x", &[a]).unwrap_err();
-        assert!(err.to_string().contains("entities"), "{err}");
+        assert!(err.to_string().contains("no message"), "{err}");
     }
 }

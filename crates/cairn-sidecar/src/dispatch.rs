@@ -193,6 +193,16 @@ fn work_item(work: &RemoteWork, token: &str) -> pb::WorkItem {
                 ..Default::default()
             })
         }
+        RemoteWork::Entity(e) => pb::work_item::Request::EntityRequestV2(pb::EntityRequest {
+            instance_id: e.entity_id.clone(),
+            execution_id: String::new(),
+            entity_state: e.state.clone(),
+            operation_requests: e
+                .operations
+                .iter()
+                .map(|op| convert::entity_operation_to_proto(&e.entity_id, op))
+                .collect(),
+        }),
         RemoteWork::Activity(a) => pb::work_item::Request::ActivityRequest(pb::ActivityRequest {
             name: a.name.clone(),
             version: a.version.clone(),

@@ -41,14 +41,46 @@ pub fn status(e: EngineError) -> Status {
     }
 }
 
+/// A completion whose token belongs to another kind of work item. The item is dropped, so the
+/// engine runs it again.
+fn wrong_kind(token: &str, work: RemoteWork, expected: &str) -> Status {
+    let what = match &work {
+        RemoteWork::Orchestrator(o) => format!("an orchestrator work item of '{}'", o.instance_id),
+        RemoteWork::Activity(a) => format!("an activity work item of '{}'", a.instance_id),
+        RemoteWork::Entity(e) => format!("an entity work item of '{}'", e.entity_id),
+    };
+    drop(work);
+    Status::invalid_argument(format!(
+        "completion token '{token}' belongs to {what}, not {expected}"
+    ))
+}
+
+/// `@name@key` as (name, key).
+fn entity_parts(entity_id: &str) -> Result<(&str, &str), Status> {
+    let rest = entity_id.strip_prefix('@').unwrap_or_default();
+    rest.split_once('@')
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "entity instance id {entity_id:?} is not of the form @name@key"
+            ))
+        })
+}
+
+fn entity_metadata(e: &cairn_runtime::EntityStatus, include_state: bool) -> pb::EntityMetadata {
+    pb::EntityMetadata {
+        instance_id: e.entity_id.clone(),
+        last_modified_time: Some(convert::timestamp(e.last_modified)),
+        backlog_queue_size: e.queued.min(i32::MAX as usize) as i32,
+        locked_by: e.locked_by.clone(),
+        serialized_state: if include_state { e.state.clone() } else { None },
+    }
+}
+
 fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!(
         "{what} is not supported by this Cairn version (see the README's protocol table)"
     ))
-}
-
-fn entities_unimplemented() -> Status {
-    Status::unimplemented("durable entities are not available in this Cairn version yet (see the README's protocol table)")
 }
 
 fn require_id(id: &str) -> Result<(), Status> {
@@ -507,17 +539,7 @@ impl TaskHubSidecarService for Sidecar {
                 let _ = a.reply.send(result);
                 Ok(Response::new(pb::CompleteTaskResponse {}))
             }
-            other => {
-                let id = match &other {
-                    RemoteWork::Orchestrator(o) => o.instance_id.clone(),
-                    RemoteWork::Activity(a) => a.instance_id.clone(),
-                };
-                drop(other); // the engine retries it
-                Err(Status::invalid_argument(format!(
-                    "completion token '{}' belongs to an orchestrator work item of '{id}', not an activity",
-                    r.completion_token
-                )))
-            }
+            other => Err(wrong_kind(&r.completion_token, other, "an activity")),
         }
     }
 
@@ -556,21 +578,23 @@ impl TaskHubSidecarService for Sidecar {
                 }
                 Ok(Response::new(pb::CompleteTaskResponse {}))
             }
-            other => {
-                drop(other);
-                Err(Status::invalid_argument(format!(
-                    "completion token '{}' belongs to an activity work item, not an orchestration",
-                    r.completion_token
-                )))
-            }
+            other => Err(wrong_kind(&r.completion_token, other, "an orchestration")),
         }
     }
 
     async fn complete_entity_task(
         &self,
-        _: Request<pb::EntityBatchResult>,
+        request: Request<pb::EntityBatchResult>,
     ) -> Reply<pb::CompleteTaskResponse> {
-        Err(entities_unimplemented())
+        let r = request.into_inner();
+        match self.dispatcher.complete(&r.completion_token)? {
+            RemoteWork::Entity(e) => {
+                let out = convert::entity_batch_from_proto(&r, e.operations.len(), e.state.clone());
+                let _ = e.reply.send(out);
+                Ok(Response::new(pb::CompleteTaskResponse::default()))
+            }
+            other => Err(wrong_kind(&r.completion_token, other, "an entity")),
+        }
     }
 
     async fn abandon_task_activity_work_item(
@@ -593,9 +617,11 @@ impl TaskHubSidecarService for Sidecar {
 
     async fn abandon_task_entity_work_item(
         &self,
-        _: Request<pb::AbandonEntityTaskRequest>,
+        request: Request<pb::AbandonEntityTaskRequest>,
     ) -> Reply<pb::AbandonEntityTaskResponse> {
-        Err(entities_unimplemented())
+        self.dispatcher
+            .abandon(&request.into_inner().completion_token)?;
+        Ok(Response::new(pb::AbandonEntityTaskResponse {}))
     }
 
     async fn create_task_hub(
@@ -643,26 +669,95 @@ impl TaskHubSidecarService for Sidecar {
 
     async fn signal_entity(
         &self,
-        _: Request<pb::SignalEntityRequest>,
+        request: Request<pb::SignalEntityRequest>,
     ) -> Reply<pb::SignalEntityResponse> {
-        Err(entities_unimplemented())
+        let r = request.into_inner();
+        let (name, key) = entity_parts(&r.instance_id)?;
+        let at = r
+            .scheduled_time
+            .as_ref()
+            .map(|t| UNIX_EPOCH + Duration::from_millis(convert::millis(t)));
+        self.client
+            .signal_entity_raw(name, key, &r.name, r.input, at)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SignalEntityResponse {}))
     }
 
-    async fn get_entity(&self, _: Request<pb::GetEntityRequest>) -> Reply<pb::GetEntityResponse> {
-        Err(entities_unimplemented())
+    async fn get_entity(
+        &self,
+        request: Request<pb::GetEntityRequest>,
+    ) -> Reply<pb::GetEntityResponse> {
+        let r = request.into_inner();
+        let (name, key) = entity_parts(&r.instance_id)?;
+        let e = self.client.get_entity(name, key).await.map_err(status)?;
+        Ok(Response::new(pb::GetEntityResponse {
+            exists: e.is_some(),
+            entity: e.map(|e| entity_metadata(&e, r.include_state)),
+        }))
     }
 
     async fn query_entities(
         &self,
-        _: Request<pb::QueryEntitiesRequest>,
+        request: Request<pb::QueryEntitiesRequest>,
     ) -> Reply<pb::QueryEntitiesResponse> {
-        Err(entities_unimplemented())
+        let q = request.into_inner().query.unwrap_or_default();
+        // "@name@keyprefix", "@name", or nothing.
+        let prefix = q.instance_id_starts_with.unwrap_or_default();
+        let (name, key_prefix) = match prefix.strip_prefix('@').filter(|p| !p.is_empty()) {
+            None => (None, None),
+            Some(rest) => match rest.split_once('@') {
+                Some((name, key)) => (
+                    Some(name.to_string()),
+                    Some(key.to_string()).filter(|k| !k.is_empty()),
+                ),
+                None => (Some(rest.to_string()), None),
+            },
+        };
+        let from = q.last_modified_from.as_ref().map(convert::millis);
+        let to = q.last_modified_to.as_ref().map(convert::millis);
+        let query = cairn_runtime::EntityQuery {
+            name,
+            key_prefix,
+            page_size: q.page_size.filter(|p| *p > 0).map_or(100, |p| p as usize),
+            continuation_token: q.continuation_token.filter(|t| !t.is_empty()),
+            include_state: q.include_state,
+        };
+        let page = self.client.query_entities(&query).await.map_err(status)?;
+        Ok(Response::new(pb::QueryEntitiesResponse {
+            entities: page
+                .entities
+                .iter()
+                .filter(|e| {
+                    from.is_none_or(|f| e.last_modified >= f)
+                        && to.is_none_or(|t| e.last_modified <= t)
+                })
+                .filter(|e| q.include_transient || e.state.is_some() || !q.include_state)
+                .map(|e| entity_metadata(e, q.include_state))
+                .collect(),
+            continuation_token: page.continuation_token,
+        }))
     }
 
     async fn clean_entity_storage(
         &self,
-        _: Request<pb::CleanEntityStorageRequest>,
+        request: Request<pb::CleanEntityStorageRequest>,
     ) -> Reply<pb::CleanEntityStorageResponse> {
-        Err(entities_unimplemented())
+        let r = request.into_inner();
+        let released = if r.release_orphaned_locks {
+            self.client
+                .clean_entities()
+                .await
+                .map_err(status)?
+                .orphaned_locks_released
+        } else {
+            0
+        };
+        // Entities without state, work or lock are deleted as they empty: none are left to remove.
+        Ok(Response::new(pb::CleanEntityStorageResponse {
+            continuation_token: None,
+            empty_entities_removed: 0,
+            orphaned_locks_released: released.min(i32::MAX as u64) as i32,
+        }))
     }
 }
