@@ -1654,13 +1654,19 @@ impl PartitionState {
         let Some(mut inst) = self.take(&r.entity_id, src)? else {
             return Ok(());
         };
-        let all_queued = inst.state.entity.as_ref().is_some_and(|e| {
-            r.processed.iter().all(|id| {
+        // One pass over the queue (batches are large: no per-id scans).
+        let wanted: HashSet<&str> = r.processed.iter().map(|s| s.as_str()).collect();
+        let all_queued = wanted.len() == r.processed.len()
+            && inst.state.entity.as_ref().is_some_and(|e| {
                 e.queue
                     .iter()
-                    .any(|op| &op.request_id == id && op.kind == EntityRequestKind::Operation)
-            })
-        });
+                    .filter(|op| {
+                        op.kind == EntityRequestKind::Operation
+                            && wanted.contains(op.request_id.as_str())
+                    })
+                    .count()
+                    == wanted.len()
+            });
         if !all_queued || r.results.len() != r.processed.len() {
             // Stale: the batch does not match what is queued any more.
             let runnable = self.globals.runnable.contains(&r.entity_id);
