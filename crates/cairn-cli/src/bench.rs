@@ -236,6 +236,41 @@ fn follow(pb: &ProgressBar, progress: &Arc<AtomicU64>) -> tokio::task::JoinHandl
 
 const WAIT: Duration = Duration::from_secs(600);
 
+/// Runs `op(i)` for `i` in `0..n` with `window` of them in flight (advancing `pb` if given) and
+/// returns the histogram of their durations.
+async fn timed<F, Fut>(
+    n: u64,
+    window: usize,
+    pb: Option<&ProgressBar>,
+    op: F,
+) -> Result<Histogram<u64>>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let durations: Vec<Result<Duration>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let work = op(i);
+            let pb = pb.cloned();
+            async move {
+                let t = Instant::now();
+                work.await?;
+                if let Some(pb) = pb {
+                    pb.inc(1);
+                }
+                Ok(t.elapsed())
+            }
+        })
+        .buffer_unordered(window)
+        .collect()
+        .await;
+    let mut h = histogram();
+    for d in durations {
+        record(&mut h, d?);
+    }
+    Ok(h)
+}
+
 pub async fn run(args: BenchArgs) -> Result<()> {
     let scenarios = if args.scenarios.is_empty() {
         vec![
@@ -404,33 +439,19 @@ async fn many_instances(
     let pb = bar(count * steps, scenario.name());
     let follower = follow(&pb, &b.progress);
     let start = Instant::now();
-    let latencies: Vec<Result<Duration>> = futures::stream::iter(0..count)
-        .map(|i| {
-            let client = client.clone();
-            async move {
-                let t = Instant::now();
-                let id = client
-                    .start_with(
-                        orchestration,
-                        &input,
-                        cairn_runtime::StartOptions::with_id(format!("{orchestration}-{i}")),
-                    )
-                    .await?;
-                let status = client.wait_for_completion(&id, WAIT).await?;
-                check_completed(&status)?;
-                Ok(t.elapsed())
-            }
-        })
-        .buffer_unordered(in_flight)
-        .collect()
-        .await;
+    let h = timed(count, in_flight, None, |i| {
+        let client = client.clone();
+        async move {
+            let options = cairn_runtime::StartOptions::with_id(format!("{orchestration}-{i}"));
+            let id = client.start_with(orchestration, &input, options).await?;
+            check_completed(&client.wait_for_completion(&id, WAIT).await?)
+        }
+    })
+    .await;
     let elapsed = start.elapsed();
     follower.abort();
     pb.finish_and_clear();
-    let mut h = histogram();
-    for l in latencies {
-        record(&mut h, l?);
-    }
+    let h = h?;
     let unit = if steps == 3 {
         "activities (3 per instance); latency per instance"
     } else {
@@ -469,21 +490,12 @@ async fn external_events(b: &Bench, n: u64) -> Result<BenchResult> {
     client.wait_for_start(&id, WAIT).await?;
     let pb = bar(n, "external-events");
     let start = Instant::now();
-    let acks: Vec<Result<Duration>> = futures::stream::iter(0..n)
-        .map(|_| {
-            let client = client.clone();
-            let id = id.clone();
-            let pb = pb.clone();
-            async move {
-                let t = Instant::now();
-                client.raise_event(&id, "e", &1u64).await?;
-                pb.inc(1);
-                Ok(t.elapsed())
-            }
-        })
-        .buffer_unordered(1000)
-        .collect()
-        .await;
+    let h = timed(n, 1000, Some(&pb), |_| {
+        let client = client.clone();
+        let id = id.clone();
+        async move { Ok(client.raise_event(&id, "e", &1u64).await?) }
+    })
+    .await?;
     let status = client.wait_for_completion(&id, WAIT).await?;
     let elapsed = start.elapsed();
     pb.finish_and_clear();
@@ -493,10 +505,6 @@ async fn external_events(b: &Bench, n: u64) -> Result<BenchResult> {
             "the orchestration consumed {:?} events, expected {n}",
             status.output
         );
-    }
-    let mut h = histogram();
-    for a in acks {
-        record(&mut h, a?);
     }
     Ok(finish(
         Scenario::ExternalEvents,
@@ -538,22 +546,15 @@ async fn entity_ops(b: &Bench, n: u64) -> Result<BenchResult> {
     let client = b.engine.client();
     let pb = bar(n, "entity-ops");
     let start = Instant::now();
-    let acks: Vec<Result<Duration>> = futures::stream::iter(0..n)
-        .map(|_| {
-            let client = client.clone();
-            let pb = pb.clone();
-            async move {
-                let t = Instant::now();
-                client
-                    .signal_entity("counter", "hot", "add", &1u64, None)
-                    .await?;
-                pb.inc(1);
-                Ok(t.elapsed())
-            }
-        })
-        .buffer_unordered(1000)
-        .collect()
-        .await;
+    let h = timed(n, 1000, Some(&pb), |_| {
+        let client = client.clone();
+        async move {
+            Ok(client
+                .signal_entity("counter", "hot", "add", &1u64, None)
+                .await?)
+        }
+    })
+    .await?;
     loop {
         let value = client
             .get_entity("counter", "hot")
@@ -574,10 +575,6 @@ async fn entity_ops(b: &Bench, n: u64) -> Result<BenchResult> {
     }
     let elapsed = start.elapsed();
     pb.finish_and_clear();
-    let mut h = histogram();
-    for a in acks {
-        record(&mut h, a?);
-    }
     Ok(finish(
         Scenario::EntityOps,
         n,
@@ -593,28 +590,16 @@ async fn entity_calls(b: &Bench, n: u64) -> Result<BenchResult> {
     let client = b.engine.client();
     let pb = bar(n, "entity-calls");
     let start = Instant::now();
-    let latencies: Vec<Result<Duration>> = futures::stream::iter(0..n)
-        .map(|_| {
-            let client = client.clone();
-            let pb = pb.clone();
-            async move {
-                let t = Instant::now();
-                let id = client.start("calls_counter", &"shared").await?;
-                let status = client.wait_for_completion(&id, WAIT).await?;
-                check_completed(&status)?;
-                pb.inc(1);
-                Ok(t.elapsed())
-            }
-        })
-        .buffer_unordered(200)
-        .collect()
-        .await;
+    let h = timed(n, 200, Some(&pb), |_| {
+        let client = client.clone();
+        async move {
+            let id = client.start("calls_counter", &"shared").await?;
+            check_completed(&client.wait_for_completion(&id, WAIT).await?)
+        }
+    })
+    .await?;
     let elapsed = start.elapsed();
     pb.finish_and_clear();
-    let mut h = histogram();
-    for l in latencies {
-        record(&mut h, l?);
-    }
     let value = client
         .get_entity("counter", "shared")
         .await?
