@@ -1,5 +1,6 @@
 """Durable entities through the protocol: the Python SDK's function-based and class-based
 entities on Cairn."""
+import json
 import time
 import uuid
 
@@ -16,10 +17,11 @@ def wait_for_state(dt, entity_id, want, seconds=30):
     meta = None
     while time.time() < deadline:
         meta = dt.get_entity(entity_id)
-        if meta is not None and meta.get_state(int) == want:
+        raw = meta.get_state() if meta is not None else None
+        if raw is not None and json.loads(raw) == want:
             return meta
         time.sleep(0.05)
-    raise AssertionError(f"{entity_id} never reached {want}: {meta and meta.get_state()}")
+    raise AssertionError(f"{entity_id} never reached {want}: {meta and meta.get_state()!r}")
 
 
 def test_function_entity_signals_from_the_client(dt):

@@ -154,7 +154,9 @@ fn read_ledger(path: &Path) -> Result<(Started, Vec<String>, Vec<String>)> {
     let mut started = Vec::new();
     let mut raised = Vec::new();
     let mut signaled = Vec::new();
-    for line in text.lines() {
+    // Only newline-terminated lines count: a kill can leave a torn last line.
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    for line in complete.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         match parts.as_slice() {
             ["started", id, kind] => started.push((id.to_string(), kind.to_string())),
@@ -212,6 +214,13 @@ pub async fn run(command: DebugCommand) -> Result<()> {
             anyhow::bail!("{} problems found", summary.problems.len());
         }
         return Ok(());
+    }
+    // Cut a torn last line left by a kill, so new lines do not run into it.
+    if let Ok(text) = std::fs::read(&args.ledger) {
+        if !text.is_empty() && !text.ends_with(b"\n") {
+            let keep = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            std::fs::write(&args.ledger, &text[..keep]).context("cannot repair the ledger")?;
+        }
     }
     let file = std::fs::OpenOptions::new()
         .create(true)

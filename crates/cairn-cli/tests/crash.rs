@@ -28,8 +28,10 @@ fn workload(data: &Path, ledger: &Path) -> Command {
 }
 
 fn ledger_starts(ledger: &Path) -> usize {
-    std::fs::read_to_string(ledger)
-        .unwrap_or_default()
+    // Only newline-terminated lines count: a kill can leave a torn last line.
+    let text = std::fs::read_to_string(ledger).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .filter(|l| l.starts_with("started "))
         .count()
