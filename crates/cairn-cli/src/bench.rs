@@ -540,6 +540,17 @@ async fn chain_latency(b: &Bench, count: u64) -> Result<BenchResult> {
     ))
 }
 
+/// The benchmark counter's value (0 until its first operation has been processed).
+async fn counter_value(client: &cairn_runtime::Client, key: &str) -> Result<u64> {
+    Ok(client
+        .get_entity("counter", key)
+        .await?
+        .filter(|e| e.state.is_some())
+        .map(|e| e.state::<Counter>())
+        .transpose()?
+        .map_or(0, |c| c.0))
+}
+
 /// One counter entity receiving `n` signals (1,000 outstanding); done when the state is `n`.
 /// Latency = signal acknowledged (durable).
 async fn entity_ops(b: &Bench, n: u64) -> Result<BenchResult> {
@@ -556,13 +567,7 @@ async fn entity_ops(b: &Bench, n: u64) -> Result<BenchResult> {
     })
     .await?;
     loop {
-        let value = client
-            .get_entity("counter", "hot")
-            .await?
-            .filter(|e| e.state.is_some())
-            .map(|e| e.state::<Counter>())
-            .transpose()?
-            .map_or(0, |c| c.0);
+        let value = counter_value(&client, "hot").await?;
         if value == n {
             break;
         }
@@ -600,13 +605,7 @@ async fn entity_calls(b: &Bench, n: u64) -> Result<BenchResult> {
     .await?;
     let elapsed = start.elapsed();
     pb.finish_and_clear();
-    let value = client
-        .get_entity("counter", "shared")
-        .await?
-        .filter(|e| e.state.is_some())
-        .map(|e| e.state::<Counter>())
-        .transpose()?
-        .map_or(0, |c| c.0);
+    let value = counter_value(&client, "shared").await?;
     if value != n {
         anyhow::bail!("the counter is {value} after {n} calls");
     }
