@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Bumped whenever the encoding of log records or checkpoints changes incompatibly.
-pub const LOG_FORMAT_VERSION: u32 = 1;
+pub const LOG_FORMAT_VERSION: u32 = 2;
 
 /// One entry of a partition's log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +95,14 @@ pub enum Message {
         instance_id: String,
         reason: Option<String>,
         recursive: bool,
+    },
+    /// Rewind a failed sub-orchestration whose parent is being rewound. If the child is no
+    /// longer failed, it reports its outcome to `parent` again (the parent dropped it while it
+    /// was failed), so the parent never waits forever.
+    Rewind {
+        instance_id: String,
+        reason: Option<String>,
+        parent: ParentInstance,
     },
     /// An operation for an entity (a signal, or a call whose result goes back to `caller`).
     EntityOperation {
@@ -197,7 +205,8 @@ impl Message {
         match self {
             Message::StartSubOrchestration { instance_id, .. }
             | Message::RaiseEvent { instance_id, .. }
-            | Message::Terminate { instance_id, .. } => instance_id,
+            | Message::Terminate { instance_id, .. }
+            | Message::Rewind { instance_id, .. } => instance_id,
             Message::SubOrchestrationCompleted {
                 parent_instance_id, ..
             } => parent_instance_id,
@@ -239,6 +248,12 @@ pub enum ClientRequestKind {
         instance_id: String,
         reason: Option<String>,
     },
+    /// Put a Failed instance back to Running: its last failures are forgotten and the failed
+    /// activities and sub-orchestrations run again.
+    Rewind {
+        instance_id: String,
+        reason: Option<String>,
+    },
     /// Queue an operation on an entity (created implicitly on its first operation).
     SignalEntity {
         entity_id: String,
@@ -257,7 +272,8 @@ impl ClientRequestKind {
             ClientRequestKind::RaiseEvent { instance_id, .. }
             | ClientRequestKind::Terminate { instance_id, .. }
             | ClientRequestKind::Suspend { instance_id, .. }
-            | ClientRequestKind::Resume { instance_id, .. } => vec![instance_id],
+            | ClientRequestKind::Resume { instance_id, .. }
+            | ClientRequestKind::Rewind { instance_id, .. } => vec![instance_id],
             ClientRequestKind::SignalEntity { entity_id, .. } => vec![entity_id],
             ClientRequestKind::Purge { instance_ids } => {
                 instance_ids.iter().map(|s| s.as_str()).collect()

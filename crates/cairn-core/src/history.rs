@@ -208,6 +208,11 @@ pub enum EventKind {
     ExecutionResumed {
         reason: Option<String>,
     },
+    /// A Failed execution was put back to Running (wakes the orchestration; no other effect
+    /// on replay).
+    ExecutionRewound {
+        reason: Option<String>,
+    },
     TaskScheduled {
         name: String,
         version: Option<String>,
@@ -308,6 +313,7 @@ impl EventKind {
             EventKind::ExecutionTerminated { .. } => "ExecutionTerminated",
             EventKind::ExecutionSuspended { .. } => "ExecutionSuspended",
             EventKind::ExecutionResumed { .. } => "ExecutionResumed",
+            EventKind::ExecutionRewound { .. } => "ExecutionRewound",
             EventKind::TaskScheduled { .. } => "TaskScheduled",
             EventKind::TaskCompleted { .. } => "TaskCompleted",
             EventKind::TaskFailed { .. } => "TaskFailed",

@@ -23,6 +23,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 /// Read-only access to instances as of the last checkpoint.
 pub trait InstanceSource {
     fn load(&self, instance_id: &str) -> Result<Option<InstanceState>, SourceError>;
+    /// The history rows of the instance's current execution as of the checkpoint (only a
+    /// rewind, which rewrites history, needs more than the in-memory tail).
+    fn load_history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>, SourceError>;
 }
 
 /// The checkpoint store could not be read; the partition cannot make progress.
@@ -36,6 +39,9 @@ pub struct EmptySource;
 impl InstanceSource for EmptySource {
     fn load(&self, _: &str) -> Result<Option<InstanceState>, SourceError> {
         Ok(None)
+    }
+    fn load_history(&self, _: &str) -> Result<Vec<HistoryEvent>, SourceError> {
+        Ok(Vec::new())
     }
 }
 
@@ -176,6 +182,9 @@ pub struct Globals {
     pub dedup: BTreeMap<u32, MessageId>,
     /// Instances with pending messages that may run an episode now.
     pub runnable: BTreeSet<String>,
+    /// Orchestration instances (not entities) by runtime status, kept as instances change so
+    /// metrics never scan the store.
+    pub status_counts: BTreeMap<RuntimeStatus, u64>,
 }
 
 /// What a checkpoint writes to the store (byte-encoded).
@@ -194,6 +203,9 @@ pub struct PartitionState {
     instances: HashMap<String, Slot>,
     /// Instances changed (or deleted) since the last checkpoint.
     dirty: HashSet<String>,
+    /// Lookups answered from memory / from the source (observability only; not state).
+    cache_hits: u64,
+    cache_misses: u64,
 }
 
 /// Per-apply scratch: effects produced, messages to deliver locally, message numbering.
@@ -217,6 +229,8 @@ impl PartitionState {
             },
             instances: HashMap::new(),
             dirty: HashSet::new(),
+            cache_hits: 0,
+            cache_misses: 0,
         }
     }
 
@@ -226,6 +240,8 @@ impl PartitionState {
             globals: postcard::from_bytes(globals)?,
             instances: HashMap::new(),
             dirty: HashSet::new(),
+            cache_hits: 0,
+            cache_misses: 0,
         })
     }
 
@@ -297,6 +313,12 @@ impl PartitionState {
         self.dirty.len()
     }
 
+    /// (lookups answered from memory, lookups that went to the source) since this state was
+    /// created.
+    pub fn cache_counters(&self) -> (u64, u64) {
+        (self.cache_hits, self.cache_misses)
+    }
+
     /// Rough memory footprint of a loaded instance (for the instance cache).
     pub fn footprint(&self, id: &str) -> usize {
         self.loaded(id).map_or(0, |i| i.approx_size())
@@ -312,7 +334,10 @@ impl PartitionState {
     }
 
     fn ensure(&mut self, id: &str, src: &dyn InstanceSource) -> Result<(), SourceError> {
-        if !self.instances.contains_key(id) {
+        if self.instances.contains_key(id) {
+            self.cache_hits += 1;
+        } else {
+            self.cache_misses += 1;
             let slot = match src.load(id)? {
                 Some(state) => Slot::Live(Box::new(Instance {
                     state,
@@ -333,7 +358,11 @@ impl PartitionState {
     ) -> Result<Option<Box<Instance>>, SourceError> {
         self.ensure(id, src)?;
         match self.instances.insert(id.to_string(), Slot::Absent) {
-            Some(Slot::Live(inst)) => Ok(Some(inst)),
+            Some(Slot::Live(inst)) => {
+                // Taken out: it no longer counts until it is put back (a purge never is).
+                self.count_status(&inst.state, false);
+                Ok(Some(inst))
+            }
             _ => Ok(None),
         }
     }
@@ -341,13 +370,32 @@ impl PartitionState {
     fn put(&mut self, inst: Box<Instance>) {
         let id = inst.state.instance_id.clone();
         self.dirty.insert(id.clone());
+        self.count_status(&inst.state, true);
         self.instances.insert(id, Slot::Live(inst));
     }
 
     /// Puts back an instance that was only inspected, not changed.
     fn put_clean(&mut self, inst: Box<Instance>) {
         let id = inst.state.instance_id.clone();
+        self.count_status(&inst.state, true);
         self.instances.insert(id, Slot::Live(inst));
+    }
+
+    /// Every change of an instance goes through `take` and `put`, so counting there keeps
+    /// `status_counts` exact without a scan.
+    fn count_status(&mut self, s: &InstanceState, add: bool) {
+        if s.entity.is_some() {
+            return;
+        }
+        let n = self.globals.status_counts.entry(s.status).or_insert(0);
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.globals.status_counts.remove(&s.status);
+            }
+        }
     }
 
     /// Applies the record at `position`. Positions must increase by one per record.
@@ -591,6 +639,31 @@ impl PartitionState {
                             }
                             RuntimeStatus::Running | RuntimeStatus::Pending => ClientResponse::Ok,
                             _ => ClientResponse::WrongStatus { status },
+                        };
+                        self.put(inst);
+                        r
+                    }
+                };
+                respond(cx, response);
+            }
+            ClientRequestKind::Rewind {
+                instance_id,
+                reason,
+            } => {
+                let response = match self.take(instance_id, src)? {
+                    None => ClientResponse::NotFound,
+                    Some(mut inst) => {
+                        let status = inst.state.status;
+                        let r = if status == RuntimeStatus::Failed && inst.state.entity.is_none() {
+                            match self.rewind(&mut inst, reason.clone(), cx, src) {
+                                Ok(()) => ClientResponse::Ok,
+                                Err(e) => {
+                                    self.put_clean(inst);
+                                    return Err(e);
+                                }
+                            }
+                        } else {
+                            ClientResponse::WrongStatus { status }
                         };
                         self.put(inst);
                         r
@@ -863,6 +936,63 @@ impl PartitionState {
                     self.put(inst);
                 }
             }
+            Message::Rewind {
+                instance_id,
+                reason,
+                parent,
+            } => {
+                let outcome = match self.take(&instance_id, src)? {
+                    None => Some(Err(FailureDetails::new(
+                        "RewindFailed",
+                        format!(
+                            "sub-orchestration '{instance_id}' no longer exists, so it cannot be rewound"
+                        ),
+                    )
+                    .non_retriable())),
+                    Some(mut inst) => {
+                        let s = &inst.state;
+                        let ours = s.parent.as_ref().is_some_and(|p| {
+                            p.instance_id == parent.instance_id && p.task_id == parent.task_id
+                        });
+                        let outcome = match s.status {
+                            _ if !ours => Some(Err(FailureDetails::new(
+                                "RewindFailed",
+                                format!(
+                                    "instance '{instance_id}' was restarted by another parent and cannot be rewound"
+                                ),
+                            )
+                            .non_retriable())),
+                            RuntimeStatus::Failed => {
+                                self.rewind(&mut inst, reason, cx, src)?;
+                                None
+                            }
+                            // It finished after its parent failed: the parent dropped the
+                            // outcome then, so it is told again.
+                            RuntimeStatus::Completed => Some(Ok(s.output.clone())),
+                            RuntimeStatus::Terminated => Some(Err(FailureDetails::new(
+                                "Terminated",
+                                format!("sub-orchestration '{instance_id}' was terminated"),
+                            )
+                            .non_retriable())),
+                            // Still running: it reports when it ends.
+                            _ => None,
+                        };
+                        self.put(inst);
+                        outcome
+                    }
+                };
+                if let Some(result) = outcome {
+                    self.send(
+                        Message::SubOrchestrationCompleted {
+                            parent_instance_id: parent.instance_id,
+                            parent_execution_id: parent.execution_id,
+                            task_id: parent.task_id,
+                            result,
+                        },
+                        cx,
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -961,6 +1091,165 @@ impl PartitionState {
                 );
             }
         }
+    }
+
+    /// Puts a Failed instance back to Running.
+    ///
+    /// The failures delivered in the final episode (the ones the orchestration did not survive)
+    /// are removed from history together with the completion event; failures handled in earlier
+    /// episodes stay, so replay takes the same path up to the failure. Every scheduled step
+    /// left without an outcome is set going again: activities are queued, timers re-armed, and
+    /// sub-orchestrations asked to rewind (or to report again if they finished meanwhile).
+    fn rewind(
+        &mut self,
+        inst: &mut Instance,
+        reason: Option<String>,
+        cx: &mut Apply,
+        src: &dyn InstanceSource,
+    ) -> Result<(), SourceError> {
+        let id = inst.state.instance_id.clone();
+        let execution = inst.state.execution_id.clone();
+        let persisted = inst.persisted_len() as usize;
+        let mut history = Vec::with_capacity(inst.state.history_len as usize);
+        if persisted > 0 {
+            let rows = src.load_history(&id)?;
+            if rows.len() < persisted {
+                return Err(SourceError(format!(
+                    "instance '{id}' has {} history rows in the store, expected {persisted}",
+                    rows.len()
+                )));
+            }
+            history.extend(rows.into_iter().take(persisted));
+        }
+        history.append(&mut inst.tail);
+        let last_episode = history
+            .iter()
+            .rposition(|e| matches!(e.kind, EventKind::OrchestratorStarted))
+            .unwrap_or(0);
+        let kept: Vec<HistoryEvent> = history
+            .into_iter()
+            .enumerate()
+            .filter(|(i, e)| match &e.kind {
+                EventKind::ExecutionCompleted { .. } => false,
+                EventKind::TaskFailed { .. } | EventKind::SubOrchestrationFailed { .. } => {
+                    *i < last_episode
+                }
+                _ => true,
+            })
+            .map(|(_, e)| e)
+            .collect();
+        let mut done = HashSet::new();
+        for e in &kept {
+            match &e.kind {
+                EventKind::TaskCompleted {
+                    task_scheduled_id, ..
+                }
+                | EventKind::TaskFailed {
+                    task_scheduled_id, ..
+                }
+                | EventKind::SubOrchestrationCompleted {
+                    task_scheduled_id, ..
+                }
+                | EventKind::SubOrchestrationFailed {
+                    task_scheduled_id, ..
+                } => {
+                    done.insert(*task_scheduled_id);
+                }
+                EventKind::TimerFired { timer_id, .. } => {
+                    done.insert(*timer_id);
+                }
+                _ => {}
+            }
+        }
+        for e in kept.iter().filter(|e| !done.contains(&e.event_id)) {
+            let task_id = e.event_id;
+            match &e.kind {
+                EventKind::TaskScheduled {
+                    name,
+                    version,
+                    input,
+                } => {
+                    // An attempt may still be in flight from before the failure: its result
+                    // is now welcome, so it is not queued twice.
+                    let in_flight = self.globals.activities.values().any(|a| {
+                        a.instance_id == id && a.execution_id == execution && a.task_id == task_id
+                    });
+                    if !in_flight {
+                        let activity_id = self.globals.next_activity_id;
+                        self.globals.next_activity_id += 1;
+                        self.globals.activities.insert(
+                            activity_id,
+                            ActivityWorkItem {
+                                instance_id: id.clone(),
+                                execution_id: execution.clone(),
+                                task_id,
+                                name: name.clone(),
+                                version: version.clone(),
+                                input: input.clone(),
+                            },
+                        );
+                        cx.effects.push(Effect::StartActivity(activity_id));
+                    }
+                }
+                EventKind::TimerCreated { fire_at } => {
+                    let timer_id = self.globals.next_timer_id;
+                    self.globals.next_timer_id += 1;
+                    self.globals.timers.insert(
+                        timer_id,
+                        TimerEntry {
+                            instance_id: id.clone(),
+                            execution_id: execution.clone(),
+                            due: *fire_at,
+                            kind: TimerKind::Orchestration {
+                                task_id,
+                                fire_at: *fire_at,
+                            },
+                        },
+                    );
+                    cx.effects.push(Effect::ScheduleTimer {
+                        timer_id,
+                        due: *fire_at,
+                    });
+                }
+                EventKind::SubOrchestrationCreated {
+                    instance_id: child, ..
+                } => {
+                    inst.state.children.insert(task_id, child.clone());
+                    self.send(
+                        Message::Rewind {
+                            instance_id: child.clone(),
+                            reason: reason.clone(),
+                            parent: ParentInstance {
+                                instance_id: id.clone(),
+                                execution_id: execution.clone(),
+                                name: inst.state.name.clone(),
+                                task_id,
+                            },
+                        },
+                        cx,
+                    );
+                }
+                _ => {}
+            }
+        }
+        let s = &mut inst.state;
+        s.history_len = kept.len() as u32;
+        inst.tail = kept;
+        inst.reset = true;
+        s.status = RuntimeStatus::Running;
+        s.output = None;
+        s.failure = None;
+        s.completed_at = None;
+        s.last_updated_at = cx.now;
+        // The marker wakes the orchestration: with nothing to wait for (a bug fixed in new
+        // code), the next episode simply runs it again.
+        s.pending.push(HistoryEvent::new(
+            cx.now,
+            EventKind::ExecutionRewound { reason },
+        ));
+        self.make_runnable(inst, cx);
+        cx.effects.push(Effect::InstanceChanged(id));
+        Ok(())
     }
 
     /// Moves an instance to a terminal status and tells its parent.

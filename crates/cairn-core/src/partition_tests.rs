@@ -21,6 +21,17 @@ impl InstanceSource for MemStore {
             .get(id)
             .map(|b| InstanceState::decode(b).unwrap()))
     }
+    fn load_history(&self, id: &str) -> Result<Vec<HistoryEvent>, SourceError> {
+        Ok(self
+            .history
+            .get(id)
+            .map(|rows| {
+                rows.iter()
+                    .map(|b| decode_history_event(b).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
 }
 
 impl MemStore {
@@ -253,7 +264,11 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
             }),
             2 => PartitionEvent::Client(ClientRequest {
                 request_id: rng.next(),
-                kind: match rng.below(5) {
+                kind: match rng.below(6) {
+                    5 => ClientRequestKind::Rewind {
+                        instance_id: id.clone(),
+                        reason: Some("again".into()),
+                    },
                     0 => ClientRequestKind::RaiseEvent {
                         instance_id: id.clone(),
                         name: "e".into(),
@@ -389,7 +404,17 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                 if rng.below(3) != 0 || msg_pos == 0 {
                     msg_pos += 1;
                 }
-                let msg = match rng.below(3) {
+                let msg = match rng.below(4) {
+                    3 => Message::Rewind {
+                        instance_id: id.clone(),
+                        reason: None,
+                        parent: ParentInstance {
+                            instance_id: remote[0].clone(),
+                            execution_id: "p".into(),
+                            name: "orch".into(),
+                            task_id: 3,
+                        },
+                    },
                     0 => Message::RaiseEvent {
                         instance_id: id.clone(),
                         name: "e".into(),
@@ -490,7 +515,15 @@ proptest! {
         let mut store_a = MemStore::default();
         store_a.write(a.checkpoint());
         store.write(b.checkpoint());
-        prop_assert_eq!(observe(&mut a, &store_a, &ids), observe(&mut b, &store, &ids));
+        let observed = observe(&mut a, &store_a, &ids);
+        prop_assert_eq!(&observed, &observe(&mut b, &store, &ids));
+
+        // The status counts kept incrementally match the instances themselves.
+        let mut counted: BTreeMap<RuntimeStatus, u64> = BTreeMap::new();
+        for (state, _) in observed.1.iter().flatten() {
+            *counted.entry(state.status).or_insert(0) += 1;
+        }
+        prop_assert_eq!(&observed.0.status_counts, &counted);
     }
 
     #[test]

@@ -564,6 +564,17 @@ impl Client {
         self.command(instance_id, kind).await
     }
 
+    /// Puts a Failed instance back to Running: the failures that ended it are forgotten and
+    /// the failed activities and sub-orchestrations run again (with the code deployed now).
+    /// Any other status is [`EngineError::WrongStatus`].
+    pub async fn rewind(&self, instance_id: &str, reason: Option<&str>) -> Result<(), EngineError> {
+        let kind = ClientRequestKind::Rewind {
+            instance_id: instance_id.to_string(),
+            reason: reason.map(String::from),
+        };
+        self.command(instance_id, kind).await
+    }
+
     /// Queues an operation on the entity `(name, key)` (created on its first operation),
     /// optionally not before `at`. Returns once the signal is durable.
     pub async fn signal_entity<I: Serialize>(

@@ -123,6 +123,22 @@ impl InstanceSource for StoreSource<'_> {
             Err(e) => Err(SourceError(e.to_string())),
         }
     }
+
+    fn load_history(&self, id: &str) -> Result<Vec<HistoryEvent>, SourceError> {
+        let rows = self
+            .0
+            .read_history(id)
+            .map_err(|e| SourceError(e.to_string()))?;
+        rows.iter()
+            .map(|row| {
+                cairn_core::partition::decode_history_event(row).map_err(|e| {
+                    SourceError(format!(
+                        "history of instance '{id}' in the checkpoint store is unreadable: {e}"
+                    ))
+                })
+            })
+            .collect()
+    }
 }
 
 pub(crate) fn now_millis() -> Millis {
@@ -755,8 +771,15 @@ impl Leader {
             Some(_) => None,
             None => self.shared.remote.clone(),
         };
+        // A rewind rewrites history: a live orchestrator would be out of step with it.
+        let rewound = new_events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ExecutionRewound { .. }));
         let cursor = self.cursors.remove(id).filter(|c| {
-            remote.is_none() && c.execution_id == execution_id && c.history_len == history_len
+            remote.is_none()
+                && !rewound
+                && c.execution_id == execution_id
+                && c.history_len == history_len
         });
         // The history is only needed to rebuild a cursor; a cached cursor continues without it.
         let tail = if cursor.is_none() {

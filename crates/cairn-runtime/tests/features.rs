@@ -459,3 +459,137 @@ async fn history_has_the_durable_task_shape() {
     ));
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_reruns_only_what_failed_through_sub_orchestrations() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Arc::new(AtomicBool::new(true));
+    let flaky_calls = Arc::new(AtomicU32::new(0));
+    let step_calls = Arc::new(AtomicU32::new(0));
+    let (b, f, st) = (broken.clone(), flaky_calls.clone(), step_calls.clone());
+    let registry = registry()
+        .activity("step", move |_ctx, x: i64| {
+            st.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, TaskError>(x * 10) }
+        })
+        .activity("flaky", move |_ctx, x: i64| {
+            f.fetch_add(1, Ordering::SeqCst);
+            let broken = b.load(Ordering::SeqCst);
+            async move {
+                if broken {
+                    Err(TaskError::new("Outage", "the service is down"))
+                } else {
+                    Ok(x + 1)
+                }
+            }
+        })
+        .orchestration(
+            "rewind_child",
+            |ctx: OrchestrationContext, x: i64| async move {
+                let a: i64 = ctx.call_activity("step", x).await?;
+                // A failure handled in an earlier episode stays handled after a rewind.
+                let handled = ctx.call_activity::<_, i64>("fail", "ignored").await;
+                assert!(handled.is_err());
+                let b: i64 = ctx.call_activity("flaky", a).await?;
+                Ok(b)
+            },
+        )
+        .orchestration(
+            "rewind_parent",
+            |ctx: OrchestrationContext, x: i64| async move {
+                let first: i64 = ctx.call_activity("step", x).await?;
+                let child: i64 = ctx
+                    .call_sub_orchestration("rewind_child", Some("rewind-child-1".into()), first)
+                    .await?;
+                Ok(child)
+            },
+        );
+    let engine = Engine::open(config(dir.path()), registry).await.unwrap();
+    let c = engine.client();
+    let id = c
+        .start_with(
+            "rewind_parent",
+            &1i64,
+            StartOptions::with_id("rewind-parent-1"),
+        )
+        .await
+        .unwrap();
+    let s = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(s.status, RuntimeStatus::Failed, "{s:?}");
+    assert_eq!(s.failure.as_ref().unwrap().error_type, "Outage");
+    let child = c
+        .get_status("rewind-child-1", false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(child.status, RuntimeStatus::Failed);
+    assert_eq!(
+        (
+            flaky_calls.load(Ordering::SeqCst),
+            step_calls.load(Ordering::SeqCst)
+        ),
+        (1, 2)
+    );
+    // History moves to the store, so the rewind must read it back from there.
+    engine.checkpoint().await.unwrap();
+
+    // Only Failed instances can be rewound.
+    let err = c.rewind("no-such-instance", None).await.unwrap_err();
+    assert!(matches!(err, EngineError::NotFound(_)), "{err}");
+
+    broken.store(false, Ordering::SeqCst);
+    c.rewind(&id, Some("service is back")).await.unwrap();
+    let s = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(s.status, RuntimeStatus::Completed, "{s:?}");
+    assert_eq!(s.output::<i64>().unwrap(), 101);
+    assert!(s.failure.is_none());
+    // The failed activity ran again; the steps that had succeeded did not.
+    assert_eq!(
+        (
+            flaky_calls.load(Ordering::SeqCst),
+            step_calls.load(Ordering::SeqCst)
+        ),
+        (2, 2)
+    );
+    let child = c.get_status("rewind-child-1", true).await.unwrap().unwrap();
+    assert_eq!(child.status, RuntimeStatus::Completed);
+    let history = child.history.unwrap();
+    let names: Vec<&str> = history.iter().map(|e| e.kind.name()).collect();
+    assert!(names.contains(&"ExecutionRewound"), "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| **n == "TaskFailed").count(),
+        1,
+        "{names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| **n == "ExecutionCompleted").count(),
+        1,
+        "{names:?}"
+    );
+
+    let err = c.rewind(&id, None).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::WrongStatus {
+                status: RuntimeStatus::Completed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The rewritten history survives a restart.
+    engine.shutdown().await.unwrap();
+    let engine = Engine::open(config(dir.path()), registry()).await.unwrap();
+    let s = engine
+        .client()
+        .get_status(&id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.status, RuntimeStatus::Completed);
+    assert_eq!(s.output::<i64>().unwrap(), 101);
+    engine.shutdown().await.unwrap();
+}

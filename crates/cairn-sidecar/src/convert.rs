@@ -135,6 +135,14 @@ pub fn event_to_proto(instance_id: &str, e: &HistoryEvent) -> pb::HistoryEvent {
                 input: reason.clone(),
             })
         }
+        // Cairn rewrites history itself, so the SDK only sees the marker in new events, after
+        // the completion is gone: it replays normally (its "jump-start" case).
+        EventKind::ExecutionRewound { reason } => {
+            EventType::ExecutionRewound(pb::ExecutionRewoundEvent {
+                reason: reason.clone(),
+                ..Default::default()
+            })
+        }
         EventKind::TaskScheduled {
             name,
             version,

@@ -194,9 +194,15 @@ impl TaskHubSidecarService for Sidecar {
 
     async fn rewind_instance(
         &self,
-        _: Request<pb::RewindInstanceRequest>,
+        request: Request<pb::RewindInstanceRequest>,
     ) -> Reply<pb::RewindInstanceResponse> {
-        Err(unimplemented("RewindInstance"))
+        let r = request.into_inner();
+        require_id(&r.instance_id)?;
+        self.client
+            .rewind(&r.instance_id, r.reason.as_deref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RewindInstanceResponse {}))
     }
 
     async fn restart_instance(
