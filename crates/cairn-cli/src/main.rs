@@ -78,6 +78,19 @@ struct ServeArgs {
     /// Address of the Durable Task gRPC front (the SDKs' default is localhost:4001).
     #[arg(long, default_value = "127.0.0.1:4001", env = "CAIRN_GRPC")]
     grpc: std::net::SocketAddr,
+    /// Address of the HTTP front: management API, /metrics and the dashboard.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "CAIRN_HTTP")]
+    http: std::net::SocketAddr,
+    /// Do not serve HTTP (no management API, metrics or dashboard).
+    #[arg(long)]
+    no_http: bool,
+    /// Bearer token required on every HTTP management route (and /metrics).
+    #[arg(long, env = "CAIRN_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// Base URL put in the management URLs the HTTP API hands out (default: from the request's
+    /// Host header), e.g. https://cairn.example.com behind a proxy.
+    #[arg(long, env = "CAIRN_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Seconds between health pings on idle worker streams.
     #[arg(long, default_value_t = 30, hide = true)]
     health_ping_secs: u64,
@@ -119,6 +132,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let dir = config.data_dir.clone();
     let max_payload = config.max_payload_bytes;
+    if let Some(t) = &args.auth_token {
+        if t.trim().is_empty() {
+            anyhow::bail!("--auth-token is empty; give a secret token or leave the option out");
+        }
+    }
+    // Before the engine opens, so the log's histograms bind to it.
+    let prometheus = if args.no_http {
+        None
+    } else {
+        match cairn_http::install_metrics_recorder() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!("metrics are disabled: {e}");
+                None
+            }
+        }
+    };
     let engine = Engine::open(config, Registry::new())
         .await
         .with_context(|| format!("cannot open the task hub in {}", dir.display()))?;
@@ -146,6 +176,26 @@ async fn serve(args: ServeArgs) -> Result<()> {
             )
         })?;
     let grpc_addr = listener.local_addr().unwrap_or(args.grpc);
+    if !cairn_http::is_loopback(&grpc_addr) {
+        tracing::warn!(
+            "the gRPC front listens on {grpc_addr}, reachable from other machines: the Durable Task \
+             protocol has no authentication, so restrict access to it with a firewall or a private network"
+        );
+    }
+    let http_listener = if args.no_http {
+        None
+    } else {
+        let l = tokio::net::TcpListener::bind(args.http).await.with_context(|| {
+            format!(
+                "cannot listen for HTTP on {} (is another Cairn running? use --http ADDR or --no-http)",
+                args.http
+            )
+        })?;
+        Some(l)
+    };
+    let http_addr = http_listener
+        .as_ref()
+        .map(|l| l.local_addr().unwrap_or(args.http));
     // Install the handlers before saying we run, so an early Ctrl-C is not lost.
     let signal = wait_for_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -155,14 +205,45 @@ async fn serve(args: ServeArgs) -> Result<()> {
         // Leave room for protocol framing around the largest payload.
         max_message_bytes: (max_payload * 2).max(64 * 1024 * 1024),
     };
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let grpc = cairn_sidecar::serve(&engine, sidecar_config, listener, async {
         let _ = stop_rx.await;
     });
-    tracing::info!(grpc = %grpc_addr, "Cairn is running; Durable Task SDKs can connect to {grpc_addr}; press Ctrl-C to stop");
+    let http = async {
+        match http_listener {
+            None => std::future::pending().await,
+            Some(l) => {
+                let config = cairn_http::HttpConfig {
+                    auth_token: args.auth_token.clone(),
+                    public_url: args.public_url.clone(),
+                    max_body_bytes: max_payload + 64 * 1024,
+                };
+                cairn_http::serve(&engine, config, prometheus, l, async {
+                    let _ = http_stop_rx.await;
+                })
+                .await
+            }
+        }
+    };
+    match &http_addr {
+        Some(addr) => {
+            if !cairn_http::is_loopback(addr) && args.auth_token.is_none() {
+                tracing::warn!(
+                    "the HTTP API listens on {addr}, reachable from other machines, with NO auth token: \
+                     anyone who can reach it can start, terminate and purge instances. Set --auth-token \
+                     (or CAIRN_AUTH_TOKEN), or bind to 127.0.0.1"
+                );
+            }
+            tracing::info!(grpc = %grpc_addr, http = %addr, "Cairn is running; Durable Task SDKs can connect to {grpc_addr}; dashboard and HTTP API at http://{addr}/; press Ctrl-C to stop");
+        }
+        None => tracing::info!(grpc = %grpc_addr, "Cairn is running; Durable Task SDKs can connect to {grpc_addr}; press Ctrl-C to stop"),
+    }
     tokio::select! {
         r = grpc => r.context("the gRPC server failed")?,
+        r = http => r.context("the HTTP server failed")?,
         _ = signal => {
             let _ = stop_tx.send(());
+            let _ = http_stop_tx.send(());
         }
     }
     tracing::info!("stopping: flushing the log and writing checkpoints");

@@ -24,6 +24,16 @@ pub enum RuntimeStatus {
 }
 
 impl RuntimeStatus {
+    pub const ALL: [RuntimeStatus; 7] = [
+        RuntimeStatus::Pending,
+        RuntimeStatus::Running,
+        RuntimeStatus::Completed,
+        RuntimeStatus::ContinuedAsNew,
+        RuntimeStatus::Failed,
+        RuntimeStatus::Terminated,
+        RuntimeStatus::Suspended,
+    ];
+
     /// A terminal instance does no more work until it is started again or purged.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -27,13 +27,15 @@ use crate::error::EngineError;
 use crate::registry::ActivityContext;
 use crate::remote::{ActivityWork, EntityWork, OrchestratorWork, RemoteQueue, RemoteWork};
 use crate::replay::Cursor;
+pub use crate::stats::LeaderStats;
+use crate::stats::WorkTicket;
 use cairn_core::*;
 use cairn_storage::log::{GroupCommitLog, LogConfig, SegmentedLog};
 use cairn_storage::store::{CheckpointBatch, PartitionStore};
 use futures::FutureExt;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -81,17 +83,6 @@ pub(crate) enum Input {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Counters a partition exposes (benchmarks, metrics).
-#[derive(Default, Debug)]
-pub struct LeaderStats {
-    pub records: AtomicU64,
-    pub batches: AtomicU64,
-    pub episodes: AtomicU64,
-    pub replays: AtomicU64,
-    pub activities: AtomicU64,
-    pub checkpoints: AtomicU64,
-    pub cached_instances: AtomicU64,
-}
 
 /// An effect held back until the log position that caused it is durable.
 enum Held {
@@ -369,6 +360,20 @@ impl Leader {
         }
     }
 
+    /// Copies what the state machine knows (status counts, cache lookups) to the stats.
+    fn publish_state_stats(&self) {
+        let counts = &self.state.globals().status_counts;
+        for (slot, status) in self.stats.status_counts.iter().zip(RuntimeStatus::ALL) {
+            slot.store(
+                counts.get(&status).copied().unwrap_or(0),
+                Ordering::Relaxed,
+            );
+        }
+        let (hits, misses) = self.state.cache_counters();
+        self.stats.cache_hits.store(hits, Ordering::Relaxed);
+        self.stats.cache_misses.store(misses, Ordering::Relaxed);
+    }
+
     fn log(&self) -> &GroupCommitLog {
         // The log is only taken at shutdown, after the loop ends.
         self.log
@@ -538,6 +543,7 @@ impl Leader {
         self.records_since_checkpoint += count;
         self.stats.records.fetch_add(count, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.publish_state_stats();
         // Effects run after the whole batch is applied, so snapshots taken for waiters reflect the
         // batch's last position: hold them until that position is durable.
         let last = base + count - 1;
@@ -708,20 +714,27 @@ impl Leader {
             let shared = self.shared.clone();
             let tx = self.shared.partitions[self.partition as usize].clone();
             let entity_id = id.to_string();
+            let ticket = self.stats.entity_queue.enter();
             tokio::spawn(async move {
                 let _permit = shared.orchestration_permits.clone().acquire_owned().await;
-                let out = match shared.registry.get_entity(&name) {
+                let local = shared.registry.get_entity(&name);
+                // Local work starts now; remote work waits on until a worker takes it.
+                let ticket = (local.is_none() && shared.remote.is_some()).then_some(ticket);
+                let out = match local {
                     Some(run) => run(&entity_id, state, &ops),
                     None if shared.remote.is_some() => {
                         let (reply, answer) = oneshot::channel();
                         if let Some(queue) = &shared.remote {
-                            queue.push(RemoteWork::Entity(EntityWork {
-                                entity_id: entity_id.clone(),
-                                name: name.clone(),
-                                state,
-                                operations: ops.clone(),
-                                reply,
-                            }));
+                            queue.push(
+                                RemoteWork::Entity(EntityWork {
+                                    entity_id: entity_id.clone(),
+                                    name: name.clone(),
+                                    state,
+                                    operations: ops.clone(),
+                                    reply,
+                                }),
+                                ticket,
+                            );
                         }
                         match answer.await {
                             Ok(out) => crate::entity::BatchOutput {
@@ -806,7 +819,8 @@ impl Leader {
             tail,
             new_events,
         };
-        tokio::spawn(work.run(cursor, remote));
+        let ticket = self.stats.orchestrator_queue.enter();
+        tokio::spawn(work.run(cursor, remote, ticket));
     }
 
     fn start_activity(&mut self, activity_id: u64) {
@@ -816,21 +830,28 @@ impl Leader {
         self.stats.activities.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
         let tx = self.shared.partitions[self.partition as usize].clone();
+        let ticket = self.stats.activity_queue.enter();
         tokio::spawn(async move {
             let _permit = shared.activity_permits.clone().acquire_owned().await;
-            let result = match shared.registry.get_activity(&item.name) {
+            let local = shared.registry.get_activity(&item.name);
+            // Local work starts now; remote work waits on until a worker takes it.
+            let ticket = (local.is_none() && shared.remote.is_some()).then_some(ticket);
+            let result = match local {
                 None if shared.remote.is_some() => {
                     let (reply, answer) = oneshot::channel();
                     if let Some(queue) = &shared.remote {
-                        queue.push(RemoteWork::Activity(ActivityWork {
-                            instance_id: item.instance_id.clone(),
-                            execution_id: item.execution_id.clone(),
-                            name: item.name.clone(),
-                            version: item.version.clone(),
-                            task_id: item.task_id,
-                            input: item.input.clone(),
-                            reply,
-                        }));
+                        queue.push(
+                            RemoteWork::Activity(ActivityWork {
+                                instance_id: item.instance_id.clone(),
+                                execution_id: item.execution_id.clone(),
+                                name: item.name.clone(),
+                                version: item.version.clone(),
+                                task_id: item.task_id,
+                                input: item.input.clone(),
+                                reply,
+                            }),
+                            ticket,
+                        );
                     }
                     match answer.await {
                         Ok(r) => r,
@@ -1114,6 +1135,9 @@ impl Leader {
                 }
             }
         }
+        self.stats
+            .cache_bytes
+            .store(total as u64, Ordering::Relaxed);
         // Instances known absent are cheap but unbounded in number: forget them too.
         self.stats
             .cached_instances
@@ -1138,7 +1162,7 @@ struct EpisodeWork {
 impl EpisodeWork {
     /// Runs the episode (locally with a cursor, or on a remote worker) and reports the result
     /// to the leader.
-    async fn run(self, cursor: Option<Cursor>, remote: Option<RemoteQueue>) {
+    async fn run(self, cursor: Option<Cursor>, remote: Option<RemoteQueue>, ticket: WorkTicket) {
         let fail = |f: FailureDetails| vec![Action::Complete(Completion::Failed { failure: f })];
         let retry_later = |tx: &mpsc::UnboundedSender<Input>, instance_id: String| {
             let _ = tx.send(Input::EpisodeDone {
@@ -1176,14 +1200,17 @@ impl EpisodeWork {
             ));
             new_events.extend(self.new_events);
             let (reply, answer) = oneshot::channel();
-            queue.push(RemoteWork::Orchestrator(OrchestratorWork {
-                instance_id: self.instance_id.clone(),
-                execution_id: self.execution_id.clone(),
-                name: self.name.clone(),
-                past_events: past,
-                new_events,
-                reply,
-            }));
+            queue.push(
+                RemoteWork::Orchestrator(OrchestratorWork {
+                    instance_id: self.instance_id.clone(),
+                    execution_id: self.execution_id.clone(),
+                    name: self.name.clone(),
+                    past_events: past,
+                    new_events,
+                    reply,
+                }),
+                Some(ticket),
+            );
             match answer.await {
                 Ok(out) => {
                     episode.actions = out.actions;
@@ -1198,6 +1225,7 @@ impl EpisodeWork {
                 .clone()
                 .acquire_owned()
                 .await;
+            drop(ticket);
             let started_at = now_millis();
             episode.started_at = started_at;
             match self.shared.registry.get_orchestration(&self.name) {

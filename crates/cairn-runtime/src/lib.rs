@@ -4,7 +4,8 @@
 //! * [`replay`]: runs orchestrator code over history (with cached live cursors);
 //! * [`engine`]: opens a task hub, recovers partitions, wires them together;
 //! * `leader`: the per-partition shell (commit, speculation, effects, checkpoints);
-//! * [`client`]: start, query, signal and manage instances.
+//! * [`client`]: start, query, signal and manage instances;
+//! * [`stats`]: what partitions expose for metrics and dashboards.
 //!
 //! ```no_run
 //! use cairn_runtime::{Engine, EngineConfig, Registry, OrchestrationContext, TaskError};
@@ -32,6 +33,7 @@ pub mod orchestration;
 pub mod registry;
 pub mod remote;
 pub mod replay;
+pub mod stats;
 
 pub use cairn_core::{EventKind, ExistingPolicy, FailureDetails, HistoryEvent, RuntimeStatus};
 pub use client::{
@@ -42,7 +44,7 @@ pub use engine::{Engine, EngineConfig, RecoveryReport};
 pub use entity::{Entity, EntityContext};
 pub use error::{EngineError, TaskError};
 pub use futures::future::Either;
-pub use leader::LeaderStats;
+pub use stats::{LeaderStats, WorkGauge};
 pub use orchestration::{CriticalSection, DurableFuture, OrchestrationContext, RetryPolicy};
 pub use registry::{ActivityContext, Registry};
 

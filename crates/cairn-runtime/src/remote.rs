@@ -8,6 +8,7 @@
 //! unanswered is retried by the engine. This module knows nothing about gRPC.
 
 use cairn_core::{Action, EntityAction, EntityOperation, HistoryEvent, TaskResult};
+use crate::stats::WorkTicket;
 use tokio::sync::oneshot;
 
 /// What a remote orchestrator decided in one episode.
@@ -88,8 +89,14 @@ impl RemoteWork {
 /// A multi-producer, multi-consumer queue of remote work (one per engine).
 #[derive(Clone)]
 pub struct RemoteQueue {
-    tx: async_channel::Sender<RemoteWork>,
-    rx: async_channel::Receiver<RemoteWork>,
+    tx: async_channel::Sender<Queued>,
+    rx: async_channel::Receiver<Queued>,
+}
+
+/// An item with its place in its partition's queue gauge (released when a worker takes it).
+struct Queued {
+    work: RemoteWork,
+    _ticket: Option<WorkTicket>,
 }
 
 impl Default for RemoteQueue {
@@ -100,25 +107,28 @@ impl Default for RemoteQueue {
 }
 
 impl RemoteQueue {
-    pub(crate) fn push(&self, work: RemoteWork) {
+    pub(crate) fn push(&self, work: RemoteWork, ticket: Option<WorkTicket>) {
         // The queue lives as long as the engine; a failed send means it is shutting down and
         // dropping `work` tells the waiting episode to stop.
-        let _ = self.tx.try_send(work);
+        let _ = self.tx.try_send(Queued {
+            work,
+            _ticket: ticket,
+        });
     }
 
     /// Gives an item back (its worker disconnected or abandoned it) for the next worker.
     pub fn requeue(&self, work: RemoteWork) {
         if !work.is_abandoned() {
-            self.push(work);
+            self.push(work, None);
         }
     }
 
     /// The next item of work, waiting for one; skips items nobody waits for any more.
     pub async fn recv(&self) -> Option<RemoteWork> {
         loop {
-            let work = self.rx.recv().await.ok()?;
-            if !work.is_abandoned() {
-                return Some(work);
+            let queued = self.rx.recv().await.ok()?;
+            if !queued.work.is_abandoned() {
+                return Some(queued.work);
             }
         }
     }

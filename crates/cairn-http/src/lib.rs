@@ -1,0 +1,168 @@
+//! # cairn-http: the HTTP front
+//!
+//! Serves, from the `cairn serve` process:
+//! * the Durable Functions management API under `/runtime/webhooks/durabletask/` ([`api`]):
+//!   start, status (202 while running, 200 when done), query, raise event, terminate,
+//!   suspend, resume, rewind, restart, purge, and the entity routes;
+//! * `/metrics` in Prometheus text format and `/api/stats` for the dashboard ([`metrics`]);
+//! * the web dashboard at `/`, built into the binary ([`dashboard`]);
+//! * `/openapi.json`, the description of all of the above (tested against the real routes).
+//!
+//! When an auth token is configured, every route except the dashboard's static files,
+//! `/healthz` and `/openapi.json` needs `Authorization: Bearer <token>`.
+//!
+//! This crate only translates HTTP to [`cairn_runtime::Client`] calls: it never decides what
+//! happens to an instance.
+
+pub mod api;
+pub mod dashboard;
+mod error;
+pub mod json;
+pub mod metrics;
+mod params;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+pub use error::ApiError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Settings of the HTTP front.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// Bearer token required on management routes (None: open, for loopback use).
+    pub auth_token: Option<String>,
+    /// Base of the management URLs handed out (default: `http://` + the request's Host).
+    pub public_url: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub client: cairn_runtime::Client,
+    pub stats: Vec<Arc<cairn_runtime::LeaderStats>>,
+    pub config: Arc<HttpConfig>,
+    pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub started: Instant,
+}
+
+/// The whole HTTP application for `engine`.
+pub fn router(
+    engine: &cairn_runtime::Engine,
+    config: HttpConfig,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Router {
+    let body_limit = if config.max_body_bytes == 0 {
+        4 * 1024 * 1024 + 64 * 1024
+    } else {
+        config.max_body_bytes
+    };
+    let state = AppState {
+        client: engine.client(),
+        stats: engine.stats(),
+        config: Arc::new(config),
+        prometheus,
+        started: Instant::now(),
+    };
+    Router::new()
+        .merge(api::routes())
+        .route("/metrics", get(metrics::prometheus))
+        .route("/api/stats", get(metrics::stats_json))
+        .route("/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(dashboard::routes())
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+/// The OpenAPI 3 description of every route, as served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+async fn no_such_route(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NoSuchRoute(format!(
+        "no route for {method} {}; the routes are listed in /openapi.json",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed on {}; see /openapi.json for the methods it takes",
+        uri.path()
+    ))
+}
+
+/// Routes anyone may read: the dashboard's static files, health, and the API description.
+fn is_public(path: &str) -> bool {
+    path == "/" || path.starts_with("/assets/") || path == "/healthz" || path == "/openapi.json"
+}
+
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.config.auth_token {
+        if !is_public(request.uri().path()) {
+            let given = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+                return ApiError::Unauthorized(
+                    "this route needs 'Authorization: Bearer <token>' with the token given to \
+                     cairn serve (--auth-token or CAIRN_AUTH_TOKEN)"
+                        .into(),
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so response timing does not reveal how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Installs the process-wide Prometheus recorder. Call once, before the engine opens, so the
+/// storage layer's histograms bind to it.
+pub fn install_metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    metrics::install_recorder()
+}
+
+/// Whether `addr` is reachable only from this machine.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// Serves the HTTP front until `shutdown` resolves.
+pub async fn serve(
+    engine: &cairn_runtime::Engine,
+    config: HttpConfig,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(engine, config, prometheus);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,179 @@
+//! `/metrics` (Prometheus text format) and `/api/stats` (the dashboard's JSON).
+//!
+//! Partition figures live in [`cairn_runtime::LeaderStats`] (atomics the partitions update
+//! anyway); they are copied into the recorder when scraped, so the hot path pays nothing for
+//! metrics. The log's commit batch sizes and sync latencies are histograms recorded by the
+//! storage layer itself.
+
+use crate::{ApiError, AppState};
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::{json, Map, Value};
+use std::sync::atomic::Ordering;
+
+/// Installs the process-wide recorder with histogram buckets suited to Cairn's figures.
+pub fn install_recorder() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("cairn_log_sync_seconds".into()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("cairn_log_batch_records".into()),
+                &[
+                    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+                ],
+            )
+        })
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!("cairn_instances", "Orchestration instances by runtime status");
+    describe_gauge!(
+        "cairn_work_queue_length",
+        "Work items waiting for a worker slot or a connected SDK worker"
+    );
+    describe_gauge!(
+        "cairn_work_queue_oldest_seconds",
+        Unit::Seconds,
+        "Age of the oldest waiting work item"
+    );
+    describe_counter!("cairn_episodes_total", "Orchestration episodes and entity batches run");
+    describe_counter!("cairn_replays_total", "Episodes that had to replay history (no cached orchestrator)");
+    describe_counter!("cairn_activities_total", "Activities started");
+    describe_counter!("cairn_log_records_total", "Records appended to partition logs");
+    describe_counter!("cairn_log_commits_total", "Commit batches (group commits) of partition logs");
+    describe_counter!("cairn_checkpoints_total", "Checkpoints written");
+    describe_gauge!("cairn_cache_instances", "Instances held in the instance cache");
+    describe_gauge!("cairn_cache_bytes", Unit::Bytes, "Approximate memory of the instance cache");
+    describe_counter!("cairn_cache_lookups_total", "Instance lookups by result (hit: in memory, miss: read from the store)");
+    describe_gauge!("cairn_cache_hit_ratio", "Share of instance lookups answered from memory");
+    describe_histogram!("cairn_log_sync_seconds", Unit::Seconds, "Time to write and fsync one commit batch");
+    describe_histogram!("cairn_log_batch_records", "Records per commit batch");
+}
+
+/// Copies the partitions' figures into the recorder.
+fn publish(state: &AppState) {
+    let mut by_status = [0u64; cairn_core::RuntimeStatus::ALL.len()];
+    let (mut hits, mut misses) = (0u64, 0u64);
+    for (p, s) in state.stats.iter().enumerate() {
+        let partition = p.to_string();
+        for (i, (_, n)) in s.instances_by_status().into_iter().enumerate() {
+            by_status[i] += n;
+        }
+        for (kind, q) in [
+            ("orchestrator", &s.orchestrator_queue),
+            ("activity", &s.activity_queue),
+            ("entity", &s.entity_queue),
+        ] {
+            gauge!("cairn_work_queue_length", "partition" => partition.clone(), "kind" => kind)
+                .set(q.len() as f64);
+            gauge!("cairn_work_queue_oldest_seconds", "partition" => partition.clone(), "kind" => kind)
+                .set(q.oldest_age().as_secs_f64());
+        }
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        counter!("cairn_episodes_total", "partition" => partition.clone()).absolute(load(&s.episodes));
+        counter!("cairn_replays_total", "partition" => partition.clone()).absolute(load(&s.replays));
+        counter!("cairn_activities_total", "partition" => partition.clone()).absolute(load(&s.activities));
+        counter!("cairn_log_records_total", "partition" => partition.clone()).absolute(load(&s.records));
+        counter!("cairn_log_commits_total", "partition" => partition.clone()).absolute(load(&s.batches));
+        counter!("cairn_checkpoints_total", "partition" => partition.clone()).absolute(load(&s.checkpoints));
+        gauge!("cairn_cache_instances", "partition" => partition.clone()).set(load(&s.cached_instances) as f64);
+        gauge!("cairn_cache_bytes", "partition" => partition.clone()).set(load(&s.cache_bytes) as f64);
+        counter!("cairn_cache_lookups_total", "partition" => partition.clone(), "result" => "hit")
+            .absolute(load(&s.cache_hits));
+        counter!("cairn_cache_lookups_total", "partition" => partition, "result" => "miss")
+            .absolute(load(&s.cache_misses));
+        hits += load(&s.cache_hits);
+        misses += load(&s.cache_misses);
+    }
+    for (status, n) in cairn_core::RuntimeStatus::ALL.iter().zip(by_status) {
+        gauge!("cairn_instances", "status" => status.as_str()).set(n as f64);
+    }
+    if hits + misses > 0 {
+        gauge!("cairn_cache_hit_ratio").set(hits as f64 / (hits + misses) as f64);
+    }
+}
+
+pub async fn prometheus(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let Some(handle) = &state.prometheus else {
+        return Err(ApiError::Unavailable(
+            "metrics are not enabled in this process (the metrics recorder could not be installed)"
+                .into(),
+        ));
+    };
+    describe();
+    publish(&state);
+    handle.run_upkeep();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+        .into_response())
+}
+
+pub async fn stats_json(State(state): State<AppState>) -> Json<Value> {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let sum = |f: &dyn Fn(&cairn_runtime::LeaderStats) -> u64| -> u64 {
+        state.stats.iter().map(|s| f(s)).sum()
+    };
+    let mut by_status = Map::new();
+    for (i, status) in cairn_core::RuntimeStatus::ALL.iter().enumerate() {
+        let n: u64 = state
+            .stats
+            .iter()
+            .map(|s| load(&s.status_counts[i]))
+            .sum();
+        by_status.insert(status.as_str().into(), json!(n));
+    }
+    let queues: Vec<Value> = state
+        .stats
+        .iter()
+        .enumerate()
+        .map(|(p, s)| {
+            let oldest = [&s.orchestrator_queue, &s.activity_queue, &s.entity_queue]
+                .iter()
+                .map(|q| q.oldest_age().as_secs_f64())
+                .fold(0.0, f64::max);
+            json!({
+                "partition": p,
+                "orchestrators": s.orchestrator_queue.len(),
+                "activities": s.activity_queue.len(),
+                "entities": s.entity_queue.len(),
+                "oldestSeconds": oldest,
+            })
+        })
+        .collect();
+    Json(json!({
+        "partitions": state.stats.len(),
+        "uptimeSeconds": state.started.elapsed().as_secs_f64(),
+        "totals": {
+            "episodes": sum(&|s| load(&s.episodes)),
+            "activities": sum(&|s| load(&s.activities)),
+            "records": sum(&|s| load(&s.records)),
+            "batches": sum(&|s| load(&s.batches)),
+        },
+        "instancesByStatus": by_status,
+        "queues": queues,
+        "cache": {
+            "instances": sum(&|s| load(&s.cached_instances)),
+            "bytes": sum(&|s| load(&s.cache_bytes)),
+            "hits": sum(&|s| load(&s.cache_hits)),
+            "misses": sum(&|s| load(&s.cache_misses)),
+        },
+    }))
+}

@@ -1,0 +1,99 @@
+//! What a partition exposes for observability: counters, status counts, cache figures and the
+//! work-item queues (how many items wait for a worker slot, and for how long).
+//!
+//! Everything here is written by the partition's own tasks with relaxed atomics or a short
+//! lock, and read by whoever renders metrics. Nothing here influences what the engine does.
+
+use cairn_core::RuntimeStatus;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Counters a partition exposes (benchmarks, metrics, the dashboard).
+#[derive(Default, Debug)]
+pub struct LeaderStats {
+    pub records: AtomicU64,
+    pub batches: AtomicU64,
+    pub episodes: AtomicU64,
+    pub replays: AtomicU64,
+    pub activities: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub cached_instances: AtomicU64,
+    /// Approximate memory held by cached instances and live orchestrators, in bytes.
+    pub cache_bytes: AtomicU64,
+    /// Instance lookups answered from memory / read from the checkpoint store.
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    /// Orchestration instances by status, in [`RuntimeStatus::ALL`] order.
+    pub status_counts: [AtomicU64; RuntimeStatus::ALL.len()],
+    /// Episodes waiting for an orchestration slot or a remote worker.
+    pub orchestrator_queue: Arc<WorkGauge>,
+    /// Activities waiting for an activity slot or a remote worker.
+    pub activity_queue: Arc<WorkGauge>,
+    /// Entity batches waiting for a slot or a remote worker.
+    pub entity_queue: Arc<WorkGauge>,
+}
+
+impl LeaderStats {
+    /// (status, count) for every status.
+    pub fn instances_by_status(&self) -> Vec<(RuntimeStatus, u64)> {
+        RuntimeStatus::ALL
+            .iter()
+            .zip(&self.status_counts)
+            .map(|(s, n)| (*s, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// Work items waiting to start, with the time each was queued.
+#[derive(Default, Debug)]
+pub struct WorkGauge {
+    next: AtomicU64,
+    /// Ticket number -> queued at. Numbers grow with time, so the first entry is the oldest.
+    waiting: Mutex<BTreeMap<u64, Instant>>,
+}
+
+impl WorkGauge {
+    /// Counts an item as waiting until the ticket is dropped.
+    pub fn enter(self: &Arc<Self>) -> WorkTicket {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.waiting.lock().insert(id, Instant::now());
+        WorkTicket {
+            gauge: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// Items waiting now.
+    pub fn len(&self) -> usize {
+        self.waiting.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How long the oldest waiting item has waited (zero when none waits).
+    pub fn oldest_age(&self) -> Duration {
+        self.waiting
+            .lock()
+            .first_key_value()
+            .map(|(_, at)| at.elapsed())
+            .unwrap_or_default()
+    }
+}
+
+/// An item's place in a [`WorkGauge`]; dropping it means the item started.
+#[derive(Debug)]
+pub struct WorkTicket {
+    gauge: Arc<WorkGauge>,
+    id: u64,
+}
+
+impl Drop for WorkTicket {
+    fn drop(&mut self) {
+        self.gauge.waiting.lock().remove(&self.id);
+    }
+}
