@@ -57,7 +57,7 @@ test("the JavaScript SDK runs orchestrations on Cairn", async () => {
   const bin = process.env.CAIRN_BIN || path.join(__dirname, "../../target/debug/cairn");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cairn-js-"));
   const port = await freePort();
-  const proc = spawn(bin, ["serve", "--data", path.join(dir, "data"), "--grpc", `127.0.0.1:${port}`, "--partitions", "4"], {
+  const proc = spawn(bin, ["serve", "--data", path.join(dir, "data"), "--grpc", `127.0.0.1:${port}`, "--http", "127.0.0.1:0", "--partitions", "4"], {
     stdio: ["ignore", "ignore", "inherit"],
     env: { ...process.env, RUST_LOG: "warn" },
   });

@@ -33,6 +33,8 @@ class CairnServer:
         self.data = data_dir or os.path.join(self.tmp.name, "data")
         self.port = free_port()
         self.address = f"localhost:{self.port}"
+        self.http_port = free_port()
+        self.http = f"http://127.0.0.1:{self.http_port}"
         self.extra = list(extra_args)
         self.proc = None
         self.log_path = os.path.join(self.tmp.name, "serve.log")
@@ -40,7 +42,8 @@ class CairnServer:
     def start(self):
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [self.bin, "serve", "--data", self.data, "--grpc", f"127.0.0.1:{self.port}", "--partitions", "4", *self.extra],
+            [self.bin, "serve", "--data", self.data, "--grpc", f"127.0.0.1:{self.port}",
+             "--http", f"127.0.0.1:{self.http_port}", "--partitions", "4", *self.extra],
             stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn,cairn=info", "NO_COLOR": "1"},
         )
         deadline = time.time() + 30

@@ -27,6 +27,16 @@ def flaky(ctx: task.ActivityContext, key: str) -> str:
     return f"ok after {n}"
 
 
+# Keys whose `switchable` activity fails until a test repairs them (the rewind tests).
+broken: set[str] = set()
+
+
+def switchable(ctx: task.ActivityContext, key: str) -> str:
+    if key in broken:
+        raise RuntimeError(f"{key} is broken")
+    return f"{key} works"
+
+
 def explode(ctx: task.ActivityContext, message: str) -> None:
     raise ValueError(message)
 
@@ -86,6 +96,12 @@ def with_retries(ctx: task.OrchestrationContext, key: str):
 
 def failing(ctx: task.OrchestrationContext, message: str):
     yield ctx.call_activity(explode, input=message)
+
+
+def rewindable(ctx: task.OrchestrationContext, key: str):
+    first = yield ctx.call_activity(greet, input=key)
+    second = yield ctx.call_activity(switchable, input=key)
+    return [first, second]
 
 
 def waiter(ctx: task.OrchestrationContext, _):
@@ -150,6 +166,6 @@ def locked_transfer(ctx: task.OrchestrationContext, keys):
 
 
 ORCHESTRATORS = [chaining, fan_out_fan_in, parent, sleeper, approval, counter, with_retries, failing, waiter,
-                 waits_on_child, echo_orchestration, uses_entities, locked_transfer]
+                 waits_on_child, echo_orchestration, uses_entities, locked_transfer, rewindable]
 ENTITIES = [(counter_entity, "counter"), (Account, "account")]
-ACTIVITIES = [greet, double, flaky, explode, echo]
+ACTIVITIES = [greet, double, flaky, explode, echo, switchable]

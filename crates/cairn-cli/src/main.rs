@@ -236,7 +236,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
             tracing::info!(grpc = %grpc_addr, http = %addr, "Cairn is running; Durable Task SDKs can connect to {grpc_addr}; dashboard and HTTP API at http://{addr}/; press Ctrl-C to stop");
         }
-        None => tracing::info!(grpc = %grpc_addr, "Cairn is running; Durable Task SDKs can connect to {grpc_addr}; press Ctrl-C to stop"),
+        None => {
+            tracing::info!(grpc = %grpc_addr, "Cairn is running; Durable Task SDKs can connect to {grpc_addr}; press Ctrl-C to stop")
+        }
     }
     tokio::select! {
         r = grpc => r.context("the gRPC server failed")?,

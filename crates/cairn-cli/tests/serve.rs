@@ -17,6 +17,11 @@ fn run_until_ready_then_interrupt(data: &std::path::Path, extra: &[&str]) -> Str
         .arg("--data")
         .arg(data)
         .args(["--grpc", "127.0.0.1:0"])
+        .args(if extra.contains(&"--http") {
+            &[][..]
+        } else {
+            &["--http", "127.0.0.1:0"][..]
+        })
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
@@ -69,6 +74,26 @@ fn serve_starts_recovers_and_stops_on_ctrl_c() {
     // A second start recovers the same hub.
     let log = run_until_ready_then_interrupt(&data, &[]);
     assert!(log.contains("partitions=3"), "{log}");
+}
+
+#[test]
+fn serve_warns_when_http_is_public_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let log = run_until_ready_then_interrupt(&data, &["--http", "0.0.0.0:0"]);
+    assert!(log.contains("NO auth token"), "{log}");
+    let log = run_until_ready_then_interrupt(
+        &data,
+        &["--http", "0.0.0.0:0", "--auth-token", "s3cret-token"],
+    );
+    assert!(!log.contains("NO auth token"), "{log}");
+    assert!(
+        !log.contains("s3cret-token"),
+        "the token must not be logged:\n{log}"
+    );
+    // Loopback (the default) needs no token.
+    let log = run_until_ready_then_interrupt(&data, &[]);
+    assert!(!log.contains("NO auth token"), "{log}");
 }
 
 #[test]

@@ -40,7 +40,10 @@ pub fn routes() -> Router<AppState> {
             &format!("{BASE}/instances/{{id}}/raiseEvent/{{event}}"),
             post(raise_event),
         )
-        .route(&format!("{BASE}/instances/{{id}}/{{operation}}"), post(operate))
+        .route(
+            &format!("{BASE}/instances/{{id}}/{{operation}}"),
+            post(operate),
+        )
         .route(&format!("{BASE}/entities"), get(list_all_entities))
         .route(&format!("{BASE}/entities/{{name}}"), get(list_entities))
         .route(
@@ -56,16 +59,19 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state).await.map(Body).map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(
                     "the request body exceeds the payload limit (cairn serve --max-payload-bytes)"
                         .into(),
                 )
-            } else {
-                ApiError::BadRequest(format!("cannot read the request body: {e}"))
-            }
-        })
+                } else {
+                    ApiError::BadRequest(format!("cannot read the request body: {e}"))
+                }
+            })
     }
 }
 
@@ -214,7 +220,10 @@ fn filter_from(p: &Params) -> Result<QueryFilter, ApiError> {
         statuses: p.statuses("runtimeStatus")?,
         created_from: p.time("createdTimeFrom")?,
         created_to: p.time("createdTimeTo")?,
-        instance_id_prefix: p.get("instanceIdPrefix").filter(|s| !s.is_empty()).map(String::from),
+        instance_id_prefix: p
+            .get("instanceIdPrefix")
+            .filter(|s| !s.is_empty())
+            .map(String::from),
     })
 }
 
@@ -380,11 +389,18 @@ async fn restart(
         ]),
         ..StartOptions::default()
     };
-    let started = state.client.start_raw(&old.name, old.input, options).await?;
+    let started = state
+        .client
+        .start_raw(&old.name, old.input, options)
+        .await?;
     Ok(accepted_start(state, headers, &started))
 }
 
-fn entity_page_query(p: &Params, name: Option<String>, headers: &HeaderMap) -> Result<EntityQuery, ApiError> {
+fn entity_page_query(
+    p: &Params,
+    name: Option<String>,
+    headers: &HeaderMap,
+) -> Result<EntityQuery, ApiError> {
     Ok(EntityQuery {
         name,
         key_prefix: None,
@@ -408,7 +424,9 @@ async fn list_entities_with(
     let items = page
         .entities
         .iter()
-        .filter(|e| from.is_none_or(|f| e.last_modified >= f) && to.is_none_or(|t| e.last_modified <= t))
+        .filter(|e| {
+            from.is_none_or(|f| e.last_modified >= f) && to.is_none_or(|t| e.last_modified <= t)
+        })
         .map(|e| json::entity(e, q.include_state))
         .collect();
     Ok(page_response(items, page.continuation_token))

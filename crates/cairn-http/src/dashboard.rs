@@ -14,7 +14,10 @@ const APP_CSS: &str = include_str!("../assets/app.css");
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(|| asset("index.html", INDEX, "text/html; charset=utf-8")))
+        .route(
+            "/",
+            get(|| asset("index.html", INDEX, "text/html; charset=utf-8")),
+        )
         .route(
             "/assets/app.js",
             get(|| asset("app.js", APP_JS, "text/javascript; charset=utf-8")),

@@ -51,7 +51,10 @@ pub fn status(s: &InstanceStatus, view: StatusView) -> Value {
     o.insert("customStatus".into(), payload(s.custom_status.as_deref()));
     o.insert("output".into(), payload(s.output.as_deref()));
     o.insert("createdTime".into(), json!(time_seconds(s.created_at)));
-    o.insert("lastUpdatedTime".into(), json!(time_seconds(s.last_updated_at)));
+    o.insert(
+        "lastUpdatedTime".into(),
+        json!(time_seconds(s.last_updated_at)),
+    );
     if let Some(f) = &s.failure {
         o.insert(
             "failureDetails".into(),
@@ -72,7 +75,10 @@ pub fn status(s: &InstanceStatus, view: StatusView) -> Value {
         o.insert("parentInstanceId".into(), json!(p.instance_id));
     }
     if let Some(history) = &s.history {
-        o.insert("historyEvents".into(), Value::Array(history_events(history, view)));
+        o.insert(
+            "historyEvents".into(),
+            Value::Array(history_events(history, view)),
+        );
     }
     Value::Object(o)
 }
@@ -122,12 +128,8 @@ pub fn history_events(history: &[HistoryEvent], view: StatusView) -> Vec<Value> 
             if let Some(s) = scheduled.get(&id) {
                 o.insert("ScheduledTime".into(), json!(time_millis(s.timestamp)));
                 match &s.kind {
-                    EventKind::TaskScheduled {
-                        name, input: i, ..
-                    }
-                    | EventKind::SubOrchestrationCreated {
-                        name, input: i, ..
-                    } => {
+                    EventKind::TaskScheduled { name, input: i, .. }
+                    | EventKind::SubOrchestrationCreated { name, input: i, .. } => {
                         o.insert("FunctionName".into(), json!(name));
                         if view.show_input {
                             o.insert("Input".into(), input(i));
@@ -183,9 +185,7 @@ pub fn history_events(history: &[HistoryEvent], view: StatusView) -> Vec<Value> 
                 o.insert("EntityId".into(), json!(target_instance_id));
                 o.insert("Input".into(), input(i));
             }
-            EventKind::ExecutionStarted {
-                name, input: i, ..
-            } => {
+            EventKind::ExecutionStarted { name, input: i, .. } => {
                 o.insert("FunctionName".into(), json!(name));
                 o.insert("Input".into(), input(i));
             }
@@ -302,7 +302,10 @@ fn outcome_of(kind: &EventKind) -> Option<i32> {
 pub fn entity(e: &EntityStatus, fetch_state: bool) -> Value {
     let mut o = Map::new();
     o.insert("entityId".into(), json!({"name": e.name, "key": e.key}));
-    o.insert("lastOperationTime".into(), json!(time_millis(e.last_modified)));
+    o.insert(
+        "lastOperationTime".into(),
+        json!(time_millis(e.last_modified)),
+    );
     if fetch_state {
         o.insert("state".into(), payload(e.state.as_deref()));
     }

@@ -39,7 +39,10 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!("cairn_instances", "Orchestration instances by runtime status");
+    describe_gauge!(
+        "cairn_instances",
+        "Orchestration instances by runtime status"
+    );
     describe_gauge!(
         "cairn_work_queue_length",
         "Work items waiting for a worker slot or a connected SDK worker"
@@ -49,17 +52,46 @@ fn describe() {
         Unit::Seconds,
         "Age of the oldest waiting work item"
     );
-    describe_counter!("cairn_episodes_total", "Orchestration episodes and entity batches run");
-    describe_counter!("cairn_replays_total", "Episodes that had to replay history (no cached orchestrator)");
+    describe_counter!(
+        "cairn_episodes_total",
+        "Orchestration episodes and entity batches run"
+    );
+    describe_counter!(
+        "cairn_replays_total",
+        "Episodes that had to replay history (no cached orchestrator)"
+    );
     describe_counter!("cairn_activities_total", "Activities started");
-    describe_counter!("cairn_log_records_total", "Records appended to partition logs");
-    describe_counter!("cairn_log_commits_total", "Commit batches (group commits) of partition logs");
+    describe_counter!(
+        "cairn_log_records_total",
+        "Records appended to partition logs"
+    );
+    describe_counter!(
+        "cairn_log_commits_total",
+        "Commit batches (group commits) of partition logs"
+    );
     describe_counter!("cairn_checkpoints_total", "Checkpoints written");
-    describe_gauge!("cairn_cache_instances", "Instances held in the instance cache");
-    describe_gauge!("cairn_cache_bytes", Unit::Bytes, "Approximate memory of the instance cache");
-    describe_counter!("cairn_cache_lookups_total", "Instance lookups by result (hit: in memory, miss: read from the store)");
-    describe_gauge!("cairn_cache_hit_ratio", "Share of instance lookups answered from memory");
-    describe_histogram!("cairn_log_sync_seconds", Unit::Seconds, "Time to write and fsync one commit batch");
+    describe_gauge!(
+        "cairn_cache_instances",
+        "Instances held in the instance cache"
+    );
+    describe_gauge!(
+        "cairn_cache_bytes",
+        Unit::Bytes,
+        "Approximate memory of the instance cache"
+    );
+    describe_counter!(
+        "cairn_cache_lookups_total",
+        "Instance lookups by result (hit: in memory, miss: read from the store)"
+    );
+    describe_gauge!(
+        "cairn_cache_hit_ratio",
+        "Share of instance lookups answered from memory"
+    );
+    describe_histogram!(
+        "cairn_log_sync_seconds",
+        Unit::Seconds,
+        "Time to write and fsync one commit batch"
+    );
     describe_histogram!("cairn_log_batch_records", "Records per commit batch");
 }
 
@@ -83,14 +115,22 @@ fn publish(state: &AppState) {
                 .set(q.oldest_age().as_secs_f64());
         }
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        counter!("cairn_episodes_total", "partition" => partition.clone()).absolute(load(&s.episodes));
-        counter!("cairn_replays_total", "partition" => partition.clone()).absolute(load(&s.replays));
-        counter!("cairn_activities_total", "partition" => partition.clone()).absolute(load(&s.activities));
-        counter!("cairn_log_records_total", "partition" => partition.clone()).absolute(load(&s.records));
-        counter!("cairn_log_commits_total", "partition" => partition.clone()).absolute(load(&s.batches));
-        counter!("cairn_checkpoints_total", "partition" => partition.clone()).absolute(load(&s.checkpoints));
-        gauge!("cairn_cache_instances", "partition" => partition.clone()).set(load(&s.cached_instances) as f64);
-        gauge!("cairn_cache_bytes", "partition" => partition.clone()).set(load(&s.cache_bytes) as f64);
+        counter!("cairn_episodes_total", "partition" => partition.clone())
+            .absolute(load(&s.episodes));
+        counter!("cairn_replays_total", "partition" => partition.clone())
+            .absolute(load(&s.replays));
+        counter!("cairn_activities_total", "partition" => partition.clone())
+            .absolute(load(&s.activities));
+        counter!("cairn_log_records_total", "partition" => partition.clone())
+            .absolute(load(&s.records));
+        counter!("cairn_log_commits_total", "partition" => partition.clone())
+            .absolute(load(&s.batches));
+        counter!("cairn_checkpoints_total", "partition" => partition.clone())
+            .absolute(load(&s.checkpoints));
+        gauge!("cairn_cache_instances", "partition" => partition.clone())
+            .set(load(&s.cached_instances) as f64);
+        gauge!("cairn_cache_bytes", "partition" => partition.clone())
+            .set(load(&s.cache_bytes) as f64);
         counter!("cairn_cache_lookups_total", "partition" => partition.clone(), "result" => "hit")
             .absolute(load(&s.cache_hits));
         counter!("cairn_cache_lookups_total", "partition" => partition, "result" => "miss")
@@ -133,11 +173,7 @@ pub async fn stats_json(State(state): State<AppState>) -> Json<Value> {
     };
     let mut by_status = Map::new();
     for (i, status) in cairn_core::RuntimeStatus::ALL.iter().enumerate() {
-        let n: u64 = state
-            .stats
-            .iter()
-            .map(|s| load(&s.status_counts[i]))
-            .sum();
+        let n: u64 = state.stats.iter().map(|s| load(&s.status_counts[i])).sum();
         by_status.insert(status.as_str().into(), json!(n));
     }
     let queues: Vec<Value> = state

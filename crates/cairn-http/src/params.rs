@@ -15,7 +15,9 @@ impl Params {
             let decode = |s: &str| {
                 urlencoding::decode(&s.replace('+', " "))
                     .map(|c| c.into_owned())
-                    .map_err(|_| ApiError::BadRequest(format!("query parameter '{k}' is not valid UTF-8")))
+                    .map_err(|_| {
+                        ApiError::BadRequest(format!("query parameter '{k}' is not valid UTF-8"))
+                    })
             };
             out.push((decode(k)?, decode(v)?));
         }

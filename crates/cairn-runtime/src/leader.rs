@@ -83,7 +83,6 @@ pub(crate) enum Input {
     Shutdown(oneshot::Sender<()>),
 }
 
-
 /// An effect held back until the log position that caused it is durable.
 enum Held {
     Respond(Reply<ClientResponse>, ClientResponse),
@@ -364,10 +363,7 @@ impl Leader {
     fn publish_state_stats(&self) {
         let counts = &self.state.globals().status_counts;
         for (slot, status) in self.stats.status_counts.iter().zip(RuntimeStatus::ALL) {
-            slot.store(
-                counts.get(&status).copied().unwrap_or(0),
-                Ordering::Relaxed,
-            );
+            slot.store(counts.get(&status).copied().unwrap_or(0), Ordering::Relaxed);
         }
         let (hits, misses) = self.state.cache_counters();
         self.stats.cache_hits.store(hits, Ordering::Relaxed);

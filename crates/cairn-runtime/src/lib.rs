@@ -44,9 +44,9 @@ pub use engine::{Engine, EngineConfig, RecoveryReport};
 pub use entity::{Entity, EntityContext};
 pub use error::{EngineError, TaskError};
 pub use futures::future::Either;
-pub use stats::{LeaderStats, WorkGauge};
 pub use orchestration::{CriticalSection, DurableFuture, OrchestrationContext, RetryPolicy};
 pub use registry::{ActivityContext, Registry};
+pub use stats::{LeaderStats, WorkGauge};
 
 /// The README's example, compiled and run as a doc test so it stays true.
 #[cfg(doctest)]

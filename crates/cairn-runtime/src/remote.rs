@@ -7,8 +7,8 @@
 //! [`RemoteQueue::requeue`] (worker gone, work abandoned); an item whose reply is dropped
 //! unanswered is retried by the engine. This module knows nothing about gRPC.
 
-use cairn_core::{Action, EntityAction, EntityOperation, HistoryEvent, TaskResult};
 use crate::stats::WorkTicket;
+use cairn_core::{Action, EntityAction, EntityOperation, HistoryEvent, TaskResult};
 use tokio::sync::oneshot;
 
 /// What a remote orchestrator decided in one episode.
