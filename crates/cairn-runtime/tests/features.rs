@@ -501,7 +501,7 @@ async fn rewind_reruns_only_what_failed_through_sub_orchestrations() {
             |ctx: OrchestrationContext, x: i64| async move {
                 let first: i64 = ctx.call_activity("step", x).await?;
                 let child: i64 = ctx
-                    .call_sub_orchestration("rewind_child", Some("rewind-child-1".into()), first)
+                    .call_sub_orchestration("rewind_child", Some("rewind-child-1"), first)
                     .await?;
                 Ok(child)
             },
@@ -582,7 +582,9 @@ async fn rewind_reruns_only_what_failed_through_sub_orchestrations() {
     );
     // The rewritten history survives a restart.
     engine.shutdown().await.unwrap();
-    let engine = Engine::open(config(dir.path()), registry()).await.unwrap();
+    let engine = Engine::open(config(dir.path()), common::registry())
+        .await
+        .unwrap();
     let s = engine
         .client()
         .get_status(&id, true)
