@@ -1,4 +1,5 @@
 """The official Python SDK (`durabletask` from PyPI) against a real `cairn serve`."""
+import json
 import time
 import uuid
 
@@ -308,3 +309,24 @@ def test_several_workers_share_the_work(server, dt):
             assert dt.wait_for_orchestration_completion(i, timeout=TIMEOUT).get_output() == 380
     finally:
         extra.stop()
+
+
+def test_rewind_through_the_sdk_client(dt):
+    # A child that fails, under a parent: rewinding the parent rewinds the child, and only the
+    # failed activity runs again.
+    key = f"sdk-rw-{uuid.uuid4().hex[:8]}"
+    workflows.broken.add(key)
+    iid = dt.schedule_new_orchestration(workflows.rewindable_parent, input=key)
+    s = dt.wait_for_orchestration_completion(iid, timeout=30)
+    assert s.runtime_status == client.OrchestrationStatus.FAILED
+    workflows.broken.discard(key)
+    dt.rewind_orchestration(iid, reason="fixed")
+    s = dt.wait_for_orchestration_completion(iid, timeout=30)
+    assert s.runtime_status == client.OrchestrationStatus.COMPLETED, s.failure_details
+    assert json.loads(s.serialized_output) == [f"Hello {key}!", f"{key} works"]
+    child = dt.get_orchestration_state(f"{iid}-child")
+    assert child.runtime_status == client.OrchestrationStatus.COMPLETED
+    # Only Failed instances can be rewound.
+    with pytest.raises(grpc.RpcError) as e:
+        dt.rewind_orchestration(iid)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -104,6 +104,10 @@ def rewindable(ctx: task.OrchestrationContext, key: str):
     return [first, second]
 
 
+def rewindable_parent(ctx: task.OrchestrationContext, key: str):
+    return (yield ctx.call_sub_orchestrator(rewindable, input=key, instance_id=f"{ctx.instance_id}-child"))
+
+
 def waiter(ctx: task.OrchestrationContext, _):
     value = yield ctx.wait_for_external_event("go")
     return value
@@ -166,6 +170,7 @@ def locked_transfer(ctx: task.OrchestrationContext, keys):
 
 
 ORCHESTRATORS = [chaining, fan_out_fan_in, parent, sleeper, approval, counter, with_retries, failing, waiter,
-                 waits_on_child, echo_orchestration, uses_entities, locked_transfer, rewindable]
+                 waits_on_child, echo_orchestration, uses_entities, locked_transfer, rewindable,
+                 rewindable_parent]
 ENTITIES = [(counter_entity, "counter"), (Account, "account")]
 ACTIVITIES = [greet, double, flaky, explode, echo, switchable]

@@ -902,13 +902,13 @@
       nameEl.textContent = st.name || "(unnamed)";
       badgeSlot.replaceChildren(statusBadge(st.runtimeStatus, { id: "instance-status" }));
       refreshNote.textContent = TERMINAL.has(st.runtimeStatus) ? "" : "● live — refreshing every 2 s";
-      const created = parseTime(st.createdTime);
-      const updated = parseTime(st.lastUpdatedTime);
-      const endMs = TERMINAL.has(st.runtimeStatus) ? updated : Date.now();
+      const life = lifetime(st);
+      const endMs = TERMINAL.has(st.runtimeStatus) ? life.end : Date.now();
       meta.replaceChildren(
-        h("div", null, h("dt", null, "Created"), h("dd", { title: st.createdTime || "" }, fmtDateTime(st.createdTime, true))),
-        h("div", null, h("dt", null, "Last updated"), h("dd", { title: st.lastUpdatedTime || "" }, fmtDateTime(st.lastUpdatedTime, true))),
-        h("div", null, h("dt", null, TERMINAL.has(st.runtimeStatus) ? "Duration" : "Running for"), h("dd", null, created !== null && endMs !== null ? fmtDuration(endMs - created) : "—")),
+        h("div", null, h("dt", null, "Created"), h("dd", { title: st.createdTime || "" }, fmtDateTime(st.createdTime))),
+        h("div", null, h("dt", null, "Last updated"), h("dd", { title: st.lastUpdatedTime || "" }, fmtDateTime(st.lastUpdatedTime), " ",
+          h("span", { class: "muted small" }, fmtAgo(st.lastUpdatedTime)))),
+        h("div", null, h("dt", null, TERMINAL.has(st.runtimeStatus) ? "Duration" : "Running for"), h("dd", null, life.start !== null && endMs !== null ? fmtDuration(endMs - life.start) : "—")),
         h("div", null, h("dt", null, "History events"), h("dd", null, Array.isArray(st.historyEvents) ? String(st.historyEvents.length) : "—")));
       for (const [key, action] of Object.entries(ACTIONS)) buttons[key].disabled = !action.when(st.runtimeStatus);
       buttons.raise.disabled = TERMINAL.has(st.runtimeStatus);
@@ -1105,6 +1105,24 @@
     });
   }
 
+  // Start and end of an instance, to the millisecond when the history has them (status times
+  // are whole seconds).
+  function lifetime(st) {
+    const events = Array.isArray(st.historyEvents) ? st.historyEvents : [];
+    let start = null;
+    let end = null;
+    for (const ev of events) {
+      if (ev.EventType === "ExecutionStarted" && start === null) start = parseTime(ev.Timestamp);
+      if (ev.EventType === "ExecutionCompleted" || ev.EventType === "ExecutionTerminated" || ev.EventType === "ContinueAsNew") {
+        const t = parseTime(ev.Timestamp);
+        if (t !== null && (end === null || t > end)) end = t;
+      }
+    }
+    if (start === null) start = parseTime(st.createdTime);
+    if (end === null) end = parseTime(st.lastUpdatedTime);
+    return { start, end };
+  }
+
   function dataBlock(title, value, testid) {
     const empty = value === null || value === undefined;
     return h("section", { class: "card data-block", "data-testid": testid },
@@ -1137,7 +1155,7 @@
   function buildTimeline(st, now) {
     const events = Array.isArray(st.historyEvents) ? st.historyEvents : [];
     const finished = TERMINAL.has(st.runtimeStatus);
-    const instanceEnd = finished ? parseTime(st.lastUpdatedTime) : null;
+    const instanceEnd = finished ? lifetime(st).end : null;
     const bars = [];
     const markers = [];
     const sameTime = (a, b) => a !== null && b !== null && Math.abs(a - b) <= 1;
@@ -1275,7 +1293,7 @@
       end = Math.max(end, m.time);
     }
     const created = parseTime(st.createdTime);
-    if (created !== null) start = Math.min(start, created);
+    if (!Number.isFinite(start) && created !== null) start = created;
     if (!finished) end = Math.max(end, now);
     if (!Number.isFinite(start)) start = created !== null ? created : now;
     if (!Number.isFinite(end) || end <= start) end = start + 1000;
@@ -1294,9 +1312,9 @@
       case "ExecutionStarted":
         return Object.assign(m, { kind: "start", label: "Started", detail: ev.Input });
       case "ExecutionCompleted": {
-        const status = ev.OrchestrationStatus || "Completed";
-        const failed = /fail/i.test(String(status));
-        return Object.assign(m, { kind: failed ? "bad" : "end", label: failed ? "Failed" : "Completed", detail: failed ? ev.FailureDetails : ev.Result });
+        const status = String(ev.OrchestrationStatus || "Completed");
+        const bad = /fail|terminat/i.test(status);
+        return Object.assign(m, { kind: bad ? "bad" : "end", label: status, detail: ev.FailureDetails || ev.Result });
       }
       case "ExecutionTerminated":
         return Object.assign(m, { kind: "bad", label: "Terminated", detail: ev.Reason || ev.Input });
@@ -1384,11 +1402,16 @@
     lane.append(h("div", { class: `tl-life${tl.finished ? "" : " live"}`, style: { left: "0%", width: pct(lifeEnd) } }));
     const tiers = [-Infinity, -Infinity];
     const charW = 6.4;
+    let previous = null;
     for (const m of tl.markers) {
       const x = frac(m.time) * trackWidth;
       const title = `${m.label} — ${fmtDateTime(m.time, true)} (+${fmtDuration(m.time - tl.start)})` + (m.detail !== null && m.detail !== undefined ? `\n${compactJson(m.detail, 300)}` : "");
       const marker = h("div", { class: `tl-marker mk-${m.kind}`, style: { left: pct(m.time) }, title, "data-testid": "timeline-marker", "data-event": m.type });
       lane.append(marker);
+      // The same label at (nearly) the same place says nothing new: e.g. Terminated, then its ExecutionCompleted.
+      const repeat = previous && previous.label === m.label && Math.abs(frac(previous.time) - frac(m.time)) * trackWidth < 4;
+      previous = m;
+      if (repeat) continue;
       const w = m.label.length * charW + 8;
       let lx = x - w / 2;
       lx = Math.max(0, Math.min(lx, trackWidth - w));
