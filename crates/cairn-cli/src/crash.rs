@@ -379,6 +379,7 @@ async fn verify(client: &Client, started: &[(String, String)]) -> Result<Summary
                     EventKind::TaskScheduled { .. }
                         | EventKind::SubOrchestrationCreated { .. }
                         | EventKind::TimerCreated { .. }
+                        | EventKind::EntityOperationCalled { .. }
                 );
                 if is_step && scheduled.insert(e.event_id, e.kind.name()).is_some() {
                     problems.push(format!(
@@ -387,25 +388,8 @@ async fn verify(client: &Client, started: &[(String, String)]) -> Result<Summary
                     ));
                     good = false;
                 }
-                match &e.kind {
-                    EventKind::TaskCompleted {
-                        task_scheduled_id, ..
-                    }
-                    | EventKind::TaskFailed {
-                        task_scheduled_id, ..
-                    }
-                    | EventKind::SubOrchestrationCompleted {
-                        task_scheduled_id, ..
-                    }
-                    | EventKind::SubOrchestrationFailed {
-                        task_scheduled_id, ..
-                    } => {
-                        *results.entry(*task_scheduled_id).or_default() += 1;
-                    }
-                    EventKind::TimerFired { timer_id, .. } => {
-                        *results.entry(*timer_id).or_default() += 1
-                    }
-                    _ => {}
+                if let Some(step) = e.kind.completes() {
+                    *results.entry(step).or_default() += 1;
                 }
             }
             for (step, what) in &scheduled {

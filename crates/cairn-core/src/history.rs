@@ -315,6 +315,33 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The scheduling step (`event_id` of its `TaskScheduled`, `SubOrchestrationCreated`,
+    /// `TimerCreated` or `EntityOperationCalled`) this event is the outcome of, if it is one.
+    pub fn completes(&self) -> Option<i32> {
+        match self {
+            EventKind::TaskCompleted {
+                task_scheduled_id, ..
+            }
+            | EventKind::TaskFailed {
+                task_scheduled_id, ..
+            }
+            | EventKind::SubOrchestrationCompleted {
+                task_scheduled_id, ..
+            }
+            | EventKind::SubOrchestrationFailed {
+                task_scheduled_id, ..
+            }
+            | EventKind::EntityOperationCompleted {
+                task_scheduled_id, ..
+            }
+            | EventKind::EntityOperationFailed {
+                task_scheduled_id, ..
+            } => Some(*task_scheduled_id),
+            EventKind::TimerFired { timer_id, .. } => Some(*timer_id),
+            _ => None,
+        }
+    }
+
     /// Short name for messages and dashboards.
     pub fn name(&self) -> &'static str {
         match self {

@@ -776,18 +776,15 @@ impl PartitionState {
             reset: replaced,
         });
         if let Some(due) = not_before {
-            let timer_id = self.globals.next_timer_id;
-            self.globals.next_timer_id += 1;
-            self.globals.timers.insert(
-                timer_id,
+            self.arm_timer(
                 TimerEntry {
                     instance_id: start.instance_id.clone(),
                     execution_id: start.execution_id.clone(),
                     due,
                     kind: TimerKind::ScheduledStart,
                 },
+                cx,
             );
-            cx.effects.push(Effect::ScheduleTimer { timer_id, due });
         }
         self.make_runnable(&inst, cx);
         cx.effects
@@ -1093,6 +1090,23 @@ impl PartitionState {
         }
     }
 
+    /// Queues an activity and asks the shell to start it.
+    fn queue_activity(&mut self, item: ActivityWorkItem, cx: &mut Apply) {
+        let activity_id = self.globals.next_activity_id;
+        self.globals.next_activity_id += 1;
+        self.globals.activities.insert(activity_id, item);
+        cx.effects.push(Effect::StartActivity(activity_id));
+    }
+
+    /// Registers a durable timer and asks the shell to arm it.
+    fn arm_timer(&mut self, entry: TimerEntry, cx: &mut Apply) {
+        let timer_id = self.globals.next_timer_id;
+        self.globals.next_timer_id += 1;
+        let due = entry.due;
+        self.globals.timers.insert(timer_id, entry);
+        cx.effects.push(Effect::ScheduleTimer { timer_id, due });
+    }
+
     /// Puts a Failed instance back to Running.
     ///
     /// The failures delivered in the final episode (the ones the orchestration did not survive)
@@ -1138,29 +1152,7 @@ impl PartitionState {
             })
             .map(|(_, e)| e)
             .collect();
-        let mut done = HashSet::new();
-        for e in &kept {
-            match &e.kind {
-                EventKind::TaskCompleted {
-                    task_scheduled_id, ..
-                }
-                | EventKind::TaskFailed {
-                    task_scheduled_id, ..
-                }
-                | EventKind::SubOrchestrationCompleted {
-                    task_scheduled_id, ..
-                }
-                | EventKind::SubOrchestrationFailed {
-                    task_scheduled_id, ..
-                } => {
-                    done.insert(*task_scheduled_id);
-                }
-                EventKind::TimerFired { timer_id, .. } => {
-                    done.insert(*timer_id);
-                }
-                _ => {}
-            }
-        }
+        let done: HashSet<i32> = kept.iter().filter_map(|e| e.kind.completes()).collect();
         for e in kept.iter().filter(|e| !done.contains(&e.event_id)) {
             let task_id = e.event_id;
             match &e.kind {
@@ -1175,10 +1167,7 @@ impl PartitionState {
                         a.instance_id == id && a.execution_id == execution && a.task_id == task_id
                     });
                     if !in_flight {
-                        let activity_id = self.globals.next_activity_id;
-                        self.globals.next_activity_id += 1;
-                        self.globals.activities.insert(
-                            activity_id,
+                        self.queue_activity(
                             ActivityWorkItem {
                                 instance_id: id.clone(),
                                 execution_id: execution.clone(),
@@ -1187,30 +1176,22 @@ impl PartitionState {
                                 version: version.clone(),
                                 input: input.clone(),
                             },
+                            cx,
                         );
-                        cx.effects.push(Effect::StartActivity(activity_id));
                     }
                 }
-                EventKind::TimerCreated { fire_at } => {
-                    let timer_id = self.globals.next_timer_id;
-                    self.globals.next_timer_id += 1;
-                    self.globals.timers.insert(
-                        timer_id,
-                        TimerEntry {
-                            instance_id: id.clone(),
-                            execution_id: execution.clone(),
-                            due: *fire_at,
-                            kind: TimerKind::Orchestration {
-                                task_id,
-                                fire_at: *fire_at,
-                            },
-                        },
-                    );
-                    cx.effects.push(Effect::ScheduleTimer {
-                        timer_id,
+                EventKind::TimerCreated { fire_at } => self.arm_timer(
+                    TimerEntry {
+                        instance_id: id.clone(),
+                        execution_id: execution.clone(),
                         due: *fire_at,
-                    });
-                }
+                        kind: TimerKind::Orchestration {
+                            task_id,
+                            fire_at: *fire_at,
+                        },
+                    },
+                    cx,
+                ),
                 EventKind::SubOrchestrationCreated {
                     instance_id: child, ..
                 } => {
@@ -1373,10 +1354,7 @@ impl PartitionState {
                             input: input.clone(),
                         },
                     ));
-                    let activity_id = self.globals.next_activity_id;
-                    self.globals.next_activity_id += 1;
-                    self.globals.activities.insert(
-                        activity_id,
+                    self.queue_activity(
                         ActivityWorkItem {
                             instance_id: r.instance_id.clone(),
                             execution_id: r.execution_id.clone(),
@@ -1385,8 +1363,8 @@ impl PartitionState {
                             version: version.clone(),
                             input: input.clone(),
                         },
+                        cx,
                     );
-                    cx.effects.push(Effect::StartActivity(activity_id));
                 }
                 Action::CreateTimer { id, fire_at } => {
                     inst.push(HistoryEvent::scheduled(
@@ -1394,10 +1372,7 @@ impl PartitionState {
                         now,
                         EventKind::TimerCreated { fire_at: *fire_at },
                     ));
-                    let timer_id = self.globals.next_timer_id;
-                    self.globals.next_timer_id += 1;
-                    self.globals.timers.insert(
-                        timer_id,
+                    self.arm_timer(
                         TimerEntry {
                             instance_id: r.instance_id.clone(),
                             execution_id: r.execution_id.clone(),
@@ -1407,11 +1382,8 @@ impl PartitionState {
                                 fire_at: *fire_at,
                             },
                         },
+                        cx,
                     );
-                    cx.effects.push(Effect::ScheduleTimer {
-                        timer_id,
-                        due: *fire_at,
-                    });
                 }
                 Action::CreateSubOrchestration {
                     id,
@@ -1695,10 +1667,7 @@ impl PartitionState {
         src: &dyn InstanceSource,
     ) -> Result<(), SourceError> {
         if let Some(due) = op.scheduled_time.filter(|t| *t > cx.now) {
-            let timer_id = self.globals.next_timer_id;
-            self.globals.next_timer_id += 1;
-            self.globals.timers.insert(
-                timer_id,
+            self.arm_timer(
                 TimerEntry {
                     instance_id: entity_id.to_string(),
                     execution_id: String::new(),
@@ -1708,8 +1677,8 @@ impl PartitionState {
                         ..op
                     })),
                 },
+                cx,
             );
-            cx.effects.push(Effect::ScheduleTimer { timer_id, due });
             return Ok(());
         }
         if let EntityRequestKind::Unlock { critical_section } = &op.kind {

@@ -367,32 +367,8 @@ async fn restart(
     p: &Params,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let new_id = p.bool("restartWithNewInstanceId", true)?;
-    let Some(old) = state.client.get_status(id, false).await? else {
-        return Err(ApiError::NotFound(format!("instance '{id}' not found")));
-    };
-    if !new_id && !old.status.is_terminal() {
-        return Err(ApiError::wrong_status(
-            id,
-            old.status,
-            "only ended instances can be restarted under the same id",
-        ));
-    }
-    let options = StartOptions {
-        instance_id: (!new_id).then(|| id.to_string()),
-        tags: old.tags.clone(),
-        version: old.version.clone(),
-        if_exists: ExistingPolicy::ReplaceIf(vec![
-            RuntimeStatus::Completed,
-            RuntimeStatus::Failed,
-            RuntimeStatus::Terminated,
-        ]),
-        ..StartOptions::default()
-    };
-    let started = state
-        .client
-        .start_raw(&old.name, old.input, options)
-        .await?;
+    let same_id = !p.bool("restartWithNewInstanceId", true)?;
+    let started = state.client.restart(id, same_id).await?;
     Ok(accepted_start(state, headers, &started))
 }
 

@@ -17,12 +17,8 @@ pub fn payload(p: Option<&str>) -> Value {
     }
 }
 
-/// `2026-11-23T13:25:43Z` (the precision Durable Functions uses for instance times).
-pub fn time_seconds(ms: Millis) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-/// `2026-11-23T13:25:43.123Z` (history events, entities: a timeline needs milliseconds).
+/// `2026-11-23T13:25:43.123Z`. Durable Functions gives instance times in whole seconds; RFC 3339
+/// readers take the fraction as well, and a dashboard's durations need it.
 pub fn time_millis(ms: Millis) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
@@ -50,10 +46,10 @@ pub fn status(s: &InstanceStatus, view: StatusView) -> Value {
     );
     o.insert("customStatus".into(), payload(s.custom_status.as_deref()));
     o.insert("output".into(), payload(s.output.as_deref()));
-    o.insert("createdTime".into(), json!(time_seconds(s.created_at)));
+    o.insert("createdTime".into(), json!(time_millis(s.created_at)));
     o.insert(
         "lastUpdatedTime".into(),
-        json!(time_seconds(s.last_updated_at)),
+        json!(time_millis(s.last_updated_at)),
     );
     if let Some(f) = &s.failure {
         o.insert(
@@ -101,7 +97,7 @@ pub fn history_events(history: &[HistoryEvent], view: StatusView) -> Vec<Value> 
             }
             _ => {}
         }
-        if let Some(id) = outcome_of(&e.kind) {
+        if let Some(id) = e.kind.completes() {
             finished.insert(id);
         }
     }
@@ -124,7 +120,7 @@ pub fn history_events(history: &[HistoryEvent], view: StatusView) -> Vec<Value> 
         let mut o = Map::new();
         o.insert("EventType".into(), json!(e.kind.name()));
         o.insert("Timestamp".into(), json!(time_millis(e.timestamp)));
-        if let Some(id) = outcome_of(&e.kind) {
+        if let Some(id) = e.kind.completes() {
             if let Some(s) = scheduled.get(&id) {
                 o.insert("ScheduledTime".into(), json!(time_millis(s.timestamp)));
                 match &s.kind {
@@ -270,32 +266,6 @@ pub fn history_events(history: &[HistoryEvent], view: StatusView) -> Vec<Value> 
         out.push(Value::Object(o));
     }
     out
-}
-
-/// The task id a completion event answers, if it is one.
-fn outcome_of(kind: &EventKind) -> Option<i32> {
-    match kind {
-        EventKind::TaskCompleted {
-            task_scheduled_id, ..
-        }
-        | EventKind::TaskFailed {
-            task_scheduled_id, ..
-        }
-        | EventKind::SubOrchestrationCompleted {
-            task_scheduled_id, ..
-        }
-        | EventKind::SubOrchestrationFailed {
-            task_scheduled_id, ..
-        }
-        | EventKind::EntityOperationCompleted {
-            task_scheduled_id, ..
-        }
-        | EventKind::EntityOperationFailed {
-            task_scheduled_id, ..
-        } => Some(*task_scheduled_id),
-        EventKind::TimerFired { timer_id, .. } => Some(*timer_id),
-        _ => None,
-    }
 }
 
 /// An element of the entity list.

@@ -575,6 +575,33 @@ impl Client {
         self.command(instance_id, kind).await
     }
 
+    /// Starts the instance's orchestration again with its original input, tags and version:
+    /// under a new random id, or (`same_id`) replacing the instance, which must have ended.
+    /// Returns the id started.
+    pub async fn restart(&self, instance_id: &str, same_id: bool) -> Result<String, EngineError> {
+        let Some(old) = self.get_status(instance_id, false).await? else {
+            return Err(EngineError::NotFound(instance_id.to_string()));
+        };
+        if same_id && !old.status.is_terminal() {
+            return Err(EngineError::WrongStatus {
+                instance_id: instance_id.to_string(),
+                status: old.status,
+            });
+        }
+        let options = StartOptions {
+            instance_id: same_id.then(|| instance_id.to_string()),
+            tags: old.tags.clone(),
+            version: old.version.clone(),
+            if_exists: ExistingPolicy::ReplaceIf(vec![
+                RuntimeStatus::Completed,
+                RuntimeStatus::Failed,
+                RuntimeStatus::Terminated,
+            ]),
+            ..StartOptions::default()
+        };
+        self.start_raw(&old.name, old.input, options).await
+    }
+
     /// Queues an operation on the entity `(name, key)` (created on its first operation),
     /// optionally not before `at`. Returns once the signal is durable.
     pub async fn signal_entity<I: Serialize>(

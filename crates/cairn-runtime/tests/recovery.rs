@@ -251,9 +251,10 @@ async fn data_directory_errors_are_clear() {
     engine.shutdown().await.unwrap();
     // Another format version.
     let hub = dir.path().join("hub.json");
-    let text = std::fs::read_to_string(&hub)
-        .unwrap()
-        .replace("\"format_version\": 1", "\"format_version\": 99");
+    let text = std::fs::read_to_string(&hub).unwrap().replace(
+        &format!("\"format_version\": {}", cairn_core::LOG_FORMAT_VERSION),
+        "\"format_version\": 99",
+    );
     std::fs::write(&hub, text).unwrap();
     let err = Engine::open(config(dir.path()), registry())
         .await

@@ -211,45 +211,9 @@ impl TaskHubSidecarService for Sidecar {
     ) -> Reply<pb::RestartInstanceResponse> {
         let r = request.into_inner();
         require_id(&r.instance_id)?;
-        let Some(old) = self
-            .client
-            .get_status(&r.instance_id, false)
-            .await
-            .map_err(status)?
-        else {
-            return Err(Status::not_found(format!(
-                "instance '{}' not found",
-                r.instance_id
-            )));
-        };
-        let options = if r.restart_with_new_instance_id {
-            StartOptions {
-                tags: old.tags.clone(),
-                version: old.version.clone(),
-                ..StartOptions::default()
-            }
-        } else {
-            if !old.status.is_terminal() {
-                return Err(Status::failed_precondition(format!(
-                    "instance '{}' is {}; only completed, failed or terminated instances can be restarted under the same id",
-                    r.instance_id, old.status
-                )));
-            }
-            StartOptions {
-                instance_id: Some(r.instance_id.clone()),
-                tags: old.tags.clone(),
-                version: old.version.clone(),
-                if_exists: ExistingPolicy::ReplaceIf(vec![
-                    RuntimeStatus::Completed,
-                    RuntimeStatus::Failed,
-                    RuntimeStatus::Terminated,
-                ]),
-                ..StartOptions::default()
-            }
-        };
         let id = self
             .client
-            .start_raw(&old.name, old.input.clone(), options)
+            .restart(&r.instance_id, !r.restart_with_new_instance_id)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RestartInstanceResponse {
