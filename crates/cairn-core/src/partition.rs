@@ -301,6 +301,11 @@ impl PartitionState {
         Ok(self.loaded(id))
     }
 
+    /// Instances held in memory (including ones known absent).
+    pub fn loaded_count(&self) -> usize {
+        self.instances.len()
+    }
+
     pub fn loaded_ids(&self) -> impl Iterator<Item = &String> {
         self.instances.keys()
     }

@@ -365,6 +365,9 @@ impl Leader {
         for (slot, status) in self.stats.status_counts.iter().zip(RuntimeStatus::ALL) {
             slot.store(counts.get(&status).copied().unwrap_or(0), Ordering::Relaxed);
         }
+        self.stats
+            .cached_instances
+            .store(self.state.loaded_count() as u64, Ordering::Relaxed);
         let (hits, misses) = self.state.cache_counters();
         self.stats.cache_hits.store(hits, Ordering::Relaxed);
         self.stats.cache_misses.store(misses, Ordering::Relaxed);
@@ -1137,7 +1140,7 @@ impl Leader {
         // Instances known absent are cheap but unbounded in number: forget them too.
         self.stats
             .cached_instances
-            .store(self.state.loaded_ids().count() as u64, Ordering::Relaxed);
+            .store(self.state.loaded_count() as u64, Ordering::Relaxed);
     }
 }
 

@@ -21,7 +21,8 @@ pub struct LeaderStats {
     pub activities: AtomicU64,
     pub checkpoints: AtomicU64,
     pub cached_instances: AtomicU64,
-    /// Approximate memory held by cached instances and live orchestrators, in bytes.
+    /// Approximate memory held by cached instances and live orchestrators, in bytes (measured
+    /// when the cache is trimmed, after each checkpoint).
     pub cache_bytes: AtomicU64,
     /// Instance lookups answered from memory / read from the checkpoint store.
     pub cache_hits: AtomicU64,
