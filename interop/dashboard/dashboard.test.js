@@ -322,17 +322,26 @@ test("instance list: both instances, status filter, tiles and throughput chart",
     const chart = page.locator('[data-testid="throughput-chart"]');
     const box = await chart.boundingBox();
     assert.ok(box && box.width > 200 && box.height > 80, `throughput chart size: ${JSON.stringify(box)}`);
-    // Give the chart a few seconds of samples (it polls once a second) and check it drew something.
-    await sleep(3500);
-    const inked = await chart.evaluate((c) => {
-      const data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    // The chart polls once a second; the pipeline ran episodes while the page was open, so the
+    // episodes/s line (drawn in #2f6fde) must rise above the chart's zero line somewhere.
+    const episodesDrawn = (atLeast) => {
+      const c = document.querySelector('[data-testid="throughput-chart"]');
+      const { data, width, height } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
+      const zeroLine = height - Math.ceil(28 * (window.devicePixelRatio || 1));
       let n = 0;
-      for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
-      return n;
-    });
-    assert.ok(inked > 500, `the throughput chart canvas is (nearly) blank: ${inked} painted pixels`);
+      for (let y = 0; y < zeroLine; y++) {
+        for (let x = 0; x < width; x++) {
+          const i = (y * width + x) * 4;
+          if (data[i] < 110 && data[i + 1] > 80 && data[i + 1] < 150 && data[i + 2] > 180) n++;
+        }
+      }
+      return n >= atLeast ? n : 0;
+    };
+    const raised = await page.waitForFunction(episodesDrawn, 10, { timeout: 8000, polling: 250 })
+      .then((handle) => handle.jsonValue())
+      .catch(() => page.evaluate(episodesDrawn, 0));
+    assert.ok(raised > 10, `the throughput chart shows no episodes/s above zero (${raised} line pixels above the zero line)`);
   });
-  await shot(page, "instances.png");
 });
 
 test("instance page: pipeline completes and its timeline has a bar per activity and timer", { timeout: 35000 }, async () => {
@@ -430,6 +439,15 @@ test("raise an event from the instance page completes the waiting instance", { t
 test("entities page", { timeout: 25000 }, async () => {
   await client.signalEntity(new EntityInstanceId("counter", "dashboard"), "add", 5);
   await client.signalEntity(new EntityInstanceId("counter", "dashboard"), "add", 2);
+  // The list once more, now with finished instances and a few seconds of throughput, for its screenshot.
+  await step(page, "back on the list, all three instances show their final status", async () => {
+    await page.locator('[data-testid="nav-instances"]').click();
+    for (const [id, status] of [[ids.pipeline, "Completed"], [ids.waiting, "Terminated"], [ids.approval, "Completed"]]) {
+      await page.locator(`[data-testid="instance-row"][data-instance-id="${id}"][data-status="${status}"]`).waitFor({ timeout: 8000 });
+    }
+  });
+  await sleep(1200);
+  await shot(page, "instances.png");
   await step(page, "open the entities page from the navigation", async () => {
     await page.locator('[data-testid="nav-entities"]').click();
     await page.locator('[data-testid="page-title"]', { hasText: "Entities" }).waitFor();
@@ -466,6 +484,7 @@ test("auth: the token form appears on 401 and the list loads once the token is g
     await step(authPage, "the token form is shown", async () => {
       await authPage.goto(`${authServer.url}/`);
       await authPage.locator('[data-testid="token-form"]').waitFor({ state: "visible" });
+      await shot(authPage, "token.png");
     });
     await step(authPage, "a wrong token is refused", async () => {
       await authPage.locator('[data-testid="token-input"]').fill("not-the-token");

@@ -370,6 +370,28 @@
     return data;
   }
 
+  // Statistics are sampled once a second on every page, so the chart has no gaps when one comes back to it.
+  const statsListeners = new Set();
+
+  function startStatsPolling() {
+    let failed = false;
+    const tick = async () => {
+      let stats = null;
+      if (!document.hidden) {
+        try {
+          stats = await fetchStats();
+          failed = false;
+        } catch (err) {
+          if (!failed && statsListeners.size) toast(`Statistics unavailable: ${err.message}`, "error");
+          failed = true;
+        }
+        for (const fn of statsListeners) fn(stats);
+      }
+      setTimeout(tick, 1000);
+    };
+    tick();
+  }
+
   function updateServerInfo(stats) {
     const info = $("server-info");
     if (!stats) return;
@@ -450,7 +472,7 @@
       g.moveTo(left, yy);
       g.lineTo(left + plotW, yy);
       g.stroke();
-      g.fillText(step < 1 ? v.toFixed(1) : fmtNumber(Math.round(v)), left - 6, yy);
+      g.fillText(step < 1 ? String(Number(v.toFixed(2))) : fmtNumber(Math.round(v)), left - 6, yy);
     }
     g.textAlign = "center";
     g.textBaseline = "top";
@@ -484,6 +506,12 @@
       g.lineWidth = 2;
       g.lineJoin = "round";
       g.stroke();
+      // The newest sample as a dot, so that the first one is visible before there is a line.
+      const [lx, ly] = pts[pts.length - 1];
+      g.beginPath();
+      g.arc(Math.min(lx, left + plotW - 3), ly, 3, 0, Math.PI * 2);
+      g.fillStyle = series.color;
+      g.fill();
     }
     g.restore();
 
@@ -550,19 +578,15 @@
 
     renderTiles(lastStats);
     renderDetails(lastStats);
-    let failed = false;
-    loop(async () => {
-      try {
-        const stats = await fetchStats();
-        failed = false;
+    const listener = (stats) => {
+      if (stats) {
         renderTiles(stats);
         renderDetails(stats);
-      } catch (err) {
-        if (!failed) toast(`Statistics unavailable: ${err.message}`, "error");
-        failed = true;
       }
       drawThroughput(canvas);
-    }, 1000);
+    };
+    statsListeners.add(listener);
+    onLeave(() => statsListeners.delete(listener));
     const onResize = () => drawThroughput(canvas);
     window.addEventListener("resize", onResize);
     onLeave(() => window.removeEventListener("resize", onResize));
@@ -836,6 +860,9 @@
       }, action.label);
       actionBar.append(buttons[key]);
     }
+    panel.addEventListener("keydown", (e) => {
+      if (e.key === "Escape") closePanel();
+    });
     const dataGrid = h("div", { class: "data-grid", "data-testid": "instance-data" });
     const timelineBox = h("div", { class: "timeline-box" });
     const historyBox = h("div", { class: "table-wrap" });
@@ -1166,23 +1193,18 @@
     for (const ev of events) {
       const type = ev.EventType;
       if (type === "TaskCompleted" || type === "TaskFailed") {
-        completions.push({ name: ev.FunctionName || ev.Name, scheduled: parseTime(ev.ScheduledTime), id: ev.TaskScheduledId });
+        completions.push({ id: ev.TaskScheduledId });
       } else if (type === "SubOrchestrationInstanceCompleted" || type === "SubOrchestrationInstanceFailed") {
         if (ev.InstanceId) subDone.add(ev.InstanceId);
-        completions.push({ name: ev.FunctionName || ev.Name, scheduled: parseTime(ev.ScheduledTime), id: ev.TaskScheduledId, sub: true });
+        completions.push({ id: ev.TaskScheduledId, sub: true });
       } else if (type === "TimerFired") {
         timersFired.push({ fireAt: parseTime(ev.FireAt), id: ev.TimerId });
       }
     }
-    const used = new Set();
-    const matchCompletion = (ev, sub) => {
-      const ts = parseTime(ev.Timestamp);
-      const name = ev.Name || ev.FunctionName;
-      const idx = completions.findIndex((c, i) => !used.has(i) && !!c.sub === sub &&
-        ((c.id !== undefined && ev.EventId !== undefined && c.id === ev.EventId) || (c.name === name && sameTime(c.scheduled, ts))));
-      if (idx >= 0) used.add(idx);
-      return idx >= 0;
-    };
+    // The server leaves a scheduling event in the history only while its outcome is missing; should
+    // both ever appear, an explicit task id (not name and time: parallel calls share both) pairs them.
+    const matchCompletion = (ev, sub) =>
+      ev.EventId !== undefined && completions.some((c) => !!c.sub === sub && c.id !== undefined && c.id === ev.EventId);
     const createdTimers = [];
 
     const pendingEnd = () => (finished ? (instanceEnd !== null ? instanceEnd : now) : now);
@@ -1349,7 +1371,11 @@
 
   function fmtOffset(ms, step) {
     if (ms === 0) return "0";
-    if (step < 1000) return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(step < 100 ? 2 : 1)} s`;
+    if (step < 1000) {
+      if (ms < 1000) return `${ms} ms`;
+      const decimals = step % 100 === 0 ? 1 : step % 10 === 0 ? 2 : 3;
+      return `${Number((ms / 1000).toFixed(decimals))} s`;
+    }
     if (step < 60000) return `${(ms / 1000).toFixed(0)} s`;
     if (step < 3600000) {
       const m = Math.floor(ms / 60000);
@@ -1368,7 +1394,7 @@
   const LABEL_WIDTH = 210;
 
   function renderTimeline(tl, boxWidth) {
-    const root = h("div", { class: "timeline", "data-testid": "timeline", "data-bars": tl.bars.length, "data-markers": tl.markers.length });
+    const root = h("div", { class: `timeline${tl.status === "Suspended" ? " paused" : ""}`, "data-testid": "timeline", "data-bars": tl.bars.length, "data-markers": tl.markers.length });
     if (!tl.bars.length && !tl.markers.length) {
       root.append(h("p", { class: "muted empty-note" }, "No history yet."));
       return root;
@@ -1595,6 +1621,7 @@
     setupTokenForm();
     window.addEventListener("hashchange", route);
     route();
+    startStatsPolling();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
