@@ -179,6 +179,11 @@ def test_query_filters_and_continuation(server, sdk_worker):
     r = call(server, "DELETE", f"{BASE}/instances?createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatus=Completed&instanceIdPrefix={prefix}")
     assert r.status == 200 and r.json() == {"instancesDeleted": 6}, r.body
     error_of(call(server, "DELETE", f"{BASE}/instances?createdTimeFrom=2000-01-01T00:00:00Z&instanceIdPrefix={prefix}"), 404, "NotFound")
+    # Asking only for live statuses purges nothing (and never means "any status").
+    start(server, "echo_orchestration", input="keep", instance_id=f"{prefix}-keep")
+    wait_done(server, f"{BASE}/instances/{prefix}-keep")
+    error_of(call(server, "DELETE", f"{BASE}/instances?createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatus=Running&instanceIdPrefix={prefix}"), 404, "NotFound")
+    assert call(server, "GET", f"{BASE}/instances/{prefix}-keep").status == 200
 
 
 def test_suspend_resume_terminate(server, sdk_worker):
@@ -309,6 +314,8 @@ def test_bearer_token_guards_every_management_route():
             assert "Bearer" in msg and r.headers["WWW-Authenticate"] == "Bearer"
             error_of(call(s, method, path, headers={"Authorization": "Bearer wrong"}), 401, "Unauthorized")
         ok = {"Authorization": "Bearer t0k3n-for-tests"}
+        # The scheme name is case-insensitive.
+        assert call(s, "GET", f"{BASE}/instances", headers={"Authorization": "bearer t0k3n-for-tests"}).status == 200
         assert call(s, "GET", f"{BASE}/instances", headers=ok).status == 200
         assert call(s, "GET", "/metrics", headers=ok).status == 200
         r = call(s, "POST", f"{BASE}/orchestrators/chaining", headers=ok)

@@ -332,6 +332,10 @@ pub enum ClientResponse {
     Purged {
         count: u64,
     },
+    /// The request applies to this status but not to this instance, for the reason given.
+    Refused {
+        reason: String,
+    },
 }
 
 /// What an orchestration episode decided: produced by running orchestrator code (native Rust

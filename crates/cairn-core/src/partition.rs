@@ -661,7 +661,8 @@ impl PartitionState {
                         let status = inst.state.status;
                         let r = if status == RuntimeStatus::Failed && inst.state.entity.is_none() {
                             match self.rewind(&mut inst, reason.clone(), cx, src) {
-                                Ok(()) => ClientResponse::Ok,
+                                Ok(None) => ClientResponse::Ok,
+                                Ok(Some(reason)) => ClientResponse::Refused { reason },
                                 Err(e) => {
                                     self.put_clean(inst);
                                     return Err(e);
@@ -861,17 +862,23 @@ impl PartitionState {
                         failure,
                     },
                 };
+                // Only an outcome the parent still waits for counts: after a rewind a child
+                // that was still running may report twice (once when it ends, once answering
+                // the rewind), and the second must not become a second result.
+                let mut expected = false;
                 if let Some(mut inst) = self.take(&parent_instance_id, src)? {
-                    inst.state.children.remove(&task_id);
+                    expected = inst.state.children.remove(&task_id).is_some();
                     self.put(inst);
                 }
-                self.deliver(
-                    &parent_instance_id,
-                    Some(&parent_execution_id),
-                    kind,
-                    cx,
-                    src,
-                )?;
+                if expected {
+                    self.deliver(
+                        &parent_instance_id,
+                        Some(&parent_execution_id),
+                        kind,
+                        cx,
+                        src,
+                    )?;
+                }
             }
             Message::RaiseEvent {
                 instance_id,
@@ -965,8 +972,14 @@ impl PartitionState {
                             )
                             .non_retriable())),
                             RuntimeStatus::Failed => {
-                                self.rewind(&mut inst, reason, cx, src)?;
-                                None
+                                // If it cannot be rewound, the parent fails again rather than waits.
+                                self.rewind(&mut inst, reason, cx, src)?.map(|why| {
+                                    Err(FailureDetails::new(
+                                        "RewindFailed",
+                                        format!("sub-orchestration '{instance_id}' {why}"),
+                                    )
+                                    .non_retriable())
+                                })
                             }
                             // It finished after its parent failed: the parent dropped the
                             // outcome then, so it is told again.
@@ -1119,13 +1132,18 @@ impl PartitionState {
     /// episodes stay, so replay takes the same path up to the failure. Every scheduled step
     /// left without an outcome is set going again: activities are queued, timers re-armed, and
     /// sub-orchestrations asked to rewind (or to report again if they finished meanwhile).
+    ///
+    /// Returns why, changing nothing, when a rewind could not replay faithfully: the failing
+    /// episode also scheduled work (that code path will not run again, so replay would not
+    /// match it), the orchestration used critical sections (its locks were released when it
+    /// failed), or an entity call is unanswered (the answer was dropped).
     fn rewind(
         &mut self,
         inst: &mut Instance,
         reason: Option<String>,
         cx: &mut Apply,
         src: &dyn InstanceSource,
-    ) -> Result<(), SourceError> {
+    ) -> Result<Option<String>, SourceError> {
         let id = inst.state.instance_id.clone();
         let execution = inst.state.execution_id.clone();
         let persisted = inst.persisted_len() as usize;
@@ -1140,7 +1158,11 @@ impl PartitionState {
             }
             history.extend(rows.into_iter().take(persisted));
         }
-        history.append(&mut inst.tail);
+        history.extend(inst.tail.iter().cloned());
+        if let Some(why) = cannot_rewind(&history) {
+            return Ok(Some(why));
+        }
+        inst.tail.clear();
         let last_episode = history
             .iter()
             .rposition(|e| matches!(e.kind, EventKind::OrchestratorStarted))
@@ -1235,7 +1257,7 @@ impl PartitionState {
         ));
         self.make_runnable(inst, cx);
         cx.effects.push(Effect::InstanceChanged(id));
-        Ok(())
+        Ok(None)
     }
 
     /// Moves an instance to a terminal status and tells its parent.
@@ -2059,6 +2081,54 @@ impl PartitionState {
         }
         data
     }
+}
+
+/// Why a failed execution cannot be rewound faithfully, if it cannot (see `rewind`).
+fn cannot_rewind(history: &[HistoryEvent]) -> Option<String> {
+    let last_episode = history
+        .iter()
+        .rposition(|e| matches!(e.kind, EventKind::OrchestratorStarted))
+        .unwrap_or(0);
+    let is_scheduling = |k: &EventKind| {
+        matches!(
+            k,
+            EventKind::TaskScheduled { .. }
+                | EventKind::SubOrchestrationCreated { .. }
+                | EventKind::TimerCreated { .. }
+                | EventKind::EventSent { .. }
+                | EventKind::EntityOperationCalled { .. }
+                | EventKind::EntityOperationSignaled { .. }
+                | EventKind::EntityLockRequested { .. }
+                | EventKind::EntityUnlockSent { .. }
+        )
+    };
+    if history
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::EntityLockRequested { .. }))
+    {
+        return Some(
+            "cannot be rewound: it used critical sections, whose locks were released when it failed"
+                .into(),
+        );
+    }
+    let answered: HashSet<i32> = history.iter().filter_map(|e| e.kind.completes()).collect();
+    if history.iter().any(|e| {
+        matches!(e.kind, EventKind::EntityOperationCalled { .. }) && !answered.contains(&e.event_id)
+    }) {
+        return Some(
+            "cannot be rewound: an entity call was still unanswered when it failed".into(),
+        );
+    }
+    if history[last_episode..]
+        .iter()
+        .any(|e| is_scheduling(&e.kind))
+    {
+        return Some(
+            "cannot be rewound: the step that failed it also scheduled new work, which a replay would not repeat"
+                .into(),
+        );
+    }
+    None
 }
 
 /// Decodes a history row written by [`PartitionState::checkpoint`].

@@ -287,6 +287,12 @@ async fn purge_one(
         )));
     }
     let deleted = state.client.purge(&id).await?;
+    if deleted == 0 {
+        // It was restarted (or purged) between the two reads.
+        return Err(ApiError::Conflict(format!(
+            "instance '{id}' changed while being purged; read its status and try again"
+        )));
+    }
     Ok(Json(json!({ "instancesDeleted": deleted })).into_response())
 }
 

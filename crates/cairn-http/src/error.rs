@@ -53,9 +53,9 @@ impl ApiError {
             EngineError::WrongStatus { status, .. } if status.is_terminal() => {
                 ApiError::Gone(message)
             }
-            EngineError::WrongStatus { .. } | EngineError::AlreadyExists { .. } => {
-                ApiError::Conflict(message)
-            }
+            EngineError::WrongStatus { .. }
+            | EngineError::AlreadyExists { .. }
+            | EngineError::Refused { .. } => ApiError::Conflict(message),
             EngineError::InvalidInstanceId(_)
             | EngineError::InvalidArgument(_)
             | EngineError::Serialization(_) => ApiError::BadRequest(message),

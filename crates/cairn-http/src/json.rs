@@ -20,7 +20,9 @@ pub fn payload(p: Option<&str>) -> Value {
 /// `2026-11-23T13:25:43.123Z`. Durable Functions gives instance times in whole seconds; RFC 3339
 /// readers take the fraction as well, and a dashboard's durations need it.
 pub fn time_millis(ms: Millis) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    // RFC 3339 ends at year 9999; a far-future timer is shown there rather than failing.
+    const LAST: Millis = 253_402_300_799_999;
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.min(LAST))).to_string()
 }
 
 /// What to include in a status object.

@@ -128,8 +128,10 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+                .and_then(|v| v.split_once(' '))
+                // The scheme name is case-insensitive (RFC 7235).
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim());
             if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
                 return ApiError::Unauthorized(
                     "this route needs 'Authorization: Bearer <token>' with the token given to \

@@ -478,6 +478,10 @@ impl Client {
                 instance_id: instance_id.to_string(),
                 status,
             }),
+            ClientResponse::Refused { reason } => Err(EngineError::Refused {
+                instance_id: instance_id.to_string(),
+                reason,
+            }),
             other => Err(EngineError::InvalidArgument(format!(
                 "unexpected answer: {other:?}"
             ))),
@@ -790,6 +794,11 @@ impl Client {
             ];
         }
         filter.statuses.retain(|s| s.is_terminal());
+        if filter.statuses.is_empty() {
+            // Only live statuses were asked for: nothing may be purged (an empty list would
+            // mean "any status").
+            return Ok(0);
+        }
         let mut total = 0;
         for p in 0..self.shared.partition_count {
             let mut after: Option<String> = None;

@@ -90,6 +90,9 @@ pub enum EngineError {
         instance_id: String,
         status: RuntimeStatus,
     },
+    /// The request applies to the instance's status but not to this instance.
+    #[error("instance '{instance_id}' {reason}")]
+    Refused { instance_id: String, reason: String },
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes (set max_payload_bytes to raise it)")]
     PayloadTooLarge { size: usize, limit: usize },
     #[error("timed out after {0:?}")]

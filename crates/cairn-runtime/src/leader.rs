@@ -281,6 +281,8 @@ impl Leader {
 
     /// Restarts the work the recovered state says is outstanding.
     fn resume(&mut self) {
+        // Counts are known from the checkpoint; an idle partition must not read as empty.
+        self.publish_state_stats();
         let g = self.state.globals();
         let runnable: Vec<String> = g.runnable.iter().cloned().collect();
         let activities: Vec<u64> = g.activities.keys().copied().collect();

@@ -70,6 +70,11 @@ fn registry_with_entities() -> Registry {
             Ok(err.failure.error_type)
             // The guard drops here and releases the lock.
         })
+        .orchestration("fails_holding_a_lock", |ctx: OrchestrationContext, key: String| async move {
+            let _section = ctx.lock_entities(&[("counter", key.as_str())]).await?;
+            ctx.call_activity::<_, ()>("fail", "inside the critical section").await?;
+            Ok(())
+        })
         .orchestration("uses_counter", |ctx: OrchestrationContext, key: String| async move {
             ctx.signal_entity("counter", &key, "add", 5);
             let after: i64 = ctx.call_entity("counter", &key, "add", 10).await?;
@@ -373,5 +378,34 @@ async fn entities_are_queried_by_name_and_key_prefix_with_paging() {
         .is_err());
     // Nothing holds a lock, so nothing is orphaned.
     assert_eq!(c.clean_entities().await.unwrap().orphaned_locks_released, 0);
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_is_refused_when_the_failure_left_a_critical_section_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path()).await;
+    let c = engine.client();
+    let id = c.start("fails_holding_a_lock", &"rw-lock").await.unwrap();
+    let s = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(s.status, RuntimeStatus::Failed);
+    // Its lock was released when it failed: replaying into the section would run unlocked.
+    let err = c.rewind(&id, None).await.unwrap_err();
+    assert!(matches!(err, EngineError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("critical sections"), "{err}");
+    let s = c.get_status(&id, false).await.unwrap().unwrap();
+    assert_eq!(s.status, RuntimeStatus::Failed);
+    // The entity is free for others.
+    let other = c
+        .start(
+            "transfer",
+            &("rw-lock".to_string(), "rw-lock-2".to_string()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        c.wait_for_completion(&other, WAIT).await.unwrap().status,
+        RuntimeStatus::Completed
+    );
     engine.shutdown().await.unwrap();
 }

@@ -33,7 +33,9 @@ pub fn status(e: EngineError) -> Status {
         | EngineError::Serialization(_) => Status::invalid_argument(msg),
         EngineError::NotFound(_) => Status::not_found(msg),
         EngineError::AlreadyExists { .. } => Status::already_exists(msg),
-        EngineError::WrongStatus { .. } => Status::failed_precondition(msg),
+        EngineError::WrongStatus { .. } | EngineError::Refused { .. } => {
+            Status::failed_precondition(msg)
+        }
         EngineError::PayloadTooLarge { .. } => Status::resource_exhausted(msg),
         EngineError::Timeout(_) => Status::deadline_exceeded(msg),
         EngineError::Storage { .. } | EngineError::ShuttingDown => Status::unavailable(msg),
