@@ -141,7 +141,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let prometheus = if args.no_http {
         None
     } else {
-        match cairn_http::install_metrics_recorder() {
+        match cairn_http::metrics::install_recorder() {
             Ok(h) => Some(h),
             Err(e) => {
                 tracing::warn!("metrics are disabled: {e}");
@@ -176,7 +176,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             )
         })?;
     let grpc_addr = listener.local_addr().unwrap_or(args.grpc);
-    if !cairn_http::is_loopback(&grpc_addr) {
+    if !grpc_addr.ip().is_loopback() {
         tracing::warn!(
             "the gRPC front listens on {grpc_addr}, reachable from other machines: the Durable Task \
              protocol has no authentication, so restrict access to it with a firewall or a private network"
@@ -227,7 +227,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     match &http_addr {
         Some(addr) => {
-            if !cairn_http::is_loopback(addr) && args.auth_token.is_none() {
+            if !addr.ip().is_loopback() && args.auth_token.is_none() {
                 tracing::warn!(
                     "the HTTP API listens on {addr}, reachable from other machines, with NO auth token: \
                      anyone who can reach it can start, terminate and purge instances. Set --auth-token \

@@ -54,17 +54,10 @@ impl RuntimeStatus {
         }
     }
 
+    /// The status named `s` (case-insensitive).
     pub fn parse(s: &str) -> Option<RuntimeStatus> {
-        let all = [
-            RuntimeStatus::Pending,
-            RuntimeStatus::Running,
-            RuntimeStatus::Completed,
-            RuntimeStatus::ContinuedAsNew,
-            RuntimeStatus::Failed,
-            RuntimeStatus::Terminated,
-            RuntimeStatus::Suspended,
-        ];
-        all.into_iter()
+        RuntimeStatus::ALL
+            .into_iter()
             .find(|st| st.as_str().eq_ignore_ascii_case(s))
     }
 }

@@ -1159,14 +1159,14 @@ impl PartitionState {
             history.extend(rows.into_iter().take(persisted));
         }
         history.extend(inst.tail.iter().cloned());
-        if let Some(why) = cannot_rewind(&history) {
-            return Ok(Some(why));
-        }
-        inst.tail.clear();
         let last_episode = history
             .iter()
             .rposition(|e| matches!(e.kind, EventKind::OrchestratorStarted))
             .unwrap_or(0);
+        if let Some(why) = cannot_rewind(&history, last_episode) {
+            return Ok(Some(why));
+        }
+        inst.tail.clear();
         let kept: Vec<HistoryEvent> = history
             .into_iter()
             .enumerate()
@@ -2083,12 +2083,9 @@ impl PartitionState {
     }
 }
 
-/// Why a failed execution cannot be rewound faithfully, if it cannot (see `rewind`).
-fn cannot_rewind(history: &[HistoryEvent]) -> Option<String> {
-    let last_episode = history
-        .iter()
-        .rposition(|e| matches!(e.kind, EventKind::OrchestratorStarted))
-        .unwrap_or(0);
+/// Why a failed execution cannot be rewound faithfully, if it cannot (see `rewind`);
+/// `last_episode` is where its failing episode starts.
+fn cannot_rewind(history: &[HistoryEvent], last_episode: usize) -> Option<String> {
     let is_scheduling = |k: &EventKind| {
         matches!(
             k,

@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cairn_core::RuntimeStatus;
-use cairn_runtime::{EntityQuery, ExistingPolicy, InstanceQuery, QueryFilter, StartOptions};
+use cairn_runtime::{
+    EngineError, EntityQuery, ExistingPolicy, InstanceQuery, QueryFilter, StartOptions,
+};
 use serde_json::{json, Value};
 
 pub const BASE: &str = "/runtime/webhooks/durabletask";
@@ -345,18 +347,12 @@ async fn operate(
         }
         "suspend" => c.suspend(&id, reason).await?,
         "resume" => c.resume(&id, reason).await?,
-        "rewind" => {
-            if let Some(s) = c.get_status(&id, false).await? {
-                if s.status != RuntimeStatus::Failed {
-                    return Err(ApiError::wrong_status(
-                        &id,
-                        s.status,
-                        "only Failed instances can be rewound",
-                    ));
-                }
+        "rewind" => c.rewind(&id, reason).await.map_err(|e| match e {
+            EngineError::WrongStatus { status, .. } => {
+                ApiError::wrong_status(&id, status, "only Failed instances can be rewound")
             }
-            c.rewind(&id, reason).await?
-        }
+            e => e.into(),
+        })?,
         "restart" => return restart(&state, &id, &p, &headers).await,
         other => {
             return Err(ApiError::NoSuchRoute(format!(

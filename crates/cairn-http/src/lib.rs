@@ -28,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 pub use error::ApiError;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -148,17 +147,6 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
 /// Compares without an early exit, so response timing does not reveal how much matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Installs the process-wide Prometheus recorder. Call once, before the engine opens, so the
-/// storage layer's histograms bind to it.
-pub fn install_metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
-    metrics::install_recorder()
-}
-
-/// Whether `addr` is reachable only from this machine.
-pub fn is_loopback(addr: &SocketAddr) -> bool {
-    addr.ip().is_loopback()
 }
 
 /// Serves the HTTP front until `shutdown` resolves.

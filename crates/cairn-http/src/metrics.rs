@@ -15,7 +15,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
 
-/// Installs the process-wide recorder with histogram buckets suited to Cairn's figures.
+/// Installs the process-wide recorder with histogram buckets suited to Cairn's figures. Call it
+/// once, before the engine opens, so the storage layer's histograms bind to it.
 pub fn install_recorder() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -95,15 +96,23 @@ fn describe() {
     describe_histogram!("cairn_log_batch_records", "Records per commit batch");
 }
 
+/// Orchestration instances by status, summed over the partitions.
+fn instances_by_status(state: &AppState) -> Vec<(cairn_core::RuntimeStatus, u64)> {
+    let mut total: Vec<(cairn_core::RuntimeStatus, u64)> =
+        cairn_core::RuntimeStatus::ALL.map(|s| (s, 0)).to_vec();
+    for s in &state.stats {
+        for ((_, sum), (_, n)) in total.iter_mut().zip(s.instances_by_status()) {
+            *sum += n;
+        }
+    }
+    total
+}
+
 /// Copies the partitions' figures into the recorder.
 fn publish(state: &AppState) {
-    let mut by_status = [0u64; cairn_core::RuntimeStatus::ALL.len()];
     let (mut hits, mut misses) = (0u64, 0u64);
     for (p, s) in state.stats.iter().enumerate() {
         let partition = p.to_string();
-        for (i, (_, n)) in s.instances_by_status().into_iter().enumerate() {
-            by_status[i] += n;
-        }
         for (kind, q) in [
             ("orchestrator", &s.orchestrator_queue),
             ("activity", &s.activity_queue),
@@ -138,7 +147,7 @@ fn publish(state: &AppState) {
         hits += load(&s.cache_hits);
         misses += load(&s.cache_misses);
     }
-    for (status, n) in cairn_core::RuntimeStatus::ALL.iter().zip(by_status) {
+    for (status, n) in instances_by_status(state) {
         gauge!("cairn_instances", "status" => status.as_str()).set(n as f64);
     }
     if hits + misses > 0 {
@@ -171,11 +180,10 @@ pub async fn stats_json(State(state): State<AppState>) -> Json<Value> {
     let sum = |f: &dyn Fn(&cairn_runtime::LeaderStats) -> u64| -> u64 {
         state.stats.iter().map(|s| f(s)).sum()
     };
-    let mut by_status = Map::new();
-    for (i, status) in cairn_core::RuntimeStatus::ALL.iter().enumerate() {
-        let n: u64 = state.stats.iter().map(|s| load(&s.status_counts[i])).sum();
-        by_status.insert(status.as_str().into(), json!(n));
-    }
+    let by_status: Map<String, Value> = instances_by_status(&state)
+        .into_iter()
+        .map(|(status, n)| (status.as_str().to_string(), json!(n)))
+        .collect();
     let queues: Vec<Value> = state
         .stats
         .iter()

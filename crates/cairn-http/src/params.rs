@@ -75,15 +75,12 @@ impl Params {
         let mut out = Vec::new();
         for (_, v) in self.0.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)) {
             for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let status = RuntimeStatus::ALL
-                    .into_iter()
-                    .find(|s| s.as_str().eq_ignore_ascii_case(part))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "unknown runtime status '{part}' in '{name}'; use one of {}",
-                            RuntimeStatus::ALL.map(|s| s.as_str()).join(", ")
-                        ))
-                    })?;
+                let status = RuntimeStatus::parse(part).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "unknown runtime status '{part}' in '{name}'; use one of {}",
+                        RuntimeStatus::ALL.map(|s| s.as_str()).join(", ")
+                    ))
+                })?;
                 if !out.contains(&status) {
                     out.push(status);
                 }

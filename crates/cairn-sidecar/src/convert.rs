@@ -641,15 +641,7 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_and_canceled_has_no_equivalent() {
-        for s in [
-            RuntimeStatus::Pending,
-            RuntimeStatus::Running,
-            RuntimeStatus::Completed,
-            RuntimeStatus::ContinuedAsNew,
-            RuntimeStatus::Failed,
-            RuntimeStatus::Terminated,
-            RuntimeStatus::Suspended,
-        ] {
+        for s in RuntimeStatus::ALL {
             assert_eq!(status_from_proto(status_to_proto(s) as i32), Some(s));
         }
         assert_eq!(
