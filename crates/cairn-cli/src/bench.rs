@@ -65,7 +65,7 @@ pub struct BenchArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Multiply every scenario's operation count (e.g. 0.1 for a quick run).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
     scale: f64,
 }
 
@@ -211,11 +211,39 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
     let _ = h.record((d.as_micros() as u64).max(1));
 }
 
+fn parse_scale(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number (e.g. 0.1 for a quick run)"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "the scale must be a positive number (e.g. 0.1 for a quick run, 2 for a longer one), got {s}"
+        ))
+    }
+}
+
+/// Time left at the average rate since the start. indicatif's own estimate follows the last
+/// few seconds' rate, which swings wildly while a scenario warms up; until 5% is done (or 2 s
+/// have passed) there is no honest estimate, so none is shown.
+fn eta_from_average(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let (pos, len) = (state.pos(), state.len().unwrap_or(0));
+    let elapsed = state.elapsed();
+    if pos == 0 || len == 0 || pos * 20 < len || elapsed < Duration::from_secs(2) {
+        let _ = w.write_str("eta …");
+        return;
+    }
+    let left = elapsed.mul_f64(len.saturating_sub(pos) as f64 / pos as f64);
+    let _ = write!(w, "eta {}s", left.as_secs());
+}
+
 fn bar(len: u64, name: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+        ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} ({per_sec}, {avg_eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key("avg_eta", eta_from_average)
             .progress_chars("=> "),
     );
     pb.set_prefix(name.to_string());

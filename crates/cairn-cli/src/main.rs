@@ -77,10 +77,10 @@ struct ServeArgs {
     engine: EngineArgs,
     /// Address of the Durable Task gRPC front (the SDKs' default is localhost:4001).
     #[arg(long, default_value = "127.0.0.1:4001", env = "CAIRN_GRPC")]
-    grpc: std::net::SocketAddr,
+    grpc: String,
     /// Address of the HTTP front: management API, /metrics and the dashboard.
     #[arg(long, default_value = "127.0.0.1:8080", env = "CAIRN_HTTP")]
-    http: std::net::SocketAddr,
+    http: String,
     /// Do not serve HTTP (no management API, metrics or dashboard).
     #[arg(long)]
     no_http: bool,
@@ -91,6 +91,11 @@ struct ServeArgs {
     /// Host header), e.g. https://cairn.example.com behind a proxy.
     #[arg(long, env = "CAIRN_PUBLIC_URL")]
     public_url: Option<String>,
+    /// How long an SDK worker may hold a work item without completing or abandoning it before
+    /// the item is dispatched again (e.g. 5m, 30s, 1h). The protocol has no lease renewal: an
+    /// activity that runs longer than this is dispatched a second time.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "CAIRN_WORK_ITEM_LEASE")]
+    work_item_lease: std::time::Duration,
     /// Seconds between health pings on idle worker streams.
     #[arg(long, default_value_t = 30, hide = true)]
     health_ping_secs: u64,
@@ -103,6 +108,7 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -161,21 +167,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 a.3 + r.timers,
             )
         });
-    tracing::info!(
-        data = %dir.display(),
-        partitions = engine.partition_count(),
-        "recovered: {records} log records replayed after checkpoints; {runnable} instances with work, \
-         {activities} activities and {timers} timers pending"
-    );
-    let listener = tokio::net::TcpListener::bind(args.grpc)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen for gRPC on {} (is another Cairn running? use --grpc)",
-                args.grpc
-            )
-        })?;
-    let grpc_addr = listener.local_addr().unwrap_or(args.grpc);
+    if engine.created {
+        tracing::info!(
+            data = %dir.display(),
+            partitions = engine.partition_count(),
+            "created a new task hub"
+        );
+    } else {
+        tracing::info!(
+            data = %dir.display(),
+            partitions = engine.partition_count(),
+            "recovered: {records} log records replayed after checkpoints; {runnable} instances with work, \
+             {activities} activities and {timers} timers pending"
+        );
+    }
+    let listener = bind(&args.grpc, "gRPC", "--grpc ADDR").await?;
+    let grpc_addr = listener
+        .local_addr()
+        .context("the gRPC listener has no address")?;
     if !grpc_addr.ip().is_loopback() {
         tracing::warn!(
             "the gRPC front listens on {grpc_addr}, reachable from other machines: the Durable Task \
@@ -185,23 +194,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let http_listener = if args.no_http {
         None
     } else {
-        let l = tokio::net::TcpListener::bind(args.http).await.with_context(|| {
-            format!(
-                "cannot listen for HTTP on {} (is another Cairn running? use --http ADDR or --no-http)",
-                args.http
-            )
-        })?;
-        Some(l)
+        Some(bind(&args.http, "HTTP", "--http ADDR or --no-http").await?)
     };
-    let http_addr = http_listener
-        .as_ref()
-        .map(|l| l.local_addr().unwrap_or(args.http));
+    let http_addr = match &http_listener {
+        Some(l) => Some(l.local_addr().context("the HTTP listener has no address")?),
+        None => None,
+    };
     // Install the handlers before saying we run, so an early Ctrl-C is not lost.
     let signal = wait_for_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sidecar_config = cairn_sidecar::SidecarConfig {
         addr: grpc_addr,
         health_ping: std::time::Duration::from_secs(args.health_ping_secs.max(1)),
+        work_item_lease: args
+            .work_item_lease
+            .max(std::time::Duration::from_millis(100)),
         // Leave room for protocol framing around the largest payload.
         max_message_bytes: (max_payload * 2).max(64 * 1024 * 1024),
     };
@@ -252,6 +259,30 @@ async fn serve(args: ServeArgs) -> Result<()> {
     engine.shutdown().await.context("clean shutdown failed")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set (to anything non-empty): logs
+/// written to a file or a pipe must not carry escape codes.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
+
+/// Listens on `addr`, a `HOST:PORT` where HOST is an IP address or a name (`localhost`): the
+/// first address the name resolves to that can be bound is used.
+async fn bind(addr: &str, what: &str, flag: &str) -> Result<tokio::net::TcpListener> {
+    let has_port = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !has_port {
+        anyhow::bail!(
+            "cannot listen for {what} on '{addr}': give HOST:PORT, e.g. 127.0.0.1:4001, localhost:4001 or [::1]:4001"
+        );
+    }
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for {what} on {addr} (is another Cairn running? use {flag})")
+    })
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called.

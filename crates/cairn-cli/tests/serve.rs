@@ -7,7 +7,8 @@ use std::time::Duration;
 
 fn cairn() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    c.env("RUST_LOG", "info").env("NO_COLOR", "1");
+    // No NO_COLOR: logs into a pipe must come without colour codes by themselves.
+    c.env("RUST_LOG", "info").env_remove("NO_COLOR");
     c
 }
 
@@ -16,7 +17,11 @@ fn run_until_ready_then_interrupt(data: &std::path::Path, extra: &[&str]) -> Str
         .arg("serve")
         .arg("--data")
         .arg(data)
-        .args(["--grpc", "127.0.0.1:0"])
+        .args(if extra.contains(&"--grpc") {
+            &[][..]
+        } else {
+            &["--grpc", "127.0.0.1:0"][..]
+        })
         .args(if extra.contains(&"--http") {
             &[][..]
         } else {
@@ -65,7 +70,15 @@ fn serve_starts_recovers_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cairn-data");
     let log = run_until_ready_then_interrupt(&data, &["--partitions", "3"]);
-    assert!(log.contains("recovered"), "{log}");
+    assert!(log.contains("created a new task hub"), "{log}");
+    assert!(
+        !log.contains("recovered"),
+        "a new hub is created, not recovered:\n{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "logs written to a pipe must carry no colour codes:\n{log}"
+    );
     assert!(data.join("hub.json").exists());
     assert_eq!(
         std::fs::read_dir(data.join("partitions")).unwrap().count(),
@@ -74,6 +87,96 @@ fn serve_starts_recovers_and_stops_on_ctrl_c() {
     // A second start recovers the same hub.
     let log = run_until_ready_then_interrupt(&data, &[]);
     assert!(log.contains("partitions=3"), "{log}");
+    assert!(log.contains("recovered"), "{log}");
+}
+
+#[test]
+fn serve_accepts_host_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let log =
+        run_until_ready_then_interrupt(&data, &["--grpc", "localhost:0", "--http", "localhost:0"]);
+    assert!(log.contains("Cairn is running"), "{log}");
+    let out = cairn()
+        .arg("serve")
+        .arg("--data")
+        .arg(&data)
+        .args(["--grpc", "localhost"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("give HOST:PORT"), "{err}");
+}
+
+#[test]
+fn serve_explains_an_unusable_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    // A plain file where the directory should be.
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"not a hub").unwrap();
+    let out = cairn()
+        .arg("serve")
+        .arg("--data")
+        .arg(&file)
+        .args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a file, not a directory"), "{err}");
+    assert!(!err.contains("File exists"), "{err}");
+
+    // A directory another `cairn serve` holds.
+    let data = dir.path().join("held");
+    let mut first = cairn()
+        .arg("serve")
+        .arg("--data")
+        .arg(&data)
+        .args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = first.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    loop {
+        let line = lines.next().expect("first serve runs").unwrap();
+        if line.contains("Cairn is running") {
+            break;
+        }
+    }
+    let out = cairn()
+        .arg("serve")
+        .arg("--data")
+        .arg(&data)
+        .args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("another process (pid {})", first.id())),
+        "{err}"
+    );
+    assert!(err.contains("another `cairn serve`"), "{err}");
+    // The lock dies with its process, even a killed one: the hub opens again.
+    let log = run_until_ready_then_interrupt(&data, &[]);
+    assert!(log.contains("recovered"), "{log}");
+}
+
+#[test]
+fn bench_refuses_a_scale_that_runs_nothing() {
+    for scale in ["0", "-1", "nan"] {
+        let out = cairn()
+            .args(["bench", "sequence", &format!("--scale={scale}")])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--scale {scale} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("positive number"), "{err}");
+    }
 }
 
 #[test]

@@ -126,6 +126,19 @@ pub enum Message {
         request_id: String,
         result: TaskResult,
     },
+    /// [`Message::Rewind`] with what the parent's history recorded of the sub-orchestration:
+    /// if it no longer exists (it was purged), it is started afresh from that, with
+    /// `execution_id`, as the reference backend does. (A new variant, at the end, so logs
+    /// written before it still decode.)
+    RewindSubOrchestration {
+        instance_id: String,
+        reason: Option<String>,
+        parent: ParentInstance,
+        name: String,
+        version: Option<String>,
+        input: Option<String>,
+        execution_id: String,
+    },
 }
 
 /// One queued operation of an entity.
@@ -206,7 +219,8 @@ impl Message {
             Message::StartSubOrchestration { instance_id, .. }
             | Message::RaiseEvent { instance_id, .. }
             | Message::Terminate { instance_id, .. }
-            | Message::Rewind { instance_id, .. } => instance_id,
+            | Message::Rewind { instance_id, .. }
+            | Message::RewindSubOrchestration { instance_id, .. } => instance_id,
             Message::SubOrchestrationCompleted {
                 parent_instance_id, ..
             } => parent_instance_id,

@@ -949,64 +949,27 @@ impl PartitionState {
                 instance_id,
                 reason,
                 parent,
+            } => self.rewind_child(&instance_id, reason, parent, None, cx, src)?,
+            Message::RewindSubOrchestration {
+                instance_id,
+                reason,
+                parent,
+                name,
+                version,
+                input,
+                execution_id,
             } => {
-                let outcome = match self.take(&instance_id, src)? {
-                    None => Some(Err(FailureDetails::new(
-                        "RewindFailed",
-                        format!(
-                            "sub-orchestration '{instance_id}' no longer exists, so it cannot be rewound"
-                        ),
-                    )
-                    .non_retriable())),
-                    Some(mut inst) => {
-                        let s = &inst.state;
-                        let ours = s.parent.as_ref().is_some_and(|p| {
-                            p.instance_id == parent.instance_id && p.task_id == parent.task_id
-                        });
-                        let outcome = match s.status {
-                            _ if !ours => Some(Err(FailureDetails::new(
-                                "RewindFailed",
-                                format!(
-                                    "instance '{instance_id}' was restarted by another parent and cannot be rewound"
-                                ),
-                            )
-                            .non_retriable())),
-                            RuntimeStatus::Failed => {
-                                // If it cannot be rewound, the parent fails again rather than waits.
-                                self.rewind(&mut inst, reason, cx, src)?.map(|why| {
-                                    Err(FailureDetails::new(
-                                        "RewindFailed",
-                                        format!("sub-orchestration '{instance_id}' {why}"),
-                                    )
-                                    .non_retriable())
-                                })
-                            }
-                            // It finished after its parent failed: the parent dropped the
-                            // outcome then, so it is told again.
-                            RuntimeStatus::Completed => Some(Ok(s.output.clone())),
-                            RuntimeStatus::Terminated => Some(Err(FailureDetails::new(
-                                "Terminated",
-                                format!("sub-orchestration '{instance_id}' was terminated"),
-                            )
-                            .non_retriable())),
-                            // Still running: it reports when it ends.
-                            _ => None,
-                        };
-                        self.put(inst);
-                        outcome
-                    }
+                let recorded = StartRequest {
+                    instance_id: instance_id.clone(),
+                    name,
+                    version,
+                    input,
+                    scheduled_start: None,
+                    tags: BTreeMap::new(),
+                    execution_id,
+                    if_exists: ExistingPolicy::Fail,
                 };
-                if let Some(result) = outcome {
-                    self.send(
-                        Message::SubOrchestrationCompleted {
-                            parent_instance_id: parent.instance_id,
-                            parent_execution_id: parent.execution_id,
-                            task_id: parent.task_id,
-                            result,
-                        },
-                        cx,
-                    );
-                }
+                self.rewind_child(&instance_id, reason, parent, Some(recorded), cx, src)?
             }
         }
         Ok(())
@@ -1220,11 +1183,14 @@ impl PartitionState {
                     cx,
                 ),
                 EventKind::SubOrchestrationCreated {
-                    instance_id: child, ..
+                    instance_id: child,
+                    name,
+                    version,
+                    input,
                 } => {
                     inst.state.children.insert(task_id, child.clone());
                     self.send(
-                        Message::Rewind {
+                        Message::RewindSubOrchestration {
                             instance_id: child.clone(),
                             reason: reason.clone(),
                             parent: ParentInstance {
@@ -1233,6 +1199,10 @@ impl PartitionState {
                                 name: inst.state.name.clone(),
                                 task_id,
                             },
+                            name: name.clone(),
+                            version: version.clone(),
+                            input: input.clone(),
+                            execution_id: derived_execution_id(&execution, cx.position, task_id),
                         },
                         cx,
                     );
@@ -1258,6 +1228,86 @@ impl PartitionState {
         self.make_runnable(inst, cx);
         cx.effects.push(Effect::InstanceChanged(id));
         Ok(None)
+    }
+
+    /// Rewinds a sub-orchestration on behalf of its rewound parent. A child that failed is
+    /// rewound in turn; one that ended otherwise, or cannot be rewound, reports its outcome to
+    /// the parent again (the parent dropped it while failed); one that was purged is started
+    /// afresh from `recorded`, the parent's record of it, when the message carries one.
+    fn rewind_child(
+        &mut self,
+        instance_id: &str,
+        reason: Option<String>,
+        parent: ParentInstance,
+        recorded: Option<StartRequest>,
+        cx: &mut Apply,
+        src: &dyn InstanceSource,
+    ) -> Result<(), SourceError> {
+        let outcome = match self.take(instance_id, src)? {
+            // Purged: started afresh from what the parent's history recorded.
+            None => match recorded {
+                Some(start) => {
+                    self.start_instance(&start, Some(parent), cx, src)?;
+                    return Ok(());
+                }
+                None => Some(Err(FailureDetails::new(
+                    "RewindFailed",
+                    format!(
+                        "sub-orchestration '{instance_id}' no longer exists, so it cannot be rewound"
+                    ),
+                )
+                .non_retriable())),
+            },
+            Some(mut inst) => {
+                let s = &inst.state;
+                let ours = s.parent.as_ref().is_some_and(|p| {
+                    p.instance_id == parent.instance_id && p.task_id == parent.task_id
+                });
+                let outcome = match s.status {
+                    _ if !ours => Some(Err(FailureDetails::new(
+                        "RewindFailed",
+                        format!(
+                            "instance '{instance_id}' was restarted by another parent and cannot be rewound"
+                        ),
+                    )
+                    .non_retriable())),
+                    RuntimeStatus::Failed => {
+                        // If it cannot be rewound, the parent fails again rather than waits.
+                        self.rewind(&mut inst, reason, cx, src)?.map(|why| {
+                            Err(FailureDetails::new(
+                                "RewindFailed",
+                                format!("sub-orchestration '{instance_id}' {why}"),
+                            )
+                            .non_retriable())
+                        })
+                    }
+                    // It finished after its parent failed: the parent dropped the
+                    // outcome then, so it is told again.
+                    RuntimeStatus::Completed => Some(Ok(s.output.clone())),
+                    RuntimeStatus::Terminated => Some(Err(FailureDetails::new(
+                        "Terminated",
+                        format!("sub-orchestration '{instance_id}' was terminated"),
+                    )
+                    .non_retriable())),
+                    // Still running: it reports when it ends.
+                    _ => None,
+                };
+                self.put(inst);
+                outcome
+            }
+        };
+        if let Some(result) = outcome {
+            self.send(
+                Message::SubOrchestrationCompleted {
+                    parent_instance_id: parent.instance_id,
+                    parent_execution_id: parent.execution_id,
+                    task_id: parent.task_id,
+                    result,
+                },
+                cx,
+            );
+        }
+        Ok(())
     }
 
     /// Moves an instance to a terminal status and tells its parent.
@@ -2136,3 +2186,27 @@ pub fn decode_history_event(bytes: &[u8]) -> Result<HistoryEvent, postcard::Erro
 #[cfg(test)]
 #[path = "partition_tests.rs"]
 mod tests;
+
+/// An execution id for a sub-orchestration the state machine starts again by itself (a rewind
+/// of a parent whose failed child was purged). The core draws no randomness, so the id is
+/// derived from the parent's execution, the log position of the rewind and the task: the same
+/// on every replay, and distinct from any other (FNV-1a, two halves with different seeds).
+fn derived_execution_id(parent_execution: &str, position: u64, task_id: i32) -> String {
+    let hash = |seed: u64| {
+        let mut h = seed;
+        let bytes = parent_execution
+            .bytes()
+            .chain(position.to_le_bytes())
+            .chain(task_id.to_le_bytes());
+        for b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    };
+    format!(
+        "{:016x}{:016x}",
+        hash(0xcbf2_9ce4_8422_2325),
+        hash(0x6c62_272e_07bb_0142)
+    )
+}

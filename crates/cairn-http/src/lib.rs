@@ -50,6 +50,10 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub started: Instant,
+    /// The queue SDK workers take work from (None when no front serves remote workers).
+    pub remote: Option<cairn_runtime::remote::RemoteQueue>,
+    /// Label sets of the worker gauges published last, so ones that vanish drop to zero.
+    pub published_workers: Arc<parking_lot::Mutex<std::collections::HashSet<metrics::WorkerGauge>>>,
 }
 
 /// The whole HTTP application for `engine`.
@@ -69,11 +73,14 @@ pub fn router(
         config: Arc::new(config),
         prometheus,
         started: Instant::now(),
+        remote: engine.remote_queue(),
+        published_workers: Arc::default(),
     };
     Router::new()
         .merge(api::routes())
         .route("/metrics", get(metrics::prometheus))
         .route("/api/stats", get(metrics::stats_json))
+        .route("/api/workers", get(metrics::workers_json))
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .merge(dashboard::routes())
@@ -158,7 +165,38 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(engine, config, prometheus);
-    axum::serve(listener, app)
+    axum::serve(listener_without_delay(listener), app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// `listener` with `TCP_NODELAY` set on every accepted connection: answers are small, and
+/// Nagle's algorithm would hold one back until the client's delayed ACK (up to 40 ms).
+pub fn listener_without_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on an HTTP connection: {e}");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Small HTTP answers must not wait for the client's delayed ACK.
+    #[tokio::test]
+    async fn accepted_http_connections_have_nodelay() {
+        use axum::serve::Listener;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = super::listener_without_delay(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        assert!(
+            accepted.nodelay().unwrap(),
+            "TCP_NODELAY is off on an accepted HTTP connection"
+        );
+    }
 }

@@ -94,6 +94,91 @@ fn describe() {
         "Time to write and fsync one commit batch"
     );
     describe_histogram!("cairn_log_batch_records", "Records per commit batch");
+    describe_gauge!(
+        "cairn_workers_connected",
+        "SDK workers connected (GetWorkItems streams)"
+    );
+    describe_gauge!(
+        "cairn_worker_registrations",
+        "Connected workers that run a name, by kind (name \"*\": every name of that kind, a worker without filters)"
+    );
+    describe_gauge!(
+        "cairn_work_unserved",
+        "Work items waiting because no connected worker runs their name (and version)"
+    );
+}
+
+/// One labelled worker gauge: (metric, kind, name).
+pub type WorkerGauge = (&'static str, &'static str, String);
+
+/// The worker gauges now: who is connected, what they run, and what nobody runs.
+fn worker_gauges(queue: &cairn_runtime::remote::RemoteQueue) -> Vec<(WorkerGauge, f64)> {
+    use cairn_runtime::remote::WorkKind;
+    let workers = queue.workers();
+    let mut out: std::collections::BTreeMap<WorkerGauge, f64> = Default::default();
+    for w in &workers {
+        for kind in WorkKind::ALL {
+            let names = match kind {
+                WorkKind::Orchestration => &w.filter.orchestrations,
+                WorkKind::Activity => &w.filter.activities,
+                WorkKind::Entity => &w.filter.entities,
+            };
+            let listed: Vec<String> = match names {
+                None => vec!["*".to_string()],
+                Some(v) => v.iter().map(|n| n.name.clone()).collect(),
+            };
+            for name in listed {
+                *out.entry(("cairn_worker_registrations", kind.as_str(), name))
+                    .or_default() += 1.0;
+            }
+        }
+    }
+    for u in queue.unserved() {
+        *out.entry(("cairn_work_unserved", u.kind.as_str(), u.name))
+            .or_default() += u.waiting as f64;
+    }
+    let mut v: Vec<(WorkerGauge, f64)> = out.into_iter().collect();
+    v.push((
+        ("cairn_workers_connected", "", String::new()),
+        workers.len() as f64,
+    ));
+    v
+}
+
+fn publish_workers(state: &AppState) {
+    let Some(queue) = &state.remote else {
+        return;
+    };
+    let now = worker_gauges(queue);
+    let mut published = state.published_workers.lock();
+    let current: std::collections::HashSet<WorkerGauge> =
+        now.iter().map(|(k, _)| k.clone()).collect();
+    // Label sets that vanished read zero rather than their last value.
+    for gone in published.difference(&current) {
+        let (metric, kind, name) = gone.clone();
+        gauge!(metric, "kind" => kind, "name" => name).set(0.0);
+    }
+    for ((metric, kind, name), value) in now {
+        if metric == "cairn_workers_connected" {
+            gauge!(metric).set(value);
+        } else {
+            gauge!(metric, "kind" => kind, "name" => name).set(value);
+        }
+    }
+    *published = current;
+}
+
+/// `/api/workers`: the connected SDK workers with what they run, and the work no connected
+/// worker runs (for the dashboard's "waiting for a worker" notices).
+pub async fn workers_json(State(state): State<AppState>) -> Json<Value> {
+    match &state.remote {
+        None => Json(json!({ "remoteWorkers": false, "workers": [], "unserved": [] })),
+        Some(queue) => Json(json!({
+            "remoteWorkers": true,
+            "workers": queue.workers(),
+            "unserved": queue.unserved(),
+        })),
+    }
 }
 
 /// Orchestration instances by status, summed over the partitions.
@@ -110,6 +195,7 @@ fn instances_by_status(state: &AppState) -> Vec<(cairn_core::RuntimeStatus, u64)
 
 /// Copies the partitions' figures into the recorder.
 fn publish(state: &AppState) {
+    publish_workers(state);
     let (mut hits, mut misses) = (0u64, 0u64);
     for (p, s) in state.stats.iter().enumerate() {
         let partition = p.to_string();

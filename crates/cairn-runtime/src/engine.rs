@@ -97,8 +97,56 @@ fn data_dir_error(dir: &Path, reason: impl Into<String>) -> EngineError {
     }
 }
 
-/// Reads or creates `hub.json`, checking version and partition count.
-pub fn open_hub(dir: &Path, requested: Option<u32>) -> Result<HubMeta, EngineError> {
+/// Takes the data directory for this process: an exclusive lock on its `LOCK` file (released
+/// when the returned file is dropped or the process dies, even by `kill -9`), so a second
+/// `cairn serve` on the same directory is refused with a message that says so, instead of
+/// failing deep inside a partition's store.
+fn lock_hub(dir: &Path) -> Result<std::fs::File, EngineError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("LOCK");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| data_dir_error(dir, format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // Who holds it, for the message another process will print.
+            let _ = file.set_len(0).and_then(|_| {
+                file.rewind()?;
+                write!(file, "{}", std::process::id())
+            });
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another process".to_string()
+            } else {
+                format!("another process (pid {holder})")
+            };
+            Err(data_dir_error(
+                dir,
+                format!(
+                    "{who} is using this task hub: another `cairn serve` (or a program embedding Cairn) \
+                     has it open. Stop that process first, or give this one its own --data directory"
+                ),
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(data_dir_error(
+            dir,
+            format!("cannot lock {}: {e}", path.display()),
+        )),
+    }
+}
+
+/// Reads or creates `hub.json` in the existing directory `dir`, checking version and partition
+/// count. The flag says whether the hub was created now.
+pub fn open_hub(dir: &Path, requested: Option<u32>) -> Result<(HubMeta, bool), EngineError> {
     if let Some(p) = requested {
         if p == 0 || p > MAX_PARTITIONS {
             return Err(EngineError::InvalidArgument(format!(
@@ -106,8 +154,6 @@ pub fn open_hub(dir: &Path, requested: Option<u32>) -> Result<HubMeta, EngineErr
             )));
         }
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| data_dir_error(dir, format!("cannot create it: {e}")))?;
     let meta_path = dir.join("hub.json");
     match std::fs::read(&meta_path) {
         Ok(bytes) => {
@@ -147,13 +193,14 @@ pub fn open_hub(dir: &Path, requested: Option<u32>) -> Result<HubMeta, EngineErr
                     ));
                 }
             }
-            Ok(meta)
+            Ok((meta, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The lock file is ours; anything else means the directory holds something else.
             let non_empty = std::fs::read_dir(dir)
                 .map_err(|e| data_dir_error(dir, e.to_string()))?
-                .next()
-                .is_some();
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name() != "LOCK");
             if non_empty {
                 return Err(data_dir_error(
                     dir,
@@ -170,7 +217,7 @@ pub fn open_hub(dir: &Path, requested: Option<u32>) -> Result<HubMeta, EngineErr
             std::fs::write(&tmp, text)
                 .and_then(|_| std::fs::rename(&tmp, &meta_path))
                 .map_err(|e| data_dir_error(dir, format!("cannot write hub.json: {e}")))?;
-            Ok(meta)
+            Ok((meta, true))
         }
         Err(e) => Err(data_dir_error(dir, format!("cannot read hub.json: {e}"))),
     }
@@ -216,6 +263,10 @@ pub struct Engine {
     leaders: Vec<tokio::task::JoinHandle<()>>,
     pub recovery: Vec<RecoveryReport>,
     pub hub: HubMeta,
+    /// True when this open created the task hub (the directory had none).
+    pub created: bool,
+    /// Held for the engine's life: see [`lock_hub`].
+    _lock: std::fs::File,
 }
 
 impl Engine {
@@ -224,7 +275,17 @@ impl Engine {
     /// runtime.
     pub async fn open(config: EngineConfig, registry: Registry) -> Result<Engine, EngineError> {
         let dir = config.data_dir.clone();
-        let hub = open_hub(&dir, config.partitions)?;
+        if dir.exists() && !dir.is_dir() {
+            return Err(data_dir_error(
+                &dir,
+                "it is a file, not a directory: --data (CAIRN_DATA) names the directory that holds \
+                 the task hub, created if missing",
+            ));
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| data_dir_error(&dir, format!("cannot create it: {e}")))?;
+        let lock = lock_hub(&dir)?;
+        let (hub, created) = open_hub(&dir, config.partitions)?;
         let count = hub.partitions;
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -289,6 +350,8 @@ impl Engine {
             leaders: handles,
             recovery,
             hub,
+            created,
+            _lock: lock,
         })
     }
 

@@ -717,8 +717,14 @@ impl Leader {
             let entity_id = id.to_string();
             let ticket = self.stats.entity_queue.enter();
             tokio::spawn(async move {
-                let _permit = shared.orchestration_permits.clone().acquire_owned().await;
                 let local = shared.registry.get_entity(&name);
+                // Permits bound the work this process runs; remote work is bounded by the
+                // workers' own concurrency limits, and must not hold permits while it waits for
+                // a worker (work no connected worker runs would starve everything else).
+                let _permit = match local {
+                    Some(_) => Some(shared.orchestration_permits.clone().acquire_owned().await),
+                    None => None,
+                };
                 // Local work starts now; remote work waits on until a worker takes it.
                 let ticket = (local.is_none() && shared.remote.is_some()).then_some(ticket);
                 let out = match local {
@@ -776,6 +782,7 @@ impl Leader {
         let s = &inst.state;
         let execution_id = s.execution_id.clone();
         let name = s.name.clone();
+        let version = s.version.clone();
         let history_len = s.history_len;
         let persisted = inst.persisted_len();
         let new_events = s.pending.clone();
@@ -815,6 +822,7 @@ impl Leader {
             instance_id: id.to_string(),
             execution_id,
             name,
+            version,
             history_len,
             persisted,
             tail,
@@ -833,8 +841,12 @@ impl Leader {
         let tx = self.shared.partitions[self.partition as usize].clone();
         let ticket = self.stats.activity_queue.enter();
         tokio::spawn(async move {
-            let _permit = shared.activity_permits.clone().acquire_owned().await;
             let local = shared.registry.get_activity(&item.name);
+            // Only local work takes a permit (see the entity case above).
+            let _permit = match local {
+                Some(_) => Some(shared.activity_permits.clone().acquire_owned().await),
+                None => None,
+            };
             // Local work starts now; remote work waits on until a worker takes it.
             let ticket = (local.is_none() && shared.remote.is_some()).then_some(ticket);
             let result = match local {
@@ -1154,6 +1166,7 @@ struct EpisodeWork {
     instance_id: String,
     execution_id: String,
     name: String,
+    version: Option<String>,
     history_len: u32,
     persisted: u32,
     tail: Vec<HistoryEvent>,
@@ -1206,6 +1219,7 @@ impl EpisodeWork {
                     instance_id: self.instance_id.clone(),
                     execution_id: self.execution_id.clone(),
                     name: self.name.clone(),
+                    version: self.version.clone(),
                     past_events: past,
                     new_events,
                     reply,

@@ -1,15 +1,25 @@
-//! Work for remote workers: orchestrator episodes and activities whose code is not registered
-//! in this process, handed to whoever serves them (the Durable Task sidecar front: SDK workers
-//! connected over gRPC).
+//! Work for remote workers: orchestrator episodes, activities and entity batches whose code is
+//! not registered in this process, handed to whoever serves them (the Durable Task sidecar
+//! front: SDK workers connected over gRPC).
 //!
-//! The engine pushes a [`RemoteWork`] item and awaits its `reply`. A front takes items with
-//! [`RemoteQueue::recv`], and must either answer the reply or give the item back with
-//! [`RemoteQueue::requeue`] (worker gone, work abandoned); an item whose reply is dropped
-//! unanswered is retried by the engine. This module knows nothing about gRPC.
+//! The engine pushes a [`RemoteWork`] item and awaits its `reply`. A worker connects with
+//! [`RemoteQueue::connect`], saying what it runs (a [`WorkFilter`]), and takes only items that
+//! match; an item that no connected worker runs waits here (and is reported by
+//! [`RemoteQueue::unserved`]) until one connects. The taker must either answer the reply or give
+//! the item back with [`RemoteQueue::requeue`] (worker gone, work abandoned, lease expired); it
+//! goes back to its old place in line. An item whose reply is dropped unanswered is retried by
+//! the engine. This module knows nothing about gRPC.
+//!
+//! Items wait in *lanes*, one per (kind, name, version), so a worker finds its next item by
+//! looking at the heads of the lanes it runs, not by scanning a backlog of work it cannot run.
 
 use crate::stats::WorkTicket;
 use cairn_core::{Action, EntityAction, EntityOperation, HistoryEvent, TaskResult};
-use tokio::sync::oneshot;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::sync::{oneshot, Notify};
 
 /// What a remote orchestrator decided in one episode.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +35,7 @@ pub struct OrchestratorWork {
     pub instance_id: String,
     pub execution_id: String,
     pub name: String,
+    pub version: Option<String>,
     pub past_events: Vec<HistoryEvent>,
     pub new_events: Vec<HistoryEvent>,
     pub reply: oneshot::Sender<RemoteEpisode>,
@@ -76,6 +87,32 @@ impl RemoteWork {
         }
     }
 
+    pub fn kind(&self) -> WorkKind {
+        match self {
+            RemoteWork::Orchestrator(_) => WorkKind::Orchestration,
+            RemoteWork::Activity(_) => WorkKind::Activity,
+            RemoteWork::Entity(_) => WorkKind::Entity,
+        }
+    }
+
+    /// The version the work was scheduled with (entities have none).
+    pub fn version(&self) -> Option<&str> {
+        match self {
+            RemoteWork::Orchestrator(o) => o.version.as_deref(),
+            RemoteWork::Activity(a) => a.version.as_deref(),
+            RemoteWork::Entity(_) => None,
+        }
+    }
+
+    /// The orchestration instance (or entity id) the work belongs to.
+    pub fn instance_id(&self) -> &str {
+        match self {
+            RemoteWork::Orchestrator(o) => &o.instance_id,
+            RemoteWork::Activity(a) => &a.instance_id,
+            RemoteWork::Entity(e) => &e.entity_id,
+        }
+    }
+
     /// True if nobody waits for the answer any more (the instance moved on, the engine stopped).
     pub fn is_abandoned(&self) -> bool {
         match self {
@@ -86,59 +123,419 @@ impl RemoteWork {
     }
 }
 
-/// A multi-producer, multi-consumer queue of remote work (one per engine).
-#[derive(Clone)]
-pub struct RemoteQueue {
-    tx: async_channel::Sender<Queued>,
-    rx: async_channel::Receiver<Queued>,
+/// The three kinds of work a worker may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkKind {
+    Orchestration,
+    Activity,
+    Entity,
 }
 
-/// An item with its place in its partition's queue gauge (released when a worker takes it).
+impl WorkKind {
+    pub const ALL: [WorkKind; 3] = [
+        WorkKind::Orchestration,
+        WorkKind::Activity,
+        WorkKind::Entity,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkKind::Orchestration => "orchestration",
+            WorkKind::Activity => "activity",
+            WorkKind::Entity => "entity",
+        }
+    }
+}
+
+/// One name a worker runs, with the versions it accepts (none listed: any version).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NameFilter {
+    pub name: String,
+    pub versions: Vec<String>,
+}
+
+/// What a connected worker runs. `None` for a kind means every name of that kind (a worker
+/// that sends no filters receives everything, as with the reference backend).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkFilter {
+    pub orchestrations: Option<Vec<NameFilter>>,
+    pub activities: Option<Vec<NameFilter>>,
+    pub entities: Option<Vec<NameFilter>>,
+}
+
+impl WorkFilter {
+    /// Receives every item.
+    pub fn everything() -> WorkFilter {
+        WorkFilter::default()
+    }
+
+    fn names(&self, kind: WorkKind) -> Option<&[NameFilter]> {
+        match kind {
+            WorkKind::Orchestration => self.orchestrations.as_deref(),
+            WorkKind::Activity => self.activities.as_deref(),
+            WorkKind::Entity => self.entities.as_deref(),
+        }
+    }
+
+    /// Whether a worker with this filter runs `name` at `version`, as the reference backend
+    /// decides it: the versions of every entry with that name are pooled; none listed accepts
+    /// any version, otherwise the work's version must be one of them (work scheduled without a
+    /// version counts as the empty string). Names compare exactly, except entity names, which
+    /// compare case-insensitively (the SDKs lowercase them).
+    pub fn matches(&self, kind: WorkKind, name: &str, version: Option<&str>) -> bool {
+        let Some(names) = self.names(kind) else {
+            return true;
+        };
+        let mut found = false;
+        let mut accepted: Vec<&str> = Vec::new();
+        for f in names {
+            let same_name = match kind {
+                WorkKind::Entity => f.name.eq_ignore_ascii_case(name),
+                _ => f.name == name,
+            };
+            if same_name {
+                found = true;
+                accepted.extend(f.versions.iter().map(String::as_str));
+            }
+        }
+        found && (accepted.is_empty() || accepted.contains(&version.unwrap_or("")))
+    }
+}
+
+/// Kinds a worker has room for right now (its concurrency limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    pub orchestrations: bool,
+    pub activities: bool,
+    pub entities: bool,
+}
+
+impl Room {
+    pub const ALL: Room = Room {
+        orchestrations: true,
+        activities: true,
+        entities: true,
+    };
+
+    fn allows(&self, kind: WorkKind) -> bool {
+        match kind {
+            WorkKind::Orchestration => self.orchestrations,
+            WorkKind::Activity => self.activities,
+            WorkKind::Entity => self.entities,
+        }
+    }
+}
+
+/// Items of one kind, name and version wait in one lane.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct LaneKey {
+    kind: WorkKind,
+    name: String,
+    version: Option<String>,
+}
+
+/// An item with its place in line and in its partition's queue gauge (released when a worker
+/// takes it).
 struct Queued {
+    seq: u64,
+    since: Instant,
     work: RemoteWork,
     _ticket: Option<WorkTicket>,
 }
 
-impl Default for RemoteQueue {
-    fn default() -> Self {
-        let (tx, rx) = async_channel::unbounded();
-        RemoteQueue { tx, rx }
+/// A connected worker as the queue knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerInfo {
+    pub id: u64,
+    /// What the front knows of it (e.g. its address).
+    pub label: String,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at: u64,
+    pub filter: WorkFilter,
+    /// Items it has taken since it connected.
+    pub taken: u64,
+}
+
+/// Work that waits because no connected worker runs it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unserved {
+    pub kind: WorkKind,
+    pub name: String,
+    pub version: Option<String>,
+    pub waiting: usize,
+    pub oldest_seconds: f64,
+    /// The instances (or entities) of the first few waiting items.
+    pub instances: Vec<String>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    lanes: BTreeMap<LaneKey, VecDeque<Queued>>,
+    next_seq: u64,
+    next_worker: u64,
+    workers: BTreeMap<u64, WorkerInfo>,
+    closed: bool,
+}
+
+impl QueueState {
+    fn served(&self, key: &LaneKey) -> bool {
+        self.workers.values().any(|w| {
+            w.filter
+                .matches(key.kind, &key.name, key.version.as_deref())
+        })
+    }
+
+    /// Takes the oldest live item among the lanes `filter` and `room` allow.
+    fn take(&mut self, filter: &WorkFilter, room: Room) -> Option<Queued> {
+        let mut best: Option<(u64, LaneKey)> = None;
+        let mut emptied = Vec::new();
+        for (key, lane) in self.lanes.iter_mut() {
+            if !room.allows(key.kind)
+                || !filter.matches(key.kind, &key.name, key.version.as_deref())
+            {
+                continue;
+            }
+            while lane.front().is_some_and(|q| q.work.is_abandoned()) {
+                lane.pop_front();
+            }
+            match lane.front() {
+                None => emptied.push(key.clone()),
+                Some(q) if best.as_ref().is_none_or(|(s, _)| q.seq < *s) => {
+                    best = Some((q.seq, key.clone()))
+                }
+                Some(_) => {}
+            }
+        }
+        for key in emptied {
+            self.lanes.remove(&key);
+        }
+        let (_, key) = best?;
+        let lane = self.lanes.get_mut(&key)?;
+        let item = lane.pop_front();
+        if lane.is_empty() {
+            self.lanes.remove(&key);
+        }
+        item
+    }
+}
+
+/// An item a worker took: give it back with [`RemoteQueue::requeue`] if it is not answered.
+#[derive(Debug)]
+pub struct Taken {
+    seq: u64,
+    pub work: RemoteWork,
+}
+
+/// The queue of remote work (one per engine), shared by the engine and the fronts.
+#[derive(Clone, Default)]
+pub struct RemoteQueue {
+    inner: Arc<QueueInner>,
+}
+
+#[derive(Default)]
+struct QueueInner {
+    state: Mutex<QueueState>,
+    /// Signalled when items arrive or the queue closes.
+    changed: Notify,
+}
+
+fn lane_key(work: &RemoteWork) -> LaneKey {
+    LaneKey {
+        kind: work.kind(),
+        name: work.name().to_string(),
+        version: work.version().map(str::to_string),
     }
 }
 
 impl RemoteQueue {
     pub(crate) fn push(&self, work: RemoteWork, ticket: Option<WorkTicket>) {
-        // The queue lives as long as the engine; a failed send means it is shutting down and
-        // dropping `work` tells the waiting episode to stop.
-        let _ = self.tx.try_send(Queued {
-            work,
-            _ticket: ticket,
-        });
-    }
-
-    /// Gives an item back (its worker disconnected or abandoned it) for the next worker.
-    pub fn requeue(&self, work: RemoteWork) {
-        if !work.is_abandoned() {
-            self.push(work, None);
-        }
-    }
-
-    /// The next item of work, waiting for one; skips items nobody waits for any more.
-    pub async fn recv(&self) -> Option<RemoteWork> {
-        loop {
-            let queued = self.rx.recv().await.ok()?;
-            if !queued.work.is_abandoned() {
-                return Some(queued.work);
+        {
+            let mut state = self.inner.state.lock();
+            if state.closed {
+                // Dropping `work` tells the waiting episode to stop.
+                return;
             }
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state
+                .lanes
+                .entry(lane_key(&work))
+                .or_default()
+                .push_back(Queued {
+                    seq,
+                    since: Instant::now(),
+                    work,
+                    _ticket: ticket,
+                });
         }
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Gives a taken item back (its worker disconnected, abandoned it, or held it past its
+    /// lease): it goes back to its old place in line, ahead of work that came after it.
+    pub fn requeue(&self, taken: Taken) {
+        if taken.work.is_abandoned() {
+            return;
+        }
+        {
+            let mut state = self.inner.state.lock();
+            if state.closed {
+                return;
+            }
+            let lane = state.lanes.entry(lane_key(&taken.work)).or_default();
+            let at = lane.partition_point(|q| q.seq < taken.seq);
+            lane.insert(
+                at,
+                Queued {
+                    seq: taken.seq,
+                    since: Instant::now(),
+                    work: taken.work,
+                    _ticket: None,
+                },
+            );
+        }
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Registers a worker that runs what `filter` names; it takes work with
+    /// [`WorkerHandle::recv`] and is forgotten when the handle is dropped.
+    pub fn connect(&self, label: impl Into<String>, filter: WorkFilter) -> WorkerHandle {
+        let id = {
+            let mut state = self.inner.state.lock();
+            let id = state.next_worker;
+            state.next_worker += 1;
+            let connected_at = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            state.workers.insert(
+                id,
+                WorkerInfo {
+                    id,
+                    label: label.into(),
+                    connected_at,
+                    filter: filter.clone(),
+                    taken: 0,
+                },
+            );
+            id
+        };
+        WorkerHandle {
+            queue: self.clone(),
+            id,
+            filter,
+        }
+    }
+
+    /// Stops the queue: waiting takers get `None`, queued items are dropped (their episodes
+    /// stop and recovery runs them again).
+    pub fn close(&self) {
+        let lanes = {
+            let mut state = self.inner.state.lock();
+            state.closed = true;
+            std::mem::take(&mut state.lanes)
+        };
+        drop(lanes);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// The workers connected now.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.inner.state.lock().workers.values().cloned().collect()
+    }
+
+    /// Work that waits because no connected worker runs it, by kind, name and version.
+    pub fn unserved(&self) -> Vec<Unserved> {
+        let state = self.inner.state.lock();
+        state
+            .lanes
+            .iter()
+            .filter(|(key, _)| !state.served(key))
+            .filter_map(|(key, lane)| {
+                let live: Vec<&Queued> = lane.iter().filter(|q| !q.work.is_abandoned()).collect();
+                let oldest = live.iter().map(|q| q.since).min()?;
+                Some(Unserved {
+                    kind: key.kind,
+                    name: key.name.clone(),
+                    version: key.version.clone(),
+                    waiting: live.len(),
+                    oldest_seconds: oldest.elapsed().as_secs_f64(),
+                    instances: live
+                        .iter()
+                        .take(20)
+                        .map(|q| q.work.instance_id().to_string())
+                        .collect(),
+                })
+            })
+            .collect()
     }
 
     /// Items waiting for a worker.
     pub fn len(&self) -> usize {
-        self.rx.len()
+        self.inner
+            .state
+            .lock()
+            .lanes
+            .values()
+            .map(VecDeque::len)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.len() == 0
+    }
+}
+
+/// A connected worker's end of the queue.
+pub struct WorkerHandle {
+    queue: RemoteQueue,
+    id: u64,
+    filter: WorkFilter,
+}
+
+impl WorkerHandle {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn filter(&self) -> &WorkFilter {
+        &self.filter
+    }
+
+    /// The oldest item this worker runs and has `room` for, waiting for one; `None` once the
+    /// queue is closed.
+    pub async fn recv(&self, room: Room) -> Option<Taken> {
+        let inner = &self.queue.inner;
+        loop {
+            // Registered before looking, so an item pushed in between is not missed.
+            let changed = inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut state = inner.state.lock();
+                if state.closed {
+                    return None;
+                }
+                if let Some(q) = state.take(&self.filter, room) {
+                    if let Some(w) = state.workers.get_mut(&self.id) {
+                        w.taken += 1;
+                    }
+                    return Some(Taken {
+                        seq: q.seq,
+                        work: q.work,
+                    });
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.queue.inner.state.lock().workers.remove(&self.id);
     }
 }

@@ -1,60 +1,120 @@
 //! Handing remote work to connected SDK workers.
 //!
-//! Each `GetWorkItems` stream gets a task that pulls from the engine's [`RemoteQueue`] while the
-//! worker has capacity (its advertised concurrency limits: backpressure, so a slow worker is
-//! not flooded), tags each item with a fresh completion token, and keeps it *in flight* until
-//! the worker completes or abandons it. When a stream ends, everything still in flight on it is
-//! handed to the next worker; a completion carrying a token that is no longer in flight (the
-//! item was re-dispatched) is rejected. Idle streams get a `HealthPing` so SDKs that drop silent
+//! Each `GetWorkItems` stream becomes a worker of the engine's [`RemoteQueue`] with the work-item
+//! filters it sent (no filters: it runs everything), and gets a task that takes the items it
+//! runs while it has room under its advertised concurrency limits, per kind (backpressure, so a
+//! slow worker is not flooded). Each item is tagged with a fresh completion token and stays *in
+//! flight* until the worker completes or abandons it, its stream ends, or its **lease** runs
+//! out (the worker hung, or its completion was lost while the stream stayed open); in the last
+//! three cases it goes back to its place in line for the next worker, and a completion carrying
+//! the old token is refused. Idle streams get a `HealthPing` so SDKs that drop silent
 //! connections (the Python worker after 120 s) stay connected.
+//!
+//! Work that no connected worker runs waits in the queue; a background task logs it once per
+//! name when it has waited [`UNSERVED_GRACE`], so a missing registration is visible.
 
 use crate::convert;
 use crate::proto as pb;
-use cairn_runtime::remote::{RemoteQueue, RemoteWork};
+use cairn_runtime::remote::{
+    NameFilter, RemoteQueue, RemoteWork, Room, Taken, WorkFilter, WorkKind,
+};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use tonic::Status;
 
 struct InFlight {
-    work: RemoteWork,
+    taken: Taken,
     stream: u64,
+    kind: WorkKind,
+    deadline: Instant,
 }
 
 pub struct Dispatcher {
     queue: RemoteQueue,
     in_flight: Mutex<HashMap<String, InFlight>>,
+    /// Each connected stream's wake-up for freed room.
+    streams: Mutex<HashMap<u64, Arc<Notify>>>,
     next_token: AtomicU64,
     next_stream: AtomicU64,
-    /// Signalled when a stream's in-flight count drops (a completion or abandon).
-    capacity: Notify,
     pub health_ping: Duration,
+    /// How long a worker may hold an item before it is dispatched again.
+    pub lease: Duration,
+    /// Names already reported as unserved (reported again after a worker served them).
+    warned: Mutex<HashSet<(WorkKind, String, Option<String>)>>,
 }
 
-/// Work items a stream may hold when the worker advertises no limit.
+/// Work items of one kind a stream may hold when the worker advertises no limit.
 const DEFAULT_LIMIT: usize = 1000;
 
+/// How long work waits for a worker that runs it before `cairn serve` says none does: long
+/// enough that workers reconnecting after a restart do not cause a warning.
+pub const UNSERVED_GRACE: Duration = Duration::from_secs(10);
+
+fn slot(kind: WorkKind) -> usize {
+    match kind {
+        WorkKind::Orchestration => 0,
+        WorkKind::Activity => 1,
+        WorkKind::Entity => 2,
+    }
+}
+
+/// The filters a stream sent, as the queue's [`WorkFilter`]. As with the reference backend: no
+/// filters at all means everything; once filters are sent, a kind with no entries means none
+/// of that kind; a name listing versions accepts only those (work with no version matches
+/// only an empty-string version).
+pub fn filter_from_proto(filters: Option<&pb::WorkItemFilters>) -> WorkFilter {
+    let Some(f) = filters else {
+        return WorkFilter::everything();
+    };
+    let names = |it: Vec<(String, Vec<String>)>| {
+        Some(
+            it.into_iter()
+                .map(|(name, versions)| NameFilter { name, versions })
+                .collect(),
+        )
+    };
+    WorkFilter {
+        orchestrations: names(
+            f.orchestrations
+                .iter()
+                .map(|o| (o.name.clone(), o.versions.clone()))
+                .collect(),
+        ),
+        activities: names(
+            f.activities
+                .iter()
+                .map(|a| (a.name.clone(), a.versions.clone()))
+                .collect(),
+        ),
+        entities: names(
+            f.entities
+                .iter()
+                .map(|e| (e.name.clone(), Vec::new()))
+                .collect(),
+        ),
+    }
+}
+
 impl Dispatcher {
-    pub fn new(queue: RemoteQueue, health_ping: Duration) -> Arc<Dispatcher> {
-        Arc::new(Dispatcher {
+    /// A dispatcher over `queue`; its lease and report task runs until the dispatcher is dropped.
+    pub fn new(queue: RemoteQueue, health_ping: Duration, lease: Duration) -> Arc<Dispatcher> {
+        let d = Arc::new(Dispatcher {
             queue,
             in_flight: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
             next_stream: AtomicU64::new(1),
-            capacity: Notify::new(),
             health_ping,
-        })
-    }
-
-    fn outstanding(&self, stream: u64) -> usize {
-        self.in_flight
-            .lock()
-            .values()
-            .filter(|f| f.stream == stream)
-            .count()
+            lease,
+            warned: Mutex::new(HashSet::new()),
+        });
+        let tick = (lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::spawn(housekeeping(Arc::downgrade(&d), tick));
+        d
     }
 
     /// Work items waiting for a worker (for metrics and tests).
@@ -62,20 +122,51 @@ impl Dispatcher {
         self.queue.len()
     }
 
+    /// Work items handed to workers and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.lock().len()
+    }
+
+    /// Kinds `stream` has room for now.
+    fn room(&self, stream: u64, limits: [usize; 3]) -> Room {
+        let mut held = [0usize; 3];
+        for f in self.in_flight.lock().values() {
+            if f.stream == stream {
+                held[slot(f.kind)] += 1;
+            }
+        }
+        Room {
+            orchestrations: held[0] < limits[0],
+            activities: held[1] < limits[1],
+            entities: held[2] < limits[2],
+        }
+    }
+
     /// Starts serving one `GetWorkItems` stream; returns the receiving end for tonic.
     pub fn open_stream(
         self: &Arc<Self>,
         request: &pb::GetWorkItemsRequest,
+        peer: String,
     ) -> mpsc::Receiver<Result<pb::WorkItem, Status>> {
         let (tx, rx) = mpsc::channel(64);
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let limit = |v: i32| if v > 0 { v as usize } else { DEFAULT_LIMIT };
-        let limit = limit(request.max_concurrent_orchestration_work_items)
-            + limit(request.max_concurrent_activity_work_items);
+        let limits = [
+            limit(request.max_concurrent_orchestration_work_items),
+            limit(request.max_concurrent_activity_work_items),
+            limit(request.max_concurrent_entity_work_items),
+        ];
+        let filter = filter_from_proto(request.work_item_filters.as_ref());
+        let room_freed = Arc::new(Notify::new());
+        self.streams.lock().insert(stream, room_freed.clone());
         let this = self.clone();
         tokio::spawn(async move {
-            tracing::info!(stream, limit, "worker connected");
-            this.serve_stream(stream, limit, tx).await;
+            tracing::info!(stream, %peer, ?limits, filters = %describe(&filter), "worker connected");
+            let worker = this.queue.connect(peer, filter);
+            this.serve_stream(stream, limits, &worker, &room_freed, tx)
+                .await;
+            drop(worker);
+            this.streams.lock().remove(&stream);
             let returned = this.release_stream(stream);
             tracing::info!(
                 stream,
@@ -89,27 +180,20 @@ impl Dispatcher {
     async fn serve_stream(
         &self,
         stream: u64,
-        limit: usize,
+        limits: [usize; 3],
+        worker: &cairn_runtime::remote::WorkerHandle,
+        room_freed: &Notify,
         tx: mpsc::Sender<Result<pb::WorkItem, Status>>,
     ) {
         loop {
-            // Backpressure: wait until the worker has room.
-            while self.outstanding(stream) >= limit {
-                tokio::select! {
-                    _ = self.capacity.notified() => {}
-                    _ = tx.closed() => return,
-                    _ = tokio::time::sleep(self.health_ping) => {
-                        if tx.send(Ok(health_ping())).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let work = tokio::select! {
-                w = self.queue.recv() => match w {
-                    Some(w) => w,
+            let room = self.room(stream, limits);
+            let taken = tokio::select! {
+                t = worker.recv(room) => match t {
+                    Some(t) => t,
                     None => return,
                 },
+                // A completion, abandon or expired lease made room: look again.
+                _ = room_freed.notified() => continue,
                 _ = tx.closed() => return,
                 _ = tokio::time::sleep(self.health_ping) => {
                     if tx.send(Ok(health_ping())).await.is_err() {
@@ -119,52 +203,181 @@ impl Dispatcher {
                 }
             };
             let token = format!("{}", self.next_token.fetch_add(1, Ordering::Relaxed));
-            let item = work_item(&work, &token);
-            self.in_flight
-                .lock()
-                .insert(token.clone(), InFlight { work, stream });
+            let item = work_item(&taken.work, &token);
+            let kind = taken.work.kind();
+            self.in_flight.lock().insert(
+                token,
+                InFlight {
+                    taken,
+                    stream,
+                    kind,
+                    deadline: Instant::now() + self.lease,
+                },
+            );
             if tx.send(Ok(item)).await.is_err() {
                 return; // release_stream hands the item back
             }
         }
     }
 
+    /// Tells `stream` it has room again (a permit is kept if it is not waiting right now).
+    fn wake(&self, stream: u64) {
+        if let Some(s) = self.streams.lock().get(&stream) {
+            s.notify_one();
+        }
+    }
+
     /// Returns every item still in flight on `stream` to the queue.
     fn release_stream(&self, stream: u64) -> usize {
-        let mut map = self.in_flight.lock();
-        let tokens: Vec<String> = map
-            .iter()
-            .filter(|(_, f)| f.stream == stream)
-            .map(|(t, _)| t.clone())
-            .collect();
-        let n = tokens.len();
-        for t in tokens {
-            if let Some(f) = map.remove(&t) {
-                self.queue.requeue(f.work);
-            }
+        let released: Vec<InFlight> = {
+            let mut map = self.in_flight.lock();
+            let tokens: Vec<String> = map
+                .iter()
+                .filter(|(_, f)| f.stream == stream)
+                .map(|(t, _)| t.clone())
+                .collect();
+            tokens.iter().filter_map(|t| map.remove(t)).collect()
+        };
+        let n = released.len();
+        for f in released {
+            self.queue.requeue(f.taken);
         }
         n
+    }
+
+    /// Hands items whose lease ran out to the next worker; their old tokens are refused.
+    fn expire_leases(&self) {
+        let now = Instant::now();
+        let expired: Vec<(String, InFlight)> = {
+            let mut map = self.in_flight.lock();
+            let tokens: Vec<String> = map
+                .iter()
+                .filter(|(_, f)| f.deadline <= now)
+                .map(|(t, _)| t.clone())
+                .collect();
+            tokens
+                .into_iter()
+                .filter_map(|t| map.remove(&t).map(|f| (t, f)))
+                .collect()
+        };
+        for (token, f) in expired {
+            tracing::warn!(
+                token,
+                kind = f.kind.as_str(),
+                name = f.taken.work.name(),
+                instance = f.taken.work.instance_id(),
+                "a worker held this work item past its lease of {:?} without completing or abandoning it; \
+                 it is dispatched again, and a late completion with the old token will be refused \
+                 (raise --work-item-lease if the work legitimately takes longer)",
+                self.lease
+            );
+            self.queue.requeue(f.taken);
+            self.wake(f.stream);
+        }
+    }
+
+    /// Logs, once per name, work that has waited [`UNSERVED_GRACE`] for a worker that runs it.
+    fn report_unserved(&self) {
+        let unserved = self.queue.unserved();
+        let mut warned = self.warned.lock();
+        let now: HashSet<(WorkKind, String, Option<String>)> = unserved
+            .iter()
+            .map(|u| (u.kind, u.name.clone(), u.version.clone()))
+            .collect();
+        warned.retain(|k| now.contains(k));
+        for u in unserved {
+            if u.oldest_seconds < UNSERVED_GRACE.as_secs_f64() {
+                continue;
+            }
+            if warned.insert((u.kind, u.name.clone(), u.version.clone())) {
+                let version = u
+                    .version
+                    .as_deref()
+                    .map(|v| format!(" version '{v}'"))
+                    .unwrap_or_default();
+                let workers = self.streams.lock().len();
+                tracing::warn!(
+                    kind = u.kind.as_str(),
+                    name = %u.name,
+                    waiting = u.waiting,
+                    "no connected worker runs {} '{}'{version} ({workers} workers connected): {} work items \
+                     wait until a worker that registers it connects (check the worker's registrations, \
+                     versions and work-item filters)",
+                    u.kind.as_str(),
+                    u.name,
+                    u.waiting
+                );
+            }
+        }
     }
 
     /// Takes an in-flight item for completion; an unknown token means it was already completed,
     /// abandoned or re-dispatched to another worker.
     pub fn complete(&self, token: &str) -> Result<RemoteWork, Status> {
         let taken = self.in_flight.lock().remove(token);
-        self.capacity.notify_waiters();
-        taken.map(|f| f.work).ok_or_else(|| {
-            Status::not_found(format!(
-                "completion token '{token}' is not in flight: the work item was already completed, abandoned, or \
-                 re-dispatched to another worker after this worker's stream ended"
-            ))
-        })
+        match taken {
+            Some(f) => {
+                self.wake(f.stream);
+                Ok(f.taken.work)
+            }
+            None => Err(Status::not_found(format!(
+                "completion token '{token}' is not in flight: the work item was already completed or \
+                 abandoned, or was dispatched again because this worker's stream ended or it held the \
+                 item past its lease (--work-item-lease)"
+            ))),
+        }
     }
 
-    /// Gives an abandoned item back for the next worker.
+    /// Gives an abandoned item back for the next worker, at its old place in line.
     pub fn abandon(&self, token: &str) -> Result<(), Status> {
-        let work = self.complete(token)?;
-        self.queue.requeue(work);
-        Ok(())
+        let taken = self.in_flight.lock().remove(token);
+        match taken {
+            Some(f) => {
+                self.queue.requeue(f.taken);
+                self.wake(f.stream);
+                Ok(())
+            }
+            None => self.complete(token).map(drop),
+        }
     }
+}
+
+async fn housekeeping(dispatcher: Weak<Dispatcher>, tick: Duration) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(d) = dispatcher.upgrade() else {
+            return;
+        };
+        d.expire_leases();
+        d.report_unserved();
+    }
+}
+
+/// A filter as a short line for the log.
+fn describe(f: &WorkFilter) -> String {
+    let part = |label: &str, names: &Option<Vec<NameFilter>>| match names {
+        None => format!("{label}: all"),
+        Some(v) if v.is_empty() => format!("{label}: none"),
+        Some(v) => format!(
+            "{label}: {}",
+            v.iter()
+                .map(|n| if n.versions.is_empty() {
+                    n.name.clone()
+                } else {
+                    format!("{}@{}", n.name, n.versions.join("|"))
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
+    format!(
+        "{}; {}; {}",
+        part("orchestrations", &f.orchestrations),
+        part("activities", &f.activities),
+        part("entities", &f.entities)
+    )
 }
 
 fn health_ping() -> pb::WorkItem {

@@ -90,15 +90,33 @@ fn require_id(id: &str) -> Result<(), Status> {
         .map_err(|e| Status::invalid_argument(format!("invalid instance id: {e}")))
 }
 
-fn statuses(values: &[i32]) -> Result<Vec<RuntimeStatus>, Status> {
-    values
-        .iter()
-        .map(|v| {
-            status_from_proto(*v).ok_or_else(|| {
-                Status::invalid_argument(format!("unknown or unsupported runtime status {v}"))
-            })
-        })
-        .collect()
+/// The runtime statuses of a filter. `Ok(None)` means the list named only statuses Cairn never
+/// produces (`CANCELED`, which the JS SDK always puts in reuse policies): such a filter matches
+/// nothing, which is not the same as an empty list (no filter at all).
+fn statuses(values: &[i32]) -> Result<Option<Vec<RuntimeStatus>>, Status> {
+    let mut out = Vec::with_capacity(values.len());
+    for v in values {
+        match pb::OrchestrationStatus::try_from(*v) {
+            Ok(pb::OrchestrationStatus::Canceled) => {}
+            _ => {
+                out.push(status_from_proto(*v).ok_or_else(|| {
+                    Status::invalid_argument(format!("unknown runtime status {v}"))
+                })?)
+            }
+        }
+    }
+    Ok((out.is_empty() == values.is_empty()).then_some(out))
+}
+
+/// Terminate, suspend, resume and raise-event on an instance that has ended succeed and change
+/// nothing, as with the Durable Task reference backends (SDK helpers terminate recursively
+/// before cleaning up, and must not break on a child that already finished). The HTTP API keeps
+/// its documented `410 Gone` for the same cases.
+fn ended_is_done(r: Result<(), EngineError>) -> Result<(), Status> {
+    match r {
+        Err(EngineError::WrongStatus { status: s, .. }) if s.is_terminal() => Ok(()),
+        other => other.map_err(status),
+    }
 }
 
 /// Waits can last as long as the caller keeps the call open; this bounds them at a day.
@@ -157,7 +175,9 @@ impl TaskHubSidecarService for Sidecar {
             ));
         }
         let if_exists = match &r.orchestration_id_reuse_policy {
-            Some(policy) => ExistingPolicy::ReplaceIf(statuses(&policy.replaceable_status)?),
+            Some(policy) => {
+                ExistingPolicy::ReplaceIf(statuses(&policy.replaceable_status)?.unwrap_or_default())
+            }
             None => ExistingPolicy::Fail,
         };
         let options = StartOptions {
@@ -256,10 +276,11 @@ impl TaskHubSidecarService for Sidecar {
         request: Request<pb::RaiseEventRequest>,
     ) -> Reply<pb::RaiseEventResponse> {
         let r = request.into_inner();
-        self.client
-            .raise_event_raw(&r.instance_id, &r.name, r.input)
-            .await
-            .map_err(status)?;
+        ended_is_done(
+            self.client
+                .raise_event_raw(&r.instance_id, &r.name, r.input)
+                .await,
+        )?;
         Ok(Response::new(pb::RaiseEventResponse {}))
     }
 
@@ -268,10 +289,11 @@ impl TaskHubSidecarService for Sidecar {
         request: Request<pb::TerminateRequest>,
     ) -> Reply<pb::TerminateResponse> {
         let r = request.into_inner();
-        self.client
-            .terminate_raw(&r.instance_id, r.output, r.recursive)
-            .await
-            .map_err(status)?;
+        ended_is_done(
+            self.client
+                .terminate_raw(&r.instance_id, r.output, r.recursive)
+                .await,
+        )?;
         Ok(Response::new(pb::TerminateResponse {}))
     }
 
@@ -280,10 +302,11 @@ impl TaskHubSidecarService for Sidecar {
         request: Request<pb::SuspendRequest>,
     ) -> Reply<pb::SuspendResponse> {
         let r = request.into_inner();
-        self.client
-            .suspend(&r.instance_id, r.reason.as_deref())
-            .await
-            .map_err(status)?;
+        ended_is_done(
+            self.client
+                .suspend(&r.instance_id, r.reason.as_deref())
+                .await,
+        )?;
         Ok(Response::new(pb::SuspendResponse {}))
     }
 
@@ -292,10 +315,11 @@ impl TaskHubSidecarService for Sidecar {
         request: Request<pb::ResumeRequest>,
     ) -> Reply<pb::ResumeResponse> {
         let r = request.into_inner();
-        self.client
-            .resume(&r.instance_id, r.reason.as_deref())
-            .await
-            .map_err(status)?;
+        ended_is_done(
+            self.client
+                .resume(&r.instance_id, r.reason.as_deref())
+                .await,
+        )?;
         Ok(Response::new(pb::ResumeResponse {}))
     }
 
@@ -304,9 +328,12 @@ impl TaskHubSidecarService for Sidecar {
         request: Request<pb::QueryInstancesRequest>,
     ) -> Reply<pb::QueryInstancesResponse> {
         let q = request.into_inner().query.unwrap_or_default();
+        let Some(wanted) = statuses(&q.runtime_status)? else {
+            return Ok(Response::new(pb::QueryInstancesResponse::default()));
+        };
         let query = InstanceQuery {
             filter: QueryFilter {
-                statuses: statuses(&q.runtime_status)?,
+                statuses: wanted,
                 created_from: q.created_time_from.as_ref().map(convert::millis),
                 created_to: q.created_time_to.as_ref().map(convert::millis),
                 instance_id_prefix: q.instance_id_prefix.filter(|p| !p.is_empty()),
@@ -335,7 +362,9 @@ impl TaskHubSidecarService for Sidecar {
         request: Request<pb::ListInstanceIdsRequest>,
     ) -> Reply<pb::ListInstanceIdsResponse> {
         let r = request.into_inner();
-        let mut wanted = statuses(&r.runtime_status)?;
+        let Some(mut wanted) = statuses(&r.runtime_status)? else {
+            return Ok(Response::new(pb::ListInstanceIdsResponse::default()));
+        };
         if wanted.is_empty() {
             wanted = vec![
                 RuntimeStatus::Completed,
@@ -417,16 +446,19 @@ impl TaskHubSidecarService for Sidecar {
                 }
                 count
             }
-            Some(R::PurgeInstanceFilter(f)) => self
-                .client
-                .purge_by_filter(QueryFilter {
-                    statuses: statuses(&f.runtime_status)?,
-                    created_from: f.created_time_from.as_ref().map(convert::millis),
-                    created_to: f.created_time_to.as_ref().map(convert::millis),
-                    instance_id_prefix: None,
-                })
-                .await
-                .map_err(status)?,
+            Some(R::PurgeInstanceFilter(f)) => match statuses(&f.runtime_status)? {
+                None => 0,
+                Some(wanted) => self
+                    .client
+                    .purge_by_filter(QueryFilter {
+                        statuses: wanted,
+                        created_from: f.created_time_from.as_ref().map(convert::millis),
+                        created_to: f.created_time_to.as_ref().map(convert::millis),
+                        instance_id_prefix: None,
+                    })
+                    .await
+                    .map_err(status)?,
+            },
             _ => {
                 return Err(Status::invalid_argument(
                     "PurgeInstances needs an instanceId or a purgeInstanceFilter",
@@ -493,7 +525,10 @@ impl TaskHubSidecarService for Sidecar {
         &self,
         request: Request<pb::GetWorkItemsRequest>,
     ) -> Reply<Self::GetWorkItemsStream> {
-        let rx = self.dispatcher.open_stream(request.get_ref());
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown peer".to_string(), |a| a.to_string());
+        let rx = self.dispatcher.open_stream(request.get_ref(), peer);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

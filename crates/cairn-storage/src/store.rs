@@ -31,15 +31,29 @@ const META_GLOBALS: &str = "globals";
 /// ENOSPC on Linux and the other Unixes Cairn runs on.
 const ENOSPC: i32 = 28;
 
+/// What to do about a store that would not open: a store in use is not a damaged one.
+fn open_advice(e: &redb::DatabaseError) -> &'static str {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => {
+            "Another `cairn serve` (or another program using Cairn) holds this data directory: \
+             stop it, or give this process its own --data directory"
+        }
+        _ => {
+            "If the file is not a Cairn checkpoint store or is damaged, move it away and restore \
+             it from backup"
+        }
+    }
+}
+
 /// Everything that can go wrong with the checkpoint store.
 #[derive(thiserror::Error, Debug)]
 pub enum StoreError {
     /// The database file could not be opened or created.
     #[error(
-        "cannot open the checkpoint store {}: {source}. If another process has this partition \
-         open, stop it; if the file is not a Cairn checkpoint store or is damaged, move it away \
-         and restore it from backup",
-        path.display()
+        "cannot open the checkpoint store {}: {}. {}",
+        path.display(),
+        source.to_string().trim_end_matches('.'),
+        open_advice(source)
     )]
     Open {
         path: PathBuf,

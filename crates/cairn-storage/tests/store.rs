@@ -269,7 +269,13 @@ fn a_second_open_of_the_same_file_is_refused() {
     let path = dir.path().join("s.redb");
     let _first = PartitionStore::open(&path).unwrap();
     match PartitionStore::open(&path) {
-        Err(StoreError::Open { .. }) => {}
+        Err(e @ StoreError::Open { .. }) => {
+            let msg = e.to_string();
+            // Says who holds it, not that the file may be damaged; one full stop per sentence.
+            assert!(msg.contains("Another `cairn serve`"), "{msg}");
+            assert!(!msg.contains("damaged"), "{msg}");
+            assert!(!msg.contains(".."), "{msg}");
+        }
         other => panic!("expected Open error, got {other:?}"),
     }
 }
