@@ -231,7 +231,9 @@ before(async () => {
   fs.rmSync(SHOTS, { recursive: true, force: true });
   server = await startServer();
   const address = `localhost:${server.grpcPort}`;
-  worker = new TaskHubGrpcWorker({ hostAddress: address, logger: new NoOpLogger() });
+  // With work-item filters, so an orchestration this worker does not register waits for another
+  // worker instead of failing here (the "waiting for a worker" notices are tested below).
+  worker = new TaskHubGrpcWorker({ hostAddress: address, logger: new NoOpLogger(), workItemFilters: "auto" });
   worker.addOrchestrator(pipeline);
   worker.addOrchestrator(waitForApproval);
   worker.addActivity(slowStep);
@@ -469,6 +471,53 @@ test("entities page", { timeout: 25000 }, async () => {
   });
   await shot(page, "entities.png");
   assert.deepEqual(page.jsErrors, [], "uncaught JavaScript errors in the dashboard");
+});
+
+test("workers: the connected worker is listed, work nobody runs is flagged, and the list fits 500 px", { timeout: 40000 }, async () => {
+  ids.unserved = await startOrchestration(server, "nobodyRunsThis", 7);
+  await step(page, "the workers card lists the connected worker and what it registered", async () => {
+    await page.goto(`${server.url}/#/`);
+    const card = page.locator('[data-testid="workers-card"]');
+    await card.locator('[data-testid="worker"]').first().waitFor();
+    const text = await card.innerText();
+    assert.ok(/pipeline/.test(text) && /slowStep/.test(text) && /counter/i.test(text), `workers card: ${text}`);
+  });
+  await step(page, "the list flags the instance no worker runs, and says which name is missing", async () => {
+    await page.locator(`[data-testid="instance-row"][data-instance-id="${ids.unserved}"] [data-testid="no-worker-tag"]`).waitFor();
+    const notice = await page.locator('[data-testid="unserved-notice"]').innerText();
+    assert.ok(notice.includes("nobodyRunsThis"), `notice: ${notice}`);
+    const others = await page.locator(`[data-testid="instance-row"][data-instance-id="${ids.pipeline}"] [data-testid="no-worker-tag"]`).count();
+    assert.equal(others, 0, "an instance a worker runs is flagged as waiting for one");
+  });
+  await step(page, "the instance page says it waits for a worker", async () => {
+    await page.goto(`${server.url}/#/instances/${encodeURIComponent(ids.unserved)}`);
+    const notice = page.locator('[data-testid="no-worker-notice"]');
+    await notice.waitFor();
+    assert.ok((await notice.innerText()).includes("orchestration 'nobodyRunsThis'"));
+    await shot(page, "instance-waiting-for-worker.png");
+  });
+  await step(page, "at 500 px wide the page does not overflow and the table fits its card", async () => {
+    const narrow = await browser.newContext({ viewport: { width: 500, height: 900 }, deviceScaleFactor: 1 });
+    const p = await narrow.newPage();
+    try {
+      await p.goto(`${server.url}/#/`);
+      await p.locator('[data-testid="instance-row"]').first().waitFor();
+      const m = await p.evaluate(() => {
+        const wrap = document.querySelector('[data-testid="instances-table"]').parentElement;
+        const card = wrap.closest(".card").getBoundingClientRect();
+        const table = wrap.querySelector("table");
+        return { page: document.documentElement.scrollWidth, cardRight: card.right, table: table.scrollWidth, wrap: wrap.clientWidth };
+      });
+      await p.screenshot({ path: path.join(SHOTS, "instances-500px.png"), fullPage: true });
+      assert.ok(m.page <= 500, `the page is ${m.page} px wide in a 500 px window`);
+      assert.ok(m.cardRight <= 500, `the instances card ends at ${m.cardRight} px in a 500 px window`);
+      // Id, name, status and creation time all in view: nothing hidden behind a scroll.
+      assert.ok(m.table <= m.wrap + 1, `the table is ${m.table} px wide in a ${m.wrap} px card`);
+    } finally {
+      await narrow.close();
+    }
+  });
+  await http(server, "POST", `${B}/instances/${encodeURIComponent(ids.unserved)}/terminate`);
 });
 
 test("auth: the token form appears on 401 and the list loads once the token is given", { timeout: 40000 }, async () => {

@@ -624,6 +624,85 @@
     listState.next = null;
   }
 
+  // ------------------------------------------------------------------ SDK workers (/api/workers)
+
+  // The connected SDK workers and the work none of them runs; refreshed by the pages that show it.
+  let workersInfo = null;
+
+  async function fetchWorkers() {
+    try {
+      const { data } = await api("GET", "/api/workers");
+      if (data && typeof data === "object") workersInfo = data;
+    } catch (_) {
+      // Keep what we had; the list's own error box reports a server that is down.
+    }
+    return workersInfo;
+  }
+
+  function workLabel(u) {
+    return `${u.kind} '${u.name}'${u.version ? ` version ${u.version}` : ""}`;
+  }
+
+  // Unserved work that belongs to instance `id` (its episode, activities or entity operations).
+  function waitingFor(id) {
+    if (!workersInfo || !Array.isArray(workersInfo.unserved)) return [];
+    return workersInfo.unserved.filter((u) => Array.isArray(u.instances) && u.instances.includes(id));
+  }
+
+  function filterSummary(names) {
+    if (names === null || names === undefined) return "all";
+    if (names.length === 0) return "none";
+    return names.map((n) => (n.versions && n.versions.length ? `${n.name} (${n.versions.join(", ")})` : n.name)).join(", ");
+  }
+
+  function noWorkerTag(st) {
+    if (TERMINAL.has(st.runtimeStatus)) return [];
+    const waiting = waitingFor(st.instanceId);
+    if (waiting.length === 0) return [];
+    return [" ", h("span", { class: "tag-waiting", "data-testid": "no-worker-tag", title: `No connected worker runs ${waiting.map(workLabel).join(", ")}` }, "no worker")];
+  }
+
+  function renderWorkersSection() {
+    const notice = h("div", { class: "notice-warn", "data-testid": "unserved-notice", hidden: true });
+    const list = h("div", { class: "workers", "data-testid": "workers-list" });
+    const count = h("span", { class: "muted small", "data-testid": "workers-count" });
+    const section = h("section", { class: "card", "data-testid": "workers-card" },
+      h("div", { class: "card-head" }, h("h2", null, "Workers"), count),
+      notice,
+      list);
+    section.hidden = true;
+    const update = (info) => {
+      if (!info || !info.remoteWorkers) {
+        section.hidden = true;
+        return;
+      }
+      section.hidden = false;
+      const workers = Array.isArray(info.workers) ? info.workers : [];
+      count.textContent = `${workers.length} connected`;
+      const unserved = Array.isArray(info.unserved) ? info.unserved : [];
+      notice.hidden = unserved.length === 0;
+      notice.replaceChildren(
+        h("strong", null, "Waiting for a worker: "),
+        `no connected worker runs ${unserved.map((u) => `${workLabel(u)} (${fmtNumber(u.waiting)} waiting)`).join("; ")}. `,
+        "These run as soon as a worker that registers them connects.");
+      if (workers.length === 0) {
+        list.replaceChildren(h("p", { class: "muted small", "data-testid": "no-workers" },
+          "No SDK worker is connected. Work waits until one connects to the gRPC port."));
+        return;
+      }
+      list.replaceChildren(...workers.map((w) =>
+        h("div", { class: "worker", "data-testid": "worker" },
+          h("div", { class: "worker-head" },
+            h("span", { class: "mono" }, w.label || `worker ${w.id}`),
+            h("span", { class: "muted small" }, `connected ${fmtAgo(w.connectedAt)} · ${fmtNumber(w.taken)} items taken`)),
+          h("div", { class: "small" },
+            h("span", { class: "muted" }, "orchestrations: "), filterSummary(w.filter.orchestrations),
+            h("span", { class: "muted" }, " · activities: "), filterSummary(w.filter.activities),
+            h("span", { class: "muted" }, " · entities: "), filterSummary(w.filter.entities)))));
+    };
+    return { section, update };
+  }
+
   function renderInstancesPage(main) {
     statsView = renderStatsSection();
     onLeave(() => {
@@ -696,8 +775,10 @@
       },
     }, "+ Start orchestration");
 
+    const workersView = renderWorkersSection();
     main.append(
       statsView.section,
+      workersView.section,
       h("section", { class: "card" },
         h("div", { class: "card-head" },
           h("h1", { "data-testid": "page-title" }, "Orchestration instances"),
@@ -762,7 +843,7 @@
         h("tr", { "data-testid": "instance-row", "data-instance-id": st.instanceId, "data-status": st.runtimeStatus },
           h("td", { class: "mono id-cell" }, h("a", { href: instanceHref(st.instanceId), "data-testid": "instance-link", title: st.instanceId }, st.instanceId)),
           h("td", null, st.name || "—"),
-          h("td", null, statusBadge(st.runtimeStatus)),
+          h("td", null, statusBadge(st.runtimeStatus), ...noWorkerTag(st)),
           h("td", { title: st.createdTime || "" }, fmtDateTime(st.createdTime)),
           h("td", { title: st.lastUpdatedTime || "" }, fmtDateTime(st.lastUpdatedTime), " ", h("span", { class: "muted small" }, fmtAgo(st.lastUpdatedTime))))));
     }
@@ -781,6 +862,7 @@
 
     refreshInstanceList = () => load();
     loop(async () => {
+      workersView.update(await fetchWorkers());
       if (listState.autoRefresh || !lastRendered) await load(true);
     }, 3000);
   }
@@ -869,9 +951,11 @@
     const historyCount = h("span", { class: "muted small" });
     const timelineSummary = h("span", { class: "muted small" });
     const notFound = h("div", { class: "card empty-state", "data-testid": "not-found", hidden: true });
+    const workerNotice = h("div", { class: "notice-warn", "data-testid": "no-worker-notice", hidden: true });
     const body = h("div", { class: "instance-body" },
       h("section", { class: "card instance-head" },
         h("div", { class: "title-row" }, nameEl, badgeSlot, refreshNote),
+        workerNotice,
         h("div", { class: "instance-id mono", "data-testid": "instance-id" }, id,
           h("button", { type: "button", class: "link-button small", title: "Copy id", onclick: () => copyText(id) }, "copy")),
         meta,
@@ -939,6 +1023,12 @@
         h("div", null, h("dt", null, "History events"), h("dd", null, Array.isArray(st.historyEvents) ? String(st.historyEvents.length) : "—")));
       for (const [key, action] of Object.entries(ACTIONS)) buttons[key].disabled = !action.when(st.runtimeStatus);
       buttons.raise.disabled = TERMINAL.has(st.runtimeStatus);
+      const waiting = TERMINAL.has(st.runtimeStatus) ? [] : waitingFor(id);
+      workerNotice.hidden = waiting.length === 0;
+      workerNotice.replaceChildren(
+        h("strong", null, "Waiting for a worker: "),
+        `no connected worker runs ${waiting.map(workLabel).join(", ")}. `,
+        "This instance goes on as soon as a worker that registers it connects (check the worker's registrations, versions and work-item filters).");
 
       // The data blocks and the history only change when the status does; keep scroll/selection otherwise.
       const signature = JSON.stringify([st.runtimeStatus, st.lastUpdatedTime, st.customStatus, st.output, (st.historyEvents || []).length]);
@@ -1116,7 +1206,10 @@
     }
 
     const poller = loop(async () => {
-      if (isLive()) await load();
+      if (isLive()) {
+        await fetchWorkers();
+        await load();
+      }
     }, 2000);
 
     // Redraw the timeline when the width changes (bars are laid out in percent, labels are not).
