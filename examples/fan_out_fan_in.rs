@@ -1,6 +1,6 @@
 //! Fan-out/fan-in: run activities in parallel and aggregate their results.
 //!
-//! `cargo run -p cairn-examples --example fan_out_fan_in`
+//! `cargo run --release -p cairn-examples --example fan_out_fan_in`
 
 use cairn_runtime::*;
 use std::time::Duration;

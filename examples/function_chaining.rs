@@ -1,6 +1,6 @@
 //! Function chaining: call activities one after another, each using the previous result.
 //!
-//! `cargo run -p cairn-examples --example function_chaining`
+//! `cargo run --release -p cairn-examples --example function_chaining`
 
 use cairn_runtime::*;
 use std::time::Duration;

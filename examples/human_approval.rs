@@ -1,6 +1,6 @@
 //! Human interaction: wait for an approval event, or escalate when a durable timer fires first.
 //!
-//! `cargo run -p cairn-examples --example human_approval`
+//! `cargo run --release -p cairn-examples --example human_approval`
 
 use cairn_runtime::*;
 use std::time::Duration;

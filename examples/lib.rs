@@ -7,4 +7,4 @@
 //! | `human_approval` | an external event racing a durable timer |
 //! | `monitor` | a polling loop with `continue_as_new` |
 //!
-//! Run one with `cargo run -p cairn-examples --example NAME`.
+//! Run one with `cargo run --release -p cairn-examples --example NAME`.

@@ -1,7 +1,7 @@
 //! Monitor: poll something on a schedule with `continue_as_new`, so history stays small however
 //! long the monitor runs.
 //!
-//! `cargo run -p cairn-examples --example monitor`
+//! `cargo run --release -p cairn-examples --example monitor`
 
 use cairn_runtime::*;
 use serde::{Deserialize, Serialize};

@@ -121,7 +121,8 @@ def test_workers_with_different_registrations_share_a_hub(hub):
         wb.stop()
 
 
-def test_work_no_worker_runs_waits_and_is_reported(hub):
+def test_work_no_worker_runs_waits_and_is_reported():
+    hub = CairnServer("--unserved-warning-after", "1s").start()
     wa = make_worker(hub.address, [app_a], [greet_a], entities=[])
     wa.start()
     wb = None
@@ -136,15 +137,23 @@ def test_work_no_worker_runs_waits_and_is_reported(hub):
             metrics = r.read().decode()
         assert 'cairn_work_unserved{kind="orchestration",name="app_b"} 1' in metrics, metrics
         assert "cairn_workers_connected 1" in metrics, metrics
+        said = "no connected worker runs orchestration 'app_b'"
+        deadline = time.time() + 10
+        while said not in hub.log() and time.time() < deadline:
+            time.sleep(0.1)
+        assert said in hub.log(), hub.log()
         wb = make_worker(hub.address, [app_b], [shout_b])
         wb.start()
         s = dt.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
         assert json.loads(s.serialized_output) == "B:LATE"
         assert http_json(hub, "/api/workers")["unserved"] == []
+        # Said once in the log, with the name, not once per instance or per second.
+        assert hub.log().count(said) == 1, hub.log()
     finally:
         wa.stop()
         if wb:
             wb.stop()
+        hub.stop()
 
 
 def test_versions_and_a_worker_without_filters(hub):

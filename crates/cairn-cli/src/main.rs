@@ -96,6 +96,9 @@ struct ServeArgs {
     /// activity that runs longer than this is dispatched a second time.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "CAIRN_WORK_ITEM_LEASE")]
     work_item_lease: std::time::Duration,
+    /// How long work waits for a connected worker that runs it before the log says none does.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
+    unserved_warning_after: std::time::Duration,
     /// Seconds between health pings on idle worker streams.
     #[arg(long, default_value_t = 30, hide = true)]
     health_ping_secs: u64,
@@ -209,6 +212,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         work_item_lease: args
             .work_item_lease
             .max(std::time::Duration::from_millis(100)),
+        unserved_warning_after: args.unserved_warning_after,
         // Leave room for protocol framing around the largest payload.
         max_message_bytes: (max_payload * 2).max(64 * 1024 * 1024),
     };

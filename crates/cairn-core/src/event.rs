@@ -325,6 +325,29 @@ pub struct StartRequest {
     pub if_exists: ExistingPolicy,
 }
 
+impl StartRequest {
+    /// The start of a sub-orchestration: no schedule, no tags, and an id already in use is an
+    /// error (the parent is told).
+    pub fn sub_orchestration(
+        instance_id: String,
+        name: String,
+        version: Option<String>,
+        input: Option<String>,
+        execution_id: String,
+    ) -> StartRequest {
+        StartRequest {
+            instance_id,
+            name,
+            version,
+            input,
+            scheduled_start: None,
+            tags: BTreeMap::new(),
+            execution_id,
+            if_exists: ExistingPolicy::Fail,
+        }
+    }
+}
+
 /// The state machine's answer to a client request (released only once durable).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {

@@ -816,16 +816,13 @@ impl PartitionState {
                 input,
                 execution_id,
             } => {
-                let start = StartRequest {
-                    instance_id: instance_id.clone(),
+                let start = StartRequest::sub_orchestration(
+                    instance_id.clone(),
                     name,
                     version,
                     input,
-                    scheduled_start: None,
-                    tags: BTreeMap::new(),
                     execution_id,
-                    if_exists: ExistingPolicy::Fail,
-                };
+                );
                 let response = self.start_instance(&start, Some(parent.clone()), cx, src)?;
                 if let ClientResponse::AlreadyExists { status, .. } = response {
                     let failure = FailureDetails::new(
@@ -959,16 +956,13 @@ impl PartitionState {
                 input,
                 execution_id,
             } => {
-                let recorded = StartRequest {
-                    instance_id: instance_id.clone(),
+                let recorded = StartRequest::sub_orchestration(
+                    instance_id.clone(),
                     name,
                     version,
                     input,
-                    scheduled_start: None,
-                    tags: BTreeMap::new(),
                     execution_id,
-                    if_exists: ExistingPolicy::Fail,
-                };
+                );
                 self.rewind_child(&instance_id, reason, parent, Some(recorded), cx, src)?
             }
         }

@@ -404,7 +404,22 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                 if rng.below(3) != 0 || msg_pos == 0 {
                     msg_pos += 1;
                 }
-                let msg = match rng.below(4) {
+                let msg = match rng.below(5) {
+                    // A rewound parent's child, started afresh if it is gone.
+                    4 => Message::RewindSubOrchestration {
+                        instance_id: id.clone(),
+                        reason: None,
+                        parent: ParentInstance {
+                            instance_id: remote[0].clone(),
+                            execution_id: "p".into(),
+                            name: "orch".into(),
+                            task_id: 3,
+                        },
+                        name: "orch".into(),
+                        version: None,
+                        input: None,
+                        execution_id: format!("{:032x}", rng.next()),
+                    },
                     3 => Message::Rewind {
                         instance_id: id.clone(),
                         reason: None,

@@ -447,25 +447,30 @@ impl RemoteQueue {
         self.inner.state.lock().workers.values().cloned().collect()
     }
 
-    /// Work that waits because no connected worker runs it, by kind, name and version.
+    /// Work that waits because no connected worker runs it, by kind, name and version. Costs
+    /// the number of lanes (it looks at the first few items of each), not the backlog.
     pub fn unserved(&self) -> Vec<Unserved> {
+        const SHOWN: usize = 20;
         let state = self.inner.state.lock();
         state
             .lanes
             .iter()
             .filter(|(key, _)| !state.served(key))
             .filter_map(|(key, lane)| {
-                let live: Vec<&Queued> = lane.iter().filter(|q| !q.work.is_abandoned()).collect();
-                let oldest = live.iter().map(|q| q.since).min()?;
+                let first: Vec<&Queued> = lane
+                    .iter()
+                    .filter(|q| !q.work.is_abandoned())
+                    .take(SHOWN)
+                    .collect();
+                let oldest = first.iter().map(|q| q.since).min()?;
                 Some(Unserved {
                     kind: key.kind,
                     name: key.name.clone(),
                     version: key.version.clone(),
-                    waiting: live.len(),
+                    waiting: lane.len(),
                     oldest_seconds: oldest.elapsed().as_secs_f64(),
-                    instances: live
+                    instances: first
                         .iter()
-                        .take(20)
                         .map(|q| q.work.instance_id().to_string())
                         .collect(),
                 })
@@ -537,5 +542,123 @@ impl WorkerHandle {
 impl Drop for WorkerHandle {
     fn drop(&mut self) {
         self.queue.inner.state.lock().workers.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[(&str, &[&str])]) -> Option<Vec<NameFilter>> {
+        Some(
+            list.iter()
+                .map(|(n, v)| NameFilter {
+                    name: n.to_string(),
+                    versions: v.iter().map(|s| s.to_string()).collect(),
+                })
+                .collect(),
+        )
+    }
+
+    fn activity(name: &str, instance: &str) -> (RemoteWork, oneshot::Receiver<TaskResult>) {
+        let (reply, rx) = oneshot::channel();
+        let work = RemoteWork::Activity(ActivityWork {
+            instance_id: instance.into(),
+            execution_id: "e".into(),
+            name: name.into(),
+            version: None,
+            task_id: 0,
+            input: None,
+            reply,
+        });
+        (work, rx)
+    }
+
+    #[test]
+    fn filters_match_as_the_reference_backend_does() {
+        let all = WorkFilter::everything();
+        assert!(all.matches(WorkKind::Orchestration, "x", None));
+        let f = WorkFilter {
+            orchestrations: names(&[("o", &[]), ("v", &["2"]), ("blank", &[""])]),
+            activities: Some(Vec::new()),
+            entities: names(&[("counter", &[])]),
+        };
+        assert!(f.matches(WorkKind::Orchestration, "o", None));
+        assert!(f.matches(WorkKind::Orchestration, "o", Some("7")));
+        assert!(
+            !f.matches(WorkKind::Orchestration, "O", None),
+            "names are exact"
+        );
+        assert!(f.matches(WorkKind::Orchestration, "v", Some("2")));
+        assert!(!f.matches(WorkKind::Orchestration, "v", Some("1")));
+        assert!(
+            !f.matches(WorkKind::Orchestration, "v", None),
+            "no version does not match a worker that lists versions"
+        );
+        assert!(f.matches(WorkKind::Orchestration, "blank", None));
+        assert!(
+            !f.matches(WorkKind::Activity, "a", None),
+            "an empty list: none of that kind"
+        );
+        assert!(f.matches(WorkKind::Entity, "Counter", None));
+        // Entries with the same name pool their versions.
+        let pooled = WorkFilter {
+            orchestrations: names(&[("v", &["1"]), ("v", &["2"])]),
+            ..WorkFilter::everything()
+        };
+        assert!(pooled.matches(WorkKind::Orchestration, "v", Some("1")));
+        assert!(pooled.matches(WorkKind::Orchestration, "v", Some("2")));
+        assert!(!pooled.matches(WorkKind::Orchestration, "v", Some("3")));
+    }
+
+    #[tokio::test]
+    async fn a_worker_takes_only_what_it_runs_in_order_and_requeues_in_place() {
+        let q = RemoteQueue::default();
+        let mut answers = Vec::new();
+        for (name, id) in [("a", "1"), ("b", "2"), ("a", "3"), ("b", "4")] {
+            let (w, rx) = activity(name, id);
+            q.push(w, None);
+            answers.push(rx);
+        }
+        let only_b = WorkFilter {
+            activities: names(&[("b", &[])]),
+            ..WorkFilter::everything()
+        };
+        let worker = q.connect("b-worker", only_b);
+        let first = worker.recv(Room::ALL).await.unwrap();
+        assert_eq!(first.work.instance_id(), "2");
+        // Nobody runs `a`: it is reported, with its instances in order.
+        let unserved = q.unserved();
+        assert_eq!(unserved.len(), 1);
+        assert_eq!(unserved[0].name, "a");
+        assert_eq!(unserved[0].instances, vec!["1", "3"]);
+        // Given back, it is first in line again, ahead of the later `b`.
+        q.requeue(first);
+        assert_eq!(
+            worker.recv(Room::ALL).await.unwrap().work.instance_id(),
+            "2"
+        );
+        assert_eq!(
+            worker.recv(Room::ALL).await.unwrap().work.instance_id(),
+            "4"
+        );
+        // No room for activities: nothing is taken.
+        let none = Room {
+            activities: false,
+            ..Room::ALL
+        };
+        let (w, _rx) = activity("b", "5");
+        q.push(w, None);
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(50), worker.recv(none)).await;
+        assert!(waited.is_err(), "took work it had no room for");
+        // A catch-all worker takes the oldest item of any lane.
+        let all = q.connect("all", WorkFilter::everything());
+        assert_eq!(all.recv(Room::ALL).await.unwrap().work.instance_id(), "1");
+        assert!(q.unserved().is_empty());
+        drop(all);
+        drop(worker);
+        assert!(q.workers().is_empty());
+        drop(answers);
     }
 }

@@ -11,7 +11,7 @@
 //! connections (the Python worker after 120 s) stay connected.
 //!
 //! Work that no connected worker runs waits in the queue; a background task logs it once per
-//! name when it has waited [`UNSERVED_GRACE`], so a missing registration is visible.
+//! name when it has waited `unserved_grace`, so a missing registration is visible.
 
 use crate::convert;
 use crate::proto as pb;
@@ -33,9 +33,50 @@ struct InFlight {
     deadline: Instant,
 }
 
+/// The items handed to workers and not yet answered, by token, with each stream's count per
+/// kind kept alongside (a stream's room is read on every item it takes).
+#[derive(Default)]
+struct InFlightTable {
+    items: HashMap<String, InFlight>,
+    held: HashMap<u64, [usize; 3]>,
+}
+
+impl InFlightTable {
+    fn insert(&mut self, token: String, f: InFlight) {
+        self.held.entry(f.stream).or_default()[slot(f.kind)] += 1;
+        self.items.insert(token, f);
+    }
+
+    fn remove(&mut self, token: &str) -> Option<InFlight> {
+        let f = self.items.remove(token)?;
+        if let Some(held) = self.held.get_mut(&f.stream) {
+            held[slot(f.kind)] = held[slot(f.kind)].saturating_sub(1);
+        }
+        Some(f)
+    }
+
+    fn held(&self, stream: u64) -> [usize; 3] {
+        self.held.get(&stream).copied().unwrap_or_default()
+    }
+
+    /// Removes the items that match `pred`.
+    fn remove_where(&mut self, pred: impl Fn(&InFlight) -> bool) -> Vec<(String, InFlight)> {
+        let tokens: Vec<String> = self
+            .items
+            .iter()
+            .filter(|(_, f)| pred(f))
+            .map(|(t, _)| t.clone())
+            .collect();
+        tokens
+            .into_iter()
+            .filter_map(|t| self.remove(&t).map(|f| (t, f)))
+            .collect()
+    }
+}
+
 pub struct Dispatcher {
     queue: RemoteQueue,
-    in_flight: Mutex<HashMap<String, InFlight>>,
+    in_flight: Mutex<InFlightTable>,
     /// Each connected stream's wake-up for freed room.
     streams: Mutex<HashMap<u64, Arc<Notify>>>,
     next_token: AtomicU64,
@@ -43,16 +84,14 @@ pub struct Dispatcher {
     pub health_ping: Duration,
     /// How long a worker may hold an item before it is dispatched again.
     pub lease: Duration,
+    /// How long work waits for a worker that runs it before the log says none does.
+    pub unserved_grace: Duration,
     /// Names already reported as unserved (reported again after a worker served them).
     warned: Mutex<HashSet<(WorkKind, String, Option<String>)>>,
 }
 
 /// Work items of one kind a stream may hold when the worker advertises no limit.
 const DEFAULT_LIMIT: usize = 1000;
-
-/// How long work waits for a worker that runs it before `cairn serve` says none does: long
-/// enough that workers reconnecting after a restart do not cause a warning.
-pub const UNSERVED_GRACE: Duration = Duration::from_secs(10);
 
 fn slot(kind: WorkKind) -> usize {
     match kind {
@@ -101,15 +140,21 @@ pub fn filter_from_proto(filters: Option<&pb::WorkItemFilters>) -> WorkFilter {
 
 impl Dispatcher {
     /// A dispatcher over `queue`; its lease and report task runs until the dispatcher is dropped.
-    pub fn new(queue: RemoteQueue, health_ping: Duration, lease: Duration) -> Arc<Dispatcher> {
+    pub fn new(
+        queue: RemoteQueue,
+        health_ping: Duration,
+        lease: Duration,
+        unserved_grace: Duration,
+    ) -> Arc<Dispatcher> {
         let d = Arc::new(Dispatcher {
             queue,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(InFlightTable::default()),
             streams: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
             next_stream: AtomicU64::new(1),
             health_ping,
             lease,
+            unserved_grace,
             warned: Mutex::new(HashSet::new()),
         });
         let tick = (lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -124,17 +169,12 @@ impl Dispatcher {
 
     /// Work items handed to workers and not yet completed.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.lock().len()
+        self.in_flight.lock().items.len()
     }
 
     /// Kinds `stream` has room for now.
     fn room(&self, stream: u64, limits: [usize; 3]) -> Room {
-        let mut held = [0usize; 3];
-        for f in self.in_flight.lock().values() {
-            if f.stream == stream {
-                held[slot(f.kind)] += 1;
-            }
-        }
+        let held = self.in_flight.lock().held(stream);
         Room {
             orchestrations: held[0] < limits[0],
             activities: held[1] < limits[1],
@@ -229,17 +269,14 @@ impl Dispatcher {
 
     /// Returns every item still in flight on `stream` to the queue.
     fn release_stream(&self, stream: u64) -> usize {
-        let released: Vec<InFlight> = {
-            let mut map = self.in_flight.lock();
-            let tokens: Vec<String> = map
-                .iter()
-                .filter(|(_, f)| f.stream == stream)
-                .map(|(t, _)| t.clone())
-                .collect();
-            tokens.iter().filter_map(|t| map.remove(t)).collect()
+        let released = {
+            let mut table = self.in_flight.lock();
+            let released = table.remove_where(|f| f.stream == stream);
+            table.held.remove(&stream);
+            released
         };
         let n = released.len();
-        for f in released {
+        for (_, f) in released {
             self.queue.requeue(f.taken);
         }
         n
@@ -248,18 +285,7 @@ impl Dispatcher {
     /// Hands items whose lease ran out to the next worker; their old tokens are refused.
     fn expire_leases(&self) {
         let now = Instant::now();
-        let expired: Vec<(String, InFlight)> = {
-            let mut map = self.in_flight.lock();
-            let tokens: Vec<String> = map
-                .iter()
-                .filter(|(_, f)| f.deadline <= now)
-                .map(|(t, _)| t.clone())
-                .collect();
-            tokens
-                .into_iter()
-                .filter_map(|t| map.remove(&t).map(|f| (t, f)))
-                .collect()
-        };
+        let expired = self.in_flight.lock().remove_where(|f| f.deadline <= now);
         for (token, f) in expired {
             tracing::warn!(
                 token,
@@ -276,7 +302,7 @@ impl Dispatcher {
         }
     }
 
-    /// Logs, once per name, work that has waited [`UNSERVED_GRACE`] for a worker that runs it.
+    /// Logs, once per name, work that has waited `unserved_grace` for a worker that runs it.
     fn report_unserved(&self) {
         let unserved = self.queue.unserved();
         let mut warned = self.warned.lock();
@@ -286,7 +312,7 @@ impl Dispatcher {
             .collect();
         warned.retain(|k| now.contains(k));
         for u in unserved {
-            if u.oldest_seconds < UNSERVED_GRACE.as_secs_f64() {
+            if u.oldest_seconds < self.unserved_grace.as_secs_f64() {
                 continue;
             }
             if warned.insert((u.kind, u.name.clone(), u.version.clone())) {

@@ -35,6 +35,9 @@ pub struct SidecarConfig {
     /// minutes). The protocol has no lease renewal: work that legitimately runs longer needs a
     /// longer lease.
     pub work_item_lease: Duration,
+    /// How long work waits for a worker that runs it before the log says that none does: long
+    /// enough that workers reconnecting after a restart cause no warning.
+    pub unserved_warning_after: Duration,
 }
 
 impl Default for SidecarConfig {
@@ -44,6 +47,7 @@ impl Default for SidecarConfig {
             health_ping: Duration::from_secs(30),
             max_message_bytes: 64 * 1024 * 1024,
             work_item_lease: Duration::from_secs(5 * 60),
+            unserved_warning_after: Duration::from_secs(10),
         }
     }
 }
@@ -58,7 +62,12 @@ pub async fn serve(
     let queue = engine.remote_queue().unwrap_or_default();
     let sidecar = service::Sidecar {
         client: engine.client(),
-        dispatcher: dispatch::Dispatcher::new(queue, config.health_ping, config.work_item_lease),
+        dispatcher: dispatch::Dispatcher::new(
+            queue,
+            config.health_ping,
+            config.work_item_lease,
+            config.unserved_warning_after,
+        ),
     };
     let svc = proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer::new(sidecar)
         .max_decoding_message_size(config.max_message_bytes)
