@@ -223,7 +223,8 @@ def test_canceled_in_status_lists_matches_nothing(server, dt):
     assert s.runtime_status == client.OrchestrationStatus.COMPLETED
     canceled = pb.ORCHESTRATION_STATUS_CANCELED
     completed = pb.ORCHESTRATION_STATUS_COMPLETED
-    # A reuse policy as the JS SDK builds it: CANCELED among the replaceable statuses.
+    # A reuse policy built as "every status except the ones to keep", as SDK helpers do:
+    # CANCELED comes along among the replaceable statuses.
     stub.StartInstance(pb.CreateInstanceRequest(
         instanceId=iid, name="echo_orchestration", input=wrappers_pb2.StringValue(value="2"),
         orchestrationIdReusePolicy=pb.OrchestrationIdReusePolicy(replaceableStatus=[canceled, completed])))
