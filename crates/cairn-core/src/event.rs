@@ -25,10 +25,27 @@ pub struct LogRecord {
     pub event: PartitionEvent,
 }
 
+/// A value that could not be encoded for the log or a checkpoint. Nothing is written when this
+/// happens: the partition that meets it stops, rather than write an empty or partial record.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode {what}: {source}")]
+pub struct EncodeError {
+    pub what: &'static str,
+    #[source]
+    pub source: postcard::Error,
+}
+
+/// Encodes `value` (a `what`, for the error) in the on-disk format.
+pub fn encode<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, EncodeError> {
+    postcard::to_stdvec(value).map_err(|source| EncodeError { what, source })
+}
+
 impl LogRecord {
-    pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain data into a Vec cannot fail for these types.
-        postcard::to_stdvec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        encode("a log record", self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<LogRecord, postcard::Error> {

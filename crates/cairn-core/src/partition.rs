@@ -122,8 +122,8 @@ pub fn entity_name(entity_id: &str) -> Option<&str> {
 }
 
 impl InstanceState {
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, crate::EncodeError> {
+        crate::encode("an instance's state", self)
     }
     pub fn decode(bytes: &[u8]) -> Result<InstanceState, postcard::Error> {
         postcard::from_bytes(bytes)
@@ -2093,11 +2093,13 @@ impl PartitionState {
         Ok(())
     }
 
-    /// Collects everything changed since the last checkpoint and marks it clean.
-    pub fn checkpoint(&mut self) -> CheckpointData {
+    /// Collects everything changed since the last checkpoint and marks it clean. An encoding
+    /// failure is returned before anything of the instance it concerns is marked clean; the
+    /// shell then stops the partition (recovery replays the log), writing nothing.
+    pub fn checkpoint(&mut self) -> Result<CheckpointData, crate::EncodeError> {
         let mut data = CheckpointData {
             position: self.globals.position,
-            globals: postcard::to_stdvec(&self.globals).unwrap_or_default(),
+            globals: crate::encode("the partition's globals", &self.globals)?,
             ..CheckpointData::default()
         };
         let mut dirty: Vec<String> = self.dirty.drain().collect();
@@ -2105,17 +2107,20 @@ impl PartitionState {
         for id in dirty {
             match self.instances.get_mut(&id) {
                 Some(Slot::Live(inst)) => {
+                    let base = inst.persisted_len();
+                    let mut appends = Vec::with_capacity(inst.tail.len());
+                    for (i, ev) in inst.tail.iter().enumerate() {
+                        let bytes = crate::encode("a history event", ev)?;
+                        appends.push((id.clone(), base + i as u32, bytes));
+                    }
+                    let state = inst.state.encode()?;
                     if inst.reset {
                         data.history_resets.push(id.clone());
                         inst.reset = false;
                     }
-                    let base = inst.persisted_len();
-                    for (i, ev) in inst.tail.drain(..).enumerate() {
-                        let bytes = postcard::to_stdvec(&ev).unwrap_or_default();
-                        data.history_appends
-                            .push((id.clone(), base + i as u32, bytes));
-                    }
-                    data.puts.push((id.clone(), inst.state.encode()));
+                    inst.tail.clear();
+                    data.history_appends.extend(appends);
+                    data.puts.push((id.clone(), state));
                 }
                 _ => {
                     data.history_resets.push(id.clone());
@@ -2123,7 +2128,7 @@ impl PartitionState {
                 }
             }
         }
-        data
+        Ok(data)
     }
 }
 

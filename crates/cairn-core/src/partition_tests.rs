@@ -514,7 +514,7 @@ proptest! {
         let mut store = MemStore::default();
         let mut b = PartitionState::new(0, 2);
         apply_all(&mut b, &records[..split], 1, &store);
-        store.write(b.checkpoint());
+        store.write(b.checkpoint().unwrap());
         let mut b = match &store.globals {
             Some(g) => PartitionState::recover(g).unwrap(),
             None => PartitionState::new(0, 2),
@@ -528,8 +528,8 @@ proptest! {
 
         // Also checkpoint A at the end and B at the end into their stores: same observations.
         let mut store_a = MemStore::default();
-        store_a.write(a.checkpoint());
-        store.write(b.checkpoint());
+        store_a.write(a.checkpoint().unwrap());
+        store.write(b.checkpoint().unwrap());
         let observed = observe(&mut a, &store_a, &ids);
         prop_assert_eq!(&observed, &observe(&mut b, &store, &ids));
 
@@ -544,7 +544,7 @@ proptest! {
     #[test]
     fn records_round_trip_through_the_log_encoding(seed in any::<u64>(), len in 1usize..100) {
         for r in generate(seed, len) {
-            prop_assert_eq!(LogRecord::decode(&r.encode()).unwrap(), r);
+            prop_assert_eq!(LogRecord::decode(&r.encode().unwrap()).unwrap(), r);
         }
     }
 }

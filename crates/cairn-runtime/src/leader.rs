@@ -228,6 +228,7 @@ impl Leader {
             }
         }
         let durable = log.next_lsn() - 1;
+        let torn_tail_bytes = log.torn_tail_bytes();
         let stats = shared.stats[partition as usize].clone();
         let tx = shared.partitions[partition as usize].clone();
         let log = GroupCommitLog::start_with_notify(
@@ -244,7 +245,7 @@ impl Leader {
             runnable: g.runnable.len(),
             activities: g.activities.len(),
             timers: g.timers.len(),
-            torn_tail_bytes: 0,
+            torn_tail_bytes,
         };
         let leader = Leader {
             partition,
@@ -521,13 +522,23 @@ impl Leader {
     /// Applies records to the state machine, appends them to the log, performs effects.
     fn commit(&mut self, records: Vec<LogRecord>) {
         let base = self.log().next_lsn();
+        // Every record is encoded before any is applied or appended: an encoding failure stops
+        // the partition with nothing written (never an empty or partial record in the log).
         let mut payloads = Vec::with_capacity(records.len());
+        for record in &records {
+            match record.encode() {
+                Ok(bytes) => payloads.push(bytes),
+                Err(e) => {
+                    self.fail(format!("{e}; nothing of this batch was applied or written"));
+                    return;
+                }
+            }
+        }
         let mut effects = Vec::new();
         let store = self.store.clone();
         let source = StoreSource(&store);
         for (i, record) in records.iter().enumerate() {
             let position = base + i as u64;
-            payloads.push(record.encode());
             match self.state.apply(position, record, &source) {
                 Ok(e) => effects.push((position, e)),
                 Err(e) => {
@@ -1086,7 +1097,10 @@ impl Leader {
         let durable = tokio::task::block_in_place(|| log.flush_blocking())
             .map_err(|e| self.storage_error(e.to_string()))?;
         self.durable = self.durable.max(durable);
-        let data = self.state.checkpoint();
+        let data = self
+            .state
+            .checkpoint()
+            .map_err(|e| self.storage_error(e.to_string()))?;
         let position = data.position;
         let batch = CheckpointBatch {
             position,

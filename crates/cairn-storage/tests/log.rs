@@ -311,10 +311,16 @@ fn torn_tail_is_cut_at_every_offset() {
                 last_record_start as u64,
                 "the tail is cut back to the last complete record"
             );
+            assert_eq!(
+                log.torn_tail_bytes(),
+                (bytes.len() - last_record_start) as u64,
+                "the report says how many bytes were cut (cut {cut})"
+            );
             assert_eq!(log.append(b"after").unwrap(), n + 1);
             log.sync().unwrap();
             drop(log);
             let log = SegmentedLog::open(dir.path(), cfg(400)).unwrap();
+            assert_eq!(log.torn_tail_bytes(), 0, "a clean reopen cuts nothing");
             let mut want = expected(1..=n);
             want.push((n + 1, b"after".to_vec()));
             assert_eq!(read_all(&log, 1), want);

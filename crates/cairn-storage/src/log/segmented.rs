@@ -68,6 +68,8 @@ pub struct SegmentedLog {
     /// written through this handle; reopening recovers from what is on disk.
     failed: Option<String>,
     stats: LogStats,
+    /// Bytes cut off at open as a torn tail (an incomplete write from a crash).
+    torn_tail_bytes: u64,
 }
 
 /// What the recovery scan learned about one segment.
@@ -77,6 +79,8 @@ struct Scanned {
     /// Length of the valid part of the file (after cutting a torn tail).
     len: u64,
     records: u64,
+    /// Bytes cut off as a torn tail (or an incomplete header) at open.
+    torn_bytes: u64,
 }
 
 impl SegmentedLog {
@@ -102,12 +106,14 @@ impl SegmentedLog {
         let mut segments = VecDeque::with_capacity(found.len());
         let mut expected: Option<u64> = None;
         let mut last_records = 0;
+        let mut torn_tail_bytes = 0;
         let count = found.len();
         for (i, (first_lsn, path)) in found.into_iter().enumerate() {
             let is_last = i + 1 == count;
             let scanned = scan_segment(&path, first_lsn, expected, is_last, config.fsync)?;
             expected = Some(scanned.end_lsn);
             last_records = scanned.records;
+            torn_tail_bytes += scanned.torn_bytes;
             segments.push_back(Segment {
                 first_lsn,
                 path,
@@ -132,6 +138,7 @@ impl SegmentedLog {
             config,
             segments,
             active,
+            torn_tail_bytes,
             buf: Vec::new(),
             next_lsn: expected.unwrap_or(1),
             dir_dirty: false,
@@ -139,6 +146,12 @@ impl SegmentedLog {
             failed: None,
             stats: LogStats::default(),
         })
+    }
+
+    /// Bytes cut off when this log was opened: the torn tail an interrupted write left behind
+    /// (never acknowledged, since it was never synced). Zero after a clean stop.
+    pub fn torn_tail_bytes(&self) -> u64 {
+        self.torn_tail_bytes
     }
 
     /// The LSN the next append gets.
@@ -521,6 +534,7 @@ fn scan_segment(
             end_lsn: first_lsn,
             len: HEADER_LEN,
             records: 0,
+            torn_bytes: cut_bytes,
         })
     };
 
@@ -650,6 +664,7 @@ fn scan_segment(
         end_lsn: expected,
         len: pos,
         records: expected - first_lsn,
+        torn_bytes: file_len - pos,
     })
 }
 
