@@ -170,6 +170,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 a.3 + r.timers,
             )
         });
+    let torn: u64 = engine.recovery.iter().map(|r| r.torn_tail_bytes).sum();
+    if torn > 0 {
+        tracing::warn!(
+            "cut {torn} bytes of torn log tail (a write interrupted by a crash; never acknowledged, \
+             so nothing acknowledged is lost)"
+        );
+    }
     if engine.created {
         tracing::info!(
             data = %dir.display(),

@@ -1,14 +1,7 @@
-//! The engine: opens a task hub (a data directory), recovers its partitions and runs them.
+//! The engine: opens a task hub (a data directory, see [`crate::hub`]), recovers its
+//! partitions and runs them.
 //!
-//! Layout of a data directory:
-//! ```text
-//! cairn-data/
-//!   hub.json                 format version + partition count (fixed at creation)
-//!   partitions/p00/log/      the partition's segmented log
-//!   partitions/p00/store.redb  the partition's checkpoint store
-//!   ...
-//! ```
-//! This module owns configuration, the hub metadata and the wiring between partition leaders;
+//! This module owns configuration and the wiring between partition leaders;
 //! the state machine lives in `cairn-core`, the per-partition shell in [`crate::leader`].
 
 use crate::client::Client;
@@ -16,9 +9,7 @@ use crate::error::EngineError;
 use crate::leader::{self, Input, LeaderStats};
 use crate::registry::Registry;
 use crate::remote::RemoteQueue;
-use cairn_core::LOG_FORMAT_VERSION;
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -79,149 +70,7 @@ impl Default for EngineConfig {
     }
 }
 
-pub const DEFAULT_PARTITIONS: u32 = 12;
-pub const MAX_PARTITIONS: u32 = 256;
-
-/// `hub.json`: what a data directory holds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct HubMeta {
-    pub format: String,
-    pub format_version: u32,
-    pub partitions: u32,
-}
-
-fn data_dir_error(dir: &Path, reason: impl Into<String>) -> EngineError {
-    EngineError::DataDir {
-        dir: dir.display().to_string(),
-        reason: reason.into(),
-    }
-}
-
-/// Takes the data directory for this process: an exclusive lock on its `LOCK` file (released
-/// when the returned file is dropped or the process dies, even by `kill -9`), so a second
-/// `cairn serve` on the same directory is refused with a message that says so, instead of
-/// failing deep inside a partition's store.
-fn lock_hub(dir: &Path) -> Result<std::fs::File, EngineError> {
-    use std::io::{Read, Seek, Write};
-    let path = dir.join("LOCK");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| data_dir_error(dir, format!("cannot open {}: {e}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => {
-            // Who holds it, for the message another process will print.
-            let _ = file.set_len(0).and_then(|_| {
-                file.rewind()?;
-                write!(file, "{}", std::process::id())
-            });
-            Ok(file)
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let who = if holder.is_empty() {
-                "another process".to_string()
-            } else {
-                format!("another process (pid {holder})")
-            };
-            Err(data_dir_error(
-                dir,
-                format!(
-                    "{who} is using this task hub: another `cairn serve` (or a program embedding Cairn) \
-                     has it open. Stop that process first, or give this one its own --data directory"
-                ),
-            ))
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(data_dir_error(
-            dir,
-            format!("cannot lock {}: {e}", path.display()),
-        )),
-    }
-}
-
-/// Reads or creates `hub.json` in the existing directory `dir`, checking version and partition
-/// count. The flag says whether the hub was created now.
-pub fn open_hub(dir: &Path, requested: Option<u32>) -> Result<(HubMeta, bool), EngineError> {
-    if let Some(p) = requested {
-        if p == 0 || p > MAX_PARTITIONS {
-            return Err(EngineError::InvalidArgument(format!(
-                "partition count must be between 1 and {MAX_PARTITIONS}, got {p}"
-            )));
-        }
-    }
-    let meta_path = dir.join("hub.json");
-    match std::fs::read(&meta_path) {
-        Ok(bytes) => {
-            let meta: HubMeta = serde_json::from_slice(&bytes).map_err(|e| {
-                data_dir_error(
-                    dir,
-                    format!(
-                        "hub.json is not valid ({e}); it was not written by Cairn or is damaged"
-                    ),
-                )
-            })?;
-            if meta.format != "cairn" {
-                return Err(data_dir_error(
-                    dir,
-                    format!("hub.json says format '{}', not 'cairn'", meta.format),
-                ));
-            }
-            if meta.format_version != LOG_FORMAT_VERSION {
-                return Err(data_dir_error(
-                    dir,
-                    format!(
-                        "it was written by format version {} and this Cairn reads version {}; \
-                         use the Cairn release that created it, or a new data directory",
-                        meta.format_version, LOG_FORMAT_VERSION
-                    ),
-                ));
-            }
-            if let Some(p) = requested {
-                if p != meta.partitions {
-                    return Err(data_dir_error(
-                        dir,
-                        format!(
-                            "the task hub has {} partitions but {p} were requested; the partition count \
-                             is fixed when a hub is created: omit --partitions or use a new data directory",
-                            meta.partitions
-                        ),
-                    ));
-                }
-            }
-            Ok((meta, false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // The lock file is ours; anything else means the directory holds something else.
-            let non_empty = std::fs::read_dir(dir)
-                .map_err(|e| data_dir_error(dir, e.to_string()))?
-                .filter_map(|e| e.ok())
-                .any(|e| e.file_name() != "LOCK");
-            if non_empty {
-                return Err(data_dir_error(
-                    dir,
-                    "it is not empty and has no hub.json, so it is not a Cairn task hub; choose an empty or new directory",
-                ));
-            }
-            let meta = HubMeta {
-                format: "cairn".into(),
-                format_version: LOG_FORMAT_VERSION,
-                partitions: requested.unwrap_or(DEFAULT_PARTITIONS),
-            };
-            let text = serde_json::to_vec_pretty(&meta)?;
-            let tmp = dir.join("hub.json.tmp");
-            std::fs::write(&tmp, text)
-                .and_then(|_| std::fs::rename(&tmp, &meta_path))
-                .map_err(|e| data_dir_error(dir, format!("cannot write hub.json: {e}")))?;
-            Ok((meta, true))
-        }
-        Err(e) => Err(data_dir_error(dir, format!("cannot read hub.json: {e}"))),
-    }
-}
+pub use crate::hub::{HubMeta, DEFAULT_PARTITIONS, MAX_PARTITIONS};
 
 /// State shared by the client and all partition leaders.
 pub(crate) struct Shared {
@@ -265,8 +114,8 @@ pub struct Engine {
     pub hub: HubMeta,
     /// True when this open created the task hub (the directory had none).
     pub created: bool,
-    /// Held for the engine's life: see [`lock_hub`].
-    _lock: std::fs::File,
+    /// The hub directory, held (locked) for the engine's life.
+    _hub: crate::hub::OpenedHub,
 }
 
 impl Engine {
@@ -275,17 +124,8 @@ impl Engine {
     /// runtime.
     pub async fn open(config: EngineConfig, registry: Registry) -> Result<Engine, EngineError> {
         let dir = config.data_dir.clone();
-        if dir.exists() && !dir.is_dir() {
-            return Err(data_dir_error(
-                &dir,
-                "it is a file, not a directory: --data (CAIRN_DATA) names the directory that holds \
-                 the task hub, created if missing",
-            ));
-        }
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| data_dir_error(&dir, format!("cannot create it: {e}")))?;
-        let lock = lock_hub(&dir)?;
-        let (hub, created) = open_hub(&dir, config.partitions)?;
+        let opened = crate::hub::open(&dir, config.partitions)?;
+        let hub = opened.meta.clone();
         let count = hub.partitions;
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -350,8 +190,8 @@ impl Engine {
             leaders: handles,
             recovery,
             hub,
-            created,
-            _lock: lock,
+            created: opened.created,
+            _hub: opened,
         })
     }
 

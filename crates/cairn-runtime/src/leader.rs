@@ -175,11 +175,7 @@ impl Leader {
         rx: mpsc::UnboundedReceiver<Input>,
     ) -> Result<(Leader, RecoveryReport), EngineError> {
         let storage_err = |message: String| EngineError::Storage { partition, message };
-        let dir = shared
-            .config
-            .data_dir
-            .join("partitions")
-            .join(format!("p{partition:02}"));
+        let dir = crate::hub::partition_dir(&shared.config.data_dir, partition);
         std::fs::create_dir_all(&dir)
             .map_err(|e| storage_err(format!("cannot create {}: {e}", dir.display())))?;
         let store = Arc::new(

@@ -3,6 +3,7 @@
 //! * [`orchestration`] and [`registry`]: what users write (orchestrators, activities);
 //! * [`replay`]: runs orchestrator code over history (with cached live cursors);
 //! * [`engine`]: opens a task hub, recovers partitions, wires them together;
+//! * [`hub`]: the hub's directory: its lock, `hub.json`, and each partition's identity;
 //! * `leader`: the per-partition shell (commit, speculation, effects, checkpoints);
 //! * [`client`]: start, query, signal and manage instances;
 //! * [`stats`]: what partitions expose for metrics and dashboards.
@@ -28,6 +29,7 @@ pub mod client;
 pub mod engine;
 pub mod entity;
 pub mod error;
+pub mod hub;
 mod leader;
 pub mod orchestration;
 pub mod registry;
