@@ -2,7 +2,6 @@
 //! workloads. Errors are reported with context (anyhow) and a non-zero exit code.
 
 mod bench;
-mod crash;
 
 use anyhow::{Context, Result};
 use cairn_runtime::{Engine, EngineConfig, Registry};
@@ -22,12 +21,6 @@ enum Command {
     Serve(ServeArgs),
     /// Run the built-in benchmark workloads in-process on a fresh data directory.
     Bench(bench::BenchArgs),
-    /// Tools for Cairn's own tests.
-    #[command(hide = true)]
-    Debug {
-        #[command(subcommand)]
-        command: crash::DebugCommand,
-    },
 }
 
 /// Engine settings shared by the commands.
@@ -121,7 +114,6 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Debug { command } => crash::run(command).await,
         }
     });
     // After an error, partition tasks may still be running: drop them without polling them

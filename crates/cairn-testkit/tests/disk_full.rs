@@ -16,20 +16,13 @@ impl Drop for Mount {
 }
 
 fn workload(data: &Path, ledger: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    cmd.args([
-        "debug",
-        "crash-workload",
-        "--partitions",
-        "2",
-        "--checkpoint-every",
-        "500",
-    ])
-    .arg("--data")
-    .arg(data)
-    .arg("--ledger")
-    .arg(ledger)
-    .env("RUST_LOG", "warn");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-crash-workload"));
+    cmd.args(["--partitions", "2", "--checkpoint-every", "500"])
+        .arg("--data")
+        .arg(data)
+        .arg("--ledger")
+        .arg(ledger)
+        .env("RUST_LOG", "warn");
     cmd
 }
 

@@ -10,20 +10,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn workload(data: &Path, ledger: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    cmd.args([
-        "debug",
-        "crash-workload",
-        "--partitions",
-        "4",
-        "--checkpoint-every",
-        "1500",
-    ])
-    .arg("--data")
-    .arg(data)
-    .arg("--ledger")
-    .arg(ledger)
-    .env("RUST_LOG", "warn");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-crash-workload"));
+    cmd.args(["--partitions", "4", "--checkpoint-every", "1500"])
+        .arg("--data")
+        .arg(data)
+        .arg("--ledger")
+        .arg(ledger)
+        .env("RUST_LOG", "warn");
     cmd
 }
 

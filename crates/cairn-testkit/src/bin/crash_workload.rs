@@ -1,4 +1,5 @@
-//! `cairn debug crash-workload`: the process that Cairn's crash test kills with SIGKILL.
+//! `cairn-crash-workload`: the process that Cairn's crash test kills with SIGKILL. A test
+//! binary, not part of the shipped `cairn`.
 //!
 //! It runs a mixed workload (chains, fan-outs, sub-orchestrations, timers, external events,
 //! continue-as-new) against a data directory and writes every *acknowledged* start to a ledger
@@ -7,10 +8,9 @@
 //! sub-orchestration result must appear exactly once. It prints a JSON summary and exits
 //! non-zero if anything is wrong.
 
-use crate::EngineArgs;
 use anyhow::{Context, Result};
 use cairn_runtime::*;
-use clap::{Args, Subcommand};
+use clap::Parser;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -19,16 +19,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-#[derive(Subcommand)]
-pub enum DebugCommand {
-    /// Run (or finish and verify) the crash-test workload.
-    CrashWorkload(CrashArgs),
-}
-
-#[derive(Args)]
+/// Run (or finish and verify) the crash-test workload on a data directory.
+#[derive(Parser)]
+#[command(name = "cairn-crash-workload")]
 pub struct CrashArgs {
-    #[command(flatten)]
-    engine: EngineArgs,
+    /// Data directory of the task hub.
+    #[arg(long)]
+    data: PathBuf,
+    /// Partition count of a new task hub.
+    #[arg(long)]
+    partitions: Option<u32>,
     /// Ledger of acknowledged starts.
     #[arg(long)]
     ledger: PathBuf,
@@ -188,11 +188,28 @@ struct Summary {
     problems: Vec<String>,
 }
 
-pub async fn run(command: DebugCommand) -> Result<()> {
-    let DebugCommand::CrashWorkload(args) = command;
+fn main() -> Result<()> {
+    let args = CrashArgs::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: CrashArgs) -> Result<()> {
     let config = EngineConfig {
+        data_dir: args.data.clone(),
+        partitions: args.partitions,
         checkpoint_every_records: args.checkpoint_every,
-        ..args.engine.config()
+        ..EngineConfig::default()
     };
     let engine = Engine::open(config, registry())
         .await
