@@ -47,6 +47,13 @@ pub struct EngineArgs {
     /// Largest accepted payload (input, event data, result), in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     max_payload_bytes: usize,
+    /// Client requests a partition queues before clients are told it is busy (gRPC
+    /// RESOURCE_EXHAUSTED, HTTP 429): a flood is pushed back instead of growing memory.
+    #[arg(long, default_value_t = 10_000)]
+    max_queued_requests: usize,
+    /// Fault injection for tests: every log sync takes at least this long (a slow disk).
+    #[arg(long, value_parser = humantime::parse_duration, hide = true)]
+    log_sync_delay: Option<std::time::Duration>,
 }
 
 impl EngineArgs {
@@ -59,6 +66,8 @@ impl EngineArgs {
             max_concurrent_activities: self.max_concurrent_activities,
             fsync: !self.no_fsync,
             max_payload_bytes: self.max_payload_bytes,
+            max_queued_requests: self.max_queued_requests.max(1),
+            log_sync_delay: self.log_sync_delay,
             ..EngineConfig::default()
         }
     }

@@ -25,6 +25,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The engine is taking work more slowly than it is offered (429 with `Retry-After`).
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -41,6 +44,7 @@ impl ApiError {
             ApiError::Gone(_) => (StatusCode::GONE, "Gone"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+            ApiError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, "Busy"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
         }
     }
@@ -61,6 +65,7 @@ impl ApiError {
             | EngineError::Serialization(_) => ApiError::BadRequest(message),
             EngineError::PayloadTooLarge { .. } => ApiError::PayloadTooLarge(message),
             EngineError::ShuttingDown | EngineError::Timeout(_) => ApiError::Unavailable(message),
+            EngineError::Busy { .. } => ApiError::Busy(message),
             EngineError::Storage { .. } | EngineError::DataDir { .. } => {
                 ApiError::Internal(message)
             }
@@ -89,6 +94,11 @@ impl IntoResponse for ApiError {
         let (status, kind) = self.parts();
         let body = serde_json::json!({ "error": kind, "message": self.to_string() });
         let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -96,5 +106,22 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full partition queue reads as "slow down, retry", not as a failure.
+    #[test]
+    fn busy_is_429_with_retry_after() {
+        let response = ApiError::from_engine(EngineError::Busy {
+            partition: 3,
+            queued: 10_000,
+        })
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
     }
 }

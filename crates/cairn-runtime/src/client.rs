@@ -284,6 +284,8 @@ pub(crate) enum ReadResponse {
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
+    /// Wait for room in a full partition queue instead of failing with `Busy`.
+    wait_for_room: bool,
 }
 
 fn payload<T: Serialize>(value: &T) -> Result<Option<String>, EngineError> {
@@ -298,7 +300,20 @@ fn to_millis(t: SystemTime) -> Millis {
 
 impl Client {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Client { shared }
+        Client {
+            shared,
+            wait_for_room: false,
+        }
+    }
+
+    /// This client, but one that waits for room when a partition's request queue is full,
+    /// instead of failing with [`EngineError::Busy`]: backpressure by waiting, for programs
+    /// that would only retry anyway.
+    pub fn waiting_for_room(&self) -> Client {
+        Client {
+            shared: self.shared.clone(),
+            wait_for_room: true,
+        }
     }
 
     pub fn partition_count(&self) -> u32 {
@@ -321,7 +336,9 @@ impl Client {
     ) -> Result<ClientResponse, EngineError> {
         let (reply, rx) = oneshot::channel();
         let p = partition_of(instance_id, self.shared.partition_count);
-        self.shared.send(p, Input::Client { kind, reply })?;
+        self.shared
+            .send_request(p, Input::Client { kind, reply }, self.wait_for_room)
+            .await?;
         rx.await.map_err(|_| EngineError::ShuttingDown)?
     }
 
@@ -332,7 +349,12 @@ impl Client {
     ) -> Result<ReadResponse, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.shared
-            .send(partition, Input::Read { request, reply })?;
+            .send_request(
+                partition,
+                Input::Read { request, reply },
+                self.wait_for_room,
+            )
+            .await?;
         rx.await.map_err(|_| EngineError::ShuttingDown)?
     }
 
@@ -431,14 +453,17 @@ impl Client {
         validate_instance_id(instance_id)?;
         let (reply, rx) = oneshot::channel();
         let p = partition_of(instance_id, self.shared.partition_count);
-        self.shared.send(
-            p,
-            Input::Wait {
-                instance_id: instance_id.to_string(),
-                until,
-                reply,
-            },
-        )?;
+        self.shared
+            .send_request(
+                p,
+                Input::Wait {
+                    instance_id: instance_id.to_string(),
+                    until,
+                    reply,
+                },
+                self.wait_for_room,
+            )
+            .await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(r) => r.map_err(|_| EngineError::ShuttingDown)?,
             Err(_) => Err(EngineError::Timeout(timeout)),
@@ -823,13 +848,17 @@ impl Client {
                 after = page.last().map(|s| s.instance_id.clone());
                 let ids: Vec<String> = page.into_iter().map(|s| s.instance_id).collect();
                 let (reply, rx) = oneshot::channel();
-                self.shared.send(
-                    p,
-                    Input::Client {
-                        kind: ClientRequestKind::Purge { instance_ids: ids },
-                        reply,
-                    },
-                )?;
+                // A purge in progress waits for room rather than stopping half way.
+                self.shared
+                    .send_request(
+                        p,
+                        Input::Client {
+                            kind: ClientRequestKind::Purge { instance_ids: ids },
+                            reply,
+                        },
+                        true,
+                    )
+                    .await?;
                 if let ClientResponse::Purged { count } =
                     rx.await.map_err(|_| EngineError::ShuttingDown)??
                 {

@@ -47,6 +47,9 @@ pub struct EngineConfig {
     /// Hand orchestrations and activities that are not registered in this process to remote
     /// workers (see [`Engine::remote_queue`]) instead of failing them as unknown.
     pub remote_workers: bool,
+    /// Client requests (starts, events, reads, waits…) a partition queues before the client is
+    /// told it is busy: a flood of requests is pushed back instead of growing memory.
+    pub max_queued_requests: usize,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +69,7 @@ impl Default for EngineConfig {
             log_sync_delay: None,
             remote_workers: false,
             max_entity_batch: 5000,
+            max_queued_requests: 10_000,
         }
     }
 }
@@ -77,7 +81,11 @@ pub(crate) struct Shared {
     pub config: EngineConfig,
     pub registry: Registry,
     pub partition_count: u32,
+    /// The partitions' own inputs (results of their work, messages between partitions,
+    /// durability notices): never refused, since refusing them could stall a partition.
     pub partitions: Vec<mpsc::UnboundedSender<Input>>,
+    /// Client requests, bounded per partition ([`EngineConfig::max_queued_requests`]).
+    pub client_inbox: Vec<mpsc::Sender<Input>>,
     pub orchestration_permits: Arc<Semaphore>,
     pub activity_permits: Arc<Semaphore>,
     pub stats: Vec<Arc<LeaderStats>>,
@@ -85,6 +93,33 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Queues a client request for `partition`: refused with [`EngineError::Busy`] when the
+    /// partition's queue is full, or, with `wait`, once there is room.
+    pub async fn send_request(
+        &self,
+        partition: u32,
+        input: Input,
+        wait: bool,
+    ) -> Result<(), EngineError> {
+        let inbox = self
+            .client_inbox
+            .get(partition as usize)
+            .ok_or(EngineError::ShuttingDown)?;
+        if wait {
+            return inbox
+                .send(input)
+                .await
+                .map_err(|_| EngineError::ShuttingDown);
+        }
+        inbox.try_send(input).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => EngineError::Busy {
+                partition,
+                queued: inbox.max_capacity(),
+            },
+            mpsc::error::TrySendError::Closed(_) => EngineError::ShuttingDown,
+        })
+    }
+
     pub fn send(&self, partition: u32, input: Input) -> Result<(), EngineError> {
         self.partitions
             .get(partition as usize)
@@ -129,10 +164,14 @@ impl Engine {
         let count = hub.partitions;
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
+        let mut inboxes = Vec::new();
+        let queued = config.max_queued_requests.max(1);
         for _ in 0..count {
             let (tx, rx) = mpsc::unbounded_channel();
+            let (inbox, inbox_rx) = mpsc::channel(queued);
             senders.push(tx);
-            receivers.push(rx);
+            inboxes.push(inbox);
+            receivers.push((rx, inbox_rx));
         }
         let stats: Vec<Arc<LeaderStats>> = (0..count)
             .map(|_| Arc::new(LeaderStats::default()))
@@ -147,6 +186,7 @@ impl Engine {
             registry,
             partition_count: count,
             partitions: senders,
+            client_inbox: inboxes,
             stats,
             remote: config_remote.then(RemoteQueue::default),
         });
@@ -155,7 +195,7 @@ impl Engine {
         for (p, rx) in receivers.into_iter().enumerate() {
             let shared = shared.clone();
             recovering.push(tokio::task::spawn_blocking(move || {
-                leader::Leader::recover(p as u32, shared, rx)
+                leader::Leader::recover(p as u32, shared, rx.0, rx.1)
             }));
         }
         let mut leaders = Vec::new();

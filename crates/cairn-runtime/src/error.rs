@@ -103,6 +103,14 @@ pub enum EngineError {
     Storage { partition: u32, message: String },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The partition's queue of client requests is full: the engine is taking work more
+    /// slowly than it is offered. Nothing was done; retry after a moment (or use
+    /// [`crate::Client::waiting_for_room`], which waits for room instead).
+    #[error(
+        "partition {partition} is busy: {queued} client requests are queued for it already; \
+         nothing was done, retry after a moment"
+    )]
+    Busy { partition: u32, queued: usize },
     #[error("failed to serialize or deserialize a payload: {0}")]
     Serialization(#[from] serde_json::Error),
 }

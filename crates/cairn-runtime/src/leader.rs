@@ -147,6 +147,8 @@ pub(crate) struct Leader {
     partition: u32,
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Input>,
+    /// Client requests (bounded: a full queue answers "busy" to the client).
+    inbox: mpsc::Receiver<Input>,
     state: PartitionState,
     store: Arc<PartitionStore>,
     log: Option<GroupCommitLog>,
@@ -173,6 +175,7 @@ impl Leader {
         partition: u32,
         shared: Arc<Shared>,
         rx: mpsc::UnboundedReceiver<Input>,
+        inbox: mpsc::Receiver<Input>,
     ) -> Result<(Leader, RecoveryReport), EngineError> {
         let storage_err = |message: String| EngineError::Storage { partition, message };
         let dir = crate::hub::partition_dir(&shared.config.data_dir, partition);
@@ -247,6 +250,7 @@ impl Leader {
             partition,
             shared,
             rx,
+            inbox,
             state,
             store,
             log: Some(log),
@@ -307,15 +311,24 @@ impl Leader {
                 .map(|due| due.saturating_sub(now_millis()))
                 .unwrap_or(1000)
                 .min(1000);
+            // The partition's own inputs first: they finish work and free room.
             tokio::select! {
+                biased;
                 input = self.rx.recv() => match input {
                     Some(i) => batch.push(i),
                     None => break,
                 },
+                Some(i) = self.inbox.recv() => batch.push(i),
                 _ = tokio::time::sleep(std::time::Duration::from_millis(sleep_for)) => {}
             }
             while batch.len() < 4096 {
                 match self.rx.try_recv() {
+                    Ok(i) => batch.push(i),
+                    Err(_) => break,
+                }
+            }
+            while batch.len() < 4096 {
+                match self.inbox.try_recv() {
                     Ok(i) => batch.push(i),
                     Err(_) => break,
                 }

@@ -36,7 +36,9 @@ pub fn status(e: EngineError) -> Status {
         EngineError::WrongStatus { .. } | EngineError::Refused { .. } => {
             Status::failed_precondition(msg)
         }
-        EngineError::PayloadTooLarge { .. } => Status::resource_exhausted(msg),
+        EngineError::PayloadTooLarge { .. } | EngineError::Busy { .. } => {
+            Status::resource_exhausted(msg)
+        }
         EngineError::Timeout(_) => Status::deadline_exceeded(msg),
         EngineError::Storage { .. } | EngineError::ShuttingDown => Status::unavailable(msg),
         EngineError::DataDir { .. } => Status::internal(msg),
@@ -766,5 +768,21 @@ impl TaskHubSidecarService for Sidecar {
             empty_entities_removed: 0,
             orphaned_locks_released: released.min(i32::MAX as u64) as i32,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SDK clients retry RESOURCE_EXHAUSTED; a full partition queue must read as that.
+    #[test]
+    fn busy_is_resource_exhausted() {
+        let s = status(EngineError::Busy {
+            partition: 1,
+            queued: 10_000,
+        });
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert!(s.message().contains("busy"), "{}", s.message());
     }
 }

@@ -93,6 +93,10 @@ pub fn registry() -> Registry {
             }
             Ok(sum)
         })
+        .orchestration(
+            "echo_len",
+            |_ctx: OrchestrationContext, s: String| async move { Ok::<_, TaskError>(s.len()) },
+        )
         .orchestration("failing", |ctx: OrchestrationContext, _: ()| async move {
             ctx.call_activity::<_, ()>("fail", "boom").await?;
             Ok(())
