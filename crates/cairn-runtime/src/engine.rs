@@ -50,6 +50,10 @@ pub struct EngineConfig {
     /// Client requests (starts, events, reads, waits…) a partition queues before the client is
     /// told it is busy: a flood of requests is pushed back instead of growing memory.
     pub max_queued_requests: usize,
+    /// Where the partitions' logs live; `None` is local segmented files in `data_dir` (with
+    /// `fsync`, `log_segment_bytes` and `log_sync_delay`). The simulator and the cluster mode
+    /// put other implementations of the seam here.
+    pub logs: Option<Arc<dyn cairn_storage::seam::PartitionLogs>>,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +74,7 @@ impl Default for EngineConfig {
             remote_workers: false,
             max_entity_batch: 5000,
             max_queued_requests: 10_000,
+            logs: None,
         }
     }
 }
@@ -90,6 +95,8 @@ pub(crate) struct Shared {
     pub activity_permits: Arc<Semaphore>,
     pub stats: Vec<Arc<LeaderStats>>,
     pub remote: Option<RemoteQueue>,
+    /// Where the partitions' logs live (local segmented files by default).
+    pub logs: Arc<dyn cairn_storage::seam::PartitionLogs>,
 }
 
 impl Shared {
@@ -177,6 +184,17 @@ impl Engine {
             .map(|_| Arc::new(LeaderStats::default()))
             .collect();
         let config_remote = config.remote_workers;
+        let logs: Arc<dyn cairn_storage::seam::PartitionLogs> = match &config.logs {
+            Some(logs) => logs.clone(),
+            None => Arc::new(cairn_storage::seam::LocalPartitionLogs {
+                data_dir: dir.clone(),
+                config: cairn_storage::log::LogConfig {
+                    segment_bytes: config.log_segment_bytes,
+                    fsync: config.fsync,
+                    sync_delay: config.log_sync_delay,
+                },
+            }),
+        };
         let shared = Arc::new(Shared {
             orchestration_permits: Arc::new(Semaphore::new(
                 config.max_concurrent_orchestrations.max(1),
@@ -189,6 +207,7 @@ impl Engine {
             client_inbox: inboxes,
             stats,
             remote: config_remote.then(RemoteQueue::default),
+            logs,
         });
         // Recover partitions in parallel on blocking threads (disk reads), then start leaders.
         let mut recovering = Vec::new();

@@ -30,7 +30,7 @@ use crate::replay::Cursor;
 pub use crate::stats::LeaderStats;
 use crate::stats::WorkTicket;
 use cairn_core::*;
-use cairn_storage::log::{GroupCommitLog, LogConfig, SegmentedLog};
+use cairn_storage::seam::PartitionLog;
 use cairn_storage::store::{CheckpointBatch, PartitionStore};
 use futures::FutureExt;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -151,7 +151,7 @@ pub(crate) struct Leader {
     inbox: mpsc::Receiver<Input>,
     state: PartitionState,
     store: Arc<PartitionStore>,
-    log: Option<GroupCommitLog>,
+    log: Option<Box<dyn PartitionLog>>,
     durable: u64,
     held: VecDeque<(u64, Held)>,
     replies: HashMap<u64, Reply<ClientResponse>>,
@@ -196,25 +196,26 @@ impl Leader {
                 .map_err(|e| storage_err(format!("checkpoint globals are unreadable: {e}")))?,
             None => PartitionState::new(partition, shared.partition_count),
         };
-        let log_config = LogConfig {
-            segment_bytes: shared.config.log_segment_bytes,
-            fsync: shared.config.fsync,
-            sync_delay: shared.config.log_sync_delay,
-        };
-        let mut log = SegmentedLog::open(&dir.join("log"), log_config)
+        let tx = shared.partitions[partition as usize].clone();
+        let opened = shared
+            .logs
+            .open(
+                partition,
+                checkpoint + 1,
+                Box::new(move |lsn| {
+                    let _ = tx.send(Input::Durable(lsn));
+                }),
+            )
             .map_err(|e| storage_err(e.to_string()))?;
-        if log.next_lsn() <= checkpoint {
-            log.set_next_lsn(checkpoint + 1)
-                .map_err(|e| storage_err(e.to_string()))?;
-        }
+        let torn_tail_bytes = opened.torn_tail_bytes;
+        let log = opened.log;
         let mut replayed = 0u64;
         {
             let source = StoreSource(&store);
-            let reader = log
+            let records = log
                 .read_from(checkpoint + 1)
                 .map_err(|e| storage_err(e.to_string()))?;
-            for item in reader {
-                let (lsn, bytes) = item.map_err(|e| storage_err(e.to_string()))?;
+            for (lsn, bytes) in records {
                 let record = LogRecord::decode(&bytes).map_err(|e| {
                     storage_err(format!(
                         "log record {lsn} cannot be decoded ({e}); it was written by another Cairn version or is damaged"
@@ -226,16 +227,8 @@ impl Leader {
                 replayed += 1;
             }
         }
-        let durable = log.next_lsn() - 1;
-        let torn_tail_bytes = log.torn_tail_bytes();
+        let durable = log.next_position() - 1;
         let stats = shared.stats[partition as usize].clone();
-        let tx = shared.partitions[partition as usize].clone();
-        let log = GroupCommitLog::start_with_notify(
-            log,
-            Box::new(move |lsn| {
-                let _ = tx.send(Input::Durable(lsn));
-            }),
-        );
         let g = state.globals();
         let report = RecoveryReport {
             partition,
@@ -276,7 +269,7 @@ impl Leader {
     /// Stops the log writer of a leader that will never run (another partition failed to open).
     pub(crate) fn abandon(mut self) {
         if let Some(log) = self.log.take() {
-            let _ = log.shutdown();
+            let _ = log.close();
         }
     }
 
@@ -362,7 +355,7 @@ impl Leader {
         }
         self.release();
         if let Some(log) = self.log.take() {
-            if let Err(e) = tokio::task::block_in_place(|| log.shutdown()) {
+            if let Err(e) = tokio::task::block_in_place(|| log.close()) {
                 tracing::error!(partition = self.partition, "closing the log failed: {e}");
             }
         }
@@ -385,10 +378,10 @@ impl Leader {
         self.stats.cache_misses.store(misses, Ordering::Relaxed);
     }
 
-    fn log(&self) -> &GroupCommitLog {
+    fn log(&self) -> &dyn PartitionLog {
         // The log is only taken at shutdown, after the loop ends.
         self.log
-            .as_ref()
+            .as_deref()
             .expect("log is open while the leader runs")
     }
 
@@ -530,7 +523,7 @@ impl Leader {
 
     /// Applies records to the state machine, appends them to the log, performs effects.
     fn commit(&mut self, records: Vec<LogRecord>) {
-        let base = self.log().next_lsn();
+        let base = self.log().next_position();
         // Every record is encoded before any is applied or appended: an encoding failure stops
         // the partition with nothing written (never an empty or partial record in the log).
         let mut payloads = Vec::with_capacity(records.len());
@@ -557,7 +550,7 @@ impl Leader {
             }
         }
         let count = payloads.len() as u64;
-        if let Err(e) = self.log().append_batch(payloads) {
+        if let Err(e) = self.log().append(base, payloads) {
             self.fail(format!("appending to the log failed: {e}"));
             return;
         }
@@ -1103,7 +1096,7 @@ impl Leader {
             return Err(self.storage_error(f.clone()));
         }
         let log = self.log.as_ref().ok_or(EngineError::ShuttingDown)?;
-        let durable = tokio::task::block_in_place(|| log.flush_blocking())
+        let durable = tokio::task::block_in_place(|| log.flush())
             .map_err(|e| self.storage_error(e.to_string()))?;
         self.durable = self.durable.max(durable);
         let data = self
@@ -1122,7 +1115,7 @@ impl Leader {
         tokio::task::block_in_place(|| self.store.write_checkpoint(&batch))
             .map_err(|e| self.storage_error(e.to_string()))?;
         if let Some(log) = self.log.as_ref() {
-            if let Err(e) = tokio::task::block_in_place(|| log.truncate_before(position + 1)) {
+            if let Err(e) = tokio::task::block_in_place(|| log.truncate_below(position + 1)) {
                 tracing::warn!(
                     partition = self.partition,
                     "log truncation failed (will retry next checkpoint): {e}"

@@ -22,9 +22,48 @@ use super::{LogError, LogStats, SegmentedLog, MAX_RECORD_BYTES};
 /// Callback run on the writer thread after each durable batch, with the new durable LSN.
 type Notify = Box<dyn Fn(u64) + Send + 'static>;
 
-struct TruncateRequest {
-    lsn: u64,
-    reply: mpsc::SyncSender<Result<usize, LogError>>,
+/// Records with their positions, as a read returns them.
+type Records = Vec<(u64, Vec<u8>)>;
+
+/// Work the writer thread does between batches, on the log it owns.
+enum Request {
+    Truncate {
+        lsn: u64,
+        reply: mpsc::SyncSender<Result<usize, LogError>>,
+    },
+    /// Everything written from `from` on (the writer flushes its batch first).
+    Read {
+        from: u64,
+        reply: mpsc::SyncSender<Result<Records, LogError>>,
+    },
+}
+
+impl Request {
+    fn fail(self, e: LogError) {
+        match self {
+            Request::Truncate { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Request::Read { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn run(self, log: &mut SegmentedLog) {
+        // The caller may have given up waiting; nothing to do then.
+        match self {
+            Request::Truncate { lsn, reply } => {
+                let _ = reply.send(log.truncate_before(lsn));
+            }
+            Request::Read { from, reply } => {
+                let read = log
+                    .read_from(from)
+                    .and_then(|reader| reader.collect::<Result<Vec<_>, LogError>>());
+                let _ = reply.send(read);
+            }
+        }
+    }
 }
 
 /// What appenders hand to the writer. Guarded by `Shared::queue`.
@@ -32,7 +71,7 @@ struct Queue {
     pending: Vec<Vec<u8>>,
     /// LSN the next append gets; assigned here, not by the writer, so `append` can return it.
     next_lsn: u64,
-    requests: Vec<TruncateRequest>,
+    requests: Vec<Request>,
     shutdown: bool,
     /// The writer is waiting on `Shared::wake`; appenders only signal then, to save syscalls.
     writer_sleeping: bool,
@@ -222,19 +261,52 @@ impl GroupCommitLog {
     /// Deletes whole segments whose records are all below `lsn` (never the active one); runs on
     /// the writer thread between batches. Returns how many were deleted.
     pub fn truncate_before(&self, lsn: u64) -> Result<usize, LogError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        {
-            let mut q = self.shared.queue.lock();
-            q.usable()?;
-            q.requests.push(TruncateRequest { lsn, reply: tx });
-            if q.writer_sleeping {
-                q.writer_sleeping = false;
-                drop(q);
-                self.shared.wake.notify_one();
-            }
-        }
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.request(Request::Truncate { lsn, reply })?;
         // A dropped sender means the writer exited without answering.
         rx.recv().map_err(|_| LogError::Closed)?
+    }
+
+    /// Every record from `from` on that has been written (queued ones are written first), read
+    /// on the writer thread between batches.
+    pub fn read_from_blocking(&self, from: u64) -> Result<Records, LogError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.request(Request::Read { from, reply })?;
+        rx.recv().map_err(|_| LogError::Closed)?
+    }
+
+    fn request(&self, r: Request) -> Result<(), LogError> {
+        let mut q = self.shared.queue.lock();
+        q.usable()?;
+        q.requests.push(r);
+        if q.writer_sleeping {
+            q.writer_sleeping = false;
+            drop(q);
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Like [`GroupCommitLog::append_batch`], but only if the next LSN is `expected`: a writer
+    /// whose idea of the tail is stale (another writer appended) is refused with
+    /// [`LogError::Fenced`] and nothing is queued.
+    pub fn append_batch_at(&self, expected: u64, payloads: Vec<Vec<u8>>) -> Result<u64, LogError> {
+        for p in &payloads {
+            check_len(p)?;
+        }
+        let mut q = self.shared.queue.lock();
+        q.usable()?;
+        if q.next_lsn != expected {
+            return Err(LogError::Fenced {
+                expected,
+                actual: q.next_lsn,
+            });
+        }
+        q.next_lsn += payloads.len() as u64;
+        let last = q.next_lsn - 1;
+        q.pending.extend(payloads);
+        self.wake_writer(q);
+        Ok(last)
     }
 
     /// The LSN the next append gets.
@@ -336,7 +408,7 @@ impl Shared {
             );
         }
         for r in requests {
-            let _ = r.reply.send(Err(LogError::Failed(msg.clone())));
+            r.fail(LogError::Failed(msg.clone()));
         }
         {
             let mut w = self.watch.state.lock();
@@ -430,7 +502,7 @@ fn writer_main(mut log: SegmentedLog, shared: Arc<Shared>, notify: Option<Notify
                     let msg = e.to_string();
                     tracing::error!(error = %msg, "log write failed; the log stops accepting writes");
                     for r in requests {
-                        let _ = r.reply.send(Err(LogError::Failed(msg.clone())));
+                        r.fail(LogError::Failed(msg.clone()));
                     }
                     shared.fail(msg);
                     return;
@@ -439,8 +511,7 @@ fn writer_main(mut log: SegmentedLog, shared: Arc<Shared>, notify: Option<Notify
         }
 
         for r in requests {
-            // The caller may have given up waiting; nothing to do then.
-            let _ = r.reply.send(log.truncate_before(r.lsn));
+            r.run(&mut log);
         }
         if shutdown {
             return;

@@ -166,6 +166,14 @@ pub enum LogError {
         next_lsn.saturating_sub(1)
     )]
     InvalidNextLsn { requested: u64, next_lsn: u64 },
+    /// An append expected the log's next position to be `expected`, but it is `actual`: another
+    /// writer appended, or this one's view of the log is stale. Nothing was appended. This is
+    /// the fencing that stops two owners of a partition from both committing.
+    #[error(
+        "append refused: it expected the log's next position to be {expected}, but it is \
+         {actual} (another writer appended, or this writer's view is stale); nothing was appended"
+    )]
+    Fenced { expected: u64, actual: u64 },
 }
 
 /// ENOSPC on Linux and the other Unixes Cairn runs on.
