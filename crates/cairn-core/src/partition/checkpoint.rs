@@ -1,0 +1,43 @@
+//! Checkpoint data: everything changed since the last checkpoint, encoded for the store.
+
+use super::*;
+
+impl PartitionState {
+    /// Collects everything changed since the last checkpoint and marks it clean. An encoding
+    /// failure is returned before anything of the instance it concerns is marked clean; the
+    /// shell then stops the partition (recovery replays the log), writing nothing.
+    pub fn checkpoint(&mut self) -> Result<CheckpointData, crate::EncodeError> {
+        let mut data = CheckpointData {
+            position: self.globals.position,
+            globals: crate::encode("the partition's globals", &self.globals)?,
+            ..CheckpointData::default()
+        };
+        let mut dirty: Vec<String> = self.dirty.drain().collect();
+        dirty.sort();
+        for id in dirty {
+            match self.instances.get_mut(&id) {
+                Some(Slot::Live(inst)) => {
+                    let base = inst.persisted_len();
+                    let mut appends = Vec::with_capacity(inst.tail.len());
+                    for (i, ev) in inst.tail.iter().enumerate() {
+                        let bytes = crate::encode("a history event", ev)?;
+                        appends.push((id.clone(), base + i as u32, bytes));
+                    }
+                    let state = inst.state.encode()?;
+                    if inst.reset {
+                        data.history_resets.push(id.clone());
+                        inst.reset = false;
+                    }
+                    inst.tail.clear();
+                    data.history_appends.extend(appends);
+                    data.puts.push((id.clone(), state));
+                }
+                _ => {
+                    data.history_resets.push(id.clone());
+                    data.deletes.push(id);
+                }
+            }
+        }
+        Ok(data)
+    }
+}

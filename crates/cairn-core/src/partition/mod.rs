@@ -1,0 +1,415 @@
+//! The partition state machine: `apply(state, record) -> effects`.
+//!
+//! A partition owns a set of instances (those whose id hashes to it) and the global tables that
+//! drive them: the activity queue, durable timers, the outbox towards other partitions, the
+//! dedup positions of messages received, and the set of instances with work to do.
+//!
+//! **Purity.** Nothing here performs I/O, reads a clock or draws randomness. Instances that are
+//! not in memory are read through [`InstanceSource`], a read-only view of the last checkpoint:
+//! the logical state is "checkpoint overlaid with what was applied since", and the source only
+//! lets the state machine keep the cold part of it on disk. State after position `n` is a pure
+//! function of the log prefix (and that checkpoint, which was itself produced by this code).
+//!
+//! **Memory.** Only the global tables (bounded by in-flight work) are always in memory. Instances
+//! are loaded on demand and may be evicted once clean (written by a checkpoint). A loaded
+//! instance keeps only the *tail* of its history that is not yet in the checkpoint store.
+//!
+//! **Layout.** This file holds the types and [`PartitionState::apply`], which dispatches a record
+//! to the concern that owns it, one file each: `instances` (cache slots, load/take/put, status
+//! counts), `client` (client requests), `messages` (delivery, the outbox, queueing work),
+//! `episode` (episode results, one function per action kind), `lifecycle` (terminate, finish,
+//! rewind), `entities` (operations, batches, locks) and `checkpoint` (what a checkpoint writes).
+
+use crate::event::*;
+use crate::history::*;
+use crate::ids::partition_of;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+mod checkpoint;
+mod client;
+mod entities;
+mod episode;
+mod instances;
+mod lifecycle;
+mod messages;
+
+/// Read-only access to instances as of the last checkpoint.
+pub trait InstanceSource {
+    fn load(&self, instance_id: &str) -> Result<Option<InstanceState>, SourceError>;
+    /// The history rows of the instance's current execution as of the checkpoint (only a
+    /// rewind, which rewrites history, needs more than the in-memory tail).
+    fn load_history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>, SourceError>;
+}
+
+/// The checkpoint store could not be read; the partition cannot make progress.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("reading instance state from the checkpoint store failed: {0}")]
+pub struct SourceError(pub String);
+
+/// A source with nothing in it: a partition that was never checkpointed.
+pub struct EmptySource;
+
+impl InstanceSource for EmptySource {
+    fn load(&self, _: &str) -> Result<Option<InstanceState>, SourceError> {
+        Ok(None)
+    }
+    fn load_history(&self, _: &str) -> Result<Vec<HistoryEvent>, SourceError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Everything Cairn keeps about an instance except its history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceState {
+    pub instance_id: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub execution_id: String,
+    pub status: RuntimeStatus,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub failure: Option<FailureDetails>,
+    pub custom_status: Option<String>,
+    pub created_at: Millis,
+    pub last_updated_at: Millis,
+    pub completed_at: Option<Millis>,
+    pub scheduled_start: Option<Millis>,
+    pub tags: BTreeMap<String, String>,
+    pub parent: Option<ParentInstance>,
+    /// Messages that arrived and wait for the next episode.
+    pub pending: Vec<HistoryEvent>,
+    /// Length of the current execution's history.
+    pub history_len: u32,
+    /// Running sub-orchestrations (task id -> instance id), for recursive terminate.
+    pub children: BTreeMap<i32, String>,
+    /// Set while a scheduled start time has not come yet.
+    pub not_before: Option<Millis>,
+    /// Present for entities (instance id `@name@key`): their state and queued operations.
+    pub entity: Option<EntityRecord>,
+    /// Critical sections this orchestration holds (id -> locked entities), released when it ends.
+    pub held_locks: BTreeMap<String, Vec<String>>,
+}
+
+/// What an entity keeps: its state and the operations waiting for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityRecord {
+    /// Serialized state; None when the entity has no state.
+    pub state: Option<String>,
+    /// Operations in arrival order (per sender, the order they were sent).
+    pub queue: VecDeque<EntityOperation>,
+    pub last_modified: Millis,
+    /// (critical section, holding orchestration) while the entity is locked.
+    pub locked_by: Option<(String, String)>,
+}
+
+impl EntityRecord {
+    /// The operations that may run now, in order: while locked, only the holder's; otherwise
+    /// those queued before the first lock request.
+    pub fn eligible(&self, max: usize) -> Vec<EntityOperation> {
+        match &self.locked_by {
+            Some((_, holder)) => self
+                .queue
+                .iter()
+                .filter(|op| {
+                    op.kind == EntityRequestKind::Operation
+                        && op.sender.as_deref() == Some(holder.as_str())
+                })
+                .take(max)
+                .cloned()
+                .collect(),
+            None => self
+                .queue
+                .iter()
+                .take_while(|op| op.kind == EntityRequestKind::Operation)
+                .take(max)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// The entity name of an entity instance id `@name@key`.
+pub fn entity_name(entity_id: &str) -> Option<&str> {
+    let rest = entity_id.strip_prefix('@')?;
+    rest.split_once('@').map(|(name, _)| name)
+}
+
+impl InstanceState {
+    pub fn encode(&self) -> Result<Vec<u8>, crate::EncodeError> {
+        crate::encode("an instance's state", self)
+    }
+    pub fn decode(bytes: &[u8]) -> Result<InstanceState, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+/// A loaded instance: its state plus the part of its history not yet checkpointed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub state: InstanceState,
+    /// History events `[history_len - tail.len(), history_len)`; earlier ones are in the store.
+    pub tail: Vec<HistoryEvent>,
+    /// The store still holds rows of an older execution that the next checkpoint must delete.
+    pub reset: bool,
+}
+
+impl Instance {
+    /// Number of history events of the current execution that are in the checkpoint store.
+    pub fn persisted_len(&self) -> u32 {
+        self.state.history_len - self.tail.len() as u32
+    }
+
+    fn push(&mut self, event: HistoryEvent) {
+        self.tail.push(event);
+        self.state.history_len += 1;
+    }
+
+    fn approx_size(&self) -> usize {
+        let s = &self.state;
+        256 + s.instance_id.len()
+            + s.input.as_ref().map_or(0, |x| x.len())
+            + s.output.as_ref().map_or(0, |x| x.len())
+            + s.pending.iter().map(|e| e.approx_size()).sum::<usize>()
+            + self.tail.iter().map(|e| e.approx_size()).sum::<usize>()
+    }
+}
+
+enum Slot {
+    Live(Box<Instance>),
+    /// Known not to exist (checked against the source, or deleted since).
+    Absent,
+}
+
+/// The tables every partition keeps in memory, checkpointed as one blob.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Globals {
+    pub partition: u32,
+    pub partition_count: u32,
+    /// Position of the last applied record.
+    pub position: u64,
+    pub activities: BTreeMap<u64, ActivityWorkItem>,
+    pub next_activity_id: u64,
+    pub timers: BTreeMap<u64, TimerEntry>,
+    pub next_timer_id: u64,
+    pub outbox: BTreeMap<u32, VecDeque<(MessageId, Message)>>,
+    pub dedup: BTreeMap<u32, MessageId>,
+    /// Instances with pending messages that may run an episode now.
+    pub runnable: BTreeSet<String>,
+    /// Orchestration instances (not entities) by runtime status, kept as instances change so
+    /// metrics never scan the store.
+    pub status_counts: BTreeMap<RuntimeStatus, u64>,
+}
+
+/// What a checkpoint writes to the store (byte-encoded).
+#[derive(Debug, Default)]
+pub struct CheckpointData {
+    pub position: u64,
+    pub globals: Vec<u8>,
+    pub puts: Vec<(String, Vec<u8>)>,
+    pub deletes: Vec<String>,
+    pub history_resets: Vec<String>,
+    pub history_appends: Vec<(String, u32, Vec<u8>)>,
+}
+
+pub struct PartitionState {
+    globals: Globals,
+    instances: HashMap<String, Slot>,
+    /// Instances changed (or deleted) since the last checkpoint.
+    dirty: HashSet<String>,
+    /// Lookups answered from memory / from the source (observability only; not state).
+    cache_hits: u64,
+    cache_misses: u64,
+}
+
+/// Per-apply scratch: effects produced, messages to deliver locally, message numbering.
+struct Apply {
+    position: u64,
+    now: Millis,
+    effects: Vec<Effect>,
+    local: VecDeque<Message>,
+    next_index: u32,
+}
+
+impl PartitionState {
+    pub fn new(partition: u32, partition_count: u32) -> Self {
+        PartitionState {
+            globals: Globals {
+                partition,
+                partition_count,
+                next_activity_id: 1,
+                next_timer_id: 1,
+                ..Globals::default()
+            },
+            instances: HashMap::new(),
+            dirty: HashSet::new(),
+            cache_hits: 0,
+            cache_misses: 0,
+        }
+    }
+
+    /// Rebuilds the in-memory part from a checkpoint's globals blob.
+    pub fn recover(globals: &[u8]) -> Result<Self, postcard::Error> {
+        Ok(PartitionState {
+            globals: postcard::from_bytes(globals)?,
+            instances: HashMap::new(),
+            dirty: HashSet::new(),
+            cache_hits: 0,
+            cache_misses: 0,
+        })
+    }
+
+    pub fn globals(&self) -> &Globals {
+        &self.globals
+    }
+
+    pub fn position(&self) -> u64 {
+        self.globals.position
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.globals.partition
+    }
+
+    pub fn activity(&self, id: u64) -> Option<&ActivityWorkItem> {
+        self.globals.activities.get(&id)
+    }
+
+    pub fn timer(&self, id: u64) -> Option<&TimerEntry> {
+        self.globals.timers.get(&id)
+    }
+
+    pub fn outbox(&self, to: u32) -> impl Iterator<Item = &(MessageId, Message)> {
+        self.globals.outbox.get(&to).into_iter().flatten()
+    }
+
+    pub fn outbox_destinations(&self) -> Vec<u32> {
+        self.globals
+            .outbox
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Applies the record at `position`. Positions must increase by one per record.
+    pub fn apply(
+        &mut self,
+        position: u64,
+        record: &LogRecord,
+        src: &dyn InstanceSource,
+    ) -> Result<Vec<Effect>, SourceError> {
+        let mut cx = Apply {
+            position,
+            now: record.timestamp,
+            effects: Vec::new(),
+            local: VecDeque::new(),
+            next_index: 0,
+        };
+        match &record.event {
+            PartitionEvent::Client(req) => self.client_request(req, &mut cx, src)?,
+            PartitionEvent::Messages { from, batch } => {
+                let mut last = self.globals.dedup.get(from).copied();
+                for (id, msg) in batch {
+                    if last.is_some_and(|l| *id <= l) {
+                        continue; // already applied: a re-send after recovery
+                    }
+                    last = Some(*id);
+                    self.message(msg.clone(), &mut cx, src)?;
+                }
+                if let Some(last) = last {
+                    self.globals.dedup.insert(*from, last);
+                    cx.effects.push(Effect::AckMessages {
+                        to: *from,
+                        up_to: last,
+                    });
+                }
+            }
+            PartitionEvent::EpisodeCompleted(result) => {
+                self.episode_completed(result, &mut cx, src)?
+            }
+            PartitionEvent::EntityBatchCompleted(result) => {
+                self.entity_batch_completed(result, &mut cx, src)?
+            }
+            PartitionEvent::ActivityCompleted {
+                activity_id,
+                result,
+            } => {
+                if let Some(item) = self.globals.activities.remove(activity_id) {
+                    let kind = match result {
+                        Ok(r) => EventKind::TaskCompleted {
+                            task_scheduled_id: item.task_id,
+                            result: r.clone(),
+                        },
+                        Err(f) => EventKind::TaskFailed {
+                            task_scheduled_id: item.task_id,
+                            failure: f.clone(),
+                        },
+                    };
+                    self.deliver(
+                        &item.instance_id,
+                        Some(&item.execution_id),
+                        kind,
+                        &mut cx,
+                        src,
+                    )?;
+                }
+            }
+            PartitionEvent::TimerFired { timer_id } => {
+                if let Some(timer) = self.globals.timers.remove(timer_id) {
+                    match timer.kind {
+                        TimerKind::Orchestration { task_id, fire_at } => {
+                            let kind = EventKind::TimerFired {
+                                timer_id: task_id,
+                                fire_at,
+                            };
+                            self.deliver(
+                                &timer.instance_id,
+                                Some(&timer.execution_id),
+                                kind,
+                                &mut cx,
+                                src,
+                            )?;
+                        }
+                        TimerKind::EntityOperation(op) => {
+                            self.entity_operation(&timer.instance_id, *op, &mut cx, src)?;
+                        }
+                        TimerKind::ScheduledStart => {
+                            if let Some(mut inst) = self.take(&timer.instance_id, src)? {
+                                if inst.state.execution_id == timer.execution_id {
+                                    inst.state.not_before = None;
+                                    self.make_runnable(&inst, &mut cx);
+                                }
+                                self.put(inst);
+                            }
+                        }
+                    }
+                }
+            }
+            PartitionEvent::OutboxAck { to, up_to } => {
+                if let Some(q) = self.globals.outbox.get_mut(to) {
+                    while q.front().is_some_and(|(id, _)| id <= up_to) {
+                        q.pop_front();
+                    }
+                    if q.is_empty() {
+                        self.globals.outbox.remove(to);
+                    }
+                }
+            }
+        }
+        // Messages to instances of this same partition are applied at once, in order.
+        while let Some(msg) = cx.local.pop_front() {
+            self.message(msg, &mut cx, src)?;
+        }
+        self.globals.position = position;
+        Ok(cx.effects)
+    }
+}
+
+/// Decodes a history row written by [`PartitionState::checkpoint`].
+pub fn decode_history_event(bytes: &[u8]) -> Result<HistoryEvent, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests;
