@@ -324,3 +324,47 @@ def test_a_swallowed_work_item_is_dispatched_again_after_its_lease():
         release.set()
         w.stop()
         s.stop()
+
+
+def first_work_item(stub):
+    """Opens a raw GetWorkItems stream and returns (stream, first real work item)."""
+    stream = stub.GetWorkItems(pb.GetWorkItemsRequest())
+    for item in stream:
+        if item.WhichOneof("request") != "healthPing":
+            return stream, item
+    raise AssertionError("the stream ended without a work item")
+
+
+def test_a_completion_token_from_before_a_restart_never_completes_new_work():
+    # A worker that reconnects after `cairn serve` restarted may still complete items it got
+    # from the old process. Their tokens must not match the new process's items (tokens used
+    # to be counters restarting at 1: an old orchestrator completion once dropped a new
+    # activity item with the same number, and a same-kind one would have applied a wrong result).
+    s = CairnServer().start()
+    try:
+        dt = client.TaskHubGrpcClient(host_address=s.address)
+        stub = pb_grpc.TaskHubSidecarServiceStub(grpc.insecure_channel(s.address))
+        iid = dt.schedule_new_orchestration(app_a, input="x")
+        stream, old = first_work_item(stub)
+        assert old.WhichOneof("request") == "orchestratorRequest"
+        stream.cancel()
+        s.kill()
+        s.start()
+        stub = pb_grpc.TaskHubSidecarServiceStub(grpc.insecure_channel(s.address))
+        stream, new = first_work_item(stub)
+        assert new.completionToken != old.completionToken
+        with pytest.raises(grpc.RpcError) as e:
+            stub.CompleteOrchestratorTask(pb.OrchestratorResponse(
+                instanceId=iid, completionToken=old.completionToken))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        stream.cancel()
+        # The new process's item is untouched: a real worker finishes the instance.
+        w = make_worker(s.address, [app_a], [greet_a], filters=False)
+        w.start()
+        try:
+            st = dt.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+            assert json.loads(st.serialized_output) == "a:x"
+        finally:
+            w.stop()
+    finally:
+        s.stop()

@@ -80,6 +80,9 @@ pub struct Dispatcher {
     /// Each connected stream's wake-up for freed room.
     streams: Mutex<HashMap<u64, Arc<Notify>>>,
     next_token: AtomicU64,
+    /// Random per process: a worker that completes an item it got from an earlier `cairn serve`
+    /// (it reconnected after a restart) must never hit an item of this one with the same number.
+    token_prefix: u64,
     next_stream: AtomicU64,
     pub health_ping: Duration,
     /// How long a worker may hold an item before it is dispatched again.
@@ -151,6 +154,7 @@ impl Dispatcher {
             in_flight: Mutex::new(InFlightTable::default()),
             streams: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
+            token_prefix: rand::random(),
             next_stream: AtomicU64::new(1),
             health_ping,
             lease,
@@ -242,7 +246,11 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let token = format!("{}", self.next_token.fetch_add(1, Ordering::Relaxed));
+            let token = format!(
+                "{:016x}-{}",
+                self.token_prefix,
+                self.next_token.fetch_add(1, Ordering::Relaxed)
+            );
             let item = work_item(&taken.work, &token);
             let kind = taken.work.kind();
             self.in_flight.lock().insert(
@@ -337,10 +345,24 @@ impl Dispatcher {
         }
     }
 
-    /// Takes an in-flight item for completion; an unknown token means it was already completed,
-    /// abandoned or re-dispatched to another worker.
-    pub fn complete(&self, token: &str) -> Result<RemoteWork, Status> {
-        let taken = self.in_flight.lock().remove(token);
+    /// Takes an in-flight item of `kind` for completion. An unknown token means it was already
+    /// completed, abandoned or dispatched again; a token of another kind of item is refused and
+    /// leaves that item in flight (its own completion may still come).
+    pub fn complete(&self, token: &str, kind: WorkKind) -> Result<RemoteWork, Status> {
+        let taken = {
+            let mut table = self.in_flight.lock();
+            match table.items.get(token) {
+                Some(f) if f.kind != kind => {
+                    return Err(Status::invalid_argument(format!(
+                        "completion token '{token}' belongs to {} work item of '{}', not to {} one",
+                        article(f.kind),
+                        f.taken.work.instance_id(),
+                        article(kind)
+                    )));
+                }
+                _ => table.remove(token),
+            }
+        };
         match taken {
             Some(f) => {
                 self.wake(f.stream);
@@ -363,8 +385,20 @@ impl Dispatcher {
                 self.wake(f.stream);
                 Ok(())
             }
-            None => self.complete(token).map(drop),
+            None => Err(Status::not_found(format!(
+                "completion token '{token}' is not in flight: the work item was already completed or \
+                 abandoned, or was dispatched again because this worker's stream ended or it held the \
+                 item past its lease (--work-item-lease)"
+            ))),
         }
+    }
+}
+
+fn article(kind: WorkKind) -> &'static str {
+    match kind {
+        WorkKind::Orchestration => "an orchestration",
+        WorkKind::Activity => "an activity",
+        WorkKind::Entity => "an entity",
     }
 }
 

@@ -8,7 +8,7 @@ use crate::dispatch::Dispatcher;
 use crate::proto as pb;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarService;
 use cairn_core::{ExistingPolicy, RuntimeStatus};
-use cairn_runtime::remote::{RemoteEpisode, RemoteWork};
+use cairn_runtime::remote::{RemoteEpisode, RemoteWork, WorkKind};
 use cairn_runtime::{Client, EngineError, InstanceQuery, QueryFilter, StartOptions};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,17 +45,10 @@ pub fn status(e: EngineError) -> Status {
     }
 }
 
-/// A completion whose token belongs to another kind of work item. The item is dropped, so the
-/// engine runs it again.
-fn wrong_kind(token: &str, work: RemoteWork, expected: &str) -> Status {
-    let what = match &work {
-        RemoteWork::Orchestrator(o) => format!("an orchestrator work item of '{}'", o.instance_id),
-        RemoteWork::Activity(a) => format!("an activity work item of '{}'", a.instance_id),
-        RemoteWork::Entity(e) => format!("an entity work item of '{}'", e.entity_id),
-    };
-    drop(work);
-    Status::invalid_argument(format!(
-        "completion token '{token}' belongs to {what}, not {expected}"
+/// `Dispatcher::complete` checked the kind; a mismatch here is a bug, answered as one.
+fn unreachable_kind<T>() -> Result<T, Status> {
+    Err(Status::internal(
+        "the work item's kind changed between checking and completing it",
     ))
 }
 
@@ -539,7 +532,10 @@ impl TaskHubSidecarService for Sidecar {
         request: Request<pb::ActivityResponse>,
     ) -> Reply<pb::CompleteTaskResponse> {
         let r = request.into_inner();
-        match self.dispatcher.complete(&r.completion_token)? {
+        match self
+            .dispatcher
+            .complete(&r.completion_token, WorkKind::Activity)?
+        {
             RemoteWork::Activity(a) => {
                 let result = match &r.failure_details {
                     Some(f) => Err(failure_from_proto(f)),
@@ -548,7 +544,7 @@ impl TaskHubSidecarService for Sidecar {
                 let _ = a.reply.send(result);
                 Ok(Response::new(pb::CompleteTaskResponse {}))
             }
-            other => Err(wrong_kind(&r.completion_token, other, "an activity")),
+            _ => unreachable_kind(),
         }
     }
 
@@ -557,7 +553,10 @@ impl TaskHubSidecarService for Sidecar {
         request: Request<pb::OrchestratorResponse>,
     ) -> Reply<pb::CompleteTaskResponse> {
         let r = request.into_inner();
-        match self.dispatcher.complete(&r.completion_token)? {
+        match self
+            .dispatcher
+            .complete(&r.completion_token, WorkKind::Orchestration)?
+        {
             RemoteWork::Orchestrator(o) => {
                 let (actions, bad) = match actions_from_proto(&o.instance_id, &r.actions) {
                     Ok(a) => (a, None),
@@ -587,7 +586,7 @@ impl TaskHubSidecarService for Sidecar {
                 }
                 Ok(Response::new(pb::CompleteTaskResponse {}))
             }
-            other => Err(wrong_kind(&r.completion_token, other, "an orchestration")),
+            _ => unreachable_kind(),
         }
     }
 
@@ -596,13 +595,16 @@ impl TaskHubSidecarService for Sidecar {
         request: Request<pb::EntityBatchResult>,
     ) -> Reply<pb::CompleteTaskResponse> {
         let r = request.into_inner();
-        match self.dispatcher.complete(&r.completion_token)? {
+        match self
+            .dispatcher
+            .complete(&r.completion_token, WorkKind::Entity)?
+        {
             RemoteWork::Entity(e) => {
                 let out = convert::entity_batch_from_proto(&r, e.operations.len(), e.state.clone());
                 let _ = e.reply.send(out);
                 Ok(Response::new(pb::CompleteTaskResponse::default()))
             }
-            other => Err(wrong_kind(&r.completion_token, other, "an entity")),
+            _ => unreachable_kind(),
         }
     }
 

@@ -1,0 +1,429 @@
+//! The partition leader: the shell around one partition's state machine.
+//!
+//! A leader owns its partition's log, checkpoint store, and in-memory state. It turns inputs
+//! (client requests, messages, episode/activity/timer results) into log records, applies them to
+//! the pure state machine, appends them with group commit, and performs the effects.
+//!
+//! ## The speculation rule
+//! Records are applied to the in-memory state *before* they are durable, and work that stays
+//! inside the partition starts at once: episodes run, activities run, timers are armed. A chain
+//! of short steps therefore never waits for an fsync. What **leaves** the partition is held
+//! until the log position that caused it is durable:
+//! * responses to clients (acknowledgements, status reads, query results, completion waits);
+//! * messages to other partitions, and acknowledgements of their messages.
+//!
+//! If the process dies, everything not yet durable is lost *together with* every consequence
+//! that could have been observed: nobody outside saw it. Activities that ran speculatively may
+//! run again after recovery (activities are at-least-once); their results are applied once,
+//! because a result is keyed by an activity id that exists only once in the recovered state.
+//!
+//! This module never decides *what* happens to an instance: that is the state machine's job.
+
+use crate::client::{
+    EntityStatus, InstanceStatus, QueryFilter, ReadRequest, ReadResponse, WaitFor,
+};
+use crate::engine::{RecoveryReport, Shared};
+use crate::error::EngineError;
+use crate::registry::ActivityContext;
+use crate::remote::{ActivityWork, EntityWork, OrchestratorWork, RemoteQueue, RemoteWork};
+use crate::replay::Cursor;
+pub use crate::stats::LeaderStats;
+use crate::stats::WorkTicket;
+use cairn_core::*;
+use cairn_storage::seam::PartitionLog;
+use cairn_storage::store::{CheckpointBatch, PartitionStore};
+use futures::FutureExt;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+mod checkpoints;
+mod commit;
+mod held;
+mod reads;
+mod recovery;
+mod waiters;
+mod work;
+
+use commit::oversized_action;
+use recovery::StoreSource;
+use work::read_history;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// Everything a leader reacts to.
+pub(crate) enum Input {
+    Client {
+        kind: ClientRequestKind,
+        reply: Reply<ClientResponse>,
+    },
+    Read {
+        request: ReadRequest,
+        reply: Reply<ReadResponse>,
+    },
+    Wait {
+        instance_id: String,
+        until: WaitFor,
+        reply: Reply<InstanceStatus>,
+    },
+    Messages {
+        from: u32,
+        batch: Vec<(MessageId, Message)>,
+    },
+    Ack {
+        from: u32,
+        up_to: MessageId,
+    },
+    EpisodeDone {
+        instance_id: String,
+        result: Option<EpisodeResult>,
+        cursor: Option<Cursor>,
+    },
+    ActivityDone {
+        activity_id: u64,
+        result: TaskResult,
+    },
+    EntityDone {
+        entity_id: String,
+        result: EntityBatchResult,
+    },
+    Durable(u64),
+    Checkpoint(Reply<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// An effect held back until the log position that caused it is durable.
+enum Held {
+    Respond(Reply<ClientResponse>, ClientResponse),
+    Read(Reply<ReadResponse>, ReadResponse),
+    Status(Reply<InstanceStatus>, InstanceStatus),
+    Changed(InstanceStatus),
+    Send { to: u32 },
+    Ack { to: u32, up_to: MessageId },
+}
+
+struct Waiter {
+    until: WaitFor,
+    reply: Reply<InstanceStatus>,
+}
+
+pub(crate) fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// A fresh 32-hex-digit execution id.
+pub(crate) fn new_execution_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+pub(crate) struct Leader {
+    partition: u32,
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Input>,
+    /// Client requests (bounded: a full queue answers "busy" to the client).
+    inbox: mpsc::Receiver<Input>,
+    state: PartitionState,
+    store: Arc<PartitionStore>,
+    log: Option<Box<dyn PartitionLog>>,
+    durable: u64,
+    held: VecDeque<(u64, Held)>,
+    replies: HashMap<u64, Reply<ClientResponse>>,
+    next_request: u64,
+    running: HashSet<String>,
+    cursors: HashMap<String, Cursor>,
+    timers: BTreeSet<(Millis, u64)>,
+    waiters: HashMap<String, Vec<Waiter>>,
+    sent_up_to: HashMap<u32, MessageId>,
+    touched: HashMap<String, u64>,
+    tick: u64,
+    records_since_checkpoint: u64,
+    last_checkpoint: Instant,
+    failed: Option<String>,
+    stats: Arc<LeaderStats>,
+}
+
+impl Leader {
+    pub(crate) async fn run(mut self) {
+        self.resume();
+        let mut shutdown: Option<oneshot::Sender<()>> = None;
+        let mut batch: Vec<Input> = Vec::with_capacity(1024);
+        loop {
+            let next_due = self.timers.first().map(|(due, _)| *due);
+            let sleep_for = next_due
+                .map(|due| due.saturating_sub(now_millis()))
+                .unwrap_or(1000)
+                .min(1000);
+            // The partition's own inputs first: they finish work and free room.
+            tokio::select! {
+                biased;
+                input = self.rx.recv() => match input {
+                    Some(i) => batch.push(i),
+                    None => break,
+                },
+                Some(i) = self.inbox.recv() => batch.push(i),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(sleep_for)) => {}
+            }
+            while batch.len() < 4096 {
+                match self.rx.try_recv() {
+                    Ok(i) => batch.push(i),
+                    Err(_) => break,
+                }
+            }
+            while batch.len() < 4096 {
+                match self.inbox.try_recv() {
+                    Ok(i) => batch.push(i),
+                    Err(_) => break,
+                }
+            }
+            for input in batch.iter_mut() {
+                if let Input::Shutdown(_) = input {
+                    if let Input::Shutdown(tx) = std::mem::replace(input, Input::Durable(0)) {
+                        shutdown = Some(tx);
+                    }
+                }
+            }
+            self.process(std::mem::take(&mut batch));
+            self.check_log_failure();
+            self.release();
+            if shutdown.is_some() {
+                break;
+            }
+            let due = self.records_since_checkpoint >= self.shared.config.checkpoint_every_records
+                || (self.records_since_checkpoint > 0
+                    && self.last_checkpoint.elapsed() >= self.shared.config.checkpoint_interval);
+            if due && self.failed.is_none() {
+                if let Err(e) = self.checkpoint() {
+                    self.fail(raw_message(e));
+                }
+            }
+        }
+        if self.failed.is_none() {
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(partition = self.partition, "final checkpoint failed: {e}");
+            }
+        }
+        self.release();
+        if let Some(log) = self.log.take() {
+            if let Err(e) = tokio::task::block_in_place(|| log.close()) {
+                tracing::error!(partition = self.partition, "closing the log failed: {e}");
+            }
+        }
+        if let Some(tx) = shutdown {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Copies what the state machine knows (status counts, cache lookups) to the stats.
+    fn publish_state_stats(&self) {
+        let counts = &self.state.globals().status_counts;
+        for (slot, status) in self.stats.status_counts.iter().zip(RuntimeStatus::ALL) {
+            slot.store(counts.get(&status).copied().unwrap_or(0), Ordering::Relaxed);
+        }
+        self.stats
+            .cached_instances
+            .store(self.state.loaded_count() as u64, Ordering::Relaxed);
+        let (hits, misses) = self.state.cache_counters();
+        self.stats.cache_hits.store(hits, Ordering::Relaxed);
+        self.stats.cache_misses.store(misses, Ordering::Relaxed);
+    }
+
+    fn log(&self) -> &dyn PartitionLog {
+        // The log is only taken at shutdown, after the loop ends.
+        self.log
+            .as_deref()
+            .expect("log is open while the leader runs")
+    }
+
+    fn storage_error(&self, message: impl Into<String>) -> EngineError {
+        EngineError::Storage {
+            partition: self.partition,
+            message: message.into(),
+        }
+    }
+
+    fn process(&mut self, inputs: Vec<Input>) {
+        let now = now_millis();
+        let mut records: Vec<LogRecord> = Vec::new();
+        let mut reads = Vec::new();
+        let mut waits = Vec::new();
+        let mut checkpoints = Vec::new();
+        let mut acks: HashMap<u32, MessageId> = HashMap::new();
+        let mut episodes_to_retry = Vec::new();
+        for input in inputs {
+            match input {
+                Input::Client { kind, reply } => {
+                    if let Some(f) = &self.failed {
+                        let _ = reply.send(Err(self.storage_error(f.clone())));
+                        continue;
+                    }
+                    let request_id = self.next_request;
+                    self.next_request += 1;
+                    self.replies.insert(request_id, reply);
+                    records.push(LogRecord {
+                        timestamp: now,
+                        event: PartitionEvent::Client(ClientRequest { request_id, kind }),
+                    });
+                }
+                Input::Read { request, reply } => reads.push((request, reply)),
+                Input::Wait {
+                    instance_id,
+                    until,
+                    reply,
+                } => waits.push((instance_id, until, reply)),
+                Input::Messages { from, batch } => records.push(LogRecord {
+                    timestamp: now,
+                    event: PartitionEvent::Messages { from, batch },
+                }),
+                Input::Ack { from, up_to } => {
+                    let e = acks.entry(from).or_insert(up_to);
+                    if up_to > *e {
+                        *e = up_to;
+                    }
+                }
+                Input::EpisodeDone {
+                    instance_id,
+                    result,
+                    cursor,
+                } => {
+                    self.running.remove(&instance_id);
+                    if let Some(c) = cursor {
+                        if self.shared.config.cache_orchestrators {
+                            self.cursors.insert(instance_id.clone(), c);
+                        }
+                    }
+                    match result {
+                        Some(r) => records.push(LogRecord {
+                            timestamp: now,
+                            event: PartitionEvent::EpisodeCompleted(r),
+                        }),
+                        None => episodes_to_retry.push(instance_id),
+                    }
+                }
+                Input::ActivityDone {
+                    activity_id,
+                    result,
+                } => records.push(LogRecord {
+                    timestamp: now,
+                    event: PartitionEvent::ActivityCompleted {
+                        activity_id,
+                        result,
+                    },
+                }),
+                Input::EntityDone { entity_id, result } => {
+                    self.running.remove(&entity_id);
+                    records.push(LogRecord {
+                        timestamp: now,
+                        event: PartitionEvent::EntityBatchCompleted(result),
+                    });
+                }
+                Input::Durable(lsn) => self.durable = self.durable.max(lsn),
+                Input::Checkpoint(reply) => checkpoints.push(reply),
+                Input::Shutdown(_) => {}
+            }
+        }
+        for (to, up_to) in acks {
+            records.push(LogRecord {
+                timestamp: now,
+                event: PartitionEvent::OutboxAck { to, up_to },
+            });
+        }
+        while let Some(&(due, timer_id)) = self.timers.first() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            if self.state.timer(timer_id).is_some() {
+                records.push(LogRecord {
+                    timestamp: now,
+                    event: PartitionEvent::TimerFired { timer_id },
+                });
+            }
+        }
+        if !records.is_empty() && self.failed.is_none() {
+            self.commit(records);
+        }
+        for id in episodes_to_retry {
+            self.start_episode(&id);
+        }
+        for (request, reply) in reads {
+            let result = self.read(request);
+            match result {
+                Ok(r) => self.hold(Held::Read(reply, r)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        for (instance_id, until, reply) in waits {
+            self.register_waiter(instance_id, until, reply);
+        }
+        for reply in checkpoints {
+            let r = self.checkpoint();
+            if self.failed.is_none() {
+                match &r {
+                    Err(EngineError::Storage { message, .. }) => self.fail(message.clone()),
+                    Err(e) => self.fail(e.to_string()),
+                    Ok(()) => {}
+                }
+            }
+            let _ = reply.send(r);
+        }
+    }
+
+    fn check_log_failure(&mut self) {
+        if self.failed.is_none() {
+            if let Some(f) = self.log.as_ref().and_then(|l| l.failure()) {
+                self.fail(format!("the log cannot be written: {f}"));
+            }
+        }
+    }
+
+    /// Stops accepting writes: answers everything waiting with the error.
+    fn fail(&mut self, message: String) {
+        let message = format!(
+            "{message}. The partition stopped accepting writes; acknowledged work is safe in the log \
+             and the last checkpoint: fix the cause (e.g. free disk space) and restart Cairn"
+        );
+        tracing::error!(partition = self.partition, "{message}");
+        self.failed = Some(message.clone());
+        for (_, held) in self.held.drain(..) {
+            let err = EngineError::Storage {
+                partition: self.partition,
+                message: message.clone(),
+            };
+            match held {
+                Held::Respond(reply, _) => {
+                    let _ = reply.send(Err(err));
+                }
+                Held::Read(reply, _) => {
+                    let _ = reply.send(Err(err));
+                }
+                Held::Status(reply, _) => {
+                    let _ = reply.send(Err(err));
+                }
+                _ => {}
+            }
+        }
+        for (_, reply) in self.replies.drain() {
+            let _ = reply.send(Err(EngineError::Storage {
+                partition: self.partition,
+                message: message.clone(),
+            }));
+        }
+    }
+}
+
+/// The message of a storage error without the "storage failure in partition N" prefix, which
+/// the error reported to clients adds again.
+fn raw_message(e: EngineError) -> String {
+    match e {
+        EngineError::Storage { message, .. } => message,
+        other => other.to_string(),
+    }
+}

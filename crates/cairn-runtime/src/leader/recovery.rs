@@ -1,0 +1,163 @@
+//! Recovery: the checkpoint store as the state machine's instance source, replaying the log
+//! after the checkpoint, and restarting the work the recovered state says is outstanding.
+
+use super::*;
+
+impl Leader {
+    /// Loads the last checkpoint and replays the log after it. Blocking (disk reads).
+    pub(crate) fn recover(
+        partition: u32,
+        shared: Arc<Shared>,
+        rx: mpsc::UnboundedReceiver<Input>,
+        inbox: mpsc::Receiver<Input>,
+    ) -> Result<(Leader, RecoveryReport), EngineError> {
+        let storage_err = |message: String| EngineError::Storage { partition, message };
+        let dir = crate::hub::partition_dir(&shared.config.data_dir, partition);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| storage_err(format!("cannot create {}: {e}", dir.display())))?;
+        let store = Arc::new(
+            PartitionStore::open(&dir.join("store.redb"))
+                .map_err(|e| storage_err(e.to_string()))?,
+        );
+        let checkpoint = store
+            .checkpoint_position()
+            .map_err(|e| storage_err(e.to_string()))?;
+        let mut state = match store
+            .load_globals()
+            .map_err(|e| storage_err(e.to_string()))?
+        {
+            Some(bytes) => PartitionState::recover(&bytes)
+                .map_err(|e| storage_err(format!("checkpoint globals are unreadable: {e}")))?,
+            None => PartitionState::new(partition, shared.partition_count),
+        };
+        let tx = shared.partitions[partition as usize].clone();
+        let opened = shared
+            .logs
+            .open(
+                partition,
+                checkpoint + 1,
+                Box::new(move |lsn| {
+                    let _ = tx.send(Input::Durable(lsn));
+                }),
+            )
+            .map_err(|e| storage_err(e.to_string()))?;
+        let torn_tail_bytes = opened.torn_tail_bytes;
+        let log = opened.log;
+        let mut replayed = 0u64;
+        {
+            let source = StoreSource(&store);
+            let records = log
+                .read_from(checkpoint + 1)
+                .map_err(|e| storage_err(e.to_string()))?;
+            for (lsn, bytes) in records {
+                let record = LogRecord::decode(&bytes).map_err(|e| {
+                    storage_err(format!(
+                        "log record {lsn} cannot be decoded ({e}); it was written by another Cairn version or is damaged"
+                    ))
+                })?;
+                state
+                    .apply(lsn, &record, &source)
+                    .map_err(|e| storage_err(e.to_string()))?;
+                replayed += 1;
+            }
+        }
+        let durable = log.next_position() - 1;
+        let stats = shared.stats[partition as usize].clone();
+        let g = state.globals();
+        let report = RecoveryReport {
+            partition,
+            checkpoint_position: checkpoint,
+            replayed_records: replayed,
+            runnable: g.runnable.len(),
+            activities: g.activities.len(),
+            timers: g.timers.len(),
+            torn_tail_bytes,
+        };
+        let leader = Leader {
+            partition,
+            shared,
+            rx,
+            inbox,
+            state,
+            store,
+            log: Some(log),
+            durable,
+            held: VecDeque::new(),
+            replies: HashMap::new(),
+            next_request: 1,
+            running: HashSet::new(),
+            cursors: HashMap::new(),
+            timers: BTreeSet::new(),
+            waiters: HashMap::new(),
+            sent_up_to: HashMap::new(),
+            touched: HashMap::new(),
+            tick: 0,
+            records_since_checkpoint: replayed,
+            last_checkpoint: Instant::now(),
+            failed: None,
+            stats,
+        };
+        Ok((leader, report))
+    }
+
+    /// Stops the log writer of a leader that will never run (another partition failed to open).
+    pub(crate) fn abandon(mut self) {
+        if let Some(log) = self.log.take() {
+            let _ = log.close();
+        }
+    }
+
+    /// Restarts the work the recovered state says is outstanding.
+    pub(super) fn resume(&mut self) {
+        // Counts are known from the checkpoint; an idle partition must not read as empty.
+        self.publish_state_stats();
+        let g = self.state.globals();
+        let runnable: Vec<String> = g.runnable.iter().cloned().collect();
+        let activities: Vec<u64> = g.activities.keys().copied().collect();
+        let timers: Vec<(Millis, u64)> = g.timers.iter().map(|(id, t)| (t.due, *id)).collect();
+        let destinations = self.state.outbox_destinations();
+        for id in runnable {
+            self.start_episode(&id);
+        }
+        for a in activities {
+            self.start_activity(a);
+        }
+        self.timers.extend(timers);
+        for to in destinations {
+            self.send_outbox(to);
+        }
+    }
+}
+
+/// The checkpoint store seen as the state machine's instance source.
+pub(super) struct StoreSource<'a>(pub(super) &'a PartitionStore);
+
+impl InstanceSource for StoreSource<'_> {
+    fn load(&self, id: &str) -> Result<Option<InstanceState>, SourceError> {
+        match self.0.get_instance(id) {
+            Ok(Some(bytes)) => InstanceState::decode(&bytes).map(Some).map_err(|e| {
+                SourceError(format!(
+                    "instance '{id}' in the checkpoint store is unreadable: {e}"
+                ))
+            }),
+            Ok(None) => Ok(None),
+            Err(e) => Err(SourceError(e.to_string())),
+        }
+    }
+
+    fn load_history(&self, id: &str) -> Result<Vec<HistoryEvent>, SourceError> {
+        let rows = self
+            .0
+            .read_history(id)
+            .map_err(|e| SourceError(e.to_string()))?;
+        rows.iter()
+            .map(|row| {
+                cairn_core::partition::decode_history_event(row).map_err(|e| {
+                    SourceError(format!(
+                        "history of instance '{id}' in the checkpoint store is unreadable: {e}"
+                    ))
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,430 @@
+//! Work execution: orchestration episodes, activities and entity batches, run in this process
+//! or handed to remote workers (SDK workers through the remote queue), results sent back as inputs.
+
+use super::*;
+
+impl Leader {
+    pub(super) fn start_episode(&mut self, id: &str) {
+        if self.running.contains(id) || self.failed.is_some() {
+            return;
+        }
+        if !self.state.globals().runnable.contains(id) {
+            return;
+        }
+        let store = self.store.clone();
+        let inst = match self.state.get(id, &StoreSource(&store)) {
+            Ok(Some(i)) => i,
+            Ok(None) => return,
+            Err(e) => {
+                self.fail(e.to_string());
+                return;
+            }
+        };
+        if let Some(entity) = &inst.state.entity {
+            let name = inst.state.name.clone();
+            let state = entity.state.clone();
+            let ops: Vec<EntityOperation> =
+                entity.eligible(self.shared.config.max_entity_batch.max(1));
+            self.running.insert(id.to_string());
+            self.stats.episodes.fetch_add(1, Ordering::Relaxed);
+            let shared = self.shared.clone();
+            let tx = self.shared.partitions[self.partition as usize].clone();
+            let entity_id = id.to_string();
+            let ticket = self.stats.entity_queue.enter();
+            tokio::spawn(async move {
+                let placement = place(shared.registry.get_entity(&name), &shared.remote);
+                let out = execute(
+                    placement,
+                    &shared.orchestration_permits,
+                    ticket,
+                    (entity_id.clone(), name.clone(), state, ops.clone()),
+                    |run, (entity_id, _, state, ops)| async move { run(&entity_id, state, &ops) },
+                    |(entity_id, name, state, operations), reply| {
+                        RemoteWork::Entity(EntityWork {
+                            entity_id,
+                            name,
+                            state,
+                            operations,
+                            reply,
+                        })
+                    },
+                    |out| crate::entity::BatchOutput {
+                        state: out.state,
+                        results: out.results,
+                        actions: out.actions,
+                    },
+                    |(_, name, state, ops)| {
+                        let f = shared.registry.entity_not_found(&name);
+                        crate::entity::BatchOutput {
+                            state,
+                            results: ops.iter().map(|_| Err(f.clone())).collect(),
+                            actions: Vec::new(),
+                        }
+                    },
+                )
+                .await;
+                let Some(out) = out else {
+                    let _ = tx.send(Input::EpisodeDone {
+                        instance_id: entity_id,
+                        result: None,
+                        cursor: None,
+                    });
+                    return;
+                };
+                let result = EntityBatchResult {
+                    entity_id: entity_id.clone(),
+                    processed: ops.iter().map(|op| op.request_id.clone()).collect(),
+                    state: out.state,
+                    results: out.results,
+                    actions: out.actions,
+                };
+                let _ = tx.send(Input::EntityDone { entity_id, result });
+            });
+            return;
+        }
+        let s = &inst.state;
+        let execution_id = s.execution_id.clone();
+        let name = s.name.clone();
+        let version = s.version.clone();
+        let history_len = s.history_len;
+        let persisted = inst.persisted_len();
+        let new_events = s.pending.clone();
+        // Orchestrations not registered here run on remote workers (when a front serves them):
+        // they always get the full history, as the Durable Task protocol expects.
+        let remote = match self.shared.registry.get_orchestration(&name) {
+            Some(_) => None,
+            None => self.shared.remote.clone(),
+        };
+        // A rewind rewrites history: a live orchestrator would be out of step with it.
+        let rewound = new_events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ExecutionRewound { .. }));
+        let cursor = self.cursors.remove(id).filter(|c| {
+            remote.is_none()
+                && !rewound
+                && c.execution_id == execution_id
+                && c.history_len == history_len
+        });
+        // The history is only needed to rebuild a cursor; a cached cursor continues without it.
+        let tail = if cursor.is_none() {
+            inst.tail.clone()
+        } else {
+            Vec::new()
+        };
+        self.running.insert(id.to_string());
+        self.tick += 1;
+        self.touched.insert(id.to_string(), self.tick);
+        if cursor.is_none() {
+            self.stats.replays.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.episodes.fetch_add(1, Ordering::Relaxed);
+        let work = EpisodeWork {
+            shared: self.shared.clone(),
+            store,
+            tx: self.shared.partitions[self.partition as usize].clone(),
+            instance_id: id.to_string(),
+            execution_id,
+            name,
+            version,
+            history_len,
+            persisted,
+            tail,
+            new_events,
+        };
+        let ticket = self.stats.orchestrator_queue.enter();
+        tokio::spawn(work.run(cursor, remote, ticket));
+    }
+
+    pub(super) fn start_activity(&mut self, activity_id: u64) {
+        let Some(item) = self.state.activity(activity_id).cloned() else {
+            return;
+        };
+        self.stats.activities.fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        let tx = self.shared.partitions[self.partition as usize].clone();
+        let ticket = self.stats.activity_queue.enter();
+        tokio::spawn(async move {
+            let placement = place(shared.registry.get_activity(&item.name), &shared.remote);
+            let result = execute(
+                placement,
+                &shared.activity_permits,
+                ticket,
+                item.clone(),
+                |f, item| async move {
+                    let ctx = ActivityContext {
+                        instance_id: item.instance_id.clone(),
+                        name: item.name.clone(),
+                        task_id: item.task_id,
+                    };
+                    match AssertUnwindSafe(f(ctx, item.input.clone()))
+                        .catch_unwind()
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(FailureDetails::new(
+                            "Panic",
+                            format!("activity '{}' panicked", item.name),
+                        )),
+                    }
+                },
+                |item, reply| {
+                    RemoteWork::Activity(ActivityWork {
+                        instance_id: item.instance_id,
+                        execution_id: item.execution_id,
+                        name: item.name,
+                        version: item.version,
+                        task_id: item.task_id,
+                        input: item.input,
+                        reply,
+                    })
+                },
+                |r| r,
+                |item| Err(shared.registry.activity_not_found(&item.name)),
+            )
+            .await;
+            // The queue dropped it (shutdown): recovery will run it again.
+            let Some(result) = result else {
+                return;
+            };
+            let limit = shared.config.max_payload_bytes;
+            let result = match result {
+                Ok(Some(s)) if s.len() > limit => Err(FailureDetails::new(
+                    "PayloadTooLarge",
+                    format!(
+                        "activity '{}' returned {} bytes; the limit is {limit} bytes (max_payload_bytes)",
+                        item.name,
+                        s.len()
+                    ),
+                )
+                .non_retriable()),
+                r => r,
+            };
+            let _ = tx.send(Input::ActivityDone {
+                activity_id,
+                result,
+            });
+        });
+    }
+}
+
+/// Where one piece of work runs: the one place that decides between this process, a remote
+/// worker, or nowhere (no one registers the name).
+enum Placement<L> {
+    Local(L),
+    Remote(RemoteQueue),
+    Missing,
+}
+
+fn place<L>(local: Option<L>, remote: &Option<RemoteQueue>) -> Placement<L> {
+    match (local, remote) {
+        (Some(l), _) => Placement::Local(l),
+        (None, Some(queue)) => Placement::Remote(queue.clone()),
+        (None, None) => Placement::Missing,
+    }
+}
+
+/// Runs one piece of work (an episode, an activity, an entity batch) where `placement` says.
+///
+/// Local work takes a permit from `permits` (bounding what this process runs at once) and
+/// leaves the queue gauge (`ticket`) when it starts. Remote work holds no permit (the workers'
+/// own concurrency limits bound it, and work that no connected worker runs must not starve the
+/// rest) and keeps its place in the gauge until a worker takes it. `None` means the remote
+/// answer was dropped (the queue closed, or nobody waits any more): the caller retries later or
+/// leaves it to recovery.
+// One argument per way the work can go (and its admission); grouping them would only hide that.
+#[allow(clippy::too_many_arguments)]
+async fn execute<L, I, R, A, Fut>(
+    placement: Placement<L>,
+    permits: &Arc<tokio::sync::Semaphore>,
+    ticket: WorkTicket,
+    input: I,
+    run_local: impl FnOnce(L, I) -> Fut,
+    remote_item: impl FnOnce(I, oneshot::Sender<A>) -> RemoteWork,
+    from_remote: impl FnOnce(A) -> R,
+    missing: impl FnOnce(I) -> R,
+) -> Option<R>
+where
+    Fut: std::future::Future<Output = R>,
+{
+    match placement {
+        Placement::Local(l) => {
+            let _permit = permits.clone().acquire_owned().await;
+            drop(ticket);
+            Some(run_local(l, input).await)
+        }
+        Placement::Remote(queue) => {
+            let (reply, answer) = oneshot::channel();
+            queue.push(remote_item(input, reply), Some(ticket));
+            answer.await.ok().map(from_remote)
+        }
+        Placement::Missing => {
+            drop(ticket);
+            Some(missing(input))
+        }
+    }
+}
+
+/// Everything an episode needs, moved onto a worker task.
+struct EpisodeWork {
+    shared: Arc<Shared>,
+    store: Arc<PartitionStore>,
+    tx: mpsc::UnboundedSender<Input>,
+    instance_id: String,
+    execution_id: String,
+    name: String,
+    version: Option<String>,
+    history_len: u32,
+    persisted: u32,
+    tail: Vec<HistoryEvent>,
+    new_events: Vec<HistoryEvent>,
+}
+
+impl EpisodeWork {
+    /// Runs the episode (locally with a cursor, or on a remote worker) and reports the result
+    /// to the leader.
+    async fn run(self, cursor: Option<Cursor>, remote: Option<RemoteQueue>, ticket: WorkTicket) {
+        let fail = |f: FailureDetails| vec![Action::Complete(Completion::Failed { failure: f })];
+        let retry_later = |tx: &mpsc::UnboundedSender<Input>, instance_id: String| {
+            let _ = tx.send(Input::EpisodeDone {
+                instance_id,
+                result: None,
+                cursor: None,
+            });
+        };
+        let mut episode = EpisodeResult {
+            instance_id: self.instance_id.clone(),
+            execution_id: self.execution_id.clone(),
+            history_len: self.history_len,
+            consumed: self.new_events.len() as u32,
+            started_at: 0,
+            actions: Vec::new(),
+            custom_status: None,
+        };
+        let past = if cursor.is_none() {
+            match read_history(&self.store, &self.instance_id, self.persisted, self.tail) {
+                Some(p) => p,
+                // The instance changed under us; let the leader look again.
+                None => return retry_later(&self.tx, self.instance_id),
+            }
+        } else {
+            Vec::new()
+        };
+        let placement = match remote {
+            Some(queue) => Placement::Remote(queue),
+            None => place(self.shared.registry.get_orchestration(&self.name), &None),
+        };
+        let shared = self.shared.clone();
+        let ids = (self.instance_id.clone(), self.execution_id.clone());
+        let new_events = self.new_events;
+        // A remote episode's time is when it is handed over (the worker replays with it).
+        let handed_over_at = now_millis();
+        let decided = execute(
+            placement,
+            &shared.orchestration_permits,
+            ticket,
+            (past, new_events),
+            |func, (past, new_events)| {
+                let (instance_id, execution_id) = ids.clone();
+                let name = self.name.clone();
+                async move {
+                    let started_at = now_millis();
+                    let cursor = match cursor {
+                        Some(c) => Ok(c),
+                        None => {
+                            Cursor::rebuild(func.clone(), &instance_id, &execution_id, &name, &past)
+                        }
+                    };
+                    match cursor {
+                        Ok(mut cursor) => {
+                            let out = cursor.run_episode(&new_events, started_at);
+                            let keep = (!cursor.is_finished()).then_some(cursor);
+                            (started_at, out.actions, out.custom_status, keep)
+                        }
+                        Err(f) => (started_at, fail(f), None, None),
+                    }
+                }
+            },
+            |(past, new_events), reply| {
+                // Remote workers always get the full history, and new events that start with
+                // the episode's `OrchestratorStarted`.
+                let mut events = Vec::with_capacity(new_events.len() + 1);
+                events.push(HistoryEvent::new(
+                    handed_over_at,
+                    EventKind::OrchestratorStarted,
+                ));
+                events.extend(new_events);
+                RemoteWork::Orchestrator(OrchestratorWork {
+                    instance_id: ids.0.clone(),
+                    execution_id: ids.1.clone(),
+                    name: self.name.clone(),
+                    version: self.version.clone(),
+                    past_events: past,
+                    new_events: events,
+                    reply,
+                })
+            },
+            |out: crate::remote::RemoteEpisode| {
+                (handed_over_at, out.actions, out.custom_status, None)
+            },
+            |_| {
+                (
+                    now_millis(),
+                    fail(shared.registry.orchestration_not_found(&self.name)),
+                    None,
+                    None,
+                )
+            },
+        )
+        .await;
+        let Some((started_at, actions, custom_status, cursor)) = decided else {
+            return retry_later(&self.tx, self.instance_id);
+        };
+        episode.started_at = started_at;
+        episode.actions = actions;
+        episode.custom_status = custom_status;
+        let mut cursor_out = cursor;
+        for action in episode.actions.iter_mut() {
+            match action {
+                Action::CreateSubOrchestration { execution_id, .. } => {
+                    *execution_id = new_execution_id()
+                }
+                Action::Complete(Completion::ContinuedAsNew {
+                    new_execution_id: e,
+                    ..
+                }) => *e = new_execution_id(),
+                _ => {}
+            }
+        }
+        if let Some(f) = oversized_action(&episode.actions, self.shared.config.max_payload_bytes) {
+            episode.actions = fail(f);
+            cursor_out = None;
+        }
+        let _ = self.tx.send(Input::EpisodeDone {
+            instance_id: self.instance_id,
+            result: Some(episode),
+            cursor: cursor_out,
+        });
+    }
+}
+
+/// Reads the first `persisted` history rows from the store and appends the in-memory tail.
+/// None if the store no longer has them (the instance was restarted or purged meanwhile).
+pub(super) fn read_history(
+    store: &PartitionStore,
+    id: &str,
+    persisted: u32,
+    tail: Vec<HistoryEvent>,
+) -> Option<Vec<HistoryEvent>> {
+    let mut events = Vec::with_capacity(persisted as usize + tail.len());
+    if persisted > 0 {
+        let rows = store.read_history(id).ok()?;
+        if rows.len() < persisted as usize {
+            return None;
+        }
+        for row in rows.iter().take(persisted as usize) {
+            events.push(cairn_core::partition::decode_history_event(row).ok()?);
+        }
+    }
+    events.extend(tail);
+    Some(events)
+}
