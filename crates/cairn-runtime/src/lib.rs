@@ -26,16 +26,21 @@
 //! ```
 
 pub mod client;
+mod clock;
+pub mod config;
 pub mod engine;
 pub mod entity;
 pub mod error;
 pub mod hub;
+mod inbox;
 mod leader;
 pub mod orchestration;
 pub mod registry;
 pub mod remote;
 pub mod replay;
+mod shared;
 pub mod stats;
+pub mod status;
 
 pub use cairn_core::{EventKind, ExistingPolicy, FailureDetails, HistoryEvent, RuntimeStatus};
 pub use client::{

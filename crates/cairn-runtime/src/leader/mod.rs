@@ -19,16 +19,18 @@
 //!
 //! This module never decides *what* happens to an instance: that is the state machine's job.
 
-use crate::client::{
-    EntityStatus, InstanceStatus, QueryFilter, ReadRequest, ReadResponse, WaitFor,
-};
-use crate::engine::{RecoveryReport, Shared};
+pub(crate) use crate::clock::{new_execution_id, now_millis};
 use crate::error::EngineError;
+use crate::inbox::{Input, Reply};
 use crate::registry::ActivityContext;
 use crate::remote::{ActivityWork, EntityWork, OrchestratorWork, RemoteQueue, RemoteWork};
 use crate::replay::Cursor;
+use crate::shared::Shared;
 pub use crate::stats::LeaderStats;
 use crate::stats::WorkTicket;
+use crate::status::{
+    EntityStatus, InstanceStatus, QueryFilter, ReadRequest, ReadResponse, WaitFor,
+};
 use cairn_core::*;
 use cairn_storage::seam::PartitionLog;
 use cairn_storage::store::{CheckpointBatch, PartitionStore};
@@ -37,7 +39,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 mod checkpoints;
@@ -48,52 +50,11 @@ mod recovery;
 mod waiters;
 mod work;
 
+pub use recovery::RecoveryReport;
+
 use commit::oversized_action;
 use recovery::StoreSource;
 use work::read_history;
-
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
-
-/// Everything a leader reacts to.
-pub(crate) enum Input {
-    Client {
-        kind: ClientRequestKind,
-        reply: Reply<ClientResponse>,
-    },
-    Read {
-        request: ReadRequest,
-        reply: Reply<ReadResponse>,
-    },
-    Wait {
-        instance_id: String,
-        until: WaitFor,
-        reply: Reply<InstanceStatus>,
-    },
-    Messages {
-        from: u32,
-        batch: Vec<(MessageId, Message)>,
-    },
-    Ack {
-        from: u32,
-        up_to: MessageId,
-    },
-    EpisodeDone {
-        instance_id: String,
-        result: Option<EpisodeResult>,
-        cursor: Option<Cursor>,
-    },
-    ActivityDone {
-        activity_id: u64,
-        result: TaskResult,
-    },
-    EntityDone {
-        entity_id: String,
-        result: EntityBatchResult,
-    },
-    Durable(u64),
-    Checkpoint(Reply<()>),
-    Shutdown(oneshot::Sender<()>),
-}
 
 /// An effect held back until the log position that caused it is durable.
 enum Held {
@@ -108,18 +69,6 @@ enum Held {
 struct Waiter {
     until: WaitFor,
     reply: Reply<InstanceStatus>,
-}
-
-pub(crate) fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
-
-/// A fresh 32-hex-digit execution id.
-pub(crate) fn new_execution_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 pub(crate) struct Leader {

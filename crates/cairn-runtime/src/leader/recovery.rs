@@ -3,6 +3,18 @@
 
 use super::*;
 
+/// What recovery found in one partition.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub partition: u32,
+    pub checkpoint_position: u64,
+    pub replayed_records: u64,
+    pub runnable: usize,
+    pub activities: usize,
+    pub timers: usize,
+    pub torn_tail_bytes: u64,
+}
+
 impl Leader {
     /// Loads the last checkpoint and replays the log after it. Blocking (disk reads).
     pub(crate) fn recover(

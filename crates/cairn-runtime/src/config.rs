@@ -1,0 +1,71 @@
+//! Engine settings ([`EngineConfig`]); the README's configuration table lists them with the
+//! `cairn serve` flags that set them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Engine settings. Defaults suit a single machine; see the README's configuration table.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where the task hub lives (created if missing).
+    pub data_dir: PathBuf,
+    /// Partition count for a *new* hub (default 12). Opening an existing hub with a different
+    /// count is an error; `None` accepts whatever the hub has.
+    pub partitions: Option<u32>,
+    /// Memory for cached instances and their live orchestrators, in MiB (all partitions).
+    pub instance_cache_mb: usize,
+    /// Keep live orchestrators (cursors) of cached instances so they continue without replay.
+    pub cache_orchestrators: bool,
+    /// Orchestration episodes running at once (all partitions).
+    pub max_concurrent_orchestrations: usize,
+    /// Activities running at once (all partitions).
+    pub max_concurrent_activities: usize,
+    /// fsync the log on every commit batch. Turning it off trades durability for speed.
+    pub fsync: bool,
+    /// Checkpoint a partition after this many log records...
+    pub checkpoint_every_records: u64,
+    /// ...or after this much time with changes.
+    pub checkpoint_interval: Duration,
+    /// Largest accepted payload (input, event data, activity result), in bytes.
+    pub max_payload_bytes: usize,
+    /// Size at which a log segment is closed and a new one started.
+    pub log_segment_bytes: u64,
+    /// Fault injection for tests: every log sync takes at least this long (a slow disk).
+    pub log_sync_delay: Option<Duration>,
+    /// Most queued operations an entity processes in one batch (one state write per batch).
+    pub max_entity_batch: usize,
+    /// Hand orchestrations and activities that are not registered in this process to remote
+    /// workers (see [`Engine::remote_queue`]) instead of failing them as unknown.
+    pub remote_workers: bool,
+    /// Client requests (starts, events, reads, waits…) a partition queues before the client is
+    /// told it is busy: a flood of requests is pushed back instead of growing memory.
+    pub max_queued_requests: usize,
+    /// Where the partitions' logs live; `None` is local segmented files in `data_dir` (with
+    /// `fsync`, `log_segment_bytes` and `log_sync_delay`). The simulator and the cluster mode
+    /// put other implementations of the seam here.
+    pub logs: Option<Arc<dyn cairn_storage::seam::PartitionLogs>>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            data_dir: PathBuf::from("cairn-data"),
+            partitions: None,
+            instance_cache_mb: 256,
+            cache_orchestrators: true,
+            max_concurrent_orchestrations: 1000,
+            max_concurrent_activities: 1000,
+            fsync: true,
+            checkpoint_every_records: 100_000,
+            checkpoint_interval: Duration::from_secs(30),
+            max_payload_bytes: 4 * 1024 * 1024,
+            log_segment_bytes: 64 * 1024 * 1024,
+            log_sync_delay: None,
+            remote_workers: false,
+            max_entity_batch: 5000,
+            max_queued_requests: 10_000,
+            logs: None,
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The inputs of a partition leader: client requests and reads, results of the work it started,
+//! messages from other partitions, durability notices. What the client, the engine and the
+//! leader say to each other, with no dependency among them.
+
+use crate::error::EngineError;
+use crate::replay::Cursor;
+use crate::status::{InstanceStatus, ReadRequest, ReadResponse, WaitFor};
+use cairn_core::*;
+use tokio::sync::oneshot;
+
+/// Where an answer goes.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// Everything a leader reacts to.
+pub(crate) enum Input {
+    Client {
+        kind: ClientRequestKind,
+        reply: Reply<ClientResponse>,
+    },
+    Read {
+        request: ReadRequest,
+        reply: Reply<ReadResponse>,
+    },
+    Wait {
+        instance_id: String,
+        until: WaitFor,
+        reply: Reply<InstanceStatus>,
+    },
+    Messages {
+        from: u32,
+        batch: Vec<(MessageId, Message)>,
+    },
+    Ack {
+        from: u32,
+        up_to: MessageId,
+    },
+    EpisodeDone {
+        instance_id: String,
+        result: Option<EpisodeResult>,
+        cursor: Option<Cursor>,
+    },
+    ActivityDone {
+        activity_id: u64,
+        result: TaskResult,
+    },
+    EntityDone {
+        entity_id: String,
+        result: EntityBatchResult,
+    },
+    Durable(u64),
+    Checkpoint(Reply<()>),
+    Shutdown(oneshot::Sender<()>),
+}
