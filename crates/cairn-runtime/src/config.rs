@@ -45,6 +45,8 @@ pub struct EngineConfig {
     /// `fsync`, `log_segment_bytes` and `log_sync_delay`). The simulator and the cluster mode
     /// put other implementations of the seam here.
     pub logs: Option<Arc<dyn cairn_storage::seam::PartitionLogs>>,
+    /// Where the partitions' checkpoint stores live; `None` is local redb files in `data_dir`.
+    pub checkpoints: Option<Arc<dyn cairn_storage::seam::CheckpointStores>>,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +68,7 @@ impl Default for EngineConfig {
             max_entity_batch: 5000,
             max_queued_requests: 10_000,
             logs: None,
+            checkpoints: None,
         }
     }
 }

@@ -55,6 +55,13 @@ impl Engine {
             .map(|_| Arc::new(LeaderStats::default()))
             .collect();
         let config_remote = config.remote_workers;
+        let checkpoints: Arc<dyn cairn_storage::seam::CheckpointStores> = match &config.checkpoints
+        {
+            Some(c) => c.clone(),
+            None => Arc::new(cairn_storage::seam::LocalCheckpointStores {
+                data_dir: dir.clone(),
+            }),
+        };
         let logs: Arc<dyn cairn_storage::seam::PartitionLogs> = match &config.logs {
             Some(logs) => logs.clone(),
             None => Arc::new(cairn_storage::seam::LocalPartitionLogs {
@@ -79,6 +86,7 @@ impl Engine {
             stats,
             remote: config_remote.then(RemoteQueue::default),
             logs,
+            checkpoints,
         });
         // Recover partitions in parallel on blocking threads (disk reads), then start leaders.
         let mut recovering = Vec::new();

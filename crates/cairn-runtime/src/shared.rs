@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub remote: Option<RemoteQueue>,
     /// Where the partitions' logs live (local segmented files by default).
     pub logs: Arc<dyn cairn_storage::seam::PartitionLogs>,
+    /// Where the partitions' checkpoints live (local redb files by default).
+    pub checkpoints: Arc<dyn cairn_storage::seam::CheckpointStores>,
 }
 
 impl Shared {

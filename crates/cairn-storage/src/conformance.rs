@@ -1,9 +1,11 @@
-//! The conformance suite of [`PartitionLog`]: what every implementation must do, checked the
-//! same way for each (local files, in memory, JetStream). An implementation's test module
-//! provides a [`LogHarness`] and calls [`run_all`]; each check panics with what broke.
+//! The conformance suites of the storage seams: what every [`PartitionLog`] and every
+//! [`CheckpointStore`] must do, checked the same way for each implementation (local files, in
+//! memory, JetStream). An implementation's test provides a [`LogHarness`] or a [`StoreHarness`]
+//! and calls [`run_all`] or [`run_store_checks`]; each check panics with what broke.
 
 use crate::log::LogError;
-use crate::seam::{OnDurable, OpenedLog, PartitionLog};
+use crate::seam::{CheckpointStore, OnDurable, OpenedLog, PartitionLog};
+use crate::store::CheckpointBatch;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -184,4 +186,203 @@ pub fn empty_and_large_records_round_trip(h: &mut dyn LogHarness) {
         vec![(1, Vec::new()), (2, big), (3, vec![0])]
     );
     log.close().unwrap();
+}
+
+// ------------------------------------------------------------------ checkpoint stores
+
+/// How the store suite gets stores from the implementation under test.
+pub trait StoreHarness {
+    /// A store over fresh, empty storage.
+    fn fresh(&mut self) -> Arc<dyn CheckpointStore>;
+    /// The store over the same storage as the last one, after that one was dropped.
+    fn reopen(&mut self) -> Arc<dyn CheckpointStore>;
+}
+
+fn scan(store: &dyn CheckpointStore, after: Option<&str>, prefix: Option<&str>) -> Vec<String> {
+    let mut ids = Vec::new();
+    store
+        .scan_instances(after, prefix, &mut |id, _| {
+            ids.push(id.to_string());
+            true
+        })
+        .unwrap();
+    ids
+}
+
+/// Runs every store check.
+pub fn run_store_checks(h: &mut dyn StoreHarness) {
+    fresh_store_is_empty(h);
+    checkpoint_round_trip_and_reopen(h);
+    history_truncate_applies_before_appends_in_one_batch(h);
+    instance_put_and_delete_of_the_same_id_ends_deleted(h);
+    scan_with_prefix_and_start_after(h);
+}
+
+pub fn fresh_store_is_empty(h: &mut dyn StoreHarness) {
+    let store = h.fresh();
+    assert_eq!(store.checkpoint_position().unwrap(), 0);
+    assert_eq!(store.load_globals().unwrap(), None);
+    assert_eq!(store.get_instance("a").unwrap(), None);
+    assert_eq!(store.read_history("a").unwrap(), Vec::<Vec<u8>>::new());
+    assert_eq!(store.instance_count().unwrap(), 0);
+    assert!(scan(&*store, None, None).is_empty());
+}
+
+pub fn checkpoint_round_trip_and_reopen(h: &mut dyn StoreHarness) {
+    {
+        let store = h.fresh();
+        store
+            .write_checkpoint(&CheckpointBatch {
+                position: 42,
+                globals: b"globals-v1".to_vec(),
+                instance_puts: vec![
+                    ("order-1".into(), b"state-1".to_vec()),
+                    ("order-2".into(), b"state-2".to_vec()),
+                ],
+                instance_deletes: vec![],
+                history_truncates: vec![],
+                history_appends: vec![
+                    ("order-1".into(), 0, b"e0".to_vec()),
+                    ("order-1".into(), 2, b"e2".to_vec()),
+                    ("order-1".into(), 1, b"e1".to_vec()),
+                    ("order-2".into(), 0, b"x0".to_vec()),
+                ],
+            })
+            .unwrap();
+        assert_eq!(store.checkpoint_position().unwrap(), 42);
+        store
+            .write_checkpoint(&CheckpointBatch {
+                position: 50,
+                globals: b"globals-v2".to_vec(),
+                instance_puts: vec![("order-1".into(), b"state-1b".to_vec())],
+                instance_deletes: vec!["order-2".into()],
+                history_truncates: vec!["order-2".into()],
+                history_appends: vec![("order-1".into(), 3, b"e3".to_vec())],
+            })
+            .unwrap();
+    }
+    let store = h.reopen();
+    assert_eq!(store.checkpoint_position().unwrap(), 50);
+    assert_eq!(store.load_globals().unwrap(), Some(b"globals-v2".to_vec()));
+    assert_eq!(
+        store.get_instance("order-1").unwrap(),
+        Some(b"state-1b".to_vec())
+    );
+    assert_eq!(store.get_instance("order-2").unwrap(), None);
+    assert_eq!(store.instance_count().unwrap(), 1);
+    assert_eq!(
+        store.read_history("order-1").unwrap(),
+        vec![
+            b"e0".to_vec(),
+            b"e1".to_vec(),
+            b"e2".to_vec(),
+            b"e3".to_vec()
+        ]
+    );
+    assert!(store.read_history("order-2").unwrap().is_empty());
+}
+
+pub fn history_truncate_applies_before_appends_in_one_batch(h: &mut dyn StoreHarness) {
+    let store = h.fresh();
+    let old: Vec<_> = (0..5u32)
+        .map(|s| ("wf".to_string(), s, format!("old{s}").into_bytes()))
+        .collect();
+    store
+        .write_checkpoint(&CheckpointBatch {
+            position: 1,
+            history_appends: old,
+            // A neighbour whose id extends "wf" must not be touched by truncating "wf".
+            instance_puts: vec![("wf".into(), b"s".to_vec())],
+            ..Default::default()
+        })
+        .unwrap();
+    store
+        .write_checkpoint(&CheckpointBatch {
+            position: 2,
+            history_appends: vec![("wf2".into(), 0, b"other".to_vec())],
+            ..Default::default()
+        })
+        .unwrap();
+    // Continue-as-new: reset the history and start over, in one checkpoint.
+    store
+        .write_checkpoint(&CheckpointBatch {
+            position: 3,
+            history_truncates: vec!["wf".into()],
+            history_appends: vec![
+                ("wf".into(), 0, b"new0".to_vec()),
+                ("wf".into(), 1, b"new1".to_vec()),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        store.read_history("wf").unwrap(),
+        vec![b"new0".to_vec(), b"new1".to_vec()]
+    );
+    assert_eq!(store.read_history("wf2").unwrap(), vec![b"other".to_vec()]);
+    assert_eq!(store.read_history("w").unwrap(), Vec::<Vec<u8>>::new());
+}
+
+pub fn instance_put_and_delete_of_the_same_id_ends_deleted(h: &mut dyn StoreHarness) {
+    let store = h.fresh();
+    store
+        .write_checkpoint(&CheckpointBatch {
+            position: 1,
+            instance_puts: vec![("a".into(), b"1".to_vec())],
+            instance_deletes: vec!["a".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(store.get_instance("a").unwrap(), None);
+}
+
+pub fn scan_with_prefix_and_start_after(h: &mut dyn StoreHarness) {
+    let store = h.fresh();
+    let ids = ["a", "b-1", "b-2", "b-3", "ba", "c", "b"];
+    store
+        .write_checkpoint(&CheckpointBatch {
+            position: 7,
+            instance_puts: ids
+                .iter()
+                .map(|id| (id.to_string(), format!("state of {id}").into_bytes()))
+                .collect(),
+            ..Default::default()
+        })
+        .unwrap();
+
+    assert_eq!(
+        scan(&*store, None, None),
+        vec!["a", "b", "b-1", "b-2", "b-3", "ba", "c"]
+    );
+    assert_eq!(scan(&*store, None, Some("b-")), vec!["b-1", "b-2", "b-3"]);
+    assert_eq!(scan(&*store, Some("b-1"), Some("b-")), vec!["b-2", "b-3"]);
+    // start_after before the prefix range: the prefix bound wins.
+    assert_eq!(
+        scan(&*store, Some("a"), Some("b-")),
+        vec!["b-1", "b-2", "b-3"]
+    );
+    // start_after past the prefix range: nothing.
+    assert!(scan(&*store, Some("b-9"), Some("b-")).is_empty());
+    assert_eq!(scan(&*store, Some("b-3"), None), vec!["ba", "c"]);
+    assert_eq!(
+        scan(&*store, None, Some("b")),
+        vec!["b", "b-1", "b-2", "b-3", "ba"]
+    );
+    assert!(scan(&*store, None, Some("z")).is_empty());
+
+    // Early stop, and the values are passed along.
+    let mut seen = Vec::new();
+    store
+        .scan_instances(None, None, &mut |id, state| {
+            seen.push((id.to_string(), state.to_vec()));
+            seen.len() < 2
+        })
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            ("a".to_string(), b"state of a".to_vec()),
+            ("b".to_string(), b"state of b".to_vec())
+        ]
+    );
 }

@@ -1,4 +1,4 @@
-//! # The partition-log seam
+//! # The storage seams: the partition log and the checkpoint store
 //!
 //! [`PartitionLog`] is everything a partition leader needs from its durable log, and nothing
 //! about where it lives: local segmented files ([`LocalPartitionLog`], the embedded default), an
@@ -21,6 +21,7 @@
 //! It must never interpret a record's bytes.
 
 use crate::log::{GroupCommitLog, LogConfig, LogError, SegmentedLog};
+use crate::store::{CheckpointBatch, PartitionStore, StoreError};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -333,5 +334,228 @@ impl PartitionLog for MemoryPartitionLog {
     }
     fn close(self: Box<Self>) -> Result<(), LogError> {
         self.sync().map(drop)
+    }
+}
+
+// ------------------------------------------------------------------ checkpoint store
+
+/// A partition's checkpoint: the state as of a log position (globals, instances, histories),
+/// written in one atomic batch and read by key or in id order. Every implementation must pass
+/// [`crate::conformance::run_store_checks`].
+///
+/// What an implementation promises: a batch is all or nothing (a crash during
+/// `write_checkpoint` leaves the previous checkpoint); within a batch, history truncations come
+/// before appends and instance deletes after puts; reads see whole batches only.
+pub trait CheckpointStore: Send + Sync {
+    /// The log position the last checkpoint covers (0 when none).
+    fn checkpoint_position(&self) -> Result<u64, StoreError>;
+    fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError>;
+    fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// An instance's history rows in sequence order.
+    fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Instances in id order, from after `start_after`, with ids starting with `prefix`, until
+    /// `f` returns false.
+    fn scan_instances(
+        &self,
+        start_after: Option<&str>,
+        prefix: Option<&str>,
+        f: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+    fn instance_count(&self) -> Result<u64, StoreError>;
+    fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError>;
+}
+
+/// Opens partitions' checkpoint stores.
+pub trait CheckpointStores: Send + Sync + std::fmt::Debug {
+    fn open(&self, partition: u32) -> Result<Arc<dyn CheckpointStore>, StoreError>;
+}
+
+impl CheckpointStore for PartitionStore {
+    fn checkpoint_position(&self) -> Result<u64, StoreError> {
+        PartitionStore::checkpoint_position(self)
+    }
+    fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        PartitionStore::load_globals(self)
+    }
+    fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        PartitionStore::get_instance(self, id)
+    }
+    fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        PartitionStore::read_history(self, id)
+    }
+    fn scan_instances(
+        &self,
+        start_after: Option<&str>,
+        prefix: Option<&str>,
+        f: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        PartitionStore::scan_instances(self, start_after, prefix, f)
+    }
+    fn instance_count(&self) -> Result<u64, StoreError> {
+        PartitionStore::instance_count(self)
+    }
+    fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError> {
+        PartitionStore::write_checkpoint(self, batch)
+    }
+}
+
+/// Each partition's redb store in `<data_dir>/partitions/pNN/store.redb` (the embedded default).
+#[derive(Debug)]
+pub struct LocalCheckpointStores {
+    pub data_dir: PathBuf,
+}
+
+impl CheckpointStores for LocalCheckpointStores {
+    fn open(&self, partition: u32) -> Result<Arc<dyn CheckpointStore>, StoreError> {
+        let path = self
+            .data_dir
+            .join("partitions")
+            .join(format!("p{partition:02}"))
+            .join("store.redb");
+        Ok(Arc::new(PartitionStore::open(&path)?))
+    }
+}
+
+/// A checkpoint store in memory (for the simulator and tests): one lock, so every read sees
+/// whole batches. Clones share the same contents (a "disk" that survives a simulated crash).
+#[derive(Clone, Default)]
+pub struct MemoryCheckpointStore {
+    state: Arc<Mutex<MemoryCheckpoint>>,
+}
+
+#[derive(Default)]
+struct MemoryCheckpoint {
+    position: u64,
+    globals: Option<Vec<u8>>,
+    instances: BTreeMap<String, Vec<u8>>,
+    history: BTreeMap<(String, u32), Vec<u8>>,
+}
+
+impl MemoryCheckpointStore {
+    pub fn new() -> MemoryCheckpointStore {
+        MemoryCheckpointStore::default()
+    }
+}
+
+impl CheckpointStore for MemoryCheckpointStore {
+    fn checkpoint_position(&self) -> Result<u64, StoreError> {
+        Ok(self.state.lock().position)
+    }
+    fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.state.lock().globals.clone())
+    }
+    fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.state.lock().instances.get(id).cloned())
+    }
+    fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let s = self.state.lock();
+        Ok(s.history
+            .range((id.to_string(), 0)..=(id.to_string(), u32::MAX))
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+    fn scan_instances(
+        &self,
+        start_after: Option<&str>,
+        prefix: Option<&str>,
+        f: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let s = self.state.lock();
+        let prefix = prefix.unwrap_or("");
+        let lower: Bound<String> = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        for (id, v) in s.instances.range((lower, Bound::Unbounded)) {
+            if !id.starts_with(prefix) || !f(id, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+    fn instance_count(&self) -> Result<u64, StoreError> {
+        Ok(self.state.lock().instances.len() as u64)
+    }
+    fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError> {
+        let mut s = self.state.lock();
+        s.position = batch.position;
+        s.globals = Some(batch.globals.clone());
+        for id in &batch.history_truncates {
+            let rows: Vec<(String, u32)> = s
+                .history
+                .range((id.clone(), 0)..=(id.clone(), u32::MAX))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in rows {
+                s.history.remove(&k);
+            }
+        }
+        for (id, seq, bytes) in &batch.history_appends {
+            s.history.insert((id.clone(), *seq), bytes.clone());
+        }
+        for (id, bytes) in &batch.instance_puts {
+            s.instances.insert(id.clone(), bytes.clone());
+        }
+        for id in &batch.instance_deletes {
+            s.instances.remove(id);
+        }
+        Ok(())
+    }
+}
+
+/// In-memory logs for every partition of a hub, surviving an engine's restart as long as this
+/// value lives (the simulator's and tests' "disk"). Durable at each append.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryPartitionLogs {
+    disks: Arc<Mutex<BTreeMap<u32, MemoryDisk>>>,
+}
+
+impl std::fmt::Debug for MemoryDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryDisk").finish_non_exhaustive()
+    }
+}
+
+impl MemoryPartitionLogs {
+    /// The disk of `partition` (for fault injection and inspection).
+    pub fn disk(&self, partition: u32) -> MemoryDisk {
+        self.disks.lock().entry(partition).or_default().clone()
+    }
+}
+
+impl PartitionLogs for MemoryPartitionLogs {
+    fn open(
+        &self,
+        partition: u32,
+        min_next: u64,
+        on_durable: OnDurable,
+    ) -> Result<OpenedLog, LogError> {
+        let disk = self.disk(partition);
+        Ok(OpenedLog {
+            log: Box::new(MemoryPartitionLog::open(&disk, min_next, on_durable, true)),
+            torn_tail_bytes: 0,
+        })
+    }
+}
+
+/// In-memory checkpoint stores for every partition of a hub (see [`MemoryPartitionLogs`]).
+#[derive(Default, Clone)]
+pub struct MemoryCheckpointStores {
+    stores: Arc<Mutex<BTreeMap<u32, MemoryCheckpointStore>>>,
+}
+
+impl std::fmt::Debug for MemoryCheckpointStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCheckpointStores")
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckpointStores for MemoryCheckpointStores {
+    fn open(&self, partition: u32) -> Result<Arc<dyn CheckpointStore>, StoreError> {
+        Ok(Arc::new(
+            self.stores.lock().entry(partition).or_default().clone(),
+        ))
     }
 }

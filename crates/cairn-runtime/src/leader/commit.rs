@@ -21,7 +21,7 @@ impl Leader {
         }
         let mut effects = Vec::new();
         let store = self.store.clone();
-        let source = StoreSource(&store);
+        let source = StoreSource(&*store);
         for (i, record) in records.iter().enumerate() {
             let position = base + i as u64;
             match self.state.apply(position, record, &source) {

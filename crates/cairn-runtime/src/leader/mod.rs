@@ -32,8 +32,9 @@ use crate::status::{
     EntityStatus, InstanceStatus, QueryFilter, ReadRequest, ReadResponse, WaitFor,
 };
 use cairn_core::*;
+use cairn_storage::seam::CheckpointStore;
 use cairn_storage::seam::PartitionLog;
-use cairn_storage::store::{CheckpointBatch, PartitionStore};
+use cairn_storage::store::CheckpointBatch;
 use futures::FutureExt;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -78,7 +79,7 @@ pub(crate) struct Leader {
     /// Client requests (bounded: a full queue answers "busy" to the client).
     inbox: mpsc::Receiver<Input>,
     state: PartitionState,
-    store: Arc<PartitionStore>,
+    store: Arc<dyn CheckpointStore>,
     log: Option<Box<dyn PartitionLog>>,
     durable: u64,
     held: VecDeque<(u64, Held)>,

@@ -7,10 +7,10 @@ impl Leader {
     /// A status snapshot of an instance as the state machine sees it now.
     pub(super) fn snapshot(&mut self, id: &str, with_history: bool) -> Option<InstanceStatus> {
         let store = self.store.clone();
-        let inst = self.state.get(id, &StoreSource(&store)).ok()??;
+        let inst = self.state.get(id, &StoreSource(&*store)).ok()??;
         let mut status = InstanceStatus::from_state(&inst.state);
         if with_history {
-            status.history = read_history(&store, id, inst.persisted_len(), inst.tail.clone());
+            status.history = read_history(&*store, id, inst.persisted_len(), inst.tail.clone());
         }
         Some(status)
     }
@@ -56,7 +56,7 @@ impl Leader {
                 let partition = self.partition;
                 let inst = self
                     .state
-                    .get(&entity_id, &StoreSource(&store))
+                    .get(&entity_id, &StoreSource(&*store))
                     .map_err(|e| EngineError::Storage {
                         partition,
                         message: e.to_string(),

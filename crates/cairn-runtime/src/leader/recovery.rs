@@ -24,13 +24,10 @@ impl Leader {
         inbox: mpsc::Receiver<Input>,
     ) -> Result<(Leader, RecoveryReport), EngineError> {
         let storage_err = |message: String| EngineError::Storage { partition, message };
-        let dir = crate::hub::partition_dir(&shared.config.data_dir, partition);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| storage_err(format!("cannot create {}: {e}", dir.display())))?;
-        let store = Arc::new(
-            PartitionStore::open(&dir.join("store.redb"))
-                .map_err(|e| storage_err(e.to_string()))?,
-        );
+        let store = shared
+            .checkpoints
+            .open(partition)
+            .map_err(|e| storage_err(e.to_string()))?;
         let checkpoint = store
             .checkpoint_position()
             .map_err(|e| storage_err(e.to_string()))?;
@@ -57,7 +54,7 @@ impl Leader {
         let log = opened.log;
         let mut replayed = 0u64;
         {
-            let source = StoreSource(&store);
+            let source = StoreSource(&*store);
             let records = log
                 .read_from(checkpoint + 1)
                 .map_err(|e| storage_err(e.to_string()))?;
@@ -142,7 +139,7 @@ impl Leader {
 }
 
 /// The checkpoint store seen as the state machine's instance source.
-pub(super) struct StoreSource<'a>(pub(super) &'a PartitionStore);
+pub(super) struct StoreSource<'a>(pub(super) &'a dyn CheckpointStore);
 
 impl InstanceSource for StoreSource<'_> {
     fn load(&self, id: &str) -> Result<Option<InstanceState>, SourceError> {

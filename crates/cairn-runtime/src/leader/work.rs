@@ -12,7 +12,7 @@ impl Leader {
             return;
         }
         let store = self.store.clone();
-        let inst = match self.state.get(id, &StoreSource(&store)) {
+        let inst = match self.state.get(id, &StoreSource(&*store)) {
             Ok(Some(i)) => i,
             Ok(None) => return,
             Err(e) => {
@@ -267,7 +267,7 @@ where
 /// Everything an episode needs, moved onto a worker task.
 struct EpisodeWork {
     shared: Arc<Shared>,
-    store: Arc<PartitionStore>,
+    store: Arc<dyn CheckpointStore>,
     tx: mpsc::UnboundedSender<Input>,
     instance_id: String,
     execution_id: String,
@@ -301,7 +301,7 @@ impl EpisodeWork {
             custom_status: None,
         };
         let past = if cursor.is_none() {
-            match read_history(&self.store, &self.instance_id, self.persisted, self.tail) {
+            match read_history(&*self.store, &self.instance_id, self.persisted, self.tail) {
                 Some(p) => p,
                 // The instance changed under us; let the leader look again.
                 None => return retry_later(&self.tx, self.instance_id),
@@ -410,7 +410,7 @@ impl EpisodeWork {
 /// Reads the first `persisted` history rows from the store and appends the in-memory tail.
 /// None if the store no longer has them (the instance was restarted or purged meanwhile).
 pub(super) fn read_history(
-    store: &PartitionStore,
+    store: &dyn CheckpointStore,
     id: &str,
     persisted: u32,
     tail: Vec<HistoryEvent>,

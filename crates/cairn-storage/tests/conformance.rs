@@ -1,10 +1,13 @@
-//! The partition-log conformance suite, run against every implementation in this crate.
+//! The storage seams' conformance suites, run against every implementation in this crate.
 
-use cairn_storage::conformance::{run_all, LogHarness};
+use cairn_storage::conformance::{run_all, run_store_checks, LogHarness, StoreHarness};
 use cairn_storage::log::LogConfig;
 use cairn_storage::seam::{
-    LocalPartitionLog, MemoryDisk, MemoryPartitionLog, OnDurable, OpenedLog,
+    CheckpointStore, LocalPartitionLog, MemoryCheckpointStore, MemoryDisk, MemoryPartitionLog,
+    OnDurable, OpenedLog,
 };
+use cairn_storage::store::PartitionStore;
+use std::sync::Arc;
 
 struct Local {
     dir: Option<tempfile::TempDir>,
@@ -88,4 +91,50 @@ fn in_memory_faults_lose_only_what_was_not_durable() {
     assert!(log.append(4, vec![b"e".to_vec()]).is_err());
     drop(log);
     assert_eq!(disk.durable_records().len(), 2);
+}
+
+struct Redb {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl StoreHarness for Redb {
+    fn fresh(&mut self) -> Arc<dyn CheckpointStore> {
+        self.dir = Some(tempfile::tempdir().unwrap());
+        self.reopen()
+    }
+    fn reopen(&mut self) -> Arc<dyn CheckpointStore> {
+        let path = self
+            .dir
+            .as_ref()
+            .expect("fresh first")
+            .path()
+            .join("store.redb");
+        Arc::new(PartitionStore::open(&path).unwrap())
+    }
+}
+
+struct InMemoryStore {
+    store: MemoryCheckpointStore,
+}
+
+impl StoreHarness for InMemoryStore {
+    fn fresh(&mut self) -> Arc<dyn CheckpointStore> {
+        self.store = MemoryCheckpointStore::new();
+        self.reopen()
+    }
+    fn reopen(&mut self) -> Arc<dyn CheckpointStore> {
+        Arc::new(self.store.clone())
+    }
+}
+
+#[test]
+fn redb_checkpoint_store_conforms() {
+    run_store_checks(&mut Redb { dir: None });
+}
+
+#[test]
+fn in_memory_checkpoint_store_conforms() {
+    run_store_checks(&mut InMemoryStore {
+        store: MemoryCheckpointStore::new(),
+    });
 }
