@@ -41,6 +41,14 @@ pub struct CrashArgs {
     /// Concurrent starters.
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Also flood the engine: this many tasks, each with 256 starts in flight at all times,
+    /// well past what the engine can take. Refused starts ("busy") are not acknowledged and not
+    /// in the ledger; every 1,000 refusals add a `busy` line.
+    #[arg(long, default_value_t = 0)]
+    flood: usize,
+    /// Client requests a partition queues before it answers "busy".
+    #[arg(long, default_value_t = 10_000)]
+    max_queued_requests: usize,
 }
 
 const KINDS: [&str; 6] = [
@@ -209,12 +217,15 @@ async fn run(args: CrashArgs) -> Result<()> {
         data_dir: args.data.clone(),
         partitions: args.partitions,
         checkpoint_every_records: args.checkpoint_every,
+        max_queued_requests: args.max_queued_requests,
         ..EngineConfig::default()
     };
     let engine = Engine::open(config, registry())
         .await
         .context("cannot open the task hub")?;
-    let client = engine.client();
+    // The steady workload and the verification wait for room; only the flood is refused.
+    let flood_client = engine.client();
+    let client = flood_client.waiting_for_room();
     let (started, raised, signaled) = read_ledger(&args.ledger)?;
     // Finish what a kill interrupted: events not yet all raised.
     for (id, kind) in &started {
@@ -246,6 +257,9 @@ async fn run(args: CrashArgs) -> Result<()> {
         .context("cannot open the ledger")?;
     let ledger = Arc::new(Mutex::new(Ledger { file }));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(started.len()));
+    // Ids are unique per run: a start acknowledged just before a kill may be missing from the
+    // ledger, and its id must not be started again with another kind.
+    let run: u32 = rand::random();
     let mut workers = Vec::new();
     for _ in 0..args.workers.max(1) {
         let client = client.clone();
@@ -255,7 +269,7 @@ async fn run(args: CrashArgs) -> Result<()> {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let kind = KINDS[i % KINDS.len()];
-                let id = format!("w-{i:06}");
+                let id = format!("w-{run:08x}-{i:06}");
                 let input: Option<String> = Some(if kind == "w_can" {
                     "0".into()
                 } else {
@@ -274,6 +288,47 @@ async fn run(args: CrashArgs) -> Result<()> {
                 }
             }
             #[allow(unreachable_code)]
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for _ in 0..args.flood {
+        let client = flood_client.clone();
+        let ledger = ledger.clone();
+        let next = next.clone();
+        workers.push(tokio::spawn(async move {
+            use futures::StreamExt;
+            let run = run;
+            let busy = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let attempts = futures::stream::iter(0u64..).map(|_| {
+                let (client, ledger, next, busy) =
+                    (client.clone(), ledger.clone(), next.clone(), busy.clone());
+                async move {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let id = format!("w-{run:08x}-{i:06}");
+                    match client
+                        .start_raw(
+                            "w_chain",
+                            Some("null".into()),
+                            StartOptions::with_id(id.clone()),
+                        )
+                        .await
+                    {
+                        Ok(_) => ledger.lock().await.append(&format!("started {id} w_chain")),
+                        Err(EngineError::Busy { .. }) => {
+                            let n = busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                            if n % 1000 == 0 {
+                                ledger.lock().await.append("busy 1000")?;
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(anyhow::Error::from(e)),
+                    }
+                }
+            });
+            let mut attempts = attempts.buffer_unordered(256);
+            while let Some(r) = attempts.next().await {
+                r?;
+            }
             Ok::<(), anyhow::Error>(())
         }));
     }
