@@ -3,7 +3,6 @@
 //! Every call is routed to the partition that owns the instance (`partition_of(id)`), and every
 //! answer is released only once what it reports is durable (see [`crate::leader`]).
 
-use crate::clock::new_execution_id;
 use crate::error::EngineError;
 use crate::inbox::Input;
 use crate::shared::Shared;
@@ -56,6 +55,12 @@ impl Client {
 
     pub fn partition_count(&self) -> u32 {
         self.shared.partition_count
+    }
+
+    /// A new id from the engine's id source (`EngineConfig::ids`): for instance ids a front
+    /// generates, so a seeded engine generates the same ones.
+    pub fn new_id(&self) -> String {
+        self.shared.ids.next_id()
     }
 
     fn check_payload(&self, p: &Option<String>) -> Result<(), EngineError> {
@@ -127,7 +132,7 @@ impl Client {
         self.check_payload(&input)?;
         let instance_id = options
             .instance_id
-            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+            .unwrap_or_else(|| self.shared.ids.next_id());
         validate_instance_id(&instance_id)?;
         let request = StartRequest {
             instance_id: instance_id.clone(),
@@ -136,7 +141,7 @@ impl Client {
             input,
             scheduled_start: options.scheduled_start.map(to_millis),
             tags: options.tags,
-            execution_id: new_execution_id(),
+            execution_id: self.shared.ids.next_id(),
             if_exists: options.if_exists,
         };
         match self
@@ -406,7 +411,7 @@ impl Client {
         let kind = ClientRequestKind::SignalEntity {
             entity_id: entity_id.clone(),
             operation: EntityOperation {
-                request_id: format!("{:032x}", rand::random::<u128>()),
+                request_id: self.shared.ids.next_id(),
                 operation: operation.to_string(),
                 input,
                 caller: None,

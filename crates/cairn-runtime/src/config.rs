@@ -47,6 +47,10 @@ pub struct EngineConfig {
     pub logs: Option<Arc<dyn cairn_storage::seam::PartitionLogs>>,
     /// Where the partitions' checkpoint stores live; `None` is local redb files in `data_dir`.
     pub checkpoints: Option<Arc<dyn cairn_storage::seam::CheckpointStores>>,
+    /// The wall clock the shell stamps records with; `None` is the system clock.
+    pub clock: Option<Arc<dyn crate::clock::Clock>>,
+    /// Where new ids come from; `None` is random.
+    pub ids: Option<Arc<dyn crate::clock::IdGen>>,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +73,8 @@ impl Default for EngineConfig {
             max_queued_requests: 10_000,
             logs: None,
             checkpoints: None,
+            clock: None,
+            ids: None,
         }
     }
 }

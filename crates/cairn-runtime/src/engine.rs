@@ -55,6 +55,14 @@ impl Engine {
             .map(|_| Arc::new(LeaderStats::default()))
             .collect();
         let config_remote = config.remote_workers;
+        let clock = config
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::clock::SystemClock));
+        let ids = config
+            .ids
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::clock::RandomIds));
         let checkpoints: Arc<dyn cairn_storage::seam::CheckpointStores> = match &config.checkpoints
         {
             Some(c) => c.clone(),
@@ -87,6 +95,8 @@ impl Engine {
             remote: config_remote.then(RemoteQueue::default),
             logs,
             checkpoints,
+            clock,
+            ids,
         });
         // Recover partitions in parallel on blocking threads (disk reads), then start leaders.
         let mut recovering = Vec::new();

@@ -26,7 +26,7 @@
 //! ```
 
 pub mod client;
-mod clock;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod entity;

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub logs: Arc<dyn cairn_storage::seam::PartitionLogs>,
     /// Where the partitions' checkpoints live (local redb files by default).
     pub checkpoints: Arc<dyn cairn_storage::seam::CheckpointStores>,
+    pub clock: Arc<dyn crate::clock::Clock>,
+    pub ids: Arc<dyn crate::clock::IdGen>,
 }
 
 impl Shared {

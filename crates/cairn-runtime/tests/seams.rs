@@ -70,3 +70,36 @@ async fn the_engine_runs_and_recovers_on_in_memory_seams() {
     }
     engine.shutdown().await.unwrap();
 }
+
+/// With a seeded id source and in-memory seams, the ids an engine generates (instance and
+/// execution ids) are the same on every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_engine_generates_the_same_ids() {
+    async fn run() -> Vec<(String, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            EngineConfig {
+                logs: Some(Arc::new(MemoryPartitionLogs::default())),
+                checkpoints: Some(Arc::new(MemoryCheckpointStores::default())),
+                ids: Some(Arc::new(cairn_runtime::clock::SeededIds::new(42))),
+                ..config(dir.path())
+            },
+            registry(),
+        )
+        .await
+        .unwrap();
+        let client = engine.client();
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            // One at a time, so the order ids are drawn in is fixed.
+            let id = client.start("chain", &1i64).await.unwrap();
+            let done = client.wait_for_completion(&id, WAIT).await.unwrap();
+            out.push((id, done.execution_id));
+        }
+        engine.shutdown().await.unwrap();
+        out
+    }
+    let first = run().await;
+    assert_eq!(first, run().await);
+    assert_ne!(first[0].0, first[1].0);
+}

@@ -177,7 +177,7 @@ impl TaskHubSidecarService for Sidecar {
         };
         let options = StartOptions {
             instance_id: Some(if r.instance_id.is_empty() {
-                format!("{:032x}", rand::random::<u128>())
+                self.client.new_id()
             } else {
                 r.instance_id.clone()
             }),

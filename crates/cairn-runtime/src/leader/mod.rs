@@ -19,7 +19,6 @@
 //!
 //! This module never decides *what* happens to an instance: that is the state machine's job.
 
-pub(crate) use crate::clock::{new_execution_id, now_millis};
 use crate::error::EngineError;
 use crate::inbox::{Input, Reply};
 use crate::registry::ActivityContext;
@@ -106,7 +105,7 @@ impl Leader {
         loop {
             let next_due = self.timers.first().map(|(due, _)| *due);
             let sleep_for = next_due
-                .map(|due| due.saturating_sub(now_millis()))
+                .map(|due| due.saturating_sub(self.shared.clock.now_millis()))
                 .unwrap_or(1000)
                 .min(1000);
             // The partition's own inputs first: they finish work and free room.
@@ -198,7 +197,7 @@ impl Leader {
     }
 
     fn process(&mut self, inputs: Vec<Input>) {
-        let now = now_millis();
+        let now = self.shared.clock.now_millis();
         let mut records: Vec<LogRecord> = Vec::new();
         let mut reads = Vec::new();
         let mut waits = Vec::new();

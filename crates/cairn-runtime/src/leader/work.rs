@@ -317,7 +317,7 @@ impl EpisodeWork {
         let ids = (self.instance_id.clone(), self.execution_id.clone());
         let new_events = self.new_events;
         // A remote episode's time is when it is handed over (the worker replays with it).
-        let handed_over_at = now_millis();
+        let handed_over_at = self.shared.clock.now_millis();
         let decided = execute(
             placement,
             &shared.orchestration_permits,
@@ -326,8 +326,9 @@ impl EpisodeWork {
             |func, (past, new_events)| {
                 let (instance_id, execution_id) = ids.clone();
                 let name = self.name.clone();
+                let clock = shared.clock.clone();
                 async move {
-                    let started_at = now_millis();
+                    let started_at = clock.now_millis();
                     let cursor = match cursor {
                         Some(c) => Ok(c),
                         None => {
@@ -368,7 +369,7 @@ impl EpisodeWork {
             },
             |_| {
                 (
-                    now_millis(),
+                    shared.clock.now_millis(),
                     fail(shared.registry.orchestration_not_found(&self.name)),
                     None,
                     None,
@@ -386,12 +387,12 @@ impl EpisodeWork {
         for action in episode.actions.iter_mut() {
             match action {
                 Action::CreateSubOrchestration { execution_id, .. } => {
-                    *execution_id = new_execution_id()
+                    *execution_id = self.shared.ids.next_id()
                 }
                 Action::Complete(Completion::ContinuedAsNew {
                     new_execution_id: e,
                     ..
-                }) => *e = new_execution_id(),
+                }) => *e = self.shared.ids.next_id(),
                 _ => {}
             }
         }
