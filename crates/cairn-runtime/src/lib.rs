@@ -25,19 +25,17 @@
 //! # Ok(()) }
 //! ```
 
+pub use cairn_sdk::{entity, orchestration, registry, replay};
+
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod engine;
-pub mod entity;
 pub mod error;
 pub mod hub;
 mod inbox;
 mod leader;
-pub mod orchestration;
-pub mod registry;
 pub mod remote;
-pub mod replay;
 mod shared;
 pub mod stats;
 pub mod status;

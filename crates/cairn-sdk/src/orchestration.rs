@@ -29,7 +29,8 @@ type Outcome = Result<Option<String>, FailureDetails>;
 
 /// Key of a durable future inside the context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Slot {
+#[doc(hidden)] // for the engine that runs it, not for users
+pub enum Slot {
     /// Activity, sub-orchestration or timer: the orchestrator's sequence number.
     Task(i32),
     /// An external-event wait: a local counter (waits are not recorded in history).
@@ -38,13 +39,15 @@ pub(crate) enum Slot {
 
 /// What the code scheduled, for comparison with history during replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ScheduledStep {
+#[doc(hidden)] // for the engine that runs it, not for users
+pub struct ScheduledStep {
     pub kind: &'static str,
     pub name: String,
 }
 
 impl ScheduledStep {
-    pub(crate) fn of_action(action: &Action) -> Option<(i32, ScheduledStep)> {
+    #[doc(hidden)] // for the engine that runs it, not for users
+    pub fn of_action(action: &Action) -> Option<(i32, ScheduledStep)> {
         let (id, kind, name) = match action {
             Action::ScheduleTask { id, name, .. } => (*id, "activity", name.clone()),
             Action::CreateSubOrchestration { id, name, .. } => {
@@ -73,7 +76,8 @@ impl ScheduledStep {
         Some((id, ScheduledStep { kind, name }))
     }
 
-    pub(crate) fn of_event(event: &HistoryEvent) -> Option<(i32, ScheduledStep)> {
+    #[doc(hidden)] // for the engine that runs it, not for users
+    pub fn of_event(event: &HistoryEvent) -> Option<(i32, ScheduledStep)> {
         let (kind, name) = match &event.kind {
             EventKind::TaskScheduled { name, .. } => ("activity", name.clone()),
             EventKind::SubOrchestrationCreated { name, .. } => ("sub-orchestration", name.clone()),
@@ -108,7 +112,8 @@ impl std::fmt::Display for ScheduledStep {
 }
 
 #[derive(Default)]
-pub(crate) struct CtxState {
+#[doc(hidden)] // for the engine that runs it, not for users
+pub struct CtxState {
     pub instance_id: String,
     pub execution_id: String,
     pub name: String,
@@ -136,7 +141,8 @@ pub(crate) struct CtxState {
 }
 
 impl CtxState {
-    pub(crate) fn deliver(&mut self, slot: Slot, outcome: Outcome) {
+    #[doc(hidden)] // for the engine that runs it, not for users
+    pub fn deliver(&mut self, slot: Slot, outcome: Outcome) {
         self.delivered += 1;
         self.results.insert(slot, (self.delivered, outcome));
         if let Some(w) = self.wakers.remove(&slot) {
@@ -144,7 +150,8 @@ impl CtxState {
         }
     }
 
-    pub(crate) fn deliver_event(&mut self, name: &str, input: Option<String>) {
+    #[doc(hidden)] // for the engine that runs it, not for users
+    pub fn deliver_event(&mut self, name: &str, input: Option<String>) {
         let key = name.to_lowercase();
         if let Some(slot) = self.event_waiters.get_mut(&key).and_then(|q| q.pop_front()) {
             self.deliver(Slot::Event(slot), Ok(input));
@@ -162,11 +169,13 @@ impl CtxState {
 /// The handle orchestrator code uses to schedule durable work. Cheap to clone.
 #[derive(Clone)]
 pub struct OrchestrationContext {
-    pub(crate) inner: Arc<Mutex<CtxState>>,
+    #[doc(hidden)] // for the engine that runs it, not for users
+    pub inner: Arc<Mutex<CtxState>>,
 }
 
 impl OrchestrationContext {
-    pub(crate) fn new(instance_id: &str, execution_id: &str, name: &str) -> Self {
+    #[doc(hidden)] // for the engine that runs it, not for users
+    pub fn new(instance_id: &str, execution_id: &str, name: &str) -> Self {
         OrchestrationContext {
             inner: Arc::new(Mutex::new(CtxState {
                 instance_id: instance_id.to_string(),
@@ -760,7 +769,8 @@ pub type OrchestratorFn =
     Arc<dyn Fn(OrchestrationContext, Option<String>) -> OrchestratorFuture + Send + Sync>;
 
 /// Wraps a typed orchestrator function into an [`OrchestratorFn`].
-pub(crate) fn erase_orchestrator<F, Fut, I, O>(f: F) -> OrchestratorFn
+#[doc(hidden)] // for the engine that runs it, not for users
+pub fn erase_orchestrator<F, Fut, I, O>(f: F) -> OrchestratorFn
 where
     F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<O, TaskError>> + Send + 'static,

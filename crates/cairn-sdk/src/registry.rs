@@ -101,7 +101,8 @@ impl Registry {
         self.entities.get(&name.to_lowercase())
     }
 
-    pub(crate) fn entity_not_found(&self, name: &str) -> FailureDetails {
+    #[doc(hidden)] // for the engine that runs it, not for users
+    pub fn entity_not_found(&self, name: &str) -> FailureDetails {
         FailureDetails::new(
             "EntityNotFound",
             format!(
@@ -128,7 +129,8 @@ impl Registry {
         self.activities.keys().map(|s| s.as_str()).collect()
     }
 
-    pub(crate) fn orchestration_not_found(&self, name: &str) -> FailureDetails {
+    #[doc(hidden)] // for the engine that runs it, not for users
+    pub fn orchestration_not_found(&self, name: &str) -> FailureDetails {
         FailureDetails::new(
             "OrchestrationNotFound",
             format!(
@@ -139,7 +141,8 @@ impl Registry {
         .non_retriable()
     }
 
-    pub(crate) fn activity_not_found(&self, name: &str) -> FailureDetails {
+    #[doc(hidden)] // for the engine that runs it, not for users
+    pub fn activity_not_found(&self, name: &str) -> FailureDetails {
         FailureDetails::new(
             "ActivityNotFound",
             format!(

@@ -116,7 +116,8 @@ pub struct BatchOutput {
 pub type EntityFn =
     Arc<dyn Fn(&str, Option<String>, &[EntityOperation]) -> BatchOutput + Send + Sync>;
 
-pub(crate) fn erase_entity<E: Entity>() -> EntityFn {
+#[doc(hidden)] // for the engine that runs it, not for users
+pub fn erase_entity<E: Entity>() -> EntityFn {
     Arc::new(
         |entity_id: &str, state: Option<String>, ops: &[EntityOperation]| {
             run_batch::<E>(entity_id, state, ops)
