@@ -33,11 +33,12 @@ impl Leader {
             let ticket = self.stats.entity_queue.enter();
             tokio::spawn(async move {
                 let placement = place(shared.registry.get_entity(&name), &shared.remote);
+                let processed: Vec<String> = ops.iter().map(|op| op.request_id.clone()).collect();
                 let out = execute(
                     placement,
                     &shared.orchestration_permits,
                     ticket,
-                    (entity_id.clone(), name.clone(), state, ops.clone()),
+                    (entity_id.clone(), name, state, ops),
                     |run, (entity_id, _, state, ops)| async move { run(&entity_id, state, &ops) },
                     |(entity_id, name, state, operations), reply| {
                         RemoteWork::Entity(EntityWork {
@@ -73,7 +74,7 @@ impl Leader {
                 };
                 let result = EntityBatchResult {
                     entity_id: entity_id.clone(),
-                    processed: ops.iter().map(|op| op.request_id.clone()).collect(),
+                    processed,
                     state: out.state,
                     results: out.results,
                     actions: out.actions,
@@ -145,25 +146,24 @@ impl Leader {
         let ticket = self.stats.activity_queue.enter();
         tokio::spawn(async move {
             let placement = place(shared.registry.get_activity(&item.name), &shared.remote);
+            let activity_name = item.name.clone();
             let result = execute(
                 placement,
                 &shared.activity_permits,
                 ticket,
-                item.clone(),
+                item,
                 |f, item| async move {
                     let ctx = ActivityContext {
-                        instance_id: item.instance_id.clone(),
-                        name: item.name.clone(),
+                        instance_id: item.instance_id,
+                        name: item.name,
                         task_id: item.task_id,
                     };
-                    match AssertUnwindSafe(f(ctx, item.input.clone()))
-                        .catch_unwind()
-                        .await
-                    {
+                    let name = ctx.name.clone();
+                    match AssertUnwindSafe(f(ctx, item.input)).catch_unwind().await {
                         Ok(r) => r,
                         Err(_) => Err(FailureDetails::new(
                             "Panic",
-                            format!("activity '{}' panicked", item.name),
+                            format!("activity '{name}' panicked"),
                         )),
                     }
                 },
@@ -192,7 +192,7 @@ impl Leader {
                     "PayloadTooLarge",
                     format!(
                         "activity '{}' returned {} bytes; the limit is {limit} bytes (max_payload_bytes)",
-                        item.name,
+                        activity_name,
                         s.len()
                     ),
                 )
@@ -314,7 +314,9 @@ impl EpisodeWork {
             None => place(self.shared.registry.get_orchestration(&self.name), &None),
         };
         let shared = self.shared.clone();
-        let ids = (self.instance_id.clone(), self.execution_id.clone());
+        // Borrowed, not cloned: the episode runs right here (only a rebuild or a remote
+        // worker needs them).
+        let (instance_id, execution_id, name) = (&self.instance_id, &self.execution_id, &self.name);
         let new_events = self.new_events;
         // A remote episode's time is when it is handed over (the worker replays with it).
         let handed_over_at = self.shared.clock.now_millis();
@@ -324,15 +326,13 @@ impl EpisodeWork {
             ticket,
             (past, new_events),
             |func, (past, new_events)| {
-                let (instance_id, execution_id) = ids.clone();
-                let name = self.name.clone();
-                let clock = shared.clock.clone();
+                let clock = &shared.clock;
                 async move {
                     let started_at = clock.now_millis();
                     let cursor = match cursor {
                         Some(c) => Ok(c),
                         None => {
-                            Cursor::rebuild(func.clone(), &instance_id, &execution_id, &name, &past)
+                            Cursor::rebuild(func.clone(), instance_id, execution_id, name, &past)
                         }
                     };
                     match cursor {
@@ -355,9 +355,9 @@ impl EpisodeWork {
                 ));
                 events.extend(new_events);
                 RemoteWork::Orchestrator(OrchestratorWork {
-                    instance_id: ids.0.clone(),
-                    execution_id: ids.1.clone(),
-                    name: self.name.clone(),
+                    instance_id: instance_id.clone(),
+                    execution_id: execution_id.clone(),
+                    name: name.clone(),
                     version: self.version.clone(),
                     past_events: past,
                     new_events: events,
@@ -370,7 +370,7 @@ impl EpisodeWork {
             |_| {
                 (
                     shared.clock.now_millis(),
-                    fail(shared.registry.orchestration_not_found(&self.name)),
+                    fail(shared.registry.orchestration_not_found(name)),
                     None,
                     None,
                 )

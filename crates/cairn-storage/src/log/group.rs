@@ -304,7 +304,13 @@ impl GroupCommitLog {
         }
         q.next_lsn += payloads.len() as u64;
         let last = q.next_lsn - 1;
-        q.pending.extend(payloads);
+        if q.pending.is_empty() {
+            // Take the caller's vector as is instead of copying the pointers over.
+            let spare = std::mem::replace(&mut q.pending, payloads);
+            drop(spare);
+        } else {
+            q.pending.extend(payloads);
+        }
         self.wake_writer(q);
         Ok(last)
     }
