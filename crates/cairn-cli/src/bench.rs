@@ -30,6 +30,7 @@ pub enum Scenario {
     ChainLatency,
     EntityOps,
     EntityCalls,
+    ChainUnderLoad,
 }
 
 impl Scenario {
@@ -43,6 +44,7 @@ impl Scenario {
             Scenario::ChainLatency => "chain-latency",
             Scenario::EntityOps => "entity-ops",
             Scenario::EntityCalls => "entity-calls",
+            Scenario::ChainUnderLoad => "chain-under-load",
         }
     }
 }
@@ -64,6 +66,10 @@ pub struct BenchArgs {
     /// Directory under which fresh task hubs are created (default: the system temp dir).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Write periodic checkpoints on the partition's task, as Cairn did before they moved to
+    /// the background (to compare `chain-under-load` with and without).
+    #[arg(long)]
+    checkpoints_in_place: bool,
     /// Multiply every scenario's operation count (e.g. 0.1 for a quick run).
     #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
     scale: f64,
@@ -310,6 +316,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             Scenario::ChainLatency,
             Scenario::EntityOps,
             Scenario::EntityCalls,
+            Scenario::ChainUnderLoad,
         ]
     } else {
         args.scenarios.clone()
@@ -336,12 +343,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         let progress = Arc::new(AtomicU64::new(0));
         let stamps = Arc::new(Stamps::default());
-        let config = EngineConfig {
+        let mut config = EngineConfig {
             data_dir: dir.clone(),
             partitions: Some(args.partitions),
             fsync,
+            checkpoints_in_place: args.checkpoints_in_place,
             ..EngineConfig::default()
         };
+        if s == Scenario::ChainUnderLoad {
+            // A checkpoint of everything changed every second, whatever its size.
+            config.checkpoint_interval = Duration::from_secs(1);
+            config.checkpoint_every_records = u64::MAX;
+        }
         let engine = Engine::open(config, registry(progress.clone(), stamps.clone()))
             .await
             .with_context(|| format!("cannot open a benchmark hub in {}", dir.display()))?;
@@ -365,6 +378,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             Scenario::ChainLatency => chain_latency(&bench, n(300)).await,
             Scenario::EntityOps => entity_ops(&bench, n(100_000)).await,
             Scenario::EntityCalls => entity_calls(&bench, n(2_000)).await,
+            Scenario::ChainUnderLoad => chain_under_load(&bench, n(30_000), args.scale).await,
         };
         let Bench { engine, dir, .. } = bench;
         engine
@@ -565,6 +579,66 @@ async fn chain_latency(b: &Bench, count: u64) -> Result<BenchResult> {
         elapsed,
         &h,
         "10-step chains, one at a time; latency per chain",
+    ))
+}
+
+/// 10-step chains one at a time for 5 s (scaled), on a hub that first got `prefill` one-step
+/// instances (so each partition's first checkpoint is large), with a checkpoint every second and
+/// a client walking every instance in pages of 1,000 the whole time. Latency per chain.
+async fn chain_under_load(b: &Bench, prefill: u64, scale: f64) -> Result<BenchResult> {
+    let client = b.engine.client();
+    timed(prefill, 500, None, |_| {
+        let client = client.clone();
+        async move {
+            let id = client.start("chain", &1u32).await?;
+            check_completed(&client.wait_for_completion(&id, WAIT).await?)
+        }
+    })
+    .await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let mut query = cairn_runtime::InstanceQuery {
+                    page_size: 1000,
+                    fetch_inputs_and_outputs: false,
+                    ..cairn_runtime::InstanceQuery::default()
+                };
+                loop {
+                    let Ok(page) = client.query(&query).await else {
+                        return;
+                    };
+                    match page.continuation_token {
+                        Some(t) if !stop.load(Ordering::Relaxed) => {
+                            query.continuation_token = Some(t)
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        })
+    };
+    let run_for = Duration::from_secs_f64((5.0 * scale).clamp(0.5, 60.0));
+    let mut h = histogram();
+    let mut count = 0;
+    let start = Instant::now();
+    while start.elapsed() < run_for {
+        let t = Instant::now();
+        let id = client.start("chain", &10u32).await?;
+        check_completed(&client.wait_for_completion(&id, WAIT).await?)?;
+        record(&mut h, t.elapsed());
+        count += 1;
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader.await;
+    Ok(finish(
+        Scenario::ChainUnderLoad,
+        count,
+        elapsed,
+        &h,
+        "10-step chains one at a time, with checkpoints of a big hub and full query walks; latency per chain",
     ))
 }
 

@@ -51,6 +51,9 @@ pub struct EngineConfig {
     pub clock: Option<Arc<dyn crate::clock::Clock>>,
     /// Where new ids come from; `None` is random.
     pub ids: Option<Arc<dyn crate::clock::IdGen>>,
+    /// Write periodic checkpoints on the partition's own task, stalling it meanwhile, instead
+    /// of in the background (for comparison only).
+    pub checkpoints_in_place: bool,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +78,7 @@ impl Default for EngineConfig {
             checkpoints: None,
             clock: None,
             ids: None,
+            checkpoints_in_place: false,
         }
     }
 }

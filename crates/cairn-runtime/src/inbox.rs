@@ -48,6 +48,10 @@ pub(crate) enum Input {
         result: EntityBatchResult,
     },
     Durable(u64),
+    /// A checkpoint written in the background has reached the store (or failed).
+    CheckpointWritten {
+        position: u64,
+    },
     Checkpoint(Reply<()>),
     Shutdown(oneshot::Sender<()>),
 }

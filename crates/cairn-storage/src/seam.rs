@@ -435,6 +435,19 @@ impl MemoryCheckpointStore {
     pub fn new() -> MemoryCheckpointStore {
         MemoryCheckpointStore::default()
     }
+
+    /// An independent copy of what this store holds now (clones share contents; this does not).
+    pub fn clone_contents(&self) -> MemoryCheckpointStore {
+        let s = self.state.lock();
+        MemoryCheckpointStore {
+            state: Arc::new(Mutex::new(MemoryCheckpoint {
+                position: s.position,
+                globals: s.globals.clone(),
+                instances: s.instances.clone(),
+                history: s.history.clone(),
+            })),
+        }
+    }
 }
 
 impl CheckpointStore for MemoryCheckpointStore {

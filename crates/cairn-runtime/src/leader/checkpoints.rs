@@ -1,12 +1,73 @@
 //! Checkpoints: write what changed since the last one to the store, truncate the log below it,
 //! and trim the instance cache to its budget.
+//!
+//! The periodic checkpoint is written in the background: the leader takes the batch (a frozen
+//! copy of the dirty set), puts it in the read overlay, and a thread writes it while the
+//! partition goes on committing. When the write is done the overlay is dropped, the log is
+//! truncated and the cache trimmed. Explicit checkpoints and the one at shutdown are written in
+//! place, after any background one has finished.
 
+use super::overlay::Overlay;
 use super::*;
 
 impl Leader {
-    /// Writes everything changed since the last checkpoint to the store, then truncates the
-    /// log segments the checkpoint covers and trims the instance cache.
-    pub(super) fn checkpoint(&mut self) -> Result<(), EngineError> {
+    /// Starts writing a checkpoint in the background (one at a time).
+    pub(super) fn start_background_checkpoint(&mut self) -> Result<(), EngineError> {
+        if self.writing.is_some() {
+            return Ok(());
+        }
+        let batch = Arc::new(self.take_checkpoint()?);
+        let position = batch.position;
+        self.overlay
+            .set(Some(Arc::new(Overlay::new(batch.clone()))));
+        let base = self.overlay.base();
+        let tx = self.shared.partitions[self.partition as usize].clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("cairn-checkpoint-p{:02}", self.partition))
+            .spawn(move || {
+                let result = base.write_checkpoint(&batch).map_err(|e| e.to_string());
+                let _ = tx.send(Input::CheckpointWritten { position });
+                result
+            });
+        match spawned {
+            Ok(handle) => {
+                self.writing = Some((position, handle));
+                Ok(())
+            }
+            Err(e) => {
+                Err(self.storage_error(format!("cannot start the checkpoint writer thread: {e}")))
+            }
+        }
+    }
+
+    /// A background checkpoint finished: drop the overlay, truncate the log, trim the cache.
+    pub(super) fn checkpoint_written(&mut self, position: u64) {
+        match &self.writing {
+            Some((p, _)) if *p == position => {}
+            // Already finished by a checkpoint written in place.
+            _ => return,
+        }
+        if let Err(e) = self.finish_background_checkpoint() {
+            self.fail(raw_message(e));
+        }
+    }
+
+    /// Waits for the background checkpoint, if any, and completes it.
+    fn finish_background_checkpoint(&mut self) -> Result<(), EngineError> {
+        let Some((position, handle)) = self.writing.take() else {
+            return Ok(());
+        };
+        let result = tokio::task::block_in_place(|| handle.join())
+            .unwrap_or_else(|_| Err("the checkpoint writer thread panicked".to_string()));
+        result.map_err(|e| self.storage_error(e))?;
+        self.overlay.set(None);
+        self.after_checkpoint(position);
+        Ok(())
+    }
+
+    /// Takes everything changed since the last checkpoint as a batch (the state machine marks
+    /// it clean), after making the log durable up to where the state is.
+    fn take_checkpoint(&mut self) -> Result<CheckpointBatch, EngineError> {
         if let Some(f) = &self.failed {
             return Err(self.storage_error(f.clone()));
         }
@@ -18,17 +79,21 @@ impl Leader {
             .state
             .checkpoint()
             .map_err(|e| self.storage_error(e.to_string()))?;
-        let position = data.position;
-        let batch = CheckpointBatch {
-            position,
+        self.records_since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(CheckpointBatch {
+            position: data.position,
             globals: data.globals,
             instance_puts: data.puts,
             instance_deletes: data.deletes,
             history_truncates: data.history_resets,
             history_appends: data.history_appends,
-        };
-        tokio::task::block_in_place(|| self.store.write_checkpoint(&batch))
-            .map_err(|e| self.storage_error(e.to_string()))?;
+        })
+    }
+
+    /// After a checkpoint at `position` is in the store: the log below it can go, and clean
+    /// instances beyond the cache budget.
+    fn after_checkpoint(&mut self, position: u64) {
         if let Some(log) = self.log.as_ref() {
             if let Err(e) = tokio::task::block_in_place(|| log.truncate_below(position + 1)) {
                 tracing::warn!(
@@ -37,10 +102,21 @@ impl Leader {
                 );
             }
         }
-        self.records_since_checkpoint = 0;
-        self.last_checkpoint = Instant::now();
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.trim_cache();
+    }
+
+    /// Writes everything changed since the last checkpoint to the store, in place (after any
+    /// background checkpoint has finished), then truncates the log and trims the cache.
+    pub(super) fn checkpoint(&mut self) -> Result<(), EngineError> {
+        self.finish_background_checkpoint()?;
+        if let Some(f) = &self.failed {
+            return Err(self.storage_error(f.clone()));
+        }
+        let batch = self.take_checkpoint()?;
+        tokio::task::block_in_place(|| self.store.write_checkpoint(&batch))
+            .map_err(|e| self.storage_error(e.to_string()))?;
+        self.after_checkpoint(batch.position);
         Ok(())
     }
 

@@ -45,6 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 mod checkpoints;
 mod commit;
 mod held;
+mod overlay;
 mod reads;
 mod recovery;
 mod waiters;
@@ -78,7 +79,12 @@ pub(crate) struct Leader {
     /// Client requests (bounded: a full queue answers "busy" to the client).
     inbox: mpsc::Receiver<Input>,
     state: PartitionState,
+    /// The checkpoint store as reads see it: with a checkpoint being written in the background
+    /// overlaid (see `overlay`).
     store: Arc<dyn CheckpointStore>,
+    overlay: Arc<overlay::OverlayStore>,
+    /// A checkpoint being written in the background: its position and writer thread.
+    writing: Option<(u64, std::thread::JoinHandle<Result<(), String>>)>,
     log: Option<Box<dyn PartitionLog>>,
     durable: u64,
     held: VecDeque<(u64, Held)>,
@@ -146,8 +152,13 @@ impl Leader {
             let due = self.records_since_checkpoint >= self.shared.config.checkpoint_every_records
                 || (self.records_since_checkpoint > 0
                     && self.last_checkpoint.elapsed() >= self.shared.config.checkpoint_interval);
-            if due && self.failed.is_none() {
-                if let Err(e) = self.checkpoint() {
+            if due && self.failed.is_none() && self.writing.is_none() {
+                let r = if self.shared.config.checkpoints_in_place {
+                    self.checkpoint()
+                } else {
+                    self.start_background_checkpoint()
+                };
+                if let Err(e) = r {
                     self.fail(raw_message(e));
                 }
             }
@@ -273,6 +284,7 @@ impl Leader {
                 }
                 Input::Durable(lsn) => self.durable = self.durable.max(lsn),
                 Input::Checkpoint(reply) => checkpoints.push(reply),
+                Input::CheckpointWritten { position } => self.checkpoint_written(position),
                 Input::Shutdown(_) => {}
             }
         }

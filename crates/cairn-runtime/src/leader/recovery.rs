@@ -82,13 +82,16 @@ impl Leader {
             timers: g.timers.len(),
             torn_tail_bytes,
         };
+        let overlay = Arc::new(super::overlay::OverlayStore::new(store.clone()));
         let leader = Leader {
             partition,
             shared,
             rx,
             inbox,
             state,
-            store,
+            store: overlay.clone(),
+            overlay,
+            writing: None,
             log: Some(log),
             durable,
             held: VecDeque::new(),

@@ -1,0 +1,284 @@
+//! The checkpoint store as the leader reads it while a checkpoint is being written in the
+//! background: the batch in flight overlaid on the store, so that a read never misses what the
+//! state machine already considers persisted (it marked those instances clean and moved their
+//! history to "persisted" when it took the batch).
+
+use super::*;
+use cairn_storage::store::StoreError;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+
+/// The store plus the checkpoint batch being written to it, if any.
+pub(crate) struct OverlayStore {
+    base: Arc<dyn CheckpointStore>,
+    in_flight: Mutex<Option<Arc<Overlay>>>,
+}
+
+/// A batch in flight, indexed for reads.
+pub(crate) struct Overlay {
+    pub position: u64,
+    pub batch: Arc<CheckpointBatch>,
+    puts: BTreeMap<String, usize>,
+    deletes: HashSet<String>,
+    truncated: HashSet<String>,
+    appends: BTreeMap<(String, u32), usize>,
+}
+
+impl Overlay {
+    pub fn new(batch: Arc<CheckpointBatch>) -> Overlay {
+        let puts = batch
+            .instance_puts
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id.clone(), i))
+            .collect();
+        let appends = batch
+            .history_appends
+            .iter()
+            .enumerate()
+            .map(|(i, (id, seq, _))| ((id.clone(), *seq), i))
+            .collect();
+        Overlay {
+            position: batch.position,
+            deletes: batch.instance_deletes.iter().cloned().collect(),
+            truncated: batch.history_truncates.iter().cloned().collect(),
+            puts,
+            appends,
+            batch,
+        }
+    }
+}
+
+impl OverlayStore {
+    pub fn new(base: Arc<dyn CheckpointStore>) -> OverlayStore {
+        OverlayStore {
+            base,
+            in_flight: Mutex::new(None),
+        }
+    }
+
+    pub fn base(&self) -> Arc<dyn CheckpointStore> {
+        self.base.clone()
+    }
+
+    pub fn set(&self, overlay: Option<Arc<Overlay>>) {
+        *self.in_flight.lock() = overlay;
+    }
+
+    fn current(&self) -> Option<Arc<Overlay>> {
+        self.in_flight.lock().clone()
+    }
+}
+
+impl CheckpointStore for OverlayStore {
+    fn checkpoint_position(&self) -> Result<u64, StoreError> {
+        match self.current() {
+            Some(o) => Ok(o.position),
+            None => self.base.checkpoint_position(),
+        }
+    }
+    fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.current() {
+            Some(o) => Ok(Some(o.batch.globals.clone())),
+            None => self.base.load_globals(),
+        }
+    }
+    fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(o) = self.current() {
+            // Deletes are applied after puts within a batch.
+            if o.deletes.contains(id) {
+                return Ok(None);
+            }
+            if let Some(i) = o.puts.get(id) {
+                return Ok(Some(o.batch.instance_puts[*i].1.clone()));
+            }
+        }
+        self.base.get_instance(id)
+    }
+    fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let Some(o) = self.current() else {
+            return self.base.read_history(id);
+        };
+        // Rows by sequence: the store's (unless the batch truncates them), then the batch's.
+        let mut rows: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+        if !o.truncated.contains(id) {
+            for (seq, row) in self.base.read_history(id)?.into_iter().enumerate() {
+                rows.insert(seq as u32, row);
+            }
+        }
+        for ((_, seq), i) in o
+            .appends
+            .range((id.to_string(), 0)..=(id.to_string(), u32::MAX))
+        {
+            rows.insert(*seq, o.batch.history_appends[*i].2.clone());
+        }
+        Ok(rows.into_values().collect())
+    }
+    fn scan_instances(
+        &self,
+        start_after: Option<&str>,
+        prefix: Option<&str>,
+        f: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let Some(o) = self.current() else {
+            return self.base.scan_instances(start_after, prefix, f);
+        };
+        let pre = prefix.unwrap_or("");
+        let in_range = |id: &str| id.starts_with(pre) && start_after.is_none_or(|a| id > a);
+        // The batch's puts in range, merged in id order with the store's rows.
+        let mut puts = o
+            .puts
+            .iter()
+            .filter(|(id, _)| in_range(id) && !o.deletes.contains(*id))
+            .peekable();
+        let mut stopped = false;
+        self.base
+            .scan_instances(start_after, prefix, &mut |id, v| {
+                while let Some((pid, i)) = puts.peek() {
+                    if pid.as_str() >= id {
+                        break;
+                    }
+                    if !f(pid, &o.batch.instance_puts[**i].1) {
+                        stopped = true;
+                        return false;
+                    }
+                    puts.next();
+                }
+                if let Some((pid, i)) = puts.peek() {
+                    if pid.as_str() == id {
+                        let keep = f(pid, &o.batch.instance_puts[**i].1);
+                        puts.next();
+                        stopped = !keep;
+                        return keep;
+                    }
+                }
+                if o.deletes.contains(id) {
+                    return true;
+                }
+                let keep = f(id, v);
+                stopped = !keep;
+                keep
+            })?;
+        if !stopped {
+            for (pid, i) in puts {
+                if !f(pid, &o.batch.instance_puts[*i].1) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn instance_count(&self) -> Result<u64, StoreError> {
+        self.base.instance_count()
+    }
+    fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError> {
+        self.base.write_checkpoint(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_storage::seam::MemoryCheckpointStore;
+
+    fn all(
+        store: &dyn CheckpointStore,
+        after: Option<&str>,
+        prefix: Option<&str>,
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        store
+            .scan_instances(after, prefix, &mut |id, v| {
+                out.push((id.to_string(), v.to_vec()));
+                true
+            })
+            .unwrap();
+        out
+    }
+
+    /// What reads see through the overlay is what they will see once the batch is written.
+    #[test]
+    fn the_overlay_reads_as_the_store_will_after_the_batch() {
+        let base = MemoryCheckpointStore::new();
+        let ids = ["a", "b", "b-1", "b-2", "c", "d", "e"];
+        base.write_checkpoint(&CheckpointBatch {
+            position: 10,
+            globals: b"g1".to_vec(),
+            instance_puts: ids
+                .iter()
+                .map(|id| (id.to_string(), format!("old {id}").into_bytes()))
+                .collect(),
+            history_appends: ids
+                .iter()
+                .flat_map(|id| {
+                    (0..3u32).map(move |s| (id.to_string(), s, format!("{id}{s}").into_bytes()))
+                })
+                .collect(),
+            ..CheckpointBatch::default()
+        })
+        .unwrap();
+        let batch = CheckpointBatch {
+            position: 20,
+            globals: b"g2".to_vec(),
+            instance_puts: vec![
+                ("b-1".into(), b"new b-1".to_vec()),
+                ("b-15".into(), b"new b-15".to_vec()),
+                ("aa".into(), b"new aa".to_vec()),
+                ("z".into(), b"new z".to_vec()),
+                ("d".into(), b"new d".to_vec()),
+            ],
+            instance_deletes: vec!["c".into(), "d".into()],
+            history_truncates: vec!["b".into(), "c".into()],
+            history_appends: vec![
+                ("a".into(), 3, b"a3".to_vec()),
+                ("b".into(), 0, b"B0".to_vec()),
+                ("z".into(), 0, b"z0".to_vec()),
+            ],
+        };
+        let after = base.clone_contents();
+        after.write_checkpoint(&batch).unwrap();
+        let overlay = OverlayStore::new(Arc::new(base));
+        overlay.set(Some(Arc::new(Overlay::new(Arc::new(batch)))));
+        assert_eq!(overlay.checkpoint_position().unwrap(), 20);
+        assert_eq!(overlay.load_globals().unwrap(), Some(b"g2".to_vec()));
+        for id in [
+            "a", "aa", "b", "b-1", "b-15", "b-2", "c", "d", "e", "z", "missing",
+        ] {
+            assert_eq!(
+                overlay.get_instance(id).unwrap(),
+                after.get_instance(id).unwrap(),
+                "{id}"
+            );
+            assert_eq!(
+                overlay.read_history(id).unwrap(),
+                after.read_history(id).unwrap(),
+                "{id}"
+            );
+        }
+        for (start, prefix) in [
+            (None, None),
+            (None, Some("b")),
+            (None, Some("b-1")),
+            (Some("a"), None),
+            (Some("b-1"), Some("b")),
+            (Some("b-15"), None),
+            (Some("y"), None),
+            (None, Some("zz")),
+        ] {
+            assert_eq!(
+                all(&overlay, start, prefix),
+                all(&after, start, prefix),
+                "scan after {start:?} prefix {prefix:?}"
+            );
+        }
+        // An early stop stops, in both.
+        let mut seen = 0;
+        overlay
+            .scan_instances(None, None, &mut |_, _| {
+                seen += 1;
+                seen < 3
+            })
+            .unwrap();
+        assert_eq!(seen, 3);
+    }
+}
