@@ -114,6 +114,10 @@ impl Leader {
                 .map(|due| due.saturating_sub(self.shared.clock.now_millis()))
                 .unwrap_or(1000)
                 .min(1000);
+            // Client requests are taken only while the answers waiting for durability are
+            // fewer than the queue bound: a slow disk then pushes back on clients too, instead
+            // of the partition accepting work it cannot yet make durable.
+            let room = self.held.len() < self.shared.config.max_queued_requests.max(1);
             // The partition's own inputs first: they finish work and free room.
             tokio::select! {
                 biased;
@@ -121,7 +125,7 @@ impl Leader {
                     Some(i) => batch.push(i),
                     None => break,
                 },
-                Some(i) = self.inbox.recv() => batch.push(i),
+                Some(i) = self.inbox.recv(), if room => batch.push(i),
                 _ = tokio::time::sleep(std::time::Duration::from_millis(sleep_for)) => {}
             }
             while batch.len() < 4096 {
@@ -130,7 +134,7 @@ impl Leader {
                     Err(_) => break,
                 }
             }
-            while batch.len() < 4096 {
+            while room && batch.len() < 4096 {
                 match self.inbox.try_recv() {
                     Ok(i) => batch.push(i),
                     Err(_) => break,

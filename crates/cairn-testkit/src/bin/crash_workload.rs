@@ -43,7 +43,7 @@ pub struct CrashArgs {
     workers: usize,
     /// Also flood the engine: this many tasks, each with 256 starts in flight at all times,
     /// well past what the engine can take. Refused starts ("busy") are not acknowledged and not
-    /// in the ledger; every 1,000 refusals add a `busy` line.
+    /// in the ledger; every 100 refusals add a `busy` line.
     #[arg(long, default_value_t = 0)]
     flood: usize,
     /// Client requests a partition queues before it answers "busy".
@@ -315,9 +315,12 @@ async fn run(args: CrashArgs) -> Result<()> {
                     {
                         Ok(_) => ledger.lock().await.append(&format!("started {id} w_chain")),
                         Err(EngineError::Busy { .. }) => {
+                            // Yield before retrying: a flood that never yields would only show
+                            // how well it starves the engine's own tasks on a shared runtime.
+                            tokio::task::yield_now().await;
                             let n = busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                            if n % 1000 == 0 {
-                                ledger.lock().await.append("busy 1000")?;
+                            if n % 100 == 0 {
+                                ledger.lock().await.append("busy 100")?;
                             }
                             Ok(())
                         }
