@@ -209,11 +209,22 @@ impl GroupCommitLog {
     /// Queues records with contiguous LSNs (no other append interleaves) and returns the last
     /// one. An empty batch returns `next_lsn() - 1` and queues nothing.
     pub fn append_batch(&self, payloads: Vec<Vec<u8>>) -> Result<u64, LogError> {
+        self.queue_batch(None, payloads)
+    }
+
+    /// Queues a batch, if `expected` is given only when it is the next LSN.
+    fn queue_batch(&self, expected: Option<u64>, payloads: Vec<Vec<u8>>) -> Result<u64, LogError> {
         for p in &payloads {
             check_len(p)?;
         }
         let mut q = self.shared.queue.lock();
         q.usable()?;
+        if let Some(expected) = expected.filter(|e| *e != q.next_lsn) {
+            return Err(LogError::Fenced {
+                expected,
+                actual: q.next_lsn,
+            });
+        }
         q.next_lsn += payloads.len() as u64;
         let last = q.next_lsn - 1;
         if q.pending.is_empty() {
@@ -291,28 +302,7 @@ impl GroupCommitLog {
     /// whose idea of the tail is stale (another writer appended) is refused with
     /// [`LogError::Fenced`] and nothing is queued.
     pub fn append_batch_at(&self, expected: u64, payloads: Vec<Vec<u8>>) -> Result<u64, LogError> {
-        for p in &payloads {
-            check_len(p)?;
-        }
-        let mut q = self.shared.queue.lock();
-        q.usable()?;
-        if q.next_lsn != expected {
-            return Err(LogError::Fenced {
-                expected,
-                actual: q.next_lsn,
-            });
-        }
-        q.next_lsn += payloads.len() as u64;
-        let last = q.next_lsn - 1;
-        if q.pending.is_empty() {
-            // Take the caller's vector as is instead of copying the pointers over.
-            let spare = std::mem::replace(&mut q.pending, payloads);
-            drop(spare);
-        } else {
-            q.pending.extend(payloads);
-        }
-        self.wake_writer(q);
-        Ok(last)
+        self.queue_batch(Some(expected), payloads)
     }
 
     /// The LSN the next append gets.
