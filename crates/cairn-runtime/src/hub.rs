@@ -20,7 +20,7 @@ use crate::error::EngineError;
 use cairn_core::LOG_FORMAT_VERSION;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const DEFAULT_PARTITIONS: u32 = 12;
 pub const MAX_PARTITIONS: u32 = 256;
@@ -71,10 +71,8 @@ pub(crate) fn data_dir_error(dir: &Path, reason: impl Into<String>) -> EngineErr
     }
 }
 
-/// The directory of partition `p`.
-pub fn partition_dir(dir: &Path, p: u32) -> PathBuf {
-    dir.join("partitions").join(format!("p{p:02}"))
-}
+pub use cairn_storage::seam::partition_dir;
+use cairn_storage::seam::{LOG_DIR, STORE_FILE};
 
 /// Opens (or creates) the hub in `dir`: takes its lock, reads or writes `hub.json`, and checks
 /// that every partition directory is this hub's own and still holds its data.
@@ -343,10 +341,10 @@ fn check_partition(
             }
             // The store and the log are created now, so that from here on a missing one means
             // data lost, never "not created yet".
-            cairn_storage::store::PartitionStore::open(&pdir.join("store.redb")).map_err(|e| {
+            cairn_storage::store::PartitionStore::open(&pdir.join(STORE_FILE)).map_err(|e| {
                 data_dir_error(dir, format!("cannot create {name}/store.redb: {e}"))
             })?;
-            std::fs::create_dir_all(pdir.join("log"))
+            std::fs::create_dir_all(pdir.join(LOG_DIR))
                 .map_err(|e| data_dir_error(dir, format!("cannot create {name}/log: {e}")))?;
             write_json(dir, &id_path, &identity)
         }
@@ -360,8 +358,8 @@ fn check_partition(
 /// A partition's store and log are both there.
 fn data_present(dir: &Path, pdir: &Path, name: &str, restore: &str) -> Result<(), EngineError> {
     for (what, path) in [
-        ("its checkpoint store (store.redb)", pdir.join("store.redb")),
-        ("its log (log/)", pdir.join("log")),
+        ("its checkpoint store (store.redb)", pdir.join(STORE_FILE)),
+        ("its log (log/)", pdir.join(LOG_DIR)),
     ] {
         if !path.exists() {
             return Err(data_dir_error(
@@ -394,7 +392,8 @@ fn write_json<T: Serialize>(dir: &Path, path: &Path, value: &T) -> Result<(), En
     written.map_err(|e| data_dir_error(dir, format!("cannot write {}: {e}", path.display())))
 }
 
-/// 128 random bits as hex: a hub id (not a secret; only has to differ between hubs).
+/// A hub id: random (not a secret; it only has to differ between hubs).
 fn new_hub_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    use crate::clock::IdGen;
+    crate::clock::RandomIds.next_id()
 }

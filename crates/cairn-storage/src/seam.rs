@@ -73,6 +73,17 @@ pub trait PartitionLogs: Send + Sync + std::fmt::Debug {
 
 // ------------------------------------------------------------------ local files
 
+/// Where the local implementations keep partition `p` of the hub in `data_dir`:
+/// `partitions/pNN/`, holding [`LOG_DIR`] and [`STORE_FILE`].
+pub fn partition_dir(data_dir: &std::path::Path, p: u32) -> PathBuf {
+    data_dir.join("partitions").join(format!("p{p:02}"))
+}
+
+/// A local partition's log directory, inside its [`partition_dir`].
+pub const LOG_DIR: &str = "log";
+/// A local partition's checkpoint store, inside its [`partition_dir`].
+pub const STORE_FILE: &str = "store.redb";
+
 /// The embedded default: a [`SegmentedLog`] in a directory, written by a [`GroupCommitLog`].
 pub struct LocalPartitionLog {
     inner: GroupCommitLog,
@@ -141,11 +152,7 @@ impl PartitionLogs for LocalPartitionLogs {
         min_next: u64,
         on_durable: OnDurable,
     ) -> Result<OpenedLog, LogError> {
-        let dir = self
-            .data_dir
-            .join("partitions")
-            .join(format!("p{partition:02}"))
-            .join("log");
+        let dir = partition_dir(&self.data_dir, partition).join(LOG_DIR);
         LocalPartitionLog::open(&dir, self.config.clone(), min_next, on_durable)
     }
 }
@@ -407,11 +414,7 @@ pub struct LocalCheckpointStores {
 
 impl CheckpointStores for LocalCheckpointStores {
     fn open(&self, partition: u32) -> Result<Arc<dyn CheckpointStore>, StoreError> {
-        let path = self
-            .data_dir
-            .join("partitions")
-            .join(format!("p{partition:02}"))
-            .join("store.redb");
+        let path = partition_dir(&self.data_dir, partition).join(STORE_FILE);
         Ok(Arc::new(PartitionStore::open(&path)?))
     }
 }
