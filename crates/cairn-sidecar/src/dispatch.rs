@@ -368,11 +368,7 @@ impl Dispatcher {
                 self.wake(f.stream);
                 Ok(f.taken.work)
             }
-            None => Err(Status::not_found(format!(
-                "completion token '{token}' is not in flight: the work item was already completed or \
-                 abandoned, or was dispatched again because this worker's stream ended or it held the \
-                 item past its lease (--work-item-lease)"
-            ))),
+            None => Err(not_in_flight(token)),
         }
     }
 
@@ -385,13 +381,18 @@ impl Dispatcher {
                 self.wake(f.stream);
                 Ok(())
             }
-            None => Err(Status::not_found(format!(
-                "completion token '{token}' is not in flight: the work item was already completed or \
-                 abandoned, or was dispatched again because this worker's stream ended or it held the \
-                 item past its lease (--work-item-lease)"
-            ))),
+            None => Err(not_in_flight(token)),
         }
     }
+}
+
+/// The answer to a completion or abandon whose token is not (or no longer) in flight.
+fn not_in_flight(token: &str) -> Status {
+    Status::not_found(format!(
+        "completion token '{token}' is not in flight: the work item was already completed or \
+         abandoned, or was dispatched again because this worker's stream ended or it held the \
+         item past its lease (--work-item-lease)"
+    ))
 }
 
 fn article(kind: WorkKind) -> &'static str {

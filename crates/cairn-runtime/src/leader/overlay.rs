@@ -16,7 +16,6 @@ pub(crate) struct OverlayStore {
 
 /// A batch in flight, indexed for reads.
 pub(crate) struct Overlay {
-    pub position: u64,
     pub batch: Arc<CheckpointBatch>,
     puts: BTreeMap<String, usize>,
     deletes: HashSet<String>,
@@ -39,7 +38,6 @@ impl Overlay {
             .map(|(i, (id, seq, _))| ((id.clone(), *seq), i))
             .collect();
         Overlay {
-            position: batch.position,
             deletes: batch.instance_deletes.iter().cloned().collect(),
             truncated: batch.history_truncates.iter().cloned().collect(),
             puts,
@@ -73,7 +71,7 @@ impl OverlayStore {
 impl CheckpointStore for OverlayStore {
     fn checkpoint_position(&self) -> Result<u64, StoreError> {
         match self.current() {
-            Some(o) => Ok(o.position),
+            Some(o) => Ok(o.batch.position),
             None => self.base.checkpoint_position(),
         }
     }
