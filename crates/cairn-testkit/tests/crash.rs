@@ -6,28 +6,17 @@
 
 use rand::{Rng, SeedableRng};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn workload(data: &Path, ledger: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-crash-workload"));
-    cmd.args(["--partitions", "4", "--checkpoint-every", "1500"])
-        .arg("--data")
-        .arg(data)
-        .arg("--ledger")
-        .arg(ledger)
-        .env("RUST_LOG", "warn");
-    cmd
-}
+mod common;
+
+use common::{finish, ledger_lines, workload};
+
+const ARGS: &[&str] = &["--partitions", "4", "--checkpoint-every", "1500"];
 
 fn ledger_starts(ledger: &Path) -> usize {
-    // Only newline-terminated lines count: a kill can leave a torn last line.
-    let text = std::fs::read_to_string(ledger).unwrap_or_default();
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete
-        .lines()
-        .filter(|l| l.starts_with("started "))
-        .count()
+    ledger_lines(ledger, "started ")
 }
 
 #[test]
@@ -45,7 +34,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let mut progressed = 0;
     for round in 0..kills {
         let before = ledger_starts(&ledger);
-        let mut child = workload(&data, &ledger)
+        let mut child = workload(&data, &ledger, ARGS)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -79,21 +68,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         "only {acknowledged} acknowledged starts: the workload barely ran"
     );
 
-    let out = workload(&data, &ledger).arg("--finish").output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "verification failed:\n{stdout}\n{stderr}"
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
-            .unwrap_or_else(|e| panic!("bad summary {stdout}: {e}"));
-    assert_eq!(
-        summary["problems"].as_array().map(|a| a.len()),
-        Some(0),
-        "{summary}"
-    );
+    let summary = finish(&data, &ledger, ARGS);
     assert_eq!(summary["instances"].as_u64(), Some(acknowledged as u64));
     assert_eq!(summary["ok"].as_u64(), Some(acknowledged as u64));
     assert!(summary["activity_results_checked"].as_u64().unwrap_or(0) > acknowledged as u64);

@@ -4,7 +4,6 @@
 //!
 //! Needs root (to mount a tmpfs), which Cairn's CI and development machines have.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,16 +14,11 @@ impl Drop for Mount {
     }
 }
 
-fn workload(data: &Path, ledger: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-crash-workload"));
-    cmd.args(["--partitions", "2", "--checkpoint-every", "500"])
-        .arg("--data")
-        .arg(data)
-        .arg("--ledger")
-        .arg(ledger)
-        .env("RUST_LOG", "warn");
-    cmd
-}
+mod common;
+
+use common::{finish, workload};
+
+const ARGS: &[&str] = &["--partitions", "2", "--checkpoint-every", "500"];
 
 #[test]
 fn full_disk_gives_a_clear_error_and_loses_nothing_acknowledged() {
@@ -45,7 +39,7 @@ fn full_disk_gives_a_clear_error_and_loses_nothing_acknowledged() {
     let ledger = dir.path().join("ledger");
 
     let started = Instant::now();
-    let mut child = workload(&data, &ledger)
+    let mut child = workload(&data, &ledger, ARGS)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -90,18 +84,7 @@ fn full_disk_gives_a_clear_error_and_loses_nothing_acknowledged() {
         .unwrap();
     assert!(cp.success());
     drop(guard);
-    let out = workload(&rescued, &ledger)
-        .arg("--finish")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "recovery after a full disk failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let summary = finish(&rescued, &ledger, ARGS);
     assert_eq!(
         summary["instances"].as_u64(),
         Some(acknowledged as u64),

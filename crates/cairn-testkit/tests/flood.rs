@@ -3,31 +3,25 @@
 //! after the restarts.
 
 use rand::{Rng, SeedableRng};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn workload(data: &Path, ledger: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-crash-workload"));
-    cmd.args([
-        "--partitions",
-        "4",
-        "--checkpoint-every",
-        "1500",
-        "--workers",
-        "2",
-        "--flood",
-        "2",
-        "--max-queued-requests",
-        "16",
-    ])
-    .arg("--data")
-    .arg(data)
-    .arg("--ledger")
-    .arg(ledger)
-    .env("RUST_LOG", "warn");
-    cmd
-}
+mod common;
+
+use common::{finish, ledger_lines, workload};
+
+const ARGS: &[&str] = &[
+    "--partitions",
+    "4",
+    "--checkpoint-every",
+    "1500",
+    "--workers",
+    "2",
+    "--flood",
+    "2",
+    "--max-queued-requests",
+    "16",
+];
 
 fn rss_mib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -39,12 +33,6 @@ fn rss_mib(pid: u32) -> Option<u64> {
         .parse()
         .ok()?;
     Some(kb / 1024)
-}
-
-fn ledger_lines(ledger: &Path, prefix: &str) -> usize {
-    let text = std::fs::read_to_string(ledger).unwrap_or_default();
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete.lines().filter(|l| l.starts_with(prefix)).count()
 }
 
 #[test]
@@ -61,7 +49,7 @@ fn a_flood_killed_mid_way_loses_nothing_acknowledged_and_memory_stays_bounded() 
     let mut max_rss = 0;
     let mut samples = Vec::new();
     for round in 0..3 {
-        let mut child = workload(&data, &ledger)
+        let mut child = workload(&data, &ledger, ARGS)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -100,21 +88,7 @@ fn a_flood_killed_mid_way_loses_nothing_acknowledged_and_memory_stays_bounded() 
     // Bounded: the queues hold at most 16 requests per partition, whatever is offered.
     assert!(max_rss < 400, "RSS reached {max_rss} MiB during the flood");
 
-    let out = workload(&data, &ledger).arg("--finish").output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "verification failed:\n{stdout}\n{stderr}"
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
-            .unwrap_or_else(|e| panic!("bad summary {stdout}: {e}"));
-    assert_eq!(
-        summary["problems"].as_array().map(|a| a.len()),
-        Some(0),
-        "{summary}"
-    );
+    let summary = finish(&data, &ledger, ARGS);
     assert_eq!(
         summary["ok"].as_u64(),
         Some(acknowledged as u64),
