@@ -558,17 +558,21 @@ async fn external_events(b: &Bench, n: u64) -> Result<BenchResult> {
 }
 
 /// 10-step chains run one at a time: the latency of a chain when the engine is otherwise idle.
+/// Runs one 10-step chain to completion; returns how long it took.
+async fn ten_step_chain(client: &cairn_runtime::Client) -> Result<Duration> {
+    let t = Instant::now();
+    let id = client.start("chain", &10u32).await?;
+    check_completed(&client.wait_for_completion(&id, WAIT).await?)?;
+    Ok(t.elapsed())
+}
+
 async fn chain_latency(b: &Bench, count: u64) -> Result<BenchResult> {
     let client = b.engine.client();
     let pb = bar(count, "chain-latency");
     let mut h = histogram();
     let start = Instant::now();
     for _ in 0..count {
-        let t = Instant::now();
-        let id = client.start("chain", &10u32).await?;
-        let status = client.wait_for_completion(&id, WAIT).await?;
-        check_completed(&status)?;
-        record(&mut h, t.elapsed());
+        record(&mut h, ten_step_chain(&client).await?);
         pb.inc(1);
     }
     let elapsed = start.elapsed();
@@ -624,10 +628,7 @@ async fn chain_under_load(b: &Bench, prefill: u64, scale: f64) -> Result<BenchRe
     let mut count = 0;
     let start = Instant::now();
     while start.elapsed() < run_for {
-        let t = Instant::now();
-        let id = client.start("chain", &10u32).await?;
-        check_completed(&client.wait_for_completion(&id, WAIT).await?)?;
-        record(&mut h, t.elapsed());
+        record(&mut h, ten_step_chain(&client).await?);
         count += 1;
     }
     let elapsed = start.elapsed();
