@@ -277,7 +277,6 @@ struct QueueState {
     next_seq: u64,
     next_worker: u64,
     workers: BTreeMap<u64, WorkerInfo>,
-    closed: bool,
 }
 
 impl QueueState {
@@ -338,7 +337,7 @@ pub struct RemoteQueue {
 #[derive(Default)]
 struct QueueInner {
     state: Mutex<QueueState>,
-    /// Signalled when items arrive or the queue closes.
+    /// Signalled when items arrive.
     changed: Notify,
 }
 
@@ -354,10 +353,6 @@ impl RemoteQueue {
     pub(crate) fn push(&self, work: RemoteWork, ticket: Option<WorkTicket>) {
         {
             let mut state = self.inner.state.lock();
-            if state.closed {
-                // Dropping `work` tells the waiting episode to stop.
-                return;
-            }
             let seq = state.next_seq;
             state.next_seq += 1;
             state
@@ -382,9 +377,6 @@ impl RemoteQueue {
         }
         {
             let mut state = self.inner.state.lock();
-            if state.closed {
-                return;
-            }
             let lane = state.lanes.entry(lane_key(&taken.work)).or_default();
             let at = lane.partition_point(|q| q.seq < taken.seq);
             lane.insert(
@@ -428,18 +420,6 @@ impl RemoteQueue {
             id,
             filter,
         }
-    }
-
-    /// Stops the queue: waiting takers get `None`, queued items are dropped (their episodes
-    /// stop and recovery runs them again).
-    pub fn close(&self) {
-        let lanes = {
-            let mut state = self.inner.state.lock();
-            state.closed = true;
-            std::mem::take(&mut state.lanes)
-        };
-        drop(lanes);
-        self.inner.changed.notify_waiters();
     }
 
     /// The workers connected now.
@@ -502,17 +482,8 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    pub fn filter(&self) -> &WorkFilter {
-        &self.filter
-    }
-
-    /// The oldest item this worker runs and has `room` for, waiting for one; `None` once the
-    /// queue is closed.
-    pub async fn recv(&self, room: Room) -> Option<Taken> {
+    /// The oldest item this worker runs and has `room` for, waiting for one.
+    pub async fn recv(&self, room: Room) -> Taken {
         let inner = &self.queue.inner;
         loop {
             // Registered before looking, so an item pushed in between is not missed.
@@ -521,17 +492,14 @@ impl WorkerHandle {
             changed.as_mut().enable();
             {
                 let mut state = inner.state.lock();
-                if state.closed {
-                    return None;
-                }
                 if let Some(q) = state.take(&self.filter, room) {
                     if let Some(w) = state.workers.get_mut(&self.id) {
                         w.taken += 1;
                     }
-                    return Some(Taken {
+                    return Taken {
                         seq: q.seq,
                         work: q.work,
-                    });
+                    };
                 }
             }
             changed.await;
@@ -625,7 +593,7 @@ mod tests {
             ..WorkFilter::everything()
         };
         let worker = q.connect("b-worker", only_b);
-        let first = worker.recv(Room::ALL).await.unwrap();
+        let first = worker.recv(Room::ALL).await;
         assert_eq!(first.work.instance_id(), "2");
         // Nobody runs `a`: it is reported, with its instances in order.
         let unserved = q.unserved();
@@ -634,14 +602,8 @@ mod tests {
         assert_eq!(unserved[0].instances, vec!["1", "3"]);
         // Given back, it is first in line again, ahead of the later `b`.
         q.requeue(first);
-        assert_eq!(
-            worker.recv(Room::ALL).await.unwrap().work.instance_id(),
-            "2"
-        );
-        assert_eq!(
-            worker.recv(Room::ALL).await.unwrap().work.instance_id(),
-            "4"
-        );
+        assert_eq!(worker.recv(Room::ALL).await.work.instance_id(), "2");
+        assert_eq!(worker.recv(Room::ALL).await.work.instance_id(), "4");
         // No room for activities: nothing is taken.
         let none = Room {
             activities: false,
@@ -654,7 +616,7 @@ mod tests {
         assert!(waited.is_err(), "took work it had no room for");
         // A catch-all worker takes the oldest item of any lane.
         let all = q.connect("all", WorkFilter::everything());
-        assert_eq!(all.recv(Room::ALL).await.unwrap().work.instance_id(), "1");
+        assert_eq!(all.recv(Room::ALL).await.work.instance_id(), "1");
         assert!(q.unserved().is_empty());
         drop(all);
         drop(worker);

@@ -171,11 +171,6 @@ impl Dispatcher {
         self.queue.len()
     }
 
-    /// Work items handed to workers and not yet completed.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.lock().items.len()
-    }
-
     /// Kinds `stream` has room for now.
     fn room(&self, stream: u64, limits: [usize; 3]) -> Room {
         let held = self.in_flight.lock().held(stream);
@@ -232,10 +227,7 @@ impl Dispatcher {
         loop {
             let room = self.room(stream, limits);
             let taken = tokio::select! {
-                t = worker.recv(room) => match t {
-                    Some(t) => t,
-                    None => return,
-                },
+                t = worker.recv(room) => t,
                 // A completion, abandon or expired lease made room: look again.
                 _ = room_freed.notified() => continue,
                 _ = tx.closed() => return,
