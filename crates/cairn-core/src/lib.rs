@@ -15,6 +15,7 @@
 pub mod event;
 pub mod history;
 pub mod ids;
+pub mod mutation;
 pub mod partition;
 
 pub use event::*;

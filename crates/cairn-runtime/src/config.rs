@@ -51,6 +51,8 @@ pub struct EngineConfig {
     pub clock: Option<Arc<dyn crate::clock::Clock>>,
     /// Where new ids come from; `None` is random.
     pub ids: Option<Arc<dyn crate::clock::IdGen>>,
+    /// How messages travel between partitions; `None` is in-process channels.
+    pub router: Option<Arc<dyn crate::router::Routers>>,
     /// Write periodic checkpoints on the partition's own task, stalling it meanwhile, instead
     /// of in the background (for comparison only).
     pub checkpoints_in_place: bool,
@@ -78,6 +80,7 @@ impl Default for EngineConfig {
             checkpoints: None,
             clock: None,
             ids: None,
+            router: None,
             checkpoints_in_place: false,
         }
     }

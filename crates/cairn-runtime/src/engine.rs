@@ -10,7 +10,9 @@ use crate::inbox::Input;
 use crate::leader::{self, LeaderStats};
 use crate::registry::Registry;
 use crate::remote::RemoteQueue;
+use crate::router::Routers;
 use crate::shared::Shared;
+use futures::FutureExt;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -33,8 +35,9 @@ pub struct Engine {
 
 impl Engine {
     /// Opens (or creates) the task hub in `config.data_dir`, recovers every partition from its
-    /// checkpoint and log, and starts processing. Must be called inside a multi-threaded Tokio
-    /// runtime.
+    /// checkpoint and log, and starts processing. Must be called inside a Tokio runtime: a
+    /// multi-threaded one in every real use; on a current-thread one (the deterministic
+    /// simulator) the engine keeps all its work on that one thread.
     pub async fn open(config: EngineConfig, registry: Registry) -> Result<Engine, EngineError> {
         let dir = config.data_dir.clone();
         let opened = crate::hub::open(&dir, config.partitions)?;
@@ -81,6 +84,11 @@ impl Engine {
                 },
             }),
         };
+        let local = crate::router::LocalPartitions::new(senders.clone());
+        let router = match &config.router {
+            Some(r) => r.open(local),
+            None => crate::router::InProcessRouters.open(local),
+        };
         let shared = Arc::new(Shared {
             orchestration_permits: Arc::new(Semaphore::new(
                 config.max_concurrent_orchestrations.max(1),
@@ -97,14 +105,20 @@ impl Engine {
             checkpoints,
             clock,
             ids,
+            router,
         });
         // Recover partitions in parallel on blocking threads (disk reads), then start leaders.
+        // On a current-thread runtime (the simulator) one after the other, on this thread.
+        let inline = crate::blocking::single_threaded();
         let mut recovering = Vec::new();
         for (p, rx) in receivers.into_iter().enumerate() {
             let shared = shared.clone();
-            recovering.push(tokio::task::spawn_blocking(move || {
-                leader::Leader::recover(p as u32, shared, rx.0, rx.1)
-            }));
+            let recover = move || leader::Leader::recover(p as u32, shared, rx.0, rx.1);
+            recovering.push(if inline {
+                futures::future::ready(Ok(recover())).boxed()
+            } else {
+                tokio::task::spawn_blocking(recover).boxed()
+            });
         }
         let mut leaders = Vec::new();
         let mut recovery = Vec::new();

@@ -27,6 +27,7 @@
 
 pub use cairn_sdk::{entity, orchestration, registry, replay};
 
+mod blocking;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -36,6 +37,7 @@ pub mod hub;
 mod inbox;
 mod leader;
 pub mod remote;
+pub mod router;
 mod shared;
 pub mod stats;
 pub mod status;

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub checkpoints: Arc<dyn cairn_storage::seam::CheckpointStores>,
     pub clock: Arc<dyn crate::clock::Clock>,
     pub ids: Arc<dyn crate::clock::IdGen>,
+    /// How messages and acknowledgements reach other partitions.
+    pub router: Arc<dyn crate::router::Router>,
 }
 
 impl Shared {

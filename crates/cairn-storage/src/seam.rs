@@ -276,6 +276,25 @@ impl MemoryPartitionLog {
         }
         Ok(durable)
     }
+
+    /// The process dies in the middle of a sync: the first `keep` records appended since the
+    /// last sync reach the disk (a torn batch: the write got that far), the rest are lost, and
+    /// nobody is told. The log accepts nothing afterwards.
+    pub fn crash_partway(&self, keep: usize) {
+        let mut s = self.state.lock();
+        let mut d = self.disk.state.lock();
+        let volatile = std::mem::take(&mut s.volatile);
+        for (p, r) in volatile.into_iter().take(keep) {
+            d.next = d.next.max(p + 1);
+            d.durable.insert(p, r);
+        }
+        s.failed = Some("the process crashed".into());
+    }
+
+    /// Records appended and not yet durable.
+    pub fn volatile_len(&self) -> usize {
+        self.state.lock().volatile.len()
+    }
 }
 
 impl PartitionLog for MemoryPartitionLog {

@@ -311,7 +311,9 @@ impl PartitionState {
             PartitionEvent::Messages { from, batch } => {
                 let mut last = self.globals.dedup.get(from).copied();
                 for (id, msg) in batch {
-                    if last.is_some_and(|l| *id <= l) {
+                    if last.is_some_and(|l| *id <= l)
+                        && !crate::mutation::active(crate::mutation::Mutation::SkipDedup)
+                    {
                         continue; // already applied: a re-send after recovery
                     }
                     last = Some(*id);

@@ -10,6 +10,13 @@
 use super::overlay::Overlay;
 use super::*;
 
+/// A checkpoint being written in the background.
+pub(super) enum Writer {
+    Thread(std::thread::JoinHandle<Result<(), String>>),
+    /// Already written (on a single-threaded runtime), waiting for its `CheckpointWritten`.
+    Finished(Result<(), String>),
+}
+
 impl Leader {
     /// Starts writing a checkpoint in the background (one at a time).
     pub(super) fn start_background_checkpoint(&mut self) -> Result<(), EngineError> {
@@ -22,6 +29,14 @@ impl Leader {
             .set(Some(Arc::new(Overlay::new(batch.clone()))));
         let base = self.overlay.base();
         let tx = self.shared.partitions[self.partition as usize].clone();
+        if crate::blocking::single_threaded() {
+            // One thread (the simulator): write now, but finish through the same input as a
+            // writer thread would, so reads still go through the overlay until then.
+            let result = base.write_checkpoint(&batch).map_err(|e| e.to_string());
+            let _ = tx.send(Input::CheckpointWritten { position });
+            self.writing = Some((position, Writer::Finished(result)));
+            return Ok(());
+        }
         let spawned = std::thread::Builder::new()
             .name(format!("cairn-checkpoint-p{:02}", self.partition))
             .spawn(move || {
@@ -31,7 +46,7 @@ impl Leader {
             });
         match spawned {
             Ok(handle) => {
-                self.writing = Some((position, handle));
+                self.writing = Some((position, Writer::Thread(handle)));
                 Ok(())
             }
             Err(e) => {
@@ -54,11 +69,14 @@ impl Leader {
 
     /// Waits for the background checkpoint, if any, and completes it.
     fn finish_background_checkpoint(&mut self) -> Result<(), EngineError> {
-        let Some((position, handle)) = self.writing.take() else {
+        let Some((position, writer)) = self.writing.take() else {
             return Ok(());
         };
-        let result = tokio::task::block_in_place(|| handle.join())
-            .unwrap_or_else(|_| Err("the checkpoint writer thread panicked".to_string()));
+        let result = match writer {
+            Writer::Thread(handle) => crate::blocking::blocking(|| handle.join())
+                .unwrap_or_else(|_| Err("the checkpoint writer thread panicked".to_string())),
+            Writer::Finished(result) => result,
+        };
         result.map_err(|e| self.storage_error(e))?;
         self.overlay.set(None);
         self.after_checkpoint(position);
@@ -72,7 +90,7 @@ impl Leader {
             return Err(self.storage_error(f.clone()));
         }
         let log = self.log.as_ref().ok_or(EngineError::ShuttingDown)?;
-        let durable = tokio::task::block_in_place(|| log.flush())
+        let durable = crate::blocking::blocking(|| log.flush())
             .map_err(|e| self.storage_error(e.to_string()))?;
         self.durable = self.durable.max(durable);
         let data = self
@@ -80,7 +98,7 @@ impl Leader {
             .checkpoint()
             .map_err(|e| self.storage_error(e.to_string()))?;
         self.records_since_checkpoint = 0;
-        self.last_checkpoint = Instant::now();
+        self.last_checkpoint = self.shared.clock.now_millis();
         Ok(CheckpointBatch {
             position: data.position,
             globals: data.globals,
@@ -95,7 +113,7 @@ impl Leader {
     /// instances beyond the cache budget.
     fn after_checkpoint(&mut self, position: u64) {
         if let Some(log) = self.log.as_ref() {
-            if let Err(e) = tokio::task::block_in_place(|| log.truncate_below(position + 1)) {
+            if let Err(e) = crate::blocking::blocking(|| log.truncate_below(position + 1)) {
                 tracing::warn!(
                     partition = self.partition,
                     "log truncation failed (will retry next checkpoint): {e}"
@@ -114,7 +132,7 @@ impl Leader {
             return Err(self.storage_error(f.clone()));
         }
         let batch = self.take_checkpoint()?;
-        tokio::task::block_in_place(|| self.store.write_checkpoint(&batch))
+        crate::blocking::blocking(|| self.store.write_checkpoint(&batch))
             .map_err(|e| self.storage_error(e.to_string()))?;
         self.after_checkpoint(batch.position);
         Ok(())

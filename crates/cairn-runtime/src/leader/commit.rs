@@ -67,8 +67,12 @@ impl Leader {
                 response,
             } => {
                 if let Some(reply) = self.replies.remove(&request_id) {
-                    self.held
-                        .push_back((position, Held::Respond(reply, response)));
+                    if cairn_core::mutation::active(cairn_core::mutation::Mutation::EarlyAnswers) {
+                        let _ = reply.send(Ok(response));
+                    } else {
+                        self.held
+                            .push_back((position, Held::Respond(reply, response)));
+                    }
                 }
             }
             Effect::InstanceChanged(id) => {

@@ -2,6 +2,7 @@
 //! their acknowledgements) waits here until the log position that caused it is durable.
 
 use super::*;
+use crate::router::Envelope;
 
 impl Leader {
     /// Holds an answer until everything applied so far is durable.
@@ -32,9 +33,9 @@ impl Leader {
                 Held::Changed(status) => self.notify_waiters(status),
                 Held::Send { to } => self.send_outbox(to),
                 Held::Ack { to, up_to } => {
-                    let _ = self.shared.send(
+                    self.shared.router.send(
                         to,
-                        Input::Ack {
+                        Envelope::Ack {
                             from: self.partition,
                             up_to,
                         },
@@ -56,9 +57,9 @@ impl Leader {
             .collect();
         if let Some((last, _)) = batch.last() {
             self.sent_up_to.insert(to, *last);
-            let _ = self.shared.send(
+            self.shared.router.send(
                 to,
-                Input::Messages {
+                Envelope::Messages {
                     from: self.partition,
                     batch,
                 },

@@ -35,11 +35,10 @@ use cairn_storage::seam::CheckpointStore;
 use cairn_storage::seam::PartitionLog;
 use cairn_storage::store::CheckpointBatch;
 use futures::FutureExt;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 mod checkpoints;
@@ -84,7 +83,7 @@ pub(crate) struct Leader {
     store: Arc<dyn CheckpointStore>,
     overlay: Arc<overlay::OverlayStore>,
     /// A checkpoint being written in the background: its position and writer thread.
-    writing: Option<(u64, std::thread::JoinHandle<Result<(), String>>)>,
+    writing: Option<(u64, checkpoints::Writer)>,
     log: Option<Box<dyn PartitionLog>>,
     durable: u64,
     held: VecDeque<(u64, Held)>,
@@ -98,7 +97,8 @@ pub(crate) struct Leader {
     touched: HashMap<String, u64>,
     tick: u64,
     records_since_checkpoint: u64,
-    last_checkpoint: Instant,
+    /// When the last checkpoint was taken (by the engine's clock).
+    last_checkpoint: Millis,
     failed: Option<String>,
     stats: Arc<LeaderStats>,
 }
@@ -155,7 +155,12 @@ impl Leader {
             }
             let due = self.records_since_checkpoint >= self.shared.config.checkpoint_every_records
                 || (self.records_since_checkpoint > 0
-                    && self.last_checkpoint.elapsed() >= self.shared.config.checkpoint_interval);
+                    && self
+                        .shared
+                        .clock
+                        .now_millis()
+                        .saturating_sub(self.last_checkpoint)
+                        >= self.shared.config.checkpoint_interval.as_millis() as Millis);
             if due && self.failed.is_none() && self.writing.is_none() {
                 let r = if self.shared.config.checkpoints_in_place {
                     self.checkpoint()
@@ -174,7 +179,7 @@ impl Leader {
         }
         self.release();
         if let Some(log) = self.log.take() {
-            if let Err(e) = tokio::task::block_in_place(|| log.close()) {
+            if let Err(e) = crate::blocking::blocking(|| log.close()) {
                 tracing::error!(partition = self.partition, "closing the log failed: {e}");
             }
         }
@@ -217,7 +222,8 @@ impl Leader {
         let mut reads = Vec::new();
         let mut waits = Vec::new();
         let mut checkpoints = Vec::new();
-        let mut acks: HashMap<u32, MessageId> = HashMap::new();
+        // Ordered, so the records they become are the same on every run.
+        let mut acks: BTreeMap<u32, MessageId> = BTreeMap::new();
         let mut episodes_to_retry = Vec::new();
         for input in inputs {
             match input {

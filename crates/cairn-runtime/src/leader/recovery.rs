@@ -83,6 +83,7 @@ impl Leader {
             torn_tail_bytes,
         };
         let overlay = Arc::new(super::overlay::OverlayStore::new(store.clone()));
+        let last_checkpoint = shared.clock.now_millis();
         let leader = Leader {
             partition,
             shared,
@@ -105,7 +106,7 @@ impl Leader {
             touched: HashMap::new(),
             tick: 0,
             records_since_checkpoint: replayed,
-            last_checkpoint: Instant::now(),
+            last_checkpoint,
             failed: None,
             stats,
         };

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use cairn_runtime::*;
 use clap::Parser;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -446,46 +446,11 @@ async fn verify(client: &Client, started: &[(String, String)]) -> Result<Summary
                 .await?
                 .and_then(|s| s.history)
                 .unwrap_or_default();
-            let mut scheduled: BTreeMap<i32, &'static str> = BTreeMap::new();
-            let mut results: HashMap<i32, usize> = HashMap::new();
-            for e in &history {
-                let is_step = matches!(
-                    e.kind,
-                    EventKind::TaskScheduled { .. }
-                        | EventKind::SubOrchestrationCreated { .. }
-                        | EventKind::TimerCreated { .. }
-                        | EventKind::EntityOperationCalled { .. }
-                );
-                if is_step && scheduled.insert(e.event_id, e.kind.name()).is_some() {
-                    problems.push(format!(
-                        "{}: step {} scheduled twice",
-                        s.instance_id, e.event_id
-                    ));
-                    good = false;
-                }
-                if let Some(step) = e.kind.completes() {
-                    *results.entry(step).or_default() += 1;
-                }
-            }
-            for (step, what) in &scheduled {
-                let n = results.get(step).copied().unwrap_or(0);
-                checked += 1;
-                if n != 1 {
-                    problems.push(format!(
-                        "{}: {what} {step} has {n} results in history (expected exactly 1)",
-                        s.instance_id
-                    ));
-                    good = false;
-                }
-            }
-            for (step, n) in &results {
-                if !scheduled.contains_key(step) {
-                    problems.push(format!(
-                        "{}: {n} results for step {step} that was never scheduled",
-                        s.instance_id
-                    ));
-                    good = false;
-                }
+            let (n, found) = cairn_testkit::checks::history_problems(&s.instance_id, &history);
+            checked += n;
+            if !found.is_empty() {
+                problems.extend(found);
+                good = false;
             }
         }
         if good {

@@ -1,0 +1,47 @@
+//! Checks shared by the crash workload and the simulator.
+
+use cairn_runtime::{EventKind, HistoryEvent};
+use std::collections::BTreeMap;
+
+/// Exactly-once in one instance's history: every step (activity, sub-orchestration, timer,
+/// entity call) is scheduled once and has exactly one result, and no result belongs to a step
+/// that was never scheduled. Returns how many steps were checked and what is wrong.
+pub fn history_problems(instance_id: &str, history: &[HistoryEvent]) -> (usize, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut scheduled: BTreeMap<i32, &'static str> = BTreeMap::new();
+    let mut results: BTreeMap<i32, usize> = BTreeMap::new();
+    for e in history {
+        let is_step = matches!(
+            e.kind,
+            EventKind::TaskScheduled { .. }
+                | EventKind::SubOrchestrationCreated { .. }
+                | EventKind::TimerCreated { .. }
+                | EventKind::EntityOperationCalled { .. }
+        );
+        if is_step && scheduled.insert(e.event_id, e.kind.name()).is_some() {
+            problems.push(format!(
+                "{instance_id}: step {} scheduled twice",
+                e.event_id
+            ));
+        }
+        if let Some(step) = e.kind.completes() {
+            *results.entry(step).or_default() += 1;
+        }
+    }
+    for (step, what) in &scheduled {
+        let n = results.get(step).copied().unwrap_or(0);
+        if n != 1 {
+            problems.push(format!(
+                "{instance_id}: {what} {step} has {n} results in history (expected exactly 1)"
+            ));
+        }
+    }
+    for (step, n) in &results {
+        if !scheduled.contains_key(step) {
+            problems.push(format!(
+                "{instance_id}: {n} results for step {step} that was never scheduled"
+            ));
+        }
+    }
+    (scheduled.len(), problems)
+}
