@@ -1,7 +1,29 @@
 //! Checks shared by the crash workload and the simulator.
 
-use cairn_runtime::{EventKind, HistoryEvent};
+use cairn_runtime::{Entity, EntityContext, EventKind, HistoryEvent, TaskError};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// An entity that counts every operation id it is asked to `record`: a lost operation is
+/// missing here, one applied twice has a count of 2.
+#[derive(Default, Clone, Serialize, Deserialize)]
+pub struct Tally {
+    pub seen: BTreeMap<String, u32>,
+}
+
+impl Entity for Tally {
+    fn operation(
+        &mut self,
+        ctx: &mut EntityContext,
+        operation: &str,
+    ) -> Result<serde_json::Value, TaskError> {
+        if operation == "record" {
+            let id: String = ctx.input()?;
+            *self.seen.entry(id).or_default() += 1;
+        }
+        Ok(serde_json::Value::Null)
+    }
+}
 
 /// Exactly-once in one instance's history: every step (activity, sub-orchestration, timer,
 /// entity call) is scheduled once and has exactly one result, and no result belongs to a step

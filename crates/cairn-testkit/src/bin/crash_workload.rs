@@ -10,9 +10,9 @@
 
 use anyhow::{Context, Result};
 use cairn_runtime::*;
+use cairn_testkit::checks::Tally;
 use clap::Parser;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,27 +63,6 @@ fn expected_output(kind: &str) -> &'static str {
         "w_timer" => "\"timer-done\"",
         "w_events" => "3",
         _ => "3",
-    }
-}
-
-/// Counts every signal it receives, by the signal's unique id: a lost signal is missing here,
-/// a signal applied twice has a count of 2.
-#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
-struct Tally {
-    seen: BTreeMap<String, u32>,
-}
-
-impl Entity for Tally {
-    fn operation(
-        &mut self,
-        ctx: &mut EntityContext,
-        operation: &str,
-    ) -> Result<serde_json::Value, TaskError> {
-        if operation == "record" {
-            let id: String = ctx.input()?;
-            *self.seen.entry(id).or_default() += 1;
-        }
-        Ok(serde_json::Value::Null)
     }
 }
 

@@ -7,11 +7,11 @@
 //! that record with the engine after every recovery and at the end.
 
 use super::world::{StepKind, Verdict, World};
+use crate::checks::Tally;
 use cairn_runtime::*;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,27 +125,6 @@ impl Plan {
             instances,
             signals,
         }
-    }
-}
-
-/// Records each operation id it is asked to record: a lost one is missing, one applied twice
-/// has a count of 2.
-#[derive(Default, Clone, Serialize, Deserialize)]
-pub struct Tally {
-    pub seen: BTreeMap<String, u32>,
-}
-
-impl Entity for Tally {
-    fn operation(
-        &mut self,
-        ctx: &mut EntityContext,
-        operation: &str,
-    ) -> Result<serde_json::Value, TaskError> {
-        if operation == "record" {
-            let id: String = ctx.input()?;
-            *self.seen.entry(id).or_default() += 1;
-        }
-        Ok(serde_json::Value::Null)
     }
 }
 
