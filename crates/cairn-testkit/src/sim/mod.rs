@@ -152,6 +152,13 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> SimReport {
         // Dropping the runtime drops every task of the process: whatever was not on a disk
         // is gone.
         drop(runtime);
+        if world.ran_away() {
+            problems.push(format!(
+                "life {life} did not settle: more than {} steps (a livelock)",
+                world::MAX_STEPS_PER_LIFE
+            ));
+            break;
+        }
         match result {
             Ok(end) => now = end + 1_000,
             Err(e) => {

@@ -64,7 +64,14 @@ struct State {
     trace: u64,
     trace_lines: Option<Vec<String>>,
     crashes_seen: u32,
+    /// Steps at the start of this life, and whether the life ran past its step budget.
+    life_start: u64,
+    runaway: bool,
 }
+
+/// Steps one life may take: the workload needs a few hundred; far more means the engine does
+/// not settle (a livelock, such as messages bouncing for ever).
+pub const MAX_STEPS_PER_LIFE: u64 = 100_000;
 
 /// Shared by the seams, the workload and the driver of one seed.
 pub struct World {
@@ -100,6 +107,8 @@ impl World {
                 trace: 0xcbf2_9ce4_8422_2325,
                 trace_lines: keep_trace.then(Vec::new),
                 crashes_seen: 0,
+                life_start: 0,
+                runaway: false,
             }),
             crash: Mutex::new(Arc::new(Notify::new())),
             disks: Mutex::new(BTreeMap::new()),
@@ -126,6 +135,7 @@ impl World {
         let mut s = self.state.lock();
         s.crashed = None;
         s.syncs = 0;
+        s.life_start = s.step;
         s.crash_at = crash.then(|| {
             let within = self.faults.crash_within.max(1);
             s.step + 1 + s.rng.random_range(0..within)
@@ -142,6 +152,11 @@ impl World {
     /// Why the process died in this life, if it did.
     pub fn crashed(&self) -> Option<String> {
         self.state.lock().crashed.clone()
+    }
+
+    /// Whether a life ran past [`MAX_STEPS_PER_LIFE`] (and was stopped).
+    pub fn ran_away(&self) -> bool {
+        self.state.lock().runaway
     }
 
     pub fn crashes_seen(&self) -> u32 {
@@ -171,6 +186,12 @@ impl World {
         s.step += 1;
         let line = format!("{} {kind:?} {detail}", s.step);
         Self::record(&mut s, &line);
+        if s.step - s.life_start > MAX_STEPS_PER_LIFE {
+            s.runaway = true;
+            drop(s);
+            self.kill(format!("more than {MAX_STEPS_PER_LIFE} steps in one life"));
+            return Verdict::Dead;
+        }
         if s.crash_at == Some(s.step) {
             drop(s);
             self.kill(format!("{kind:?} {detail}"));
