@@ -26,14 +26,8 @@ pub(crate) enum Input {
         until: WaitFor,
         reply: Reply<InstanceStatus>,
     },
-    Messages {
-        from: u32,
-        batch: Vec<(MessageId, Message)>,
-    },
-    Ack {
-        from: u32,
-        up_to: MessageId,
-    },
+    /// Messages or an acknowledgement from another partition, through the router.
+    Routed(crate::router::Envelope),
     EpisodeDone {
         instance_id: String,
         result: Option<EpisodeResult>,

@@ -58,22 +58,9 @@ impl LocalPartitions {
 
     /// Hands `envelope` to partition `to`; false if it does not run here (or has stopped).
     pub fn deliver(&self, to: u32, envelope: Envelope) -> bool {
-        let input = match envelope {
-            Envelope::Messages { from, batch } => Input::Messages { from, batch },
-            Envelope::Ack { from, up_to } => Input::Ack { from, up_to },
-        };
         self.inputs
             .get(to as usize)
-            .is_some_and(|tx| tx.send(input).is_ok())
-    }
-
-    /// How many partitions run here.
-    pub fn len(&self) -> u32 {
-        self.inputs.len() as u32
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inputs.is_empty()
+            .is_some_and(|tx| tx.send(Input::Routed(envelope)).is_ok())
     }
 }
 

@@ -587,10 +587,15 @@ impl std::fmt::Debug for MemoryCheckpointStores {
     }
 }
 
+impl MemoryCheckpointStores {
+    /// The store of `partition` (for wrapping and inspection).
+    pub fn store(&self, partition: u32) -> MemoryCheckpointStore {
+        self.stores.lock().entry(partition).or_default().clone()
+    }
+}
+
 impl CheckpointStores for MemoryCheckpointStores {
     fn open(&self, partition: u32) -> Result<Arc<dyn CheckpointStore>, StoreError> {
-        Ok(Arc::new(
-            self.stores.lock().entry(partition).or_default().clone(),
-        ))
+        Ok(Arc::new(self.store(partition)))
     }
 }

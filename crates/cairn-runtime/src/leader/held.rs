@@ -2,7 +2,6 @@
 //! their acknowledgements) waits here until the log position that caused it is durable.
 
 use super::*;
-use crate::router::Envelope;
 
 impl Leader {
     /// Holds an answer until everything applied so far is durable.

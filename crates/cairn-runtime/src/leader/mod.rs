@@ -24,6 +24,7 @@ use crate::inbox::{Input, Reply};
 use crate::registry::ActivityContext;
 use crate::remote::{ActivityWork, EntityWork, OrchestratorWork, RemoteQueue, RemoteWork};
 use crate::replay::Cursor;
+use crate::router::Envelope;
 use crate::shared::Shared;
 pub use crate::stats::LeaderStats;
 use crate::stats::WorkTicket;
@@ -246,11 +247,11 @@ impl Leader {
                     until,
                     reply,
                 } => waits.push((instance_id, until, reply)),
-                Input::Messages { from, batch } => records.push(LogRecord {
+                Input::Routed(Envelope::Messages { from, batch }) => records.push(LogRecord {
                     timestamp: now,
                     event: PartitionEvent::Messages { from, batch },
                 }),
-                Input::Ack { from, up_to } => {
+                Input::Routed(Envelope::Ack { from, up_to }) => {
                     let e = acks.entry(from).or_insert(up_to);
                     if up_to > *e {
                         *e = up_to;

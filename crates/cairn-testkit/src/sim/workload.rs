@@ -51,6 +51,17 @@ impl Kind {
         }
     }
 
+    /// The orchestration's input.
+    fn input(self) -> serde_json::Value {
+        match self {
+            Kind::Chain(n) | Kind::Fan(n) | Kind::Parent(n) | Kind::Timer(n) | Kind::Events(n) => {
+                serde_json::json!(n)
+            }
+            Kind::ContinueAsNew(n) => serde_json::json!([0, n]),
+            Kind::Locker | Kind::Flaky => serde_json::Value::Null,
+        }
+    }
+
     /// The output a correct engine produces (as JSON).
     pub fn expected_output(self) -> String {
         match self {
@@ -271,30 +282,16 @@ impl Life {
             return; // done in an earlier life
         }
         // Never replace: a retried start of an instance that exists (perhaps ended) is a no-op.
-        let options = || StartOptions {
+        let options = StartOptions {
             instance_id: Some(id.to_string()),
             if_exists: ExistingPolicy::ReplaceIf(Vec::new()),
             ..StartOptions::default()
         };
-        let started = match planned.kind {
-            Kind::ContinueAsNew(n) => {
-                until_not_busy!(self.client.start_with("can", &(0u64, n), options()).await)
-            }
-            Kind::Chain(n) | Kind::Fan(n) | Kind::Parent(n) | Kind::Timer(n) | Kind::Events(n) => {
-                until_not_busy!(
-                    self.client
-                        .start_with(planned.kind.name(), &n, options())
-                        .await
-                )
-            }
-            Kind::Locker | Kind::Flaky => {
-                until_not_busy!(
-                    self.client
-                        .start_with(planned.kind.name(), &(), options())
-                        .await
-                )
-            }
-        };
+        let started = until_not_busy!(
+            self.client
+                .start_with(planned.kind.name(), &planned.kind.input(), options.clone())
+                .await
+        );
         match started {
             Ok(_) | Err(EngineError::AlreadyExists { .. }) => {}
             Err(_) => return, // the process is failing: the next life retries
@@ -384,15 +381,12 @@ impl Life {
                 Ok(None) => self.problem(format!(
                     "{id}: a client saw its start acknowledged; after recovery it does not exist"
                 )),
-                Err(e) => {
-                    if self.world.crashed().is_none() {
-                        self.problem(format!("{id}: status read failed after recovery: {e}"));
-                    }
-                }
+                Err(e) => self.problem(format!("{id}: status read failed after recovery: {e}")),
             }
         }
     }
 
+    /// Records a problem, unless the process is already dead (then nothing it says counts).
     fn problem(&self, p: String) {
         if self.world.crashed().is_none() {
             self.world.note(&format!("PROBLEM {p}"));

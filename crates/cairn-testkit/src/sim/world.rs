@@ -6,11 +6,12 @@
 //! process, the step at which the process crashes; from that step on nothing reaches a disk and
 //! nothing a client receives counts, exactly as if the process had died there.
 
-use cairn_storage::seam::{MemoryCheckpointStore, MemoryDisk};
+use cairn_storage::seam::{
+    MemoryCheckpointStore, MemoryCheckpointStores, MemoryDisk, MemoryPartitionLogs,
+};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -79,8 +80,8 @@ pub struct World {
     /// Woken when the process dies.
     pub crash: Mutex<Arc<Notify>>,
     /// Partition logs and checkpoint stores: what survives a crash.
-    pub disks: Mutex<BTreeMap<u32, MemoryDisk>>,
-    pub stores: Mutex<BTreeMap<u32, MemoryCheckpointStore>>,
+    disks: MemoryPartitionLogs,
+    stores: MemoryCheckpointStores,
     pub faults: Faults,
 }
 
@@ -111,8 +112,8 @@ impl World {
                 runaway: false,
             }),
             crash: Mutex::new(Arc::new(Notify::new())),
-            disks: Mutex::new(BTreeMap::new()),
-            stores: Mutex::new(BTreeMap::new()),
+            disks: MemoryPartitionLogs::default(),
+            stores: MemoryCheckpointStores::default(),
             faults,
         }
     }
@@ -249,10 +250,10 @@ impl World {
     }
 
     pub fn disk(&self, partition: u32) -> MemoryDisk {
-        self.disks.lock().entry(partition).or_default().clone()
+        self.disks.disk(partition)
     }
 
     pub fn store(&self, partition: u32) -> MemoryCheckpointStore {
-        self.stores.lock().entry(partition).or_default().clone()
+        self.stores.store(partition)
     }
 }
