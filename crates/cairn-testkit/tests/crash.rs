@@ -4,14 +4,13 @@
 //! right output, and every activity / sub-orchestration / timer result must appear exactly once
 //! in its history.
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
-use common::{finish, ledger_lines, workload};
+use common::{finish, kill_times, ledger_lines, run_then_kill};
 
 const ARGS: &[&str] = &["--partitions", "4", "--checkpoint-every", "1500"];
 
@@ -24,36 +23,22 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let ledger = dir.path().join("ledger");
-    let seed: u64 = std::env::var("CAIRN_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("crash test seed {seed} (set CAIRN_CRASH_SEED to replay the same kill times)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = kill_times("crash test");
     let kills = 22;
     let mut progressed = 0;
     for round in 0..kills {
         let before = ledger_starts(&ledger);
-        let mut child = workload(&data, &ledger, ARGS)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cairn starts");
         // Early kills hit start-up and recovery; later ones hit commits and checkpoints.
         let delay = Duration::from_millis(rng.random_range(40..1200));
-        let started = Instant::now();
-        while started.elapsed() < delay {
-            if let Some(status) = child.try_wait().unwrap() {
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "round {round}: the workload exited on its own ({status}) before the kill:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
-        child.wait().unwrap();
+        run_then_kill(
+            &data,
+            &ledger,
+            ARGS,
+            round,
+            delay,
+            Duration::from_millis(5),
+            |_| {},
+        );
         if ledger_starts(&ledger) > before {
             progressed += 1;
         }

@@ -2,13 +2,12 @@
 //! the middle of it: memory stays bounded, and every acknowledged start completes exactly once
 //! after the restarts.
 
-use rand::{Rng, SeedableRng};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use rand::Rng;
+use std::time::Duration;
 
 mod common;
 
-use common::{finish, ledger_lines, workload};
+use common::{finish, kill_times, ledger_lines, run_then_kill};
 
 const ARGS: &[&str] = &[
     "--partitions",
@@ -40,38 +39,25 @@ fn a_flood_killed_mid_way_loses_nothing_acknowledged_and_memory_stays_bounded() 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let ledger = dir.path().join("ledger");
-    let seed: u64 = std::env::var("CAIRN_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("flood test seed {seed} (set CAIRN_CRASH_SEED to replay the same kill times)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = kill_times("flood test");
     let mut max_rss = 0;
     let mut samples = Vec::new();
     for round in 0..3 {
-        let mut child = workload(&data, &ledger, ARGS)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the workload starts");
         let delay = Duration::from_millis(rng.random_range(800..1600));
-        let started = Instant::now();
-        while started.elapsed() < delay {
-            if let Some(status) = child.try_wait().unwrap() {
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "round {round}: the workload exited on its own ({status}):\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            if let Some(rss) = rss_mib(child.id()) {
-                max_rss = max_rss.max(rss);
-                samples.push(rss);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        run_then_kill(
+            &data,
+            &ledger,
+            ARGS,
+            round,
+            delay,
+            Duration::from_millis(50),
+            |pid| {
+                if let Some(rss) = rss_mib(pid) {
+                    max_rss = max_rss.max(rss);
+                    samples.push(rss);
+                }
+            },
+        );
     }
     let acknowledged = ledger_lines(&ledger, "started ");
     let busy = ledger_lines(&ledger, "busy ") * 100;

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The crash workload on `data`, recording acknowledged work in `ledger`, with `args`.
 pub fn workload(data: &Path, ledger: &Path, args: &[&str]) -> Command {
@@ -15,6 +16,50 @@ pub fn workload(data: &Path, ledger: &Path, args: &[&str]) -> Command {
         .arg(ledger)
         .env("RUST_LOG", "warn");
     cmd
+}
+
+/// The random source of a kill test's timings: seeded from `CAIRN_CRASH_SEED` to replay a run,
+/// else at random (printed, so a failure can be replayed).
+pub fn kill_times(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("CAIRN_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("{test} seed {seed} (set CAIRN_CRASH_SEED to replay the same kill times)");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Runs the workload for `delay`, calling `tick` with its pid every `every`, then kills it with
+/// SIGKILL. Round `round` fails if the workload exits on its own before the kill.
+pub fn run_then_kill(
+    data: &Path,
+    ledger: &Path,
+    args: &[&str],
+    round: u32,
+    delay: Duration,
+    every: Duration,
+    mut tick: impl FnMut(u32),
+) {
+    let mut child = workload(data, ledger, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the workload starts");
+    let started = Instant::now();
+    while started.elapsed() < delay {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "round {round}: the workload exited on its own ({status}) before the kill:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        tick(child.id());
+        std::thread::sleep(every);
+    }
+    child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
+    child.wait().unwrap();
 }
 
 /// Complete ledger lines starting with `prefix` (a kill can leave a torn last line, which
