@@ -26,28 +26,21 @@ impl PartitionState {
                 name,
                 input,
             } => {
-                let response = match self.take(instance_id, src)? {
-                    None => ClientResponse::NotFound,
-                    Some(mut inst) => {
-                        let status = inst.state.status;
-                        let r = if status.is_terminal() {
-                            ClientResponse::WrongStatus { status }
-                        } else {
-                            let ev = HistoryEvent::new(
-                                cx.now,
-                                EventKind::EventRaised {
-                                    name: name.clone(),
-                                    input: input.clone(),
-                                },
-                            );
-                            inst.state.pending.push(ev);
-                            self.make_runnable(&inst, cx);
-                            ClientResponse::Ok
-                        };
-                        self.put(inst);
-                        r
+                let response = self.with_instance(instance_id, cx, src, |this, inst, cx| {
+                    let status = inst.state.status;
+                    if status.is_terminal() {
+                        return Ok(ClientResponse::WrongStatus { status });
                     }
-                };
+                    inst.state.pending.push(HistoryEvent::new(
+                        cx.now,
+                        EventKind::EventRaised {
+                            name: name.clone(),
+                            input: input.clone(),
+                        },
+                    ));
+                    this.make_runnable(inst, cx);
+                    Ok(ClientResponse::Ok)
+                })?;
                 respond(cx, response);
             }
             ClientRequestKind::Terminate {
@@ -55,114 +48,86 @@ impl PartitionState {
                 reason,
                 recursive,
             } => {
-                let response = match self.take(instance_id, src)? {
-                    None => ClientResponse::NotFound,
-                    Some(mut inst) => {
-                        let status = inst.state.status;
-                        let r = if status.is_terminal() {
-                            ClientResponse::WrongStatus { status }
-                        } else {
-                            self.terminate(&mut inst, reason.clone(), *recursive, cx);
-                            ClientResponse::Ok
-                        };
-                        self.put(inst);
-                        r
+                let response = self.with_instance(instance_id, cx, src, |this, inst, cx| {
+                    let status = inst.state.status;
+                    if status.is_terminal() {
+                        return Ok(ClientResponse::WrongStatus { status });
                     }
-                };
+                    this.terminate(inst, reason.clone(), *recursive, cx);
+                    Ok(ClientResponse::Ok)
+                })?;
                 respond(cx, response);
             }
             ClientRequestKind::Suspend {
                 instance_id,
                 reason,
             } => {
-                let response = match self.take(instance_id, src)? {
-                    None => ClientResponse::NotFound,
-                    Some(mut inst) => {
-                        let status = inst.state.status;
-                        let r = match status {
-                            RuntimeStatus::Running | RuntimeStatus::Pending => {
-                                inst.state.status = RuntimeStatus::Suspended;
-                                inst.state.last_updated_at = cx.now;
-                                inst.state.pending.push(HistoryEvent::new(
-                                    cx.now,
-                                    EventKind::ExecutionSuspended {
-                                        reason: reason.clone(),
-                                    },
-                                ));
-                                self.globals.runnable.remove(instance_id);
-                                cx.effects
-                                    .push(Effect::InstanceChanged(instance_id.clone()));
-                                ClientResponse::Ok
-                            }
-                            RuntimeStatus::Suspended => ClientResponse::Ok,
-                            _ => ClientResponse::WrongStatus { status },
-                        };
-                        self.put(inst);
-                        r
-                    }
-                };
+                let response = self.with_instance(instance_id, cx, src, |this, inst, cx| {
+                    Ok(match inst.state.status {
+                        RuntimeStatus::Running | RuntimeStatus::Pending => {
+                            inst.state.status = RuntimeStatus::Suspended;
+                            inst.state.last_updated_at = cx.now;
+                            inst.state.pending.push(HistoryEvent::new(
+                                cx.now,
+                                EventKind::ExecutionSuspended {
+                                    reason: reason.clone(),
+                                },
+                            ));
+                            this.globals.runnable.remove(instance_id);
+                            cx.effects
+                                .push(Effect::InstanceChanged(instance_id.clone()));
+                            ClientResponse::Ok
+                        }
+                        RuntimeStatus::Suspended => ClientResponse::Ok,
+                        status => ClientResponse::WrongStatus { status },
+                    })
+                })?;
                 respond(cx, response);
             }
             ClientRequestKind::Resume {
                 instance_id,
                 reason,
             } => {
-                let response = match self.take(instance_id, src)? {
-                    None => ClientResponse::NotFound,
-                    Some(mut inst) => {
-                        let status = inst.state.status;
-                        let r = match status {
-                            RuntimeStatus::Suspended => {
-                                inst.state.status = if inst.state.history_len > 0 {
-                                    RuntimeStatus::Running
-                                } else {
-                                    RuntimeStatus::Pending
-                                };
-                                inst.state.last_updated_at = cx.now;
-                                inst.state.pending.push(HistoryEvent::new(
-                                    cx.now,
-                                    EventKind::ExecutionResumed {
-                                        reason: reason.clone(),
-                                    },
-                                ));
-                                self.make_runnable(&inst, cx);
-                                cx.effects
-                                    .push(Effect::InstanceChanged(instance_id.clone()));
-                                ClientResponse::Ok
-                            }
-                            RuntimeStatus::Running | RuntimeStatus::Pending => ClientResponse::Ok,
-                            _ => ClientResponse::WrongStatus { status },
-                        };
-                        self.put(inst);
-                        r
-                    }
-                };
+                let response = self.with_instance(instance_id, cx, src, |this, inst, cx| {
+                    Ok(match inst.state.status {
+                        RuntimeStatus::Suspended => {
+                            inst.state.status = if inst.state.history_len > 0 {
+                                RuntimeStatus::Running
+                            } else {
+                                RuntimeStatus::Pending
+                            };
+                            inst.state.last_updated_at = cx.now;
+                            inst.state.pending.push(HistoryEvent::new(
+                                cx.now,
+                                EventKind::ExecutionResumed {
+                                    reason: reason.clone(),
+                                },
+                            ));
+                            this.make_runnable(inst, cx);
+                            cx.effects
+                                .push(Effect::InstanceChanged(instance_id.clone()));
+                            ClientResponse::Ok
+                        }
+                        RuntimeStatus::Running | RuntimeStatus::Pending => ClientResponse::Ok,
+                        status => ClientResponse::WrongStatus { status },
+                    })
+                })?;
                 respond(cx, response);
             }
             ClientRequestKind::Rewind {
                 instance_id,
                 reason,
             } => {
-                let response = match self.take(instance_id, src)? {
-                    None => ClientResponse::NotFound,
-                    Some(mut inst) => {
-                        let status = inst.state.status;
-                        let r = if status == RuntimeStatus::Failed && inst.state.entity.is_none() {
-                            match self.rewind(&mut inst, reason.clone(), cx, src) {
-                                Ok(None) => ClientResponse::Ok,
-                                Ok(Some(reason)) => ClientResponse::Refused { reason },
-                                Err(e) => {
-                                    self.put_clean(inst);
-                                    return Err(e);
-                                }
-                            }
-                        } else {
-                            ClientResponse::WrongStatus { status }
-                        };
-                        self.put(inst);
-                        r
+                let response = self.with_instance(instance_id, cx, src, |this, inst, cx| {
+                    let status = inst.state.status;
+                    if status != RuntimeStatus::Failed || inst.state.entity.is_some() {
+                        return Ok(ClientResponse::WrongStatus { status });
                     }
-                };
+                    Ok(match this.rewind(inst, reason.clone(), cx, src)? {
+                        None => ClientResponse::Ok,
+                        Some(reason) => ClientResponse::Refused { reason },
+                    })
+                })?;
                 respond(cx, response);
             }
             ClientRequestKind::SignalEntity {
@@ -190,6 +155,30 @@ impl PartitionState {
             }
         }
         Ok(())
+    }
+
+    /// Applies a command `f` to an existing instance: `NotFound` when there is none; the
+    /// instance is put back changed, or unchanged when `f` fails.
+    fn with_instance(
+        &mut self,
+        instance_id: &str,
+        cx: &mut Apply,
+        src: &dyn InstanceSource,
+        f: impl FnOnce(&mut Self, &mut Instance, &mut Apply) -> Result<ClientResponse, SourceError>,
+    ) -> Result<ClientResponse, SourceError> {
+        let Some(mut inst) = self.take(instance_id, src)? else {
+            return Ok(ClientResponse::NotFound);
+        };
+        match f(self, &mut inst, cx) {
+            Ok(response) => {
+                self.put(inst);
+                Ok(response)
+            }
+            Err(e) => {
+                self.put_clean(inst);
+                Err(e)
+            }
+        }
     }
 
     /// Creates (or, per policy, restarts) an instance. Used by client starts and sub-orchestrations.

@@ -229,22 +229,27 @@ impl PartitionState {
         why: &str,
         cx: &mut Apply,
     ) {
+        let failure = FailureDetails::new(
+            "EntityOperationFailed",
+            format!(
+                "operation '{}' on '{entity_id}' failed: {why}",
+                op.operation
+            ),
+        )
+        .non_retriable();
+        self.answer_caller(op, Err(failure), cx);
+    }
+
+    /// Sends an operation's result to the orchestration that called it (signals have no caller).
+    fn answer_caller(&mut self, op: &EntityOperation, result: TaskResult, cx: &mut Apply) {
         if let Some(caller) = &op.caller {
-            let failure = FailureDetails::new(
-                "EntityOperationFailed",
-                format!(
-                    "operation '{}' on '{entity_id}' failed: {why}",
-                    op.operation
-                ),
-            )
-            .non_retriable();
             self.send(
                 Message::EntityResult {
                     instance_id: caller.instance_id.clone(),
                     execution_id: caller.execution_id.clone(),
                     task_id: caller.task_id,
                     request_id: op.request_id.clone(),
-                    result: Err(failure),
+                    result,
                 },
                 cx,
             );
@@ -305,18 +310,7 @@ impl PartitionState {
         }
         inst.state.last_updated_at = cx.now;
         for (op, result) in done.iter().zip(&r.results) {
-            if let Some(caller) = &op.caller {
-                self.send(
-                    Message::EntityResult {
-                        instance_id: caller.instance_id.clone(),
-                        execution_id: caller.execution_id.clone(),
-                        task_id: caller.task_id,
-                        request_id: op.request_id.clone(),
-                        result: result.clone(),
-                    },
-                    cx,
-                );
-            }
+            self.answer_caller(op, result.clone(), cx);
         }
         for action in &r.actions {
             match action {

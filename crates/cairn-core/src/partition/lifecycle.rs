@@ -244,17 +244,27 @@ impl PartitionState {
             }
         };
         if let Some(result) = outcome {
-            self.send(
-                Message::SubOrchestrationCompleted {
-                    parent_instance_id: parent.instance_id,
-                    parent_execution_id: parent.execution_id,
-                    task_id: parent.task_id,
-                    result,
-                },
-                cx,
-            );
+            self.tell_parent(parent, result, cx);
         }
         Ok(())
+    }
+
+    /// Sends a sub-orchestration's outcome to the parent that waits for it.
+    pub(super) fn tell_parent(
+        &mut self,
+        parent: ParentInstance,
+        result: TaskResult,
+        cx: &mut Apply,
+    ) {
+        self.send(
+            Message::SubOrchestrationCompleted {
+                parent_instance_id: parent.instance_id,
+                parent_execution_id: parent.execution_id,
+                task_id: parent.task_id,
+                result,
+            },
+            cx,
+        );
     }
 
     /// Moves an instance to a terminal status and tells its parent.
@@ -305,15 +315,7 @@ impl PartitionState {
                     .non_retriable()
                 })),
             };
-            self.send(
-                Message::SubOrchestrationCompleted {
-                    parent_instance_id: parent.instance_id,
-                    parent_execution_id: parent.execution_id,
-                    task_id: parent.task_id,
-                    result,
-                },
-                cx,
-            );
+            self.tell_parent(parent, result, cx);
         }
     }
 }

@@ -35,15 +35,7 @@ impl PartitionState {
                         ),
                     )
                     .non_retriable();
-                    self.send(
-                        Message::SubOrchestrationCompleted {
-                            parent_instance_id: parent.instance_id,
-                            parent_execution_id: parent.execution_id,
-                            task_id: parent.task_id,
-                            result: Err(failure),
-                        },
-                        cx,
-                    );
+                    self.tell_parent(parent, Err(failure), cx);
                 }
             }
             Message::SubOrchestrationCompleted {
