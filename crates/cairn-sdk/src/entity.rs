@@ -46,17 +46,11 @@ impl EntityContext {
 
     /// The operation's input, deserialized.
     pub fn input<T: DeserializeOwned>(&self) -> Result<T, TaskError> {
-        let text = self
-            .input
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("null");
-        serde_json::from_str(text).map_err(|e| {
-            TaskError::non_retriable(
-                "InputDeserializationError",
-                format!("input of an operation on {}: {e}", self.entity_id),
-            )
-        })
+        crate::error::decode_input(
+            self.input.as_deref(),
+            &format!("an operation on {}", self.entity_id),
+        )
+        .map_err(TaskError::from)
     }
 
     fn next_id(&mut self) -> String {

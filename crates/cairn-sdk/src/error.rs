@@ -1,7 +1,35 @@
 //! The error user code returns and receives.
 
 use cairn_core::FailureDetails;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use thiserror::Error;
+
+/// Decodes the JSON input of `what` (e.g. "orchestration 'x'"); no input reads as `null`.
+pub(crate) fn decode_input<I: DeserializeOwned>(
+    input: Option<&str>,
+    what: &str,
+) -> Result<I, FailureDetails> {
+    let text = input.filter(|s| !s.is_empty()).unwrap_or("null");
+    serde_json::from_str(text).map_err(|e| {
+        FailureDetails::new(
+            "InputDeserializationError",
+            format!("input of {what} could not be deserialized: {e}"),
+        )
+        .non_retriable()
+    })
+}
+
+/// Encodes user code's output as the JSON that travels in history.
+pub(crate) fn encode_output<O: Serialize>(output: &O) -> Result<Option<String>, FailureDetails> {
+    serde_json::to_string(output).map(Some).map_err(|e| {
+        FailureDetails::new(
+            "SerializationError",
+            format!("output could not be serialized: {e}"),
+        )
+        .non_retriable()
+    })
+}
 
 /// A failure of an activity, sub-orchestration or orchestration, as user code sees it.
 ///

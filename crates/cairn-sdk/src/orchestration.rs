@@ -781,25 +781,12 @@ where
     Arc::new(move |ctx: OrchestrationContext, input: Option<String>| {
         let f = f.clone();
         Box::pin(async move {
-            let text = input.as_deref().filter(|s| !s.is_empty()).unwrap_or("null");
-            let input: I = serde_json::from_str(text).map_err(|e| {
-                FailureDetails::new(
-                    "InputDeserializationError",
-                    format!(
-                        "input of orchestration '{}' could not be deserialized: {e}",
-                        ctx.name()
-                    ),
-                )
-                .non_retriable()
-            })?;
+            let input: I = crate::error::decode_input(
+                input.as_deref(),
+                &format!("orchestration '{}'", ctx.name()),
+            )?;
             let output = f(ctx, input).await.map_err(|e| e.failure)?;
-            serde_json::to_string(&output).map(Some).map_err(|e| {
-                FailureDetails::new(
-                    "SerializationError",
-                    format!("output could not be serialized: {e}"),
-                )
-                .non_retriable()
-            })
+            crate::error::encode_output(&output)
         }) as OrchestratorFuture
     })
 }

@@ -69,21 +69,12 @@ impl Registry {
         let erased: ActivityFn = Arc::new(move |ctx: ActivityContext, input: Option<String>| {
             let f = f.clone();
             Box::pin(async move {
-                let text = input.as_deref().filter(|s| !s.is_empty()).unwrap_or("null");
-                let input: I = serde_json::from_str(text).map_err(|e| {
-                    FailureDetails::new(
-                        "InputDeserializationError",
-                        format!(
-                            "input of activity '{}' could not be deserialized: {e}",
-                            ctx.name
-                        ),
-                    )
-                    .non_retriable()
-                })?;
+                let input: I = crate::error::decode_input(
+                    input.as_deref(),
+                    &format!("activity '{}'", ctx.name),
+                )?;
                 let output = f(ctx, input).await.map_err(|e| e.failure)?;
-                serde_json::to_string(&output).map(Some).map_err(|e| {
-                    FailureDetails::new("SerializationError", e.to_string()).non_retriable()
-                })
+                crate::error::encode_output(&output)
             })
         });
         self.activities.insert(name.to_string(), erased);
