@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// the background (to compare `chain-under-load` with and without).
     #[arg(long)]
     checkpoints_in_place: bool,
+    /// Decode the rows of status reads, queries and scans on the partition's task, as Cairn
+    /// did before they moved off it (to compare `chain-under-load` with and without).
+    #[arg(long)]
+    reads_on_loop: bool,
     /// Multiply every scenario's operation count (e.g. 0.1 for a quick run).
     #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
     scale: f64,
@@ -348,6 +352,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             partitions: Some(args.partitions),
             fsync,
             checkpoints_in_place: args.checkpoints_in_place,
+            reads_on_loop: args.reads_on_loop,
             ..EngineConfig::default()
         };
         if s == Scenario::ChainUnderLoad {

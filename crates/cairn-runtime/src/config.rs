@@ -56,6 +56,9 @@ pub struct EngineConfig {
     /// Write periodic checkpoints on the partition's own task, stalling it meanwhile, instead
     /// of in the background (for comparison only).
     pub checkpoints_in_place: bool,
+    /// Decode the rows of status reads, history reads, queries and scans on the partition's
+    /// own task, stalling it meanwhile, instead of off it (for comparison only).
+    pub reads_on_loop: bool,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +85,7 @@ impl Default for EngineConfig {
             ids: None,
             router: None,
             checkpoints_in_place: false,
+            reads_on_loop: false,
         }
     }
 }

@@ -41,6 +41,12 @@ pub(crate) enum Input {
         entity_id: String,
         result: EntityBatchResult,
     },
+    /// A read that ran off the partition's task, to be held until `position` is durable.
+    ReadDone {
+        position: u64,
+        reply: Reply<ReadResponse>,
+        result: Result<ReadResponse, EngineError>,
+    },
     Durable(u64),
     /// A checkpoint written in the background has reached the store (or failed).
     CheckpointWritten {

@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub client_inbox: Vec<mpsc::Sender<Input>>,
     pub orchestration_permits: Arc<Semaphore>,
     pub activity_permits: Arc<Semaphore>,
+    /// Reads running off the partitions' tasks (see `leader::reads`).
+    pub read_permits: Arc<Semaphore>,
     pub stats: Vec<Arc<LeaderStats>>,
     pub remote: Option<RemoteQueue>,
     /// Where the partitions' logs live (local segmented files by default).

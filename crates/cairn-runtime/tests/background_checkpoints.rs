@@ -1,10 +1,11 @@
-//! Checkpoints written in the background, slowly, while the partitions go on: reads, episodes
-//! and recovery all see exactly what they would with checkpoints written in place.
+//! Checkpoints written in the background and reads run off the partition's task, slowly, while
+//! the partitions go on: reads, episodes and recovery all see exactly what they would with
+//! everything on the task, and a slow query does not stall its partition.
 
 mod common;
 
 use cairn_runtime::*;
-use cairn_storage::seam::{CheckpointStore, CheckpointStores, LocalCheckpointStores};
+use cairn_storage::seam::{CheckpointStore, CheckpointStores, LocalCheckpointStores, StoreReads};
 use cairn_storage::store::{CheckpointBatch, StoreError};
 use common::*;
 use std::sync::Arc;
@@ -16,29 +17,11 @@ struct SlowStores(LocalCheckpointStores);
 
 struct Slow(Arc<dyn CheckpointStore>);
 
+cairn_storage::forward_store_reads!(Slow, |s| &*s.0);
+
 impl CheckpointStore for Slow {
-    fn checkpoint_position(&self) -> Result<u64, StoreError> {
-        self.0.checkpoint_position()
-    }
-    fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.0.load_globals()
-    }
-    fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.0.get_instance(id)
-    }
-    fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.0.read_history(id)
-    }
-    fn scan_instances(
-        &self,
-        start_after: Option<&str>,
-        prefix: Option<&str>,
-        f: &mut dyn FnMut(&str, &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        self.0.scan_instances(start_after, prefix, f)
-    }
-    fn instance_count(&self) -> Result<u64, StoreError> {
-        self.0.instance_count()
+    fn snapshot(&self) -> Result<Box<dyn StoreReads>, StoreError> {
+        self.0.snapshot()
     }
     fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError> {
         std::thread::sleep(Duration::from_millis(30));
@@ -148,5 +131,132 @@ async fn slow_background_checkpoints_change_nothing_readers_or_recovery_see() {
             .unwrap();
         assert_eq!(&again, history, "{id} after recovery");
     }
+    engine.shutdown().await.unwrap();
+}
+
+/// Local stores whose snapshot scans take a second (a query decoding a big table).
+#[derive(Debug)]
+struct SlowScanStores(LocalCheckpointStores);
+
+struct SlowScans(Arc<dyn CheckpointStore>);
+
+struct SlowScanSnapshot(Box<dyn StoreReads>);
+
+cairn_storage::forward_store_reads!(SlowScans, |s| &*s.0);
+
+impl CheckpointStore for SlowScans {
+    fn snapshot(&self) -> Result<Box<dyn StoreReads>, StoreError> {
+        Ok(Box::new(SlowScanSnapshot(self.0.snapshot()?)))
+    }
+    fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError> {
+        self.0.write_checkpoint(batch)
+    }
+}
+
+impl StoreReads for SlowScanSnapshot {
+    fn checkpoint_position(&self) -> Result<u64, StoreError> {
+        self.0.checkpoint_position()
+    }
+    fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.load_globals()
+    }
+    fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get_instance(id)
+    }
+    fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.0.read_history(id)
+    }
+    fn scan_instances(
+        &self,
+        start_after: Option<&str>,
+        prefix: Option<&str>,
+        f: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        std::thread::sleep(SLOW_SCAN);
+        self.0.scan_instances(start_after, prefix, f)
+    }
+    fn instance_count(&self) -> Result<u64, StoreError> {
+        self.0.instance_count()
+    }
+}
+
+const SLOW_SCAN: Duration = Duration::from_secs(2);
+
+impl CheckpointStores for SlowScanStores {
+    fn open(&self, partition: u32) -> Result<Arc<dyn CheckpointStore>, StoreError> {
+        Ok(Arc::new(SlowScans(self.0.open(partition)?)))
+    }
+}
+
+/// A query that takes seconds to decode its rows does not stall the partition it reads: a
+/// chain on that partition starts, runs and completes while the query is still scanning, and
+/// the query's page is the partition as it was when the query came in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_query_does_not_stall_its_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        partitions: Some(1),
+        checkpoints: Some(Arc::new(SlowScanStores(LocalCheckpointStores {
+            data_dir: dir.path().to_path_buf(),
+        }))),
+        ..common::config(dir.path())
+    };
+    let engine = Engine::open(config, registry()).await.unwrap();
+    let client = engine.client();
+    for i in 0..5 {
+        let id = client
+            .start_with(
+                "chain",
+                &2i64,
+                StartOptions {
+                    instance_id: Some(format!("before-{i}")),
+                    ..StartOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        client.wait_for_completion(&id, WAIT).await.unwrap();
+    }
+    engine.checkpoint().await.unwrap();
+    let query = {
+        let client = client.clone();
+        tokio::spawn(async move { client.query(&InstanceQuery::default()).await })
+    };
+    // Let the query reach the partition and start scanning.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let id = client
+        .start_with(
+            "chain",
+            &5i64,
+            StartOptions {
+                instance_id: Some("during".into()),
+                ..StartOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let done = client.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(done.output::<i64>().unwrap(), 5);
+    let took = started.elapsed();
+    assert!(
+        took < SLOW_SCAN / 2,
+        "a 5-step chain took {took:?} while a query scanned its partition"
+    );
+    assert!(
+        !query.is_finished(),
+        "the query finished before the chain (the chain took {took:?}): it did not run long \
+         enough to show anything"
+    );
+    let page = query.await.unwrap().unwrap();
+    let ids: Vec<&str> = page
+        .instances
+        .iter()
+        .map(|s| s.instance_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["before-0", "before-1", "before-2", "before-3", "before-4"]
+    );
     engine.shutdown().await.unwrap();
 }

@@ -4,7 +4,7 @@
 //! and calls [`run_all`] or [`run_store_checks`]; each check panics with what broke.
 
 use crate::log::LogError;
-use crate::seam::{CheckpointStore, OnDurable, OpenedLog, PartitionLog};
+use crate::seam::{CheckpointStore, OnDurable, OpenedLog, PartitionLog, StoreReads};
 use crate::store::CheckpointBatch;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -198,7 +198,7 @@ pub trait StoreHarness {
     fn reopen(&mut self) -> Arc<dyn CheckpointStore>;
 }
 
-fn scan(store: &dyn CheckpointStore, after: Option<&str>, prefix: Option<&str>) -> Vec<String> {
+fn scan(store: &dyn StoreReads, after: Option<&str>, prefix: Option<&str>) -> Vec<String> {
     let mut ids = Vec::new();
     store
         .scan_instances(after, prefix, &mut |id, _| {
@@ -216,6 +216,7 @@ pub fn run_store_checks(h: &mut dyn StoreHarness) {
     history_truncate_applies_before_appends_in_one_batch(h);
     instance_put_and_delete_of_the_same_id_ends_deleted(h);
     scan_with_prefix_and_start_after(h);
+    a_snapshot_is_unchanged_by_later_checkpoints(h);
 }
 
 pub fn fresh_store_is_empty(h: &mut dyn StoreHarness) {
@@ -385,4 +386,52 @@ pub fn scan_with_prefix_and_start_after(h: &mut dyn StoreHarness) {
             ("b".to_string(), b"state of b".to_vec())
         ]
     );
+}
+
+pub fn a_snapshot_is_unchanged_by_later_checkpoints(h: &mut dyn StoreHarness) {
+    let store = h.fresh();
+    store
+        .write_checkpoint(&CheckpointBatch {
+            position: 5,
+            globals: b"g5".to_vec(),
+            instance_puts: vec![
+                ("a".into(), b"a at 5".to_vec()),
+                ("b".into(), b"b at 5".to_vec()),
+            ],
+            history_appends: vec![("a".into(), 0, b"a0".to_vec())],
+            ..Default::default()
+        })
+        .unwrap();
+    let snapshot = store.snapshot().expect("snapshot");
+    store
+        .write_checkpoint(&CheckpointBatch {
+            position: 9,
+            globals: b"g9".to_vec(),
+            instance_puts: vec![
+                ("a".into(), b"a at 9".to_vec()),
+                ("c".into(), b"c at 9".to_vec()),
+            ],
+            instance_deletes: vec!["b".into()],
+            history_truncates: vec!["a".into()],
+            history_appends: vec![("a".into(), 0, b"new a0".to_vec())],
+        })
+        .unwrap();
+    assert_eq!(snapshot.checkpoint_position().unwrap(), 5);
+    assert_eq!(snapshot.load_globals().unwrap(), Some(b"g5".to_vec()));
+    assert_eq!(
+        snapshot.get_instance("a").unwrap(),
+        Some(b"a at 5".to_vec())
+    );
+    assert_eq!(
+        snapshot.get_instance("b").unwrap(),
+        Some(b"b at 5".to_vec())
+    );
+    assert_eq!(snapshot.get_instance("c").unwrap(), None);
+    assert_eq!(snapshot.read_history("a").unwrap(), vec![b"a0".to_vec()]);
+    assert_eq!(scan(&*snapshot, None, None), ["a", "b"]);
+    assert_eq!(snapshot.instance_count().unwrap(), 2);
+    // The store itself moved on.
+    assert_eq!(store.checkpoint_position().unwrap(), 9);
+    assert_eq!(scan(&*store, None, None), ["a", "c"]);
+    assert_eq!(store.read_history("a").unwrap(), vec![b"new a0".to_vec()]);
 }

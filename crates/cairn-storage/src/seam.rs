@@ -372,8 +372,16 @@ impl PartitionLog for MemoryPartitionLog {
 /// What an implementation promises: a batch is all or nothing (a crash during
 /// `write_checkpoint` leaves the previous checkpoint); within a batch, history truncations come
 /// before appends and instance deletes after puts; reads see whole batches only.
-pub trait CheckpointStore: Send + Sync {
-    /// The log position the last checkpoint covers (0 when none).
+pub trait CheckpointStore: StoreReads {
+    /// A read-only view of the latest checkpoint that checkpoints written later do not change
+    /// (the reads a query runs off the partition's task see one checkpoint throughout).
+    fn snapshot(&self) -> Result<Box<dyn StoreReads>, StoreError>;
+    fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError>;
+}
+
+/// Reads of a checkpoint: of the store's latest one, or of a [`CheckpointStore::snapshot`].
+pub trait StoreReads: Send + Sync {
+    /// The log position the checkpoint covers (0 when none).
     fn checkpoint_position(&self) -> Result<u64, StoreError>;
     fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError>;
     fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -388,7 +396,6 @@ pub trait CheckpointStore: Send + Sync {
         f: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<(), StoreError>;
     fn instance_count(&self) -> Result<u64, StoreError>;
-    fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError>;
 }
 
 /// Opens partitions' checkpoint stores.
@@ -396,29 +403,52 @@ pub trait CheckpointStores: Send + Sync + std::fmt::Debug {
     fn open(&self, partition: u32) -> Result<Arc<dyn CheckpointStore>, StoreError>;
 }
 
+/// Implements [`StoreReads`] for `$t` by reading from `$target` (an expression of `$s`, the
+/// value itself, that gives a `&impl StoreReads` and may use `?` on a `StoreError`): for
+/// wrappers of a store, and for the redb store, which reads through a fresh
+/// [`StoreView`](crate::store::StoreView).
+#[macro_export]
+macro_rules! forward_store_reads {
+    ($t:ty, |$s:ident| $target:expr) => {
+        impl $crate::seam::StoreReads for $t {
+            fn checkpoint_position(&self) -> Result<u64, $crate::store::StoreError> {
+                let $s = self;
+                $crate::seam::StoreReads::checkpoint_position($target)
+            }
+            fn load_globals(&self) -> Result<Option<Vec<u8>>, $crate::store::StoreError> {
+                let $s = self;
+                $crate::seam::StoreReads::load_globals($target)
+            }
+            fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, $crate::store::StoreError> {
+                let $s = self;
+                $crate::seam::StoreReads::get_instance($target, id)
+            }
+            fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, $crate::store::StoreError> {
+                let $s = self;
+                $crate::seam::StoreReads::read_history($target, id)
+            }
+            fn scan_instances(
+                &self,
+                start_after: Option<&str>,
+                prefix: Option<&str>,
+                f: &mut dyn FnMut(&str, &[u8]) -> bool,
+            ) -> Result<(), $crate::store::StoreError> {
+                let $s = self;
+                $crate::seam::StoreReads::scan_instances($target, start_after, prefix, f)
+            }
+            fn instance_count(&self) -> Result<u64, $crate::store::StoreError> {
+                let $s = self;
+                $crate::seam::StoreReads::instance_count($target)
+            }
+        }
+    };
+}
+
+forward_store_reads!(PartitionStore, |s| &s.view()?);
+
 impl CheckpointStore for PartitionStore {
-    fn checkpoint_position(&self) -> Result<u64, StoreError> {
-        PartitionStore::checkpoint_position(self)
-    }
-    fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        PartitionStore::load_globals(self)
-    }
-    fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        PartitionStore::get_instance(self, id)
-    }
-    fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        PartitionStore::read_history(self, id)
-    }
-    fn scan_instances(
-        &self,
-        start_after: Option<&str>,
-        prefix: Option<&str>,
-        f: &mut dyn FnMut(&str, &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        PartitionStore::scan_instances(self, start_after, prefix, f)
-    }
-    fn instance_count(&self) -> Result<u64, StoreError> {
-        PartitionStore::instance_count(self)
+    fn snapshot(&self) -> Result<Box<dyn StoreReads>, StoreError> {
+        Ok(Box::new(self.view()?))
     }
     fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError> {
         PartitionStore::write_checkpoint(self, batch)
@@ -472,7 +502,7 @@ impl MemoryCheckpointStore {
     }
 }
 
-impl CheckpointStore for MemoryCheckpointStore {
+impl StoreReads for MemoryCheckpointStore {
     fn checkpoint_position(&self) -> Result<u64, StoreError> {
         Ok(self.state.lock().position)
     }
@@ -511,6 +541,13 @@ impl CheckpointStore for MemoryCheckpointStore {
     }
     fn instance_count(&self) -> Result<u64, StoreError> {
         Ok(self.state.lock().instances.len() as u64)
+    }
+}
+
+impl CheckpointStore for MemoryCheckpointStore {
+    /// A copy of the contents (O(size): the memory store serves tests and the simulator).
+    fn snapshot(&self) -> Result<Box<dyn StoreReads>, StoreError> {
+        Ok(Box::new(self.clone_contents()))
     }
     fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError> {
         let mut s = self.state.lock();

@@ -17,7 +17,8 @@
 //! Reads run in their own read transactions (redb MVCC), so they proceed while a checkpoint is
 //! being written and see either the old or the new checkpoint, never a mix.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
@@ -56,7 +57,7 @@ pub enum StoreError {
         open_advice(source)
     )]
     Open {
-        path: PathBuf,
+        path: std::path::PathBuf,
         #[source]
         source: redb::DatabaseError,
     },
@@ -89,7 +90,7 @@ pub struct CheckpointBatch {
 /// The checkpoint store of one partition. `Send + Sync`: share it with an `Arc`.
 pub struct PartitionStore {
     db: Database,
-    path: PathBuf,
+    path: Arc<Path>,
 }
 
 impl std::fmt::Debug for PartitionStore {
@@ -118,7 +119,7 @@ impl PartitionStore {
         })?;
         let store = PartitionStore {
             db,
-            path: path.to_path_buf(),
+            path: Arc::from(path),
         };
         // Create the tables once so that readers never meet a missing table.
         let txn = store
@@ -143,101 +144,17 @@ impl PartitionStore {
         &self.path
     }
 
-    /// Log position of the last checkpoint; 0 if there was none.
-    pub fn checkpoint_position(&self) -> Result<u64, StoreError> {
-        let ctx = "reading the checkpoint position";
-        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
-        let meta = txn.open_table(META).map_err(|e| self.err(ctx, e))?;
-        let Some(v) = meta.get(META_POSITION).map_err(|e| self.err(ctx, e))? else {
-            return Ok(0);
-        };
-        let bytes: [u8; 8] = v.value().try_into().map_err(|_| {
-            StoreError::Corrupt(format!(
-                "checkpoint store {}: the stored position is {} bytes instead of 8; the file is \
-                 damaged or was not written by Cairn: restore it from backup",
-                self.path.display(),
-                v.value().len()
-            ))
-        })?;
-        Ok(u64::from_le_bytes(bytes))
-    }
-
-    /// The partition's global state blob from the last checkpoint.
-    pub fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let ctx = "reading the global state";
-        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
-        let meta = txn.open_table(META).map_err(|e| self.err(ctx, e))?;
-        let v = meta.get(META_GLOBALS).map_err(|e| self.err(ctx, e))?;
-        Ok(v.map(|v| v.value().to_vec()))
-    }
-
-    /// The state blob of instance `id`.
-    pub fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let ctx = "reading an instance";
-        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
-        let t = txn.open_table(INSTANCES).map_err(|e| self.err(ctx, e))?;
-        let v = t.get(id).map_err(|e| self.err(ctx, e))?;
-        Ok(v.map(|v| v.value().to_vec()))
-    }
-
-    /// All history rows of `id`, ordered by seq.
-    pub fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        let ctx = "reading a history";
-        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
-        let t = txn.open_table(HISTORY).map_err(|e| self.err(ctx, e))?;
-        let mut out = Vec::new();
-        for row in t
-            .range((id, 0u32)..=(id, u32::MAX))
-            .map_err(|e| self.err(ctx, e))?
-        {
-            let (_, v) = row.map_err(|e| self.err(ctx, e))?;
-            out.push(v.value().to_vec());
-        }
-        Ok(out)
-    }
-
-    /// Calls `f(id, state)` for instances in ascending id order, starting after `start_after`
-    /// (exclusive) and restricted to ids starting with `prefix`, until `f` returns `false`.
-    /// Runs in one read transaction, so it sees one consistent checkpoint.
-    pub fn scan_instances(
-        &self,
-        start_after: Option<&str>,
-        prefix: Option<&str>,
-        f: &mut dyn FnMut(&str, &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        use std::ops::Bound;
-        let ctx = "scanning instances";
-        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
-        let t = txn.open_table(INSTANCES).map_err(|e| self.err(ctx, e))?;
-        let prefix = prefix.unwrap_or("");
-        // Start at whichever is later: just after `start_after`, or at the prefix.
-        let lower: Bound<&str> = match start_after {
-            Some(after) if after >= prefix => Bound::Excluded(after),
-            _ => Bound::Included(prefix),
-        };
-        let range = t
-            .range::<&str>((lower, Bound::Unbounded))
-            .map_err(|e| self.err(ctx, e))?;
-        for row in range {
-            let (k, v) = row.map_err(|e| self.err(ctx, e))?;
-            let id = k.value();
-            // Keys are sorted, so the first one without the prefix ends the prefix's range.
-            if !id.starts_with(prefix) {
-                break;
-            }
-            if !f(id, v.value()) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Number of instances in the last checkpoint.
-    pub fn instance_count(&self) -> Result<u64, StoreError> {
-        let ctx = "counting instances";
-        let txn = self.db.begin_read().map_err(|e| self.err(ctx, e))?;
-        let t = txn.open_table(INSTANCES).map_err(|e| self.err(ctx, e))?;
-        t.len().map_err(|e| self.err(ctx, e))
+    /// A view of the store as of now: one read transaction (redb MVCC), which checkpoints
+    /// written later do not change. Reads that run off the partition's task use one.
+    pub fn view(&self) -> Result<StoreView, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| store_error(&self.path, "starting a read", e))?;
+        Ok(StoreView {
+            txn,
+            path: self.path.clone(),
+        })
     }
 
     /// Writes `batch` in ONE write transaction with a durable commit: either all of it is in
@@ -284,25 +201,145 @@ impl PartitionStore {
         txn.commit().map_err(|e| self.err(ctx, e))
     }
 
-    /// Maps a redb error to a [`StoreError`] that names the file and the operation.
     fn err(&self, ctx: &str, e: impl Into<redb::Error>) -> StoreError {
-        let e: redb::Error = e.into();
-        let path = self.path.display();
-        match e {
-            redb::Error::Corrupted(msg) => StoreError::Corrupt(format!(
-                "checkpoint store {path} is corrupt ({ctx}): {msg}. Restore it from backup"
-            )),
-            redb::Error::Io(io) if io.raw_os_error() == Some(ENOSPC) => StoreError::Io(format!(
-                "disk full while {ctx} in checkpoint store {path}: {io}. The previous checkpoint \
-                 is intact; free space, then checkpointing can resume"
-            )),
-            redb::Error::Io(io) => StoreError::Io(format!(
-                "I/O error while {ctx} in checkpoint store {path}: {io}. Check the disk and \
-                 permissions, then restart the partition"
-            )),
-            other => StoreError::Io(format!(
-                "checkpoint store {path} failed while {ctx}: {other}"
-            )),
+        store_error(&self.path, ctx, e)
+    }
+}
+
+/// One read transaction of a [`PartitionStore`]: the checkpoint as it was when the view was
+/// taken, unchanged by checkpoints written after (redb MVCC). `Send + Sync`, so a read can take
+/// it to another thread.
+pub struct StoreView {
+    txn: redb::ReadTransaction,
+    path: Arc<Path>,
+}
+
+impl crate::seam::StoreReads for StoreView {
+    /// Log position of the last checkpoint; 0 if there was none.
+    fn checkpoint_position(&self) -> Result<u64, StoreError> {
+        let ctx = "reading the checkpoint position";
+        let meta = self.txn.open_table(META).map_err(|e| self.err(ctx, e))?;
+        let Some(v) = meta.get(META_POSITION).map_err(|e| self.err(ctx, e))? else {
+            return Ok(0);
+        };
+        let bytes: [u8; 8] = v.value().try_into().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "checkpoint store {}: the stored position is {} bytes instead of 8; the file is \
+                 damaged or was not written by Cairn: restore it from backup",
+                self.path.display(),
+                v.value().len()
+            ))
+        })?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    /// The partition's global state blob from the last checkpoint.
+    fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let ctx = "reading the global state";
+        let meta = self.txn.open_table(META).map_err(|e| self.err(ctx, e))?;
+        let v = meta.get(META_GLOBALS).map_err(|e| self.err(ctx, e))?;
+        Ok(v.map(|v| v.value().to_vec()))
+    }
+
+    /// The state blob of instance `id`.
+    fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let ctx = "reading an instance";
+        let t = self
+            .txn
+            .open_table(INSTANCES)
+            .map_err(|e| self.err(ctx, e))?;
+        let v = t.get(id).map_err(|e| self.err(ctx, e))?;
+        Ok(v.map(|v| v.value().to_vec()))
+    }
+
+    /// All history rows of `id`, ordered by seq.
+    fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let ctx = "reading a history";
+        let t = self.txn.open_table(HISTORY).map_err(|e| self.err(ctx, e))?;
+        let mut out = Vec::new();
+        for row in t
+            .range((id, 0u32)..=(id, u32::MAX))
+            .map_err(|e| self.err(ctx, e))?
+        {
+            let (_, v) = row.map_err(|e| self.err(ctx, e))?;
+            out.push(v.value().to_vec());
         }
+        Ok(out)
+    }
+
+    /// Calls `f(id, state)` for instances in ascending id order, starting after `start_after`
+    /// (exclusive) and restricted to ids starting with `prefix`, until `f` returns `false`.
+    /// Runs in one read transaction, so it sees one consistent checkpoint.
+    fn scan_instances(
+        &self,
+        start_after: Option<&str>,
+        prefix: Option<&str>,
+        f: &mut dyn FnMut(&str, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let ctx = "scanning instances";
+        let t = self
+            .txn
+            .open_table(INSTANCES)
+            .map_err(|e| self.err(ctx, e))?;
+        let prefix = prefix.unwrap_or("");
+        // Start at whichever is later: just after `start_after`, or at the prefix.
+        let lower: Bound<&str> = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let range = t
+            .range::<&str>((lower, Bound::Unbounded))
+            .map_err(|e| self.err(ctx, e))?;
+        for row in range {
+            let (k, v) = row.map_err(|e| self.err(ctx, e))?;
+            let id = k.value();
+            // Keys are sorted, so the first one without the prefix ends the prefix's range.
+            if !id.starts_with(prefix) {
+                break;
+            }
+            if !f(id, v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of instances in the last checkpoint.
+    fn instance_count(&self) -> Result<u64, StoreError> {
+        let ctx = "counting instances";
+        let t = self
+            .txn
+            .open_table(INSTANCES)
+            .map_err(|e| self.err(ctx, e))?;
+        t.len().map_err(|e| self.err(ctx, e))
+    }
+}
+
+impl StoreView {
+    fn err(&self, ctx: &str, e: impl Into<redb::Error>) -> StoreError {
+        store_error(&self.path, ctx, e)
+    }
+}
+
+/// Maps a redb error to a [`StoreError`] that names the file and the operation.
+fn store_error(path: &Path, ctx: &str, e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    let path = path.display();
+    match e {
+        redb::Error::Corrupted(msg) => StoreError::Corrupt(format!(
+            "checkpoint store {path} is corrupt ({ctx}): {msg}. Restore it from backup"
+        )),
+        redb::Error::Io(io) if io.raw_os_error() == Some(ENOSPC) => StoreError::Io(format!(
+            "disk full while {ctx} in checkpoint store {path}: {io}. The previous checkpoint \
+             is intact; free space, then checkpointing can resume"
+        )),
+        redb::Error::Io(io) => StoreError::Io(format!(
+            "I/O error while {ctx} in checkpoint store {path}: {io}. Check the disk and \
+             permissions, then restart the partition"
+        )),
+        other => StoreError::Io(format!(
+            "checkpoint store {path} failed while {ctx}: {other}"
+        )),
     }
 }

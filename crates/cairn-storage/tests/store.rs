@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use cairn_storage::seam::StoreReads;
 use cairn_storage::store::{CheckpointBatch, PartitionStore, StoreError};
 
 #[test]

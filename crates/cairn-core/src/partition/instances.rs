@@ -41,6 +41,13 @@ impl PartitionState {
         self.dirty.contains(id)
     }
 
+    /// Instances changed (or deleted: [`Self::loaded`] is None) since the last checkpoint. Every
+    /// other instance reads the same from the checkpoint (with the batch being written, if
+    /// any) as from memory: reads off the partition's task rely on it.
+    pub fn dirty_ids(&self) -> impl Iterator<Item = &String> {
+        self.dirty.iter()
+    }
+
     pub fn dirty_count(&self) -> usize {
         self.dirty.len()
     }

@@ -541,6 +541,35 @@ proptest! {
         prop_assert_eq!(&observed.0.status_counts, &counted);
     }
 
+    /// What reads off the partition's task rely on: an instance not changed since the last
+    /// checkpoint reads the same from the store as from memory (resident or known absent).
+    #[test]
+    fn clean_instances_read_the_same_from_the_store(seed in any::<u64>(), len in 1usize..300, split_frac in 0.0f64..1.0) {
+        let records = generate(seed, len);
+        let split = ((records.len() as f64) * split_frac) as usize;
+        let mut store = MemStore::default();
+        let mut state = PartitionState::new(0, 2);
+        apply_all(&mut state, &records[..split], 1, &store);
+        store.write(state.checkpoint().unwrap());
+        apply_all(&mut state, &records[split..], split as u64 + 1, &store);
+        let mut clean = 0;
+        for (id, slot) in &state.instances {
+            if state.dirty_ids().any(|d| d == id) {
+                continue;
+            }
+            clean += 1;
+            let stored = store.load(id).unwrap();
+            match slot {
+                Slot::Live(inst) => {
+                    prop_assert!(inst.tail.is_empty(), "{} is clean with unsaved history", id);
+                    prop_assert_eq!(Some(&inst.state), stored.as_ref(), "{} differs", id);
+                }
+                Slot::Absent => prop_assert!(stored.is_none(), "{} is absent but stored", id),
+            }
+        }
+        prop_assert_eq!(clean + state.dirty_count(), state.instances.len());
+    }
+
     #[test]
     fn records_round_trip_through_the_log_encoding(seed in any::<u64>(), len in 1usize..100) {
         for r in generate(seed, len) {

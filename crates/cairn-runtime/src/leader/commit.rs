@@ -77,7 +77,7 @@ impl Leader {
             }
             Effect::InstanceChanged(id) => {
                 if self.waiters.contains_key(&id) {
-                    if let Some(status) = self.snapshot(&id, false) {
+                    if let Some(status) = self.snapshot(&id) {
                         self.held.push_back((batch_end, Held::Changed(status)));
                     }
                 }

@@ -101,6 +101,8 @@ pub(crate) struct Leader {
     /// When the last checkpoint was taken (by the engine's clock).
     last_checkpoint: Millis,
     failed: Option<String>,
+    /// Reads running off the task (they count against the queue bound, like held answers).
+    reads_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     stats: Arc<LeaderStats>,
 }
 
@@ -118,7 +120,8 @@ impl Leader {
             // Client requests are taken only while the answers waiting for durability are
             // fewer than the queue bound: a slow disk then pushes back on clients too, instead
             // of the partition accepting work it cannot yet make durable.
-            let room = self.held.len() < self.shared.config.max_queued_requests.max(1);
+            let room = self.held.len() + self.reads_in_flight.load(Ordering::Relaxed)
+                < self.shared.config.max_queued_requests.max(1);
             // The partition's own inputs first: they finish work and free room.
             tokio::select! {
                 biased;
@@ -179,6 +182,7 @@ impl Leader {
             }
         }
         self.release();
+        wait_for_reads(self.reads_in_flight.clone()).await;
         if let Some(log) = self.log.take() {
             if let Err(e) = crate::blocking::blocking(|| log.close()) {
                 tracing::error!(partition = self.partition, "closing the log failed: {e}");
@@ -293,6 +297,11 @@ impl Leader {
                         event: PartitionEvent::EntityBatchCompleted(result),
                     });
                 }
+                Input::ReadDone {
+                    position,
+                    reply,
+                    result,
+                } => self.answer_read(position, reply, result),
                 Input::Durable(lsn) => self.durable = self.durable.max(lsn),
                 Input::Checkpoint(reply) => checkpoints.push(reply),
                 Input::CheckpointWritten { position } => self.checkpoint_written(position),
@@ -324,13 +333,7 @@ impl Leader {
             self.start_episode(&id);
         }
         for (request, reply) in reads {
-            let result = self.read(request);
-            match result {
-                Ok(r) => self.hold(Held::Read(reply, r)),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            }
+            self.read(request, reply);
         }
         for (instance_id, until, reply) in waits {
             self.register_waiter(instance_id, until, reply);
@@ -388,6 +391,13 @@ impl Leader {
                 message: message.clone(),
             }));
         }
+    }
+}
+
+/// Lets reads running off the task finish before the store closes (they hold snapshots of it).
+async fn wait_for_reads(in_flight: Arc<std::sync::atomic::AtomicUsize>) {
+    while in_flight.load(Ordering::Relaxed) > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
 

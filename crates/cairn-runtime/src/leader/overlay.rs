@@ -4,6 +4,7 @@
 //! history to "persisted" when it took the batch).
 
 use super::*;
+use cairn_storage::seam::StoreReads;
 use cairn_storage::store::StoreError;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -68,21 +69,29 @@ impl OverlayStore {
     }
 }
 
-impl CheckpointStore for OverlayStore {
+/// Reads of `base` with the batch `overlay` (if any) laid over it: what `base` will hold once
+/// the batch is written. The batch is idempotent over the store with or without it, so a
+/// snapshot of the store taken while the batch is being written reads the same either way.
+struct Layered<'a, B: StoreReads + ?Sized> {
+    base: &'a B,
+    overlay: Option<&'a Overlay>,
+}
+
+impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
     fn checkpoint_position(&self) -> Result<u64, StoreError> {
-        match self.current() {
+        match self.overlay {
             Some(o) => Ok(o.batch.position),
             None => self.base.checkpoint_position(),
         }
     }
     fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.current() {
+        match self.overlay {
             Some(o) => Ok(Some(o.batch.globals.clone())),
             None => self.base.load_globals(),
         }
     }
     fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(o) = self.current() {
+        if let Some(o) = self.overlay {
             // Deletes are applied after puts within a batch.
             if o.deletes.contains(id) {
                 return Ok(None);
@@ -94,7 +103,7 @@ impl CheckpointStore for OverlayStore {
         self.base.get_instance(id)
     }
     fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        let Some(o) = self.current() else {
+        let Some(o) = self.overlay else {
             return self.base.read_history(id);
         };
         // Rows by sequence: the store's (unless the batch truncates them), then the batch's.
@@ -118,7 +127,7 @@ impl CheckpointStore for OverlayStore {
         prefix: Option<&str>,
         f: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let Some(o) = self.current() else {
+        let Some(o) = self.overlay else {
             return self.base.scan_instances(start_after, prefix, f);
         };
         let pre = prefix.unwrap_or("");
@@ -167,7 +176,35 @@ impl CheckpointStore for OverlayStore {
         Ok(())
     }
     fn instance_count(&self) -> Result<u64, StoreError> {
+        // Approximate while a batch is in flight (its puts and deletes are not counted).
         self.base.instance_count()
+    }
+}
+
+cairn_storage::forward_store_reads!(OverlayStore, |s| &Layered {
+    base: &*s.base,
+    overlay: s.current().as_deref(),
+});
+cairn_storage::forward_store_reads!(OverlaySnapshot, |s| &Layered {
+    base: &*s.base,
+    overlay: s.overlay.as_deref(),
+});
+
+/// A snapshot of the store with the batch that was in flight when it was taken laid over it.
+struct OverlaySnapshot {
+    base: Box<dyn StoreReads>,
+    overlay: Option<Arc<Overlay>>,
+}
+
+impl CheckpointStore for OverlayStore {
+    fn snapshot(&self) -> Result<Box<dyn StoreReads>, StoreError> {
+        // The batch first: it is only dropped after it is in the store, so a store snapshot
+        // taken after it either has the batch or gets it from the overlay.
+        let overlay = self.current();
+        Ok(Box::new(OverlaySnapshot {
+            base: self.base.snapshot()?,
+            overlay,
+        }))
     }
     fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError> {
         self.base.write_checkpoint(batch)
@@ -180,7 +217,7 @@ mod tests {
     use cairn_storage::seam::MemoryCheckpointStore;
 
     fn all(
-        store: &dyn CheckpointStore,
+        store: &dyn StoreReads,
         after: Option<&str>,
         prefix: Option<&str>,
     ) -> Vec<(String, Vec<u8>)> {
@@ -269,6 +306,36 @@ mod tests {
                 "scan after {start:?} prefix {prefix:?}"
             );
         }
+        // A snapshot taken while the batch is in flight reads the same after the batch is
+        // written and the overlay dropped, and after later checkpoints.
+        let snapshot = overlay.snapshot().unwrap();
+        overlay
+            .base()
+            .write_checkpoint(&overlay.current().unwrap().batch)
+            .unwrap();
+        overlay.set(None);
+        overlay
+            .base()
+            .write_checkpoint(&CheckpointBatch {
+                position: 30,
+                instance_deletes: ids.iter().map(|id| id.to_string()).collect(),
+                history_truncates: ids.iter().map(|id| id.to_string()).collect(),
+                ..CheckpointBatch::default()
+            })
+            .unwrap();
+        for id in ["a", "aa", "b", "b-1", "c", "d", "z"] {
+            assert_eq!(
+                snapshot.get_instance(id).unwrap(),
+                after.get_instance(id).unwrap(),
+                "{id}"
+            );
+            assert_eq!(
+                snapshot.read_history(id).unwrap(),
+                after.read_history(id).unwrap(),
+                "{id}"
+            );
+        }
+        assert_eq!(all(&*snapshot, None, None), all(&after, None, None));
         // An early stop stops, in both.
         let mut seen = 0;
         overlay

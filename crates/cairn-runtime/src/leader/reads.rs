@@ -1,107 +1,364 @@
-//! Reads: instance status, history, queries and scans, answered from the in-memory state
-//! overlaid on the checkpoint store.
+//! Reads: instance status, history, queries and entity scans.
+//!
+//! A read is split where memory ends. On the partition's task it takes what only memory knows —
+//! the instances changed since the last checkpoint (the dirty set), and the state of a resident
+//! instance — together with a snapshot of the checkpoint store (with the checkpoint being
+//! written, if any, laid over it). Every instance not changed since the last checkpoint reads
+//! the same from that snapshot as from memory (`PartitionState::dirty_ids`), so the two parts
+//! together are the partition's state at one log position. The part that decodes rows —
+//! scanning a table for a query, reading a history — then runs on the blocking pool, while the
+//! partition goes on committing; its answer waits, like every answer, until that position is
+//! durable. On a current-thread runtime (the simulator) and with
+//! [`EngineConfig::reads_on_loop`](crate::EngineConfig) it runs on the task, as before.
+//!
+//! This module never changes the state machine: a read does not even load an instance into the
+//! cache.
 
 use super::*;
+use cairn_storage::seam::StoreReads;
+
+/// The part of a read that decodes rows from a snapshot of the store.
+pub(super) struct StoreRead {
+    snapshot: Box<dyn StoreReads>,
+    partition: u32,
+    what: FromStore,
+}
+
+enum FromStore {
+    /// An instance that is not in memory (so its stored state is current).
+    Status {
+        instance_id: String,
+        with_history: bool,
+    },
+    /// A resident instance's history: the first `persisted` events from the store, then `tail`.
+    History {
+        status: Box<InstanceStatus>,
+        persisted: u32,
+        tail: Vec<HistoryEvent>,
+    },
+    Entity {
+        entity_id: String,
+    },
+    Instances {
+        filter: QueryFilter,
+        page: ScanPage<InstanceStatus>,
+    },
+    Entities {
+        include_state: bool,
+        page: ScanPage<EntityStatus>,
+    },
+}
+
+/// A page of instances in id order: what memory has, and the range to fill from the store.
+struct ScanPage<T> {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: usize,
+    /// Instances in range changed since the last checkpoint: their stored rows are stale.
+    changed: HashSet<String>,
+    /// Those of them that match, as they are now.
+    found: Vec<(String, T)>,
+}
+
+/// A read after its part on the partition's task.
+pub(super) enum Prepared {
+    Done(Result<ReadResponse, EngineError>),
+    FromStore(StoreRead),
+}
 
 impl Leader {
-    /// A status snapshot of an instance as the state machine sees it now.
-    pub(super) fn snapshot(&mut self, id: &str, with_history: bool) -> Option<InstanceStatus> {
+    /// A status snapshot of an instance as the state machine sees it now (loading it into the
+    /// cache if needed), without its history. For waiters and change notices.
+    pub(super) fn snapshot(&mut self, id: &str) -> Option<InstanceStatus> {
         let store = self.store.clone();
         let inst = self.state.get(id, &StoreSource(&*store)).ok()??;
-        let mut status = InstanceStatus::from_state(&inst.state);
-        if with_history {
-            status.history = read_history(&*store, id, inst.persisted_len(), inst.tail.clone());
-        }
-        Some(status)
+        Some(InstanceStatus::from_state(&inst.state))
     }
 
-    pub(super) fn read(&mut self, request: ReadRequest) -> Result<ReadResponse, EngineError> {
+    /// Answers a read: at once if memory had it all, else after decoding rows from a snapshot
+    /// of the store, off the partition's task when there is another thread to do it on.
+    pub(super) fn read(&mut self, request: ReadRequest, reply: Reply<ReadResponse>) {
+        let position = self.state.position();
+        match self.prepare_read(request) {
+            Prepared::Done(result) => self.answer_read(position, reply, result),
+            Prepared::FromStore(work) => {
+                if crate::blocking::single_threaded() || self.shared.config.reads_on_loop {
+                    let result = work.run();
+                    self.answer_read(position, reply, result);
+                } else {
+                    self.read_off_task(position, reply, work);
+                }
+            }
+        }
+    }
+
+    /// Sends a read's answer, holding a successful one until `position` is durable.
+    pub(super) fn answer_read(
+        &mut self,
+        position: u64,
+        reply: Reply<ReadResponse>,
+        result: Result<ReadResponse, EngineError>,
+    ) {
+        match result {
+            Ok(_) if position > self.durable && self.failed.is_some() => {
+                // Held answers were failed with the partition; this one would wait forever.
+                let message = self.failed.clone().unwrap_or_default();
+                let _ = reply.send(Err(self.storage_error(message)));
+            }
+            Ok(response) if position > self.durable => {
+                self.held.push_back((position, Held::Read(reply, response)));
+            }
+            Ok(response) => {
+                let _ = reply.send(Ok(response));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Runs `work` on the blocking pool (a bounded number at once, for all partitions). The
+    /// answer goes straight to the client if the state it saw was durable when the read was
+    /// taken, else back through the partition to be held.
+    fn read_off_task(&mut self, position: u64, reply: Reply<ReadResponse>, work: StoreRead) {
+        let durable = position <= self.durable;
+        let in_flight = self.reads_in_flight.clone();
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let permits = self.shared.read_permits.clone();
+        let tx = self.shared.partitions[self.partition as usize].clone();
+        let partition = self.partition;
+        tokio::spawn(async move {
+            let result = match permits.acquire_owned().await {
+                Ok(_permit) => tokio::task::spawn_blocking(move || work.run())
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(EngineError::Storage {
+                            partition,
+                            message: format!("a read failed: {e}"),
+                        })
+                    }),
+                Err(_) => Err(EngineError::ShuttingDown),
+            };
+            if durable || result.is_err() {
+                let _ = reply.send(result);
+            } else if let Err(mpsc::error::SendError(Input::ReadDone { reply, .. })) =
+                tx.send(Input::ReadDone {
+                    position,
+                    reply,
+                    result,
+                })
+            {
+                let _ = reply.send(Err(EngineError::ShuttingDown));
+            }
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// The part of a read that needs the partition's state: everything memory knows, and a
+    /// snapshot of the store for the rest.
+    fn prepare_read(&mut self, request: ReadRequest) -> Prepared {
         match request {
             ReadRequest::Status {
                 instance_id,
                 with_history,
             } => {
-                let found = self.snapshot(&instance_id, with_history);
-                self.tick += 1;
-                if found.is_some() {
-                    self.touched.insert(instance_id, self.tick);
+                if !self.state.is_resident(&instance_id) {
+                    return self.from_store(FromStore::Status {
+                        instance_id,
+                        with_history,
+                    });
                 }
-                Ok(ReadResponse::Status(found.map(Box::new)))
+                let Some(inst) = self.state.loaded(&instance_id) else {
+                    return Prepared::Done(Ok(ReadResponse::Status(None)));
+                };
+                let status = Box::new(InstanceStatus::from_state(&inst.state));
+                let (persisted, tail) = (inst.persisted_len(), inst.tail.clone());
+                self.tick += 1;
+                self.touched.insert(instance_id, self.tick);
+                if !with_history {
+                    return Prepared::Done(Ok(ReadResponse::Status(Some(status))));
+                }
+                self.from_store(FromStore::History {
+                    status,
+                    persisted,
+                    tail,
+                })
+            }
+            ReadRequest::Entity { entity_id } => {
+                if !self.state.is_resident(&entity_id) {
+                    return self.from_store(FromStore::Entity { entity_id });
+                }
+                let status = self
+                    .state
+                    .loaded(&entity_id)
+                    .and_then(|i| EntityStatus::from_state(&i.state));
+                Prepared::Done(Ok(ReadResponse::Entity(status)))
             }
             ReadRequest::Query {
                 filter,
                 after,
                 limit,
-            } => self.query(&filter, after.as_deref(), limit),
+            } => {
+                let page =
+                    self.changed_in_range(filter.instance_id_prefix.clone(), after, limit, |s| {
+                        filter.matches(s).then(|| InstanceStatus::from_state(s))
+                    });
+                self.from_store(FromStore::Instances { filter, page })
+            }
             ReadRequest::Entities {
                 prefix,
                 after,
                 limit,
                 include_state,
             } => {
-                let page = self.scan(Some(&prefix), after.as_deref(), limit, |s| {
-                    EntityStatus::from_state(s).map(|mut e| {
-                        if !include_state {
-                            e.state = None;
-                        }
-                        e
-                    })
-                })?;
-                Ok(ReadResponse::Entities(
-                    page.into_iter().map(|(_, e)| e).collect(),
-                ))
-            }
-            ReadRequest::Entity { entity_id } => {
-                let store = self.store.clone();
-                let partition = self.partition;
-                let inst = self
-                    .state
-                    .get(&entity_id, &StoreSource(&*store))
-                    .map_err(|e| EngineError::Storage {
-                        partition,
-                        message: e.to_string(),
-                    })?;
-                Ok(ReadResponse::Entity(
-                    inst.and_then(|i| EntityStatus::from_state(&i.state)),
-                ))
+                let page = self.changed_in_range(Some(prefix), after, limit, |s| {
+                    entity_status(s, include_state)
+                });
+                self.from_store(FromStore::Entities {
+                    include_state,
+                    page,
+                })
             }
         }
     }
 
-    pub(super) fn query(
-        &mut self,
-        filter: &QueryFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<ReadResponse, EngineError> {
-        let page = self.scan(filter.instance_id_prefix.as_deref(), after, limit, |s| {
-            filter.matches(s).then(|| InstanceStatus::from_state(s))
-        })?;
-        Ok(ReadResponse::Page(
-            page.into_iter().map(|(_, s)| s).collect(),
-        ))
+    fn from_store(&self, what: FromStore) -> Prepared {
+        match self.store.snapshot() {
+            Ok(snapshot) => Prepared::FromStore(StoreRead {
+                snapshot,
+                partition: self.partition,
+                what,
+            }),
+            Err(e) => Prepared::Done(Err(self.storage_error(e.to_string()))),
+        }
     }
 
-    /// Instances (store overlaid with memory) with ids after `after` and starting with
-    /// `prefix`, that `select` keeps, ordered by id; at most `limit`.
-    pub(super) fn scan<T>(
+    /// The instances in range changed since the last checkpoint, and the first `limit` of
+    /// them that `select` keeps.
+    fn changed_in_range<T>(
         &self,
-        prefix: Option<&str>,
-        after: Option<&str>,
+        prefix: Option<String>,
+        after: Option<String>,
         limit: usize,
         select: impl Fn(&InstanceState) -> Option<T>,
-    ) -> Result<Vec<(String, T)>, EngineError> {
-        let mut found: Vec<(String, T)> = Vec::new();
-        let state = &self.state;
-        let mut scan_error = None;
-        let mut visit = |id: &str, bytes: &[u8]| -> bool {
-            if state.is_resident(id) {
-                return true; // memory has the current version
+    ) -> ScanPage<T> {
+        let mut changed = HashSet::new();
+        let mut found = Vec::new();
+        for id in self.state.dirty_ids() {
+            if after.as_deref().is_some_and(|a| id.as_str() <= a)
+                || prefix.as_deref().is_some_and(|p| !id.starts_with(p))
+            {
+                continue;
+            }
+            changed.insert(id.clone());
+            if let Some(t) = self.state.loaded(id).and_then(|inst| select(&inst.state)) {
+                found.push((id.clone(), t));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.truncate(limit);
+        ScanPage {
+            prefix,
+            after,
+            limit,
+            changed,
+            found,
+        }
+    }
+}
+
+fn entity_status(s: &InstanceState, include_state: bool) -> Option<EntityStatus> {
+    EntityStatus::from_state(s).map(|mut e| {
+        if !include_state {
+            e.state = None;
+        }
+        e
+    })
+}
+
+impl StoreRead {
+    /// Decodes what the read needs from the snapshot. Touches nothing of the partition's.
+    pub(super) fn run(self) -> Result<ReadResponse, EngineError> {
+        let store = &*self.snapshot;
+        let partition = self.partition;
+        let error = |message: String| EngineError::Storage { partition, message };
+        let stored = |id: &str| -> Result<Option<InstanceState>, EngineError> {
+            let Some(bytes) = store.get_instance(id).map_err(|e| error(e.to_string()))? else {
+                return Ok(None);
+            };
+            InstanceState::decode(&bytes)
+                .map(Some)
+                .map_err(|e| error(format!("instance '{id}' in the store is unreadable: {e}")))
+        };
+        match self.what {
+            FromStore::Status {
+                instance_id,
+                with_history,
+            } => {
+                let Some(state) = stored(&instance_id)? else {
+                    return Ok(ReadResponse::Status(None));
+                };
+                let mut status = InstanceStatus::from_state(&state);
+                if with_history {
+                    status.history = read_history(store, &instance_id, state.history_len, vec![]);
+                }
+                Ok(ReadResponse::Status(Some(Box::new(status))))
+            }
+            FromStore::History {
+                mut status,
+                persisted,
+                tail,
+            } => {
+                status.history = read_history(store, &status.instance_id, persisted, tail);
+                Ok(ReadResponse::Status(Some(status)))
+            }
+            FromStore::Entity { entity_id } => Ok(ReadResponse::Entity(
+                stored(&entity_id)?.and_then(|s| EntityStatus::from_state(&s)),
+            )),
+            FromStore::Instances { filter, page } => {
+                let page = scan(store, page, |s| {
+                    filter.matches(s).then(|| InstanceStatus::from_state(s))
+                })
+                .map_err(error)?;
+                Ok(ReadResponse::Page(page))
+            }
+            FromStore::Entities {
+                include_state,
+                page,
+            } => {
+                let page = scan(store, page, |s| entity_status(s, include_state)).map_err(error)?;
+                Ok(ReadResponse::Entities(page))
+            }
+        }
+    }
+}
+
+/// Fills `page` from the store: instances in range that `select` keeps, skipping those changed
+/// since the checkpoint (memory's version is in the page already); at most `limit`, by id.
+fn scan<T>(
+    store: &dyn StoreReads,
+    page: ScanPage<T>,
+    select: impl Fn(&InstanceState) -> Option<T>,
+) -> Result<Vec<T>, String> {
+    let ScanPage {
+        prefix,
+        after,
+        limit,
+        changed,
+        mut found,
+    } = page;
+    let mut from_store = 0;
+    let mut scan_error = None;
+    store
+        .scan_instances(after.as_deref(), prefix.as_deref(), &mut |id, bytes| {
+            if changed.contains(id) {
+                return true;
             }
             match InstanceState::decode(bytes) {
                 Ok(s) => {
                     if let Some(t) = select(&s) {
                         found.push((id.to_string(), t));
+                        from_store += 1;
                     }
                 }
                 Err(e) => {
@@ -109,25 +366,13 @@ impl Leader {
                     return false;
                 }
             }
-            found.len() < limit
-        };
-        self.store
-            .scan_instances(after, prefix, &mut visit)
-            .map_err(|e| self.storage_error(e.to_string()))?;
-        if let Some(e) = scan_error {
-            return Err(self.storage_error(e));
-        }
-        for id in self.state.loaded_ids() {
-            if after.is_some_and(|a| id.as_str() <= a) || prefix.is_some_and(|p| !id.starts_with(p))
-            {
-                continue;
-            }
-            if let Some(t) = self.state.loaded(id).and_then(|inst| select(&inst.state)) {
-                found.push((id.clone(), t));
-            }
-        }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        found.truncate(limit);
-        Ok(found)
+            from_store < limit
+        })
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = scan_error {
+        return Err(e);
     }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found.truncate(limit);
+    Ok(found.into_iter().map(|(_, t)| t).collect())
 }

@@ -108,6 +108,7 @@ impl Leader {
             records_since_checkpoint: replayed,
             last_checkpoint,
             failed: None,
+            reads_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             stats,
         };
         Ok((leader, report))

@@ -9,7 +9,7 @@ impl Leader {
         until: WaitFor,
         reply: Reply<InstanceStatus>,
     ) {
-        if let Some(status) = self.snapshot(&instance_id, false) {
+        if let Some(status) = self.snapshot(&instance_id) {
             if until.satisfied_by(status.status) {
                 self.hold(Held::Status(reply, status));
                 return;

@@ -411,7 +411,7 @@ impl EpisodeWork {
 /// Reads the first `persisted` history rows from the store and appends the in-memory tail.
 /// None if the store no longer has them (the instance was restarted or purged meanwhile).
 pub(super) fn read_history(
-    store: &dyn CheckpointStore,
+    store: &dyn cairn_storage::seam::StoreReads,
     id: &str,
     persisted: u32,
     tail: Vec<HistoryEvent>,

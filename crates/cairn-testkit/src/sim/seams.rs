@@ -7,7 +7,7 @@ use cairn_runtime::router::{Envelope, LocalPartitions, Router, Routers};
 use cairn_storage::log::LogError;
 use cairn_storage::seam::{
     CheckpointStore, CheckpointStores, MemoryCheckpointStore, MemoryPartitionLog, OnDurable,
-    OpenedLog, PartitionLog, PartitionLogs,
+    OpenedLog, PartitionLog, PartitionLogs, StoreReads,
 };
 use cairn_storage::store::{CheckpointBatch, StoreError};
 use parking_lot::Mutex;
@@ -192,29 +192,11 @@ struct SimStore {
     inner: MemoryCheckpointStore,
 }
 
+cairn_storage::forward_store_reads!(SimStore, |s| &s.inner);
+
 impl CheckpointStore for SimStore {
-    fn checkpoint_position(&self) -> Result<u64, StoreError> {
-        self.inner.checkpoint_position()
-    }
-    fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.load_globals()
-    }
-    fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get_instance(id)
-    }
-    fn read_history(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.inner.read_history(id)
-    }
-    fn scan_instances(
-        &self,
-        start_after: Option<&str>,
-        prefix: Option<&str>,
-        f: &mut dyn FnMut(&str, &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        self.inner.scan_instances(start_after, prefix, f)
-    }
-    fn instance_count(&self) -> Result<u64, StoreError> {
-        self.inner.instance_count()
+    fn snapshot(&self) -> Result<Box<dyn StoreReads>, StoreError> {
+        self.inner.snapshot()
     }
     fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError> {
         let detail = format!(

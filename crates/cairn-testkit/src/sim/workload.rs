@@ -381,6 +381,9 @@ impl Life {
                 Ok(None) => self.problem(format!(
                     "{id}: a client saw its start acknowledged; after recovery it does not exist"
                 )),
+                // The partition failed again in this life (an injected fsync failure): reads
+                // of state that is not durable say so, and the next life checks again.
+                Err(EngineError::Storage { .. }) => return,
                 Err(e) => self.problem(format!("{id}: status read failed after recovery: {e}")),
             }
         }
