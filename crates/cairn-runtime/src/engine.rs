@@ -94,10 +94,10 @@ impl Engine {
                 config.max_concurrent_orchestrations.max(1),
             )),
             activity_permits: Arc::new(Semaphore::new(config.max_concurrent_activities.max(1))),
-            // Reads decoding rows off the partitions' tasks: about one per core, so a burst of
-            // large queries queues instead of crowding out the partitions.
+            // Reads decoding rows off the partitions' tasks: half the cores (at least one), so
+            // a burst of large queries queues instead of crowding out the partitions.
             read_permits: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             )),
             config,
             registry,
