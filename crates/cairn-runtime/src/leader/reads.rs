@@ -163,7 +163,7 @@ impl Leader {
                 with_history,
             } => {
                 if !self.state.is_resident(&instance_id) {
-                    return self.from_store(FromStore::Status {
+                    return self.with_snapshot(FromStore::Status {
                         instance_id,
                         with_history,
                     });
@@ -178,7 +178,7 @@ impl Leader {
                 if !with_history {
                     return Prepared::Done(Ok(ReadResponse::Status(Some(status))));
                 }
-                self.from_store(FromStore::History {
+                self.with_snapshot(FromStore::History {
                     status,
                     persisted,
                     tail,
@@ -186,7 +186,7 @@ impl Leader {
             }
             ReadRequest::Entity { entity_id } => {
                 if !self.state.is_resident(&entity_id) {
-                    return self.from_store(FromStore::Entity { entity_id });
+                    return self.with_snapshot(FromStore::Entity { entity_id });
                 }
                 let status = self
                     .state
@@ -203,7 +203,7 @@ impl Leader {
                     self.changed_in_range(filter.instance_id_prefix.clone(), after, limit, |s| {
                         filter.matches(s).then(|| InstanceStatus::from_state(s))
                     });
-                self.from_store(FromStore::Instances { filter, page })
+                self.with_snapshot(FromStore::Instances { filter, page })
             }
             ReadRequest::Entities {
                 prefix,
@@ -214,7 +214,7 @@ impl Leader {
                 let page = self.changed_in_range(Some(prefix), after, limit, |s| {
                     entity_status(s, include_state)
                 });
-                self.from_store(FromStore::Entities {
+                self.with_snapshot(FromStore::Entities {
                     include_state,
                     page,
                 })
@@ -222,7 +222,7 @@ impl Leader {
         }
     }
 
-    fn from_store(&self, what: FromStore) -> Prepared {
+    fn with_snapshot(&self, what: FromStore) -> Prepared {
         match self.store.snapshot() {
             Ok(snapshot) => Prepared::FromStore(StoreRead {
                 snapshot,
