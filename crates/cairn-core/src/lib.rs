@@ -6,7 +6,8 @@
 //! * [`history`]: the history events an orchestration is replayed from, failures, statuses;
 //! * [`event`]: the records of a partition's log (client requests, messages between partitions,
 //!   episode/activity/timer results) and the effects the state machine asks its shell to perform;
-//! * [`partition`]: the partition state machine itself, `apply(state, record) -> effects`.
+//! * [`partition`]: the partition state machine itself, `apply(state, record) -> effects`;
+//! * [`index`]: the keys under which the store indexes instances (status, name, time).
 //!
 //! It must never do I/O, read a clock, or draw random numbers: time and ids enter through log
 //! records. That is what makes recovery (checkpoint + log replay) exact, and what lets the tests
@@ -15,6 +16,7 @@
 pub mod event;
 pub mod history;
 pub mod ids;
+pub mod index;
 pub mod mutation;
 pub mod partition;
 

@@ -507,6 +507,11 @@ fn render() -> String {
         for (id, seq, bytes) in &c.history_appends {
             let _ = writeln!(out, "history {n}:{id}:{seq} {}", hex(bytes));
         }
+        for (id, keys) in &c.index_keys {
+            for (k, key) in keys.iter().enumerate() {
+                let _ = writeln!(out, "index {n}:{id}:{k} {}", hex(key));
+            }
+        }
     }
     out
 }
@@ -531,6 +536,7 @@ fn on_disk_encodings_match_the_golden_file() {
     let samples: BTreeMap<&str, LogRecord> = sample_records().into_iter().collect();
     let mut seen_records = 0;
     let mut seen = BTreeMap::<&str, usize>::new();
+    let mut instances = BTreeMap::<String, InstanceState>::new();
     for line in text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -578,6 +584,20 @@ fn on_disk_encodings_match_the_golden_file() {
                     hex(&s.encode().unwrap()),
                     hex(&bytes),
                     "golden instance state {label} re-encodes differently: {fix}"
+                );
+                instances.insert(label.to_string(), s);
+            }
+            "index" => {
+                let (instance, k) = label.rsplit_once(':').expect("index label n:id:k");
+                let state = instances
+                    .get(instance)
+                    .unwrap_or_else(|| panic!("golden index key {label} of no instance: {fix}"));
+                let keys = cairn_core::index::keys(state);
+                let k: usize = k.parse().expect("index label n:id:k");
+                assert_eq!(
+                    keys.get(k).map(|key| hex(key)),
+                    Some(hex(&bytes)),
+                    "golden index key {label} is encoded differently now: {fix}"
                 );
             }
             "history" => {

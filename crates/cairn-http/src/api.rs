@@ -226,6 +226,7 @@ fn filter_from(p: &Params) -> Result<QueryFilter, ApiError> {
             .get("instanceIdPrefix")
             .filter(|s| !s.is_empty())
             .map(String::from),
+        name: p.get("name").filter(|s| !s.is_empty()).map(String::from),
     })
 }
 

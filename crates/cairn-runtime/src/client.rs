@@ -6,11 +6,11 @@
 use crate::error::EngineError;
 use crate::inbox::Input;
 use crate::shared::Shared;
+use crate::status::{sort_for, QueryPosition, ReadRequest, ReadResponse};
 pub use crate::status::{
     CleanResult, EntityPage, EntityQuery, EntityStatus, InstanceQuery, InstanceStatus, QueryFilter,
     QueryPage, StartOptions, WaitFor,
 };
-use crate::status::{ReadRequest, ReadResponse};
 use cairn_core::*;
 use serde::Serialize;
 use std::sync::Arc;
@@ -569,7 +569,7 @@ impl Client {
         }
         let mut total = 0;
         for p in 0..self.shared.partition_count {
-            let mut after: Option<String> = None;
+            let mut after: Option<QueryPosition> = None;
             loop {
                 let page = match self
                     .read(
@@ -588,7 +588,7 @@ impl Client {
                 if page.is_empty() {
                     break;
                 }
-                after = page.last().map(|s| s.instance_id.clone());
+                after = page.last().map(|s| QueryPosition::of(&filter, s));
                 let ids: Vec<String> = page.into_iter().map(|s| s.instance_id).collect();
                 let (reply, rx) = oneshot::channel();
                 // A purge in progress waits for room rather than stopping half way.
@@ -612,9 +612,17 @@ impl Client {
         Ok(total)
     }
 
-    /// Lists instances matching a filter, ordered by instance id, one page at a time.
+    /// Lists instances matching a filter one page at a time: newest first, or by instance id
+    /// when the filter has an id prefix. Each partition serves its part from an index (or the
+    /// id range) and the pages are merged here; the continuation token is a position in that
+    /// order, so it stays right while instances are created and purged between pages.
     pub async fn query(&self, query: &InstanceQuery) -> Result<QueryPage, EngineError> {
         let page_size = query.page_size.clamp(1, 10_000);
+        let after = query
+            .continuation_token
+            .as_deref()
+            .map(|t| QueryPosition::parse(t, &query.filter))
+            .transpose()?;
         let mut all = Vec::new();
         let mut asks = Vec::new();
         for p in 0..self.shared.partition_count {
@@ -622,7 +630,7 @@ impl Client {
                 p,
                 ReadRequest::Query {
                     filter: query.filter.clone(),
-                    after: query.continuation_token.clone(),
+                    after: after.clone(),
                     limit: page_size + 1,
                 },
             ));
@@ -632,14 +640,15 @@ impl Client {
                 all.extend(v);
             }
         }
-        all.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        sort_for(&query.filter, &mut all);
         let more = all.len() > page_size;
         all.truncate(page_size);
         if !query.fetch_inputs_and_outputs {
             all.iter_mut().for_each(InstanceStatus::strip_payloads);
         }
         let continuation_token = if more {
-            all.last().map(|s| s.instance_id.clone())
+            all.last()
+                .map(|s| QueryPosition::of(&query.filter, s).token())
         } else {
             None
         };

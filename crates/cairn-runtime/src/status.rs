@@ -187,18 +187,104 @@ pub struct QueryFilter {
     pub created_from: Option<Millis>,
     pub created_to: Option<Millis>,
     pub instance_id_prefix: Option<String>,
+    /// Only instances of this orchestration name.
+    pub name: Option<String>,
 }
 
 impl QueryFilter {
     pub(crate) fn matches(&self, s: &InstanceState) -> bool {
         s.entity.is_none()
             && (self.statuses.is_empty() || self.statuses.contains(&s.status))
+            && self.name.as_deref().is_none_or(|n| s.name == n)
             && self.created_from.is_none_or(|f| s.created_at >= f)
             && self.created_to.is_none_or(|t| s.created_at <= t)
             && self
                 .instance_id_prefix
                 .as_deref()
                 .is_none_or(|p| s.instance_id.starts_with(p))
+    }
+}
+
+impl QueryFilter {
+    /// The order of this query's pages: by id when it has an id prefix (a prefix is a range of
+    /// ids), newest first otherwise (served from the indexes by status, name and time).
+    pub(crate) fn by_id(&self) -> bool {
+        self.instance_id_prefix.is_some()
+    }
+}
+
+/// Where a query's next page starts: just after this instance in the query's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum QueryPosition {
+    /// Newest first: after the instance created at `created` with id `id` (ties by id, descending).
+    Newest { created: Millis, id: String },
+    /// By id: after this id.
+    Id(String),
+}
+
+impl QueryPosition {
+    /// The position of `s` in the order of `filter`.
+    pub(crate) fn of(filter: &QueryFilter, s: &InstanceStatus) -> QueryPosition {
+        if filter.by_id() {
+            QueryPosition::Id(s.instance_id.clone())
+        } else {
+            QueryPosition::Newest {
+                created: s.created_at,
+                id: s.instance_id.clone(),
+            }
+        }
+    }
+
+    /// The opaque continuation token of this position.
+    pub(crate) fn token(&self) -> String {
+        match self {
+            QueryPosition::Newest { created, id } => format!("n.{created}.{id}"),
+            QueryPosition::Id(id) => format!("i.{id}"),
+        }
+    }
+
+    /// Reads a continuation token of a query with `filter`.
+    pub(crate) fn parse(token: &str, filter: &QueryFilter) -> Result<QueryPosition, EngineError> {
+        let bad = || {
+            EngineError::InvalidArgument(format!(
+                "continuation token '{token}' is not one this query returned: pass back the \
+                 token of the previous page of the same query, unchanged"
+            ))
+        };
+        let position = if let Some(rest) = token.strip_prefix("n.") {
+            let (created, id) = rest.split_once('.').ok_or_else(bad)?;
+            QueryPosition::Newest {
+                created: created.parse().map_err(|_| bad())?,
+                id: id.to_string(),
+            }
+        } else if let Some(id) = token.strip_prefix("i.") {
+            QueryPosition::Id(id.to_string())
+        } else {
+            return Err(bad());
+        };
+        if matches!(position, QueryPosition::Id(_)) != filter.by_id() {
+            return Err(bad());
+        }
+        Ok(position)
+    }
+
+    /// Whether `s` comes after this position (on a later page).
+    pub(crate) fn is_past(&self, created_at: Millis, instance_id: &str) -> bool {
+        match self {
+            QueryPosition::Newest { created, id } => {
+                (created_at, instance_id) < (*created, id.as_str())
+            }
+            QueryPosition::Id(id) => instance_id > id.as_str(),
+        }
+    }
+}
+
+/// Sorts statuses into a query's order: by id, or newest first (ties by id, descending).
+pub(crate) fn sort_for(filter: &QueryFilter, page: &mut [InstanceStatus]) {
+    if filter.by_id() {
+        page.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    } else {
+        page.sort_by(|a, b| (b.created_at, &b.instance_id).cmp(&(a.created_at, &a.instance_id)));
     }
 }
 
@@ -225,7 +311,8 @@ impl Default for InstanceQuery {
     }
 }
 
-/// One page of query results, ordered by instance id.
+/// One page of query results: newest first, or by instance id when the filter has an id
+/// prefix.
 #[derive(Debug, Clone)]
 pub struct QueryPage {
     pub instances: Vec<InstanceStatus>,
@@ -255,7 +342,7 @@ pub(crate) enum ReadRequest {
     },
     Query {
         filter: QueryFilter,
-        after: Option<String>,
+        after: Option<QueryPosition>,
         limit: usize,
     },
     Entity {

@@ -332,6 +332,7 @@ impl TaskHubSidecarService for Sidecar {
                 created_from: q.created_time_from.as_ref().map(convert::millis),
                 created_to: q.created_time_to.as_ref().map(convert::millis),
                 instance_id_prefix: q.instance_id_prefix.filter(|p| !p.is_empty()),
+                name: None,
             },
             page_size: if q.max_instance_count > 0 {
                 (q.max_instance_count as usize).min(1000)
@@ -450,6 +451,7 @@ impl TaskHubSidecarService for Sidecar {
                         created_from: f.created_time_from.as_ref().map(convert::millis),
                         created_to: f.created_time_to.as_ref().map(convert::millis),
                         instance_id_prefix: None,
+                        name: None,
                     })
                     .await
                     .map_err(status)?,

@@ -209,6 +209,17 @@ fn scan(store: &dyn StoreReads, after: Option<&str>, prefix: Option<&str>) -> Ve
     ids
 }
 
+fn index(store: &dyn StoreReads, prefix: &[u8], below: Option<&[u8]>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    store
+        .scan_index_desc(prefix, below, &mut |k, id| {
+            out.push((String::from_utf8_lossy(k).into_owned(), id.to_string()));
+            true
+        })
+        .unwrap();
+    out
+}
+
 /// Runs every store check.
 pub fn run_store_checks(h: &mut dyn StoreHarness) {
     fresh_store_is_empty(h);
@@ -217,6 +228,7 @@ pub fn run_store_checks(h: &mut dyn StoreHarness) {
     instance_put_and_delete_of_the_same_id_ends_deleted(h);
     scan_with_prefix_and_start_after(h);
     a_snapshot_is_unchanged_by_later_checkpoints(h);
+    index_scans_run_newest_first_within_a_prefix(h);
 }
 
 pub fn fresh_store_is_empty(h: &mut dyn StoreHarness) {
@@ -248,6 +260,16 @@ pub fn checkpoint_round_trip_and_reopen(h: &mut dyn StoreHarness) {
                     ("order-1".into(), 1, b"e1".to_vec()),
                     ("order-2".into(), 0, b"x0".to_vec()),
                 ],
+                index_keys: vec![
+                    (
+                        "order-1".into(),
+                        vec![b"s1-order-1".to_vec(), b"all-1".to_vec()],
+                    ),
+                    (
+                        "order-2".into(),
+                        vec![b"s1-order-2".to_vec(), b"all-2".to_vec()],
+                    ),
+                ],
             })
             .unwrap();
         assert_eq!(store.checkpoint_position().unwrap(), 42);
@@ -259,11 +281,23 @@ pub fn checkpoint_round_trip_and_reopen(h: &mut dyn StoreHarness) {
                 instance_deletes: vec!["order-2".into()],
                 history_truncates: vec!["order-2".into()],
                 history_appends: vec![("order-1".into(), 3, b"e3".to_vec())],
+                index_keys: vec![(
+                    "order-1".into(),
+                    vec![b"s2-order-1".to_vec(), b"all-1".to_vec()],
+                )],
             })
             .unwrap();
     }
     let store = h.reopen();
     assert_eq!(store.checkpoint_position().unwrap(), 50);
+    // Order-1 is filed under its new keys only; deleted order-2 under none.
+    assert_eq!(
+        index(&*store, b"", None),
+        [
+            ("s2-order-1".to_string(), "order-1".to_string()),
+            ("all-1".to_string(), "order-1".to_string())
+        ]
+    );
     assert_eq!(store.load_globals().unwrap(), Some(b"globals-v2".to_vec()));
     assert_eq!(
         store.get_instance("order-1").unwrap(),
@@ -414,6 +448,7 @@ pub fn a_snapshot_is_unchanged_by_later_checkpoints(h: &mut dyn StoreHarness) {
             instance_deletes: vec!["b".into()],
             history_truncates: vec!["a".into()],
             history_appends: vec![("a".into(), 0, b"new a0".to_vec())],
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(snapshot.checkpoint_position().unwrap(), 5);
@@ -434,4 +469,60 @@ pub fn a_snapshot_is_unchanged_by_later_checkpoints(h: &mut dyn StoreHarness) {
     assert_eq!(store.checkpoint_position().unwrap(), 9);
     assert_eq!(scan(&*store, None, None), ["a", "c"]);
     assert_eq!(store.read_history("a").unwrap(), vec![b"new a0".to_vec()]);
+}
+
+pub fn index_scans_run_newest_first_within_a_prefix(h: &mut dyn StoreHarness) {
+    let store = h.fresh();
+    let keys = |id: &str, keys: &[&[u8]]| -> (String, Vec<Vec<u8>>) {
+        (id.to_string(), keys.iter().map(|k| k.to_vec()).collect())
+    };
+    store
+        .write_checkpoint(&CheckpointBatch {
+            position: 1,
+            instance_puts: ["a", "b", "c", "d"]
+                .iter()
+                .map(|id| (id.to_string(), b"x".to_vec()))
+                .collect(),
+            index_keys: vec![
+                keys("a", &[b"r1a", b"xa"]),
+                keys("b", &[b"r3b", b"xb"]),
+                keys("c", &[b"r2c", b"xc"]),
+                keys("d", &[b"q9d", b"r\xffd"]),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+    let ids = |prefix: &str, below: Option<&str>| -> Vec<String> {
+        index(&*store, prefix.as_bytes(), below.map(str::as_bytes))
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
+    };
+    assert_eq!(ids("r", None), ["d", "b", "c", "a"]);
+    assert_eq!(ids("r", Some("r3b")), ["c", "a"]);
+    assert_eq!(ids("r", Some("r2")), ["a"]);
+    assert_eq!(ids("r2", None), ["c"]);
+    assert_eq!(ids("x", Some("xc")), ["b", "a"]);
+    assert_eq!(ids("s", None), Vec::<String>::new());
+    // An early stop stops.
+    let mut seen = 0;
+    store
+        .scan_index_desc(b"r", None, &mut |_, _| {
+            seen += 1;
+            seen < 2
+        })
+        .unwrap();
+    assert_eq!(seen, 2);
+    // A put replaces all of an instance's keys, a delete drops them.
+    store
+        .write_checkpoint(&CheckpointBatch {
+            position: 2,
+            instance_puts: vec![("a".into(), b"y".to_vec())],
+            index_keys: vec![keys("a", &[b"r4a"])],
+            instance_deletes: vec!["b".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids("r", None), ["d", "a", "c"]);
+    assert_eq!(ids("x", None), ["c"]);
 }

@@ -396,6 +396,14 @@ pub trait StoreReads: Send + Sync {
         f: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<(), StoreError>;
     fn instance_count(&self) -> Result<u64, StoreError>;
+    /// Index entries (key, instance id) whose keys start with `prefix`, in descending key
+    /// order, starting just below `below` (or at the prefix's end), until `f` returns false.
+    fn scan_index_desc(
+        &self,
+        prefix: &[u8],
+        below: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &str) -> bool,
+    ) -> Result<(), StoreError>;
 }
 
 /// Opens partitions' checkpoint stores.
@@ -440,6 +448,15 @@ macro_rules! forward_store_reads {
                 let $s = self;
                 $crate::seam::StoreReads::instance_count($target)
             }
+            fn scan_index_desc(
+                &self,
+                prefix: &[u8],
+                below: Option<&[u8]>,
+                f: &mut dyn FnMut(&[u8], &str) -> bool,
+            ) -> Result<(), $crate::store::StoreError> {
+                let $s = self;
+                $crate::seam::StoreReads::scan_index_desc($target, prefix, below, f)
+            }
         }
     };
 }
@@ -481,6 +498,8 @@ struct MemoryCheckpoint {
     globals: Option<Vec<u8>>,
     instances: BTreeMap<String, Vec<u8>>,
     history: BTreeMap<(String, u32), Vec<u8>>,
+    index: BTreeMap<Vec<u8>, String>,
+    index_keys: BTreeMap<String, Vec<Vec<u8>>>,
 }
 
 impl MemoryCheckpointStore {
@@ -497,6 +516,8 @@ impl MemoryCheckpointStore {
                 globals: s.globals.clone(),
                 instances: s.instances.clone(),
                 history: s.history.clone(),
+                index: s.index.clone(),
+                index_keys: s.index_keys.clone(),
             })),
         }
     }
@@ -532,8 +553,16 @@ impl StoreReads for MemoryCheckpointStore {
             Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
             _ => Bound::Included(prefix.to_string()),
         };
-        for (id, v) in s.instances.range((lower, Bound::Unbounded)) {
-            if !id.starts_with(prefix) || !f(id, v) {
+        // Copied out first: `f` may read this store.
+        let rows: Vec<(String, Vec<u8>)> = s
+            .instances
+            .range((lower, Bound::Unbounded))
+            .take_while(|(id, _)| id.starts_with(prefix))
+            .map(|(id, v)| (id.clone(), v.clone()))
+            .collect();
+        drop(s);
+        for (id, v) in rows {
+            if !f(&id, &v) {
                 break;
             }
         }
@@ -541,6 +570,34 @@ impl StoreReads for MemoryCheckpointStore {
     }
     fn instance_count(&self) -> Result<u64, StoreError> {
         Ok(self.state.lock().instances.len() as u64)
+    }
+    fn scan_index_desc(
+        &self,
+        prefix: &[u8],
+        below: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &str) -> bool,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let s = self.state.lock();
+        let upper = match below {
+            Some(b) => Bound::Excluded(b.to_vec()),
+            None => crate::store::prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded),
+        };
+        // Copied out first: `f` may read this store (a query reads each instance it finds).
+        let entries: Vec<(Vec<u8>, String)> = s
+            .index
+            .range((Bound::Included(prefix.to_vec()), upper))
+            .rev()
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, id)| (k.clone(), id.clone()))
+            .collect();
+        drop(s);
+        for (k, id) in entries {
+            if !f(&k, &id) {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -569,8 +626,21 @@ impl CheckpointStore for MemoryCheckpointStore {
         for (id, bytes) in &batch.instance_puts {
             s.instances.insert(id.clone(), bytes.clone());
         }
+        let unfile = |s: &mut MemoryCheckpoint, id: &str| {
+            for key in s.index_keys.remove(id).unwrap_or_default() {
+                s.index.remove(&key);
+            }
+        };
+        for (id, keys) in &batch.index_keys {
+            unfile(&mut s, id);
+            for key in keys {
+                s.index.insert(key.clone(), id.clone());
+            }
+            s.index_keys.insert(id.clone(), keys.clone());
+        }
         for id in &batch.instance_deletes {
             s.instances.remove(id);
+            unfile(&mut s, id);
         }
         Ok(())
     }

@@ -13,6 +13,11 @@
 //! | `instances` | `&str` instance id | instance state blob                     |
 //! | `history`   | `(&str, u32)`      | history event bytes, by (id, seq)       |
 //! | `meta`      | `&str`             | `position` (u64 LE), `globals` (blob)   |
+//! | `index`     | `&[u8]` index key  | instance id                             |
+//! | `index_keys`| `&str` instance id | the instance's index keys (u32 LE length + bytes, each) |
+//!
+//! Index keys are opaque here (`cairn_core::index` makes them): the store files each instance
+//! under the keys of its last put and drops them when it is deleted, in the same transaction.
 //!
 //! Reads run in their own read transactions (redb MVCC), so they proceed while a checkpoint is
 //! being written and see either the old or the new checkpoint, never a mix.
@@ -25,6 +30,8 @@ use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
 const HISTORY: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("history");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const INDEX: TableDefinition<&[u8], &str> = TableDefinition::new("index");
+const INDEX_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("index_keys");
 
 const META_POSITION: &str = "position";
 const META_GLOBALS: &str = "globals";
@@ -85,6 +92,9 @@ pub struct CheckpointBatch {
     pub history_truncates: Vec<String>,
     /// History rows `(instance id, seq, event bytes)` to write.
     pub history_appends: Vec<(String, u32, Vec<u8>)>,
+    /// Instances' index keys, each replacing all the keys the instance had; applied after the
+    /// puts. A deleted instance loses its keys.
+    pub index_keys: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 /// The checkpoint store of one partition. `Send + Sync`: share it with an `Arc`.
@@ -132,6 +142,10 @@ impl PartitionStore {
             txn.open_table(HISTORY)
                 .map_err(|e| store.err("creating the tables", e))?;
             txn.open_table(META)
+                .map_err(|e| store.err("creating the tables", e))?;
+            txn.open_table(INDEX)
+                .map_err(|e| store.err("creating the tables", e))?;
+            txn.open_table(INDEX_KEYS)
                 .map_err(|e| store.err("creating the tables", e))?;
         }
         txn.commit()
@@ -191,10 +205,24 @@ impl PartitionStore {
                     .insert(id.as_str(), state.as_slice())
                     .map_err(|e| self.err(ctx, e))?;
             }
+            let mut index = txn.open_table(INDEX).map_err(|e| self.err(ctx, e))?;
+            let mut index_keys = txn.open_table(INDEX_KEYS).map_err(|e| self.err(ctx, e))?;
+            for (id, keys) in &batch.index_keys {
+                unfile(&mut index, &mut index_keys, id).map_err(|e| self.err(ctx, e))?;
+                for key in keys {
+                    index
+                        .insert(key.as_slice(), id.as_str())
+                        .map_err(|e| self.err(ctx, e))?;
+                }
+                index_keys
+                    .insert(id.as_str(), encode_keys(keys).as_slice())
+                    .map_err(|e| self.err(ctx, e))?;
+            }
             for id in &batch.instance_deletes {
                 instances
                     .remove(id.as_str())
                     .map_err(|e| self.err(ctx, e))?;
+                unfile(&mut index, &mut index_keys, id).map_err(|e| self.err(ctx, e))?;
             }
         }
         // Durability defaults to Immediate: commit returns after the data is synced.
@@ -305,6 +333,25 @@ impl crate::seam::StoreReads for StoreView {
         Ok(())
     }
 
+    fn scan_index_desc(
+        &self,
+        prefix: &[u8],
+        below: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &str) -> bool,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let ctx = "scanning an index";
+        let t = self.txn.open_table(INDEX).map_err(|e| self.err(ctx, e))?;
+        let upper: Bound<&[u8]> = match below {
+            Some(b) => Bound::Excluded(b),
+            None => match prefix_end(prefix) {
+                Some(ref end) => return scan_desc(&t, prefix, Bound::Excluded(end), f, self, ctx),
+                None => Bound::Unbounded,
+            },
+        };
+        scan_desc(&t, prefix, upper, f, self, ctx)
+    }
+
     /// Number of instances in the last checkpoint.
     fn instance_count(&self) -> Result<u64, StoreError> {
         let ctx = "counting instances";
@@ -320,6 +367,80 @@ impl StoreView {
     fn err(&self, ctx: &str, e: impl Into<redb::Error>) -> StoreError {
         store_error(&self.path, ctx, e)
     }
+}
+
+/// Index entries under `prefix` below `upper`, in descending key order.
+fn scan_desc(
+    t: &redb::ReadOnlyTable<&[u8], &str>,
+    prefix: &[u8],
+    upper: std::ops::Bound<&[u8]>,
+    f: &mut dyn FnMut(&[u8], &str) -> bool,
+    view: &StoreView,
+    ctx: &str,
+) -> Result<(), StoreError> {
+    use std::ops::Bound;
+    let range = t
+        .range::<&[u8]>((Bound::Included(prefix), upper))
+        .map_err(|e| view.err(ctx, e))?;
+    for row in range.rev() {
+        let (k, v) = row.map_err(|e| view.err(ctx, e))?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        if !f(k.value(), v.value()) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The smallest key greater than every key starting with `prefix` (None: there is none).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Drops the index entries of instance `id`.
+fn unfile(
+    index: &mut redb::Table<&[u8], &str>,
+    index_keys: &mut redb::Table<&str, &[u8]>,
+    id: &str,
+) -> Result<(), redb::StorageError> {
+    let old = index_keys.remove(id)?.map(|v| v.value().to_vec());
+    if let Some(old) = old {
+        for key in decode_keys(&old) {
+            index.remove(key)?;
+        }
+    }
+    Ok(())
+}
+
+fn encode_keys(keys: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keys.iter().map(|k| k.len() + 4).sum());
+    for k in keys {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(k);
+    }
+    out
+}
+
+fn decode_keys(mut bytes: &[u8]) -> Vec<&[u8]> {
+    let mut keys = Vec::new();
+    while bytes.len() >= 4 {
+        let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let Some(key) = bytes.get(4..4 + len) else {
+            break;
+        };
+        keys.push(key);
+        bytes = &bytes[4 + len..];
+    }
+    keys
 }
 
 /// Maps a redb error to a [`StoreError`] that names the file and the operation.

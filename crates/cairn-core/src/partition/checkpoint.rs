@@ -30,6 +30,8 @@ impl PartitionState {
                     }
                     inst.tail.clear();
                     data.history_appends.extend(appends);
+                    data.index_keys
+                        .push((id.clone(), crate::index::keys(&inst.state)));
                     data.puts.push((id.clone(), state));
                 }
                 _ => {

@@ -207,6 +207,8 @@ pub struct CheckpointData {
     pub position: u64,
     pub globals: Vec<u8>,
     pub puts: Vec<(String, Vec<u8>)>,
+    /// Every index key of each put instance ([`crate::index::keys`]), replacing its old ones.
+    pub index_keys: Vec<(String, Vec<Vec<u8>>)>,
     pub deletes: Vec<String>,
     pub history_resets: Vec<String>,
     pub history_appends: Vec<(String, u32, Vec<u8>)>,

@@ -106,6 +106,7 @@ impl Leader {
             instance_deletes: data.deletes,
             history_truncates: data.history_resets,
             history_appends: data.history_appends,
+            index_keys: data.index_keys,
         })
     }
 

@@ -22,6 +22,10 @@ pub(crate) struct Overlay {
     deletes: HashSet<String>,
     truncated: HashSet<String>,
     appends: BTreeMap<(String, u32), usize>,
+    /// The batch's index entries (of instances it puts and does not delete)...
+    index: BTreeMap<Vec<u8>, String>,
+    /// ...and the instances whose entries in the store it replaces or drops.
+    reindexed: HashSet<String>,
 }
 
 impl Overlay {
@@ -38,8 +42,23 @@ impl Overlay {
             .enumerate()
             .map(|(i, (id, seq, _))| ((id.clone(), *seq), i))
             .collect();
+        let deletes: HashSet<String> = batch.instance_deletes.iter().cloned().collect();
+        let index = batch
+            .index_keys
+            .iter()
+            .filter(|(id, _)| !deletes.contains(id))
+            .flat_map(|(id, keys)| keys.iter().map(move |k| (k.clone(), id.clone())))
+            .collect();
+        let reindexed = batch
+            .index_keys
+            .iter()
+            .map(|(id, _)| id.clone())
+            .chain(deletes.iter().cloned())
+            .collect();
         Overlay {
-            deletes: batch.instance_deletes.iter().cloned().collect(),
+            index,
+            reindexed,
+            deletes,
             truncated: batch.history_truncates.iter().cloned().collect(),
             puts,
             appends,
@@ -179,6 +198,58 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
         // Approximate while a batch is in flight (its puts and deletes are not counted).
         self.base.instance_count()
     }
+    fn scan_index_desc(
+        &self,
+        prefix: &[u8],
+        below: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &str) -> bool,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let Some(o) = self.overlay else {
+            return self.base.scan_index_desc(prefix, below, f);
+        };
+        let upper = match below {
+            Some(b) => Bound::Excluded(b.to_vec()),
+            None => {
+                cairn_storage::store::prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded)
+            }
+        };
+        // The batch's entries in range, merged in descending order with the store's, whose
+        // entries of instances the batch re-files or drops are stale.
+        let mut mine = o
+            .index
+            .range((Bound::Included(prefix.to_vec()), upper))
+            .rev()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .peekable();
+        let mut stopped = false;
+        self.base.scan_index_desc(prefix, below, &mut |k, id| {
+            while let Some((mk, mid)) = mine.peek() {
+                if mk.as_slice() <= k {
+                    break;
+                }
+                if !f(mk, mid) {
+                    stopped = true;
+                    return false;
+                }
+                mine.next();
+            }
+            if o.reindexed.contains(id) {
+                return true;
+            }
+            let keep = f(k, id);
+            stopped = !keep;
+            keep
+        })?;
+        if !stopped {
+            for (mk, mid) in mine {
+                if !f(mk, mid) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 cairn_storage::forward_store_reads!(OverlayStore, |s| &Layered {
@@ -231,6 +302,28 @@ mod tests {
         out
     }
 
+    fn keys_of(id: &str, time: u8) -> Vec<Vec<u8>> {
+        vec![
+            [b"x", format!("{time}").as_bytes(), id.as_bytes()].concat(),
+            [b"y", id.as_bytes()].concat(),
+        ]
+    }
+
+    fn index(
+        store: &dyn StoreReads,
+        prefix: &[u8],
+        below: Option<&[u8]>,
+    ) -> Vec<(Vec<u8>, String)> {
+        let mut out = Vec::new();
+        store
+            .scan_index_desc(prefix, below, &mut |k, id| {
+                out.push((k.to_vec(), id.to_string()));
+                true
+            })
+            .unwrap();
+        out
+    }
+
     /// What reads see through the overlay is what they will see once the batch is written.
     #[test]
     fn the_overlay_reads_as_the_store_will_after_the_batch() {
@@ -248,6 +341,11 @@ mod tests {
                 .flat_map(|id| {
                     (0..3u32).map(move |s| (id.to_string(), s, format!("{id}{s}").into_bytes()))
                 })
+                .collect(),
+            // Two index entries each: "x" + a time that sorts ids in reverse, and "y" + id.
+            index_keys: ids
+                .iter()
+                .map(|id| (id.to_string(), keys_of(id, 5)))
                 .collect(),
             ..CheckpointBatch::default()
         })
@@ -269,6 +367,10 @@ mod tests {
                 ("b".into(), 0, b"B0".to_vec()),
                 ("z".into(), 0, b"z0".to_vec()),
             ],
+            index_keys: ["b-1", "b-15", "aa", "z", "d"]
+                .iter()
+                .map(|id| (id.to_string(), keys_of(id, 1)))
+                .collect(),
         };
         let after = base.clone_contents();
         after.write_checkpoint(&batch).unwrap();
@@ -304,6 +406,21 @@ mod tests {
                 all(&overlay, start, prefix),
                 all(&after, start, prefix),
                 "scan after {start:?} prefix {prefix:?}"
+            );
+        }
+        for (prefix, below) in [
+            (&b""[..], None),
+            (b"x", None),
+            (b"y", None),
+            (b"x", Some(&b"x5b"[..])),
+            (b"x1", None),
+            (b"y", Some(b"yb-15")),
+            (b"yc", None),
+        ] {
+            assert_eq!(
+                index(&overlay, prefix, below),
+                index(&after, prefix, below),
+                "index below {below:?} under {prefix:?}"
             );
         }
         // A snapshot taken while the batch is in flight reads the same after the batch is

@@ -15,6 +15,8 @@
 //! cache.
 
 use super::*;
+use crate::status::{sort_for, QueryPosition};
+use cairn_core::index;
 use cairn_storage::seam::StoreReads;
 
 /// The part of a read that decodes rows from a snapshot of the store.
@@ -39,9 +41,20 @@ enum FromStore {
     Entity {
         entity_id: String,
     },
+    /// A query with an id prefix: a range of ids.
     Instances {
         filter: QueryFilter,
         page: ScanPage<InstanceStatus>,
+    },
+    /// Any other query: newest first, from the indexes.
+    Newest {
+        filter: QueryFilter,
+        after: Option<QueryPosition>,
+        limit: usize,
+        /// Every instance changed since the checkpoint: their index entries are stale.
+        changed: HashSet<String>,
+        /// Those of them that match, as they are now, in order.
+        found: Vec<InstanceStatus>,
     },
     Entities {
         include_state: bool,
@@ -198,12 +211,45 @@ impl Leader {
                 filter,
                 after,
                 limit,
-            } => {
+            } if filter.by_id() => {
+                let after = match after {
+                    Some(QueryPosition::Id(id)) => Some(id),
+                    _ => None,
+                };
                 let page =
                     self.changed_in_range(filter.instance_id_prefix.clone(), after, limit, |s| {
                         filter.matches(s).then(|| InstanceStatus::from_state(s))
                     });
                 self.with_snapshot(FromStore::Instances { filter, page })
+            }
+            ReadRequest::Query {
+                filter,
+                after,
+                limit,
+            } => {
+                let mut changed = HashSet::with_capacity(self.state.dirty_count());
+                let mut found = Vec::new();
+                for id in self.state.dirty_ids() {
+                    changed.insert(id.clone());
+                    let Some(inst) = self.state.loaded(id) else {
+                        continue;
+                    };
+                    let s = &inst.state;
+                    if filter.matches(s)
+                        && after.as_ref().is_none_or(|a| a.is_past(s.created_at, id))
+                    {
+                        found.push(InstanceStatus::from_state(s));
+                    }
+                }
+                sort_for(&filter, &mut found);
+                found.truncate(limit);
+                self.with_snapshot(FromStore::Newest {
+                    filter,
+                    after,
+                    limit,
+                    changed,
+                    found,
+                })
             }
             ReadRequest::Entities {
                 prefix,
@@ -267,6 +313,20 @@ impl Leader {
     }
 }
 
+/// The index prefixes a newest-first query reads: one per status asked for (or one for all),
+/// within the orchestration name if one is given.
+fn index_prefixes(filter: &QueryFilter) -> Vec<Vec<u8>> {
+    let name = filter.name.as_deref();
+    if filter.statuses.is_empty() {
+        return vec![index::orchestration_prefix(name, None)];
+    }
+    let statuses: BTreeSet<RuntimeStatus> = filter.statuses.iter().copied().collect();
+    statuses
+        .into_iter()
+        .map(|s| index::orchestration_prefix(name, Some(s)))
+        .collect()
+}
+
 fn entity_status(s: &InstanceState, include_state: bool) -> Option<EntityStatus> {
     EntityStatus::from_state(s).map(|mut e| {
         if !include_state {
@@ -321,6 +381,59 @@ impl StoreRead {
                 })
                 .map_err(error)?;
                 Ok(ReadResponse::Page(page))
+            }
+            FromStore::Newest {
+                filter,
+                after,
+                limit,
+                changed,
+                mut found,
+            } => {
+                let mut failure = None;
+                for prefix in index_prefixes(&filter) {
+                    let mut below = after.as_ref().and_then(|a| match a {
+                        QueryPosition::Newest { created, id } => {
+                            Some(index::key_at(&prefix, *created, id))
+                        }
+                        QueryPosition::Id(_) => None,
+                    });
+                    if let Some(to) = filter.created_to {
+                        let bound = index::after_time(&prefix, to);
+                        below = Some(below.map_or(bound.clone(), |b| b.min(bound)));
+                    }
+                    let mut from_store = 0;
+                    store
+                        .scan_index_desc(&prefix, below.as_deref(), &mut |key, id| {
+                            if let Some(from) = filter.created_from {
+                                if index::time_of(key, prefix.len()).is_none_or(|t| t < from) {
+                                    return false;
+                                }
+                            }
+                            if changed.contains(id) {
+                                return true;
+                            }
+                            match stored(id) {
+                                // Index and rows come from one snapshot, so they agree.
+                                Ok(Some(s)) if filter.matches(&s) => {
+                                    found.push(InstanceStatus::from_state(&s));
+                                    from_store += 1;
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    failure = Some(e);
+                                    return false;
+                                }
+                            }
+                            from_store < limit
+                        })
+                        .map_err(|e| error(e.to_string()))?;
+                    if let Some(e) = failure.take() {
+                        return Err(e);
+                    }
+                }
+                sort_for(&filter, &mut found);
+                found.truncate(limit);
+                Ok(ReadResponse::Page(found))
             }
             FromStore::Entities {
                 include_state,

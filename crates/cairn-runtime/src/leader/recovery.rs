@@ -31,6 +31,7 @@ impl Leader {
         let checkpoint = store
             .checkpoint_position()
             .map_err(|e| storage_err(e.to_string()))?;
+        build_missing_index(partition, &*store).map_err(storage_err)?;
         let mut state = match store
             .load_globals()
             .map_err(|e| storage_err(e.to_string()))?
@@ -174,4 +175,60 @@ impl InstanceSource for StoreSource<'_> {
             })
             .collect()
     }
+}
+
+/// Files every instance of a store written before Cairn kept indexes under its index keys, in
+/// one atomic checkpoint write (same position and globals): a store has instances and no index
+/// entries only then, since every put since carries its keys.
+fn build_missing_index(partition: u32, store: &dyn CheckpointStore) -> Result<(), String> {
+    if store.instance_count().map_err(|e| e.to_string())? == 0 {
+        return Ok(());
+    }
+    let mut indexed = false;
+    store
+        .scan_index_desc(b"", None, &mut |_, _| {
+            indexed = true;
+            false
+        })
+        .map_err(|e| e.to_string())?;
+    if indexed {
+        return Ok(());
+    }
+    let mut index_keys = Vec::new();
+    let mut failure = None;
+    store
+        .scan_instances(
+            None,
+            None,
+            &mut |id, bytes| match InstanceState::decode(bytes) {
+                Ok(s) => {
+                    index_keys.push((id.to_string(), cairn_core::index::keys(&s)));
+                    true
+                }
+                Err(e) => {
+                    failure = Some(format!("instance '{id}' in the store is unreadable: {e}"));
+                    false
+                }
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let count = index_keys.len();
+    let batch = CheckpointBatch {
+        position: store.checkpoint_position().map_err(|e| e.to_string())?,
+        globals: store
+            .load_globals()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default(),
+        index_keys,
+        ..CheckpointBatch::default()
+    };
+    store.write_checkpoint(&batch).map_err(|e| e.to_string())?;
+    tracing::info!(
+        partition,
+        "indexed the {count} instances of a store written before indexes"
+    );
+    Ok(())
 }

@@ -470,7 +470,114 @@ impl Life {
                 "status counts {counted:?} differ from the instances {by_status:?}"
             ));
         }
+        self.check_indexes().await;
         self.check_entity(plan).await;
+    }
+
+    /// Every query served from the indexes (newest first, by status, name and creation time)
+    /// returns exactly what a scan of the instance table finds, in order, paged two at a time.
+    async fn check_indexes(&self) {
+        let scan = QueryFilter {
+            instance_id_prefix: Some(String::new()),
+            ..QueryFilter::default()
+        };
+        let Some(all) = self.query_all(&scan, 1000).await else {
+            return;
+        };
+        let mut times: Vec<u64> = all.iter().map(|s| s.created_at).collect();
+        times.sort();
+        let middle = times.get(times.len() / 2).copied().unwrap_or(0);
+        let names: BTreeSet<String> = all.iter().map(|s| s.name.clone()).collect();
+        let mut filters = vec![
+            QueryFilter::default(),
+            QueryFilter {
+                statuses: vec![RuntimeStatus::Completed, RuntimeStatus::Failed],
+                ..QueryFilter::default()
+            },
+            QueryFilter {
+                created_from: Some(middle),
+                ..QueryFilter::default()
+            },
+            QueryFilter {
+                created_to: Some(middle),
+                statuses: vec![RuntimeStatus::Completed],
+                ..QueryFilter::default()
+            },
+        ];
+        for status in RuntimeStatus::ALL {
+            filters.push(QueryFilter {
+                statuses: vec![status],
+                ..QueryFilter::default()
+            });
+        }
+        for name in names {
+            filters.push(QueryFilter {
+                name: Some(name.clone()),
+                ..QueryFilter::default()
+            });
+            filters.push(QueryFilter {
+                name: Some(name),
+                statuses: vec![RuntimeStatus::Completed],
+                ..QueryFilter::default()
+            });
+        }
+        for filter in filters {
+            let mut want: Vec<&InstanceStatus> = all
+                .iter()
+                .filter(|s| {
+                    (filter.statuses.is_empty() || filter.statuses.contains(&s.status))
+                        && filter.name.as_ref().is_none_or(|n| &s.name == n)
+                        && filter.created_from.is_none_or(|f| s.created_at >= f)
+                        && filter.created_to.is_none_or(|t| s.created_at <= t)
+                })
+                .collect();
+            want.sort_by(|a, b| {
+                (b.created_at, &b.instance_id).cmp(&(a.created_at, &a.instance_id))
+            });
+            let want: Vec<&str> = want.iter().map(|s| s.instance_id.as_str()).collect();
+            let Some(got) = self.query_all(&filter, 2).await else {
+                return;
+            };
+            let got: Vec<&str> = got.iter().map(|s| s.instance_id.as_str()).collect();
+            if got != want {
+                self.problem(format!(
+                    "the query {filter:?} returned {got:?}; a scan of the instances finds {want:?}"
+                ));
+            }
+        }
+    }
+
+    /// Every page of a query.
+    async fn query_all(
+        &self,
+        filter: &QueryFilter,
+        page_size: usize,
+    ) -> Option<Vec<InstanceStatus>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = match until_not_busy!(
+                self.client
+                    .query(&InstanceQuery {
+                        filter: filter.clone(),
+                        page_size,
+                        continuation_token: token.clone(),
+                        fetch_inputs_and_outputs: false,
+                    })
+                    .await
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.problem(format!("the query {filter:?} failed: {e}"));
+                    return None;
+                }
+            };
+            out.extend(page.instances);
+            token = page.continuation_token;
+            if token.is_none() {
+                return Some(out);
+            }
+        }
     }
 
     /// Every acknowledged entity operation applied exactly once, unacknowledged ones at most
