@@ -15,7 +15,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Bumped whenever the encoding of log records or checkpoints changes incompatibly.
-pub const LOG_FORMAT_VERSION: u32 = 2;
+///
+/// Version 3 added the counts by orchestration name to a checkpoint's globals; a version 2
+/// hub is upgraded when opened ([`OLDEST_READABLE_FORMAT_VERSION`]).
+pub const LOG_FORMAT_VERSION: u32 = 3;
+
+/// The oldest format this version of Cairn opens (and upgrades).
+pub const OLDEST_READABLE_FORMAT_VERSION: u32 = 2;
 
 /// One entry of a partition's log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

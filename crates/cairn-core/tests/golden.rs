@@ -625,3 +625,28 @@ fn on_disk_encodings_match_the_golden_file() {
         );
     }
 }
+
+/// A hub of the previous format is upgraded when opened: its checkpoint globals still read,
+/// with the name counts marked missing (the shell counts them from the store).
+#[test]
+fn format_2_globals_still_read_for_the_upgrade() {
+    let path = golden_path().with_file_name("format-v2.txt");
+    let text = std::fs::read_to_string(&path).expect("the format-2 golden file is kept");
+    let mut seen = 0;
+    for line in text.lines().filter(|l| l.starts_with("globals ")) {
+        let bytes = unhex(line.rsplit(' ').next().expect("hex"));
+        let state = PartitionState::recover(&bytes).expect("format-2 globals read");
+        assert!(state.name_counts_missing());
+        assert!(state.globals().name_counts.is_empty());
+        assert!(!state.globals().status_counts.is_empty());
+        seen += 1;
+    }
+    assert!(seen > 0, "no globals in {}", path.display());
+    // Format-3 globals are read as such.
+    let text = std::fs::read_to_string(golden_path()).expect("the golden file");
+    for line in text.lines().filter(|l| l.starts_with("globals ")) {
+        let bytes = unhex(line.rsplit(' ').next().expect("hex"));
+        let state = PartitionState::recover(&bytes).expect("globals read");
+        assert!(!state.name_counts_missing());
+    }
+}

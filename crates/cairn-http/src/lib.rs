@@ -54,6 +54,8 @@ pub struct AppState {
     pub remote: Option<cairn_runtime::remote::RemoteQueue>,
     /// Label sets of the worker gauges published last, so ones that vanish drop to zero.
     pub published_workers: Arc<parking_lot::Mutex<std::collections::HashSet<metrics::WorkerGauge>>>,
+    /// Orchestration names with a published `cairn_instances_by_name` gauge.
+    pub published_names: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// The whole HTTP application for `engine`.
@@ -75,6 +77,7 @@ pub fn router(
         started: Instant::now(),
         remote: engine.remote_queue(),
         published_workers: Arc::default(),
+        published_names: Arc::default(),
     };
     Router::new()
         .merge(api::routes())

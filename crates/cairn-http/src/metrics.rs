@@ -45,6 +45,10 @@ fn describe() {
         "Orchestration instances by runtime status"
     );
     describe_gauge!(
+        "cairn_instances_by_name",
+        "Orchestration instances by orchestration name"
+    );
+    describe_gauge!(
         "cairn_work_queue_length",
         "Work items waiting for a worker slot or a connected SDK worker"
     );
@@ -193,6 +197,18 @@ fn instances_by_status(state: &AppState) -> Vec<(cairn_core::RuntimeStatus, u64)
     total
 }
 
+/// Orchestration instances by name, summed over the partitions (kept by the partitions as
+/// instances change: no scan).
+fn instances_by_name(state: &AppState) -> std::collections::BTreeMap<String, u64> {
+    let mut total = std::collections::BTreeMap::new();
+    for s in &state.stats {
+        for (name, n) in s.instances_by_name().iter() {
+            *total.entry(name.clone()).or_insert(0) += n;
+        }
+    }
+    total
+}
+
 /// Copies the partitions' figures into the recorder.
 fn publish(state: &AppState) {
     publish_workers(state);
@@ -236,6 +252,16 @@ fn publish(state: &AppState) {
     for (status, n) in instances_by_status(state) {
         gauge!("cairn_instances", "status" => status.as_str()).set(n as f64);
     }
+    let by_name = instances_by_name(state);
+    let mut published = state.published_names.lock();
+    for gone in published.iter().filter(|n| !by_name.contains_key(*n)) {
+        gauge!("cairn_instances_by_name", "name" => gone.clone()).set(0.0);
+    }
+    for (name, n) in &by_name {
+        gauge!("cairn_instances_by_name", "name" => name.clone()).set(*n as f64);
+    }
+    *published = by_name.into_keys().collect();
+    drop(published);
     if hits + misses > 0 {
         gauge!("cairn_cache_hit_ratio").set(hits as f64 / (hits + misses) as f64);
     }
@@ -298,6 +324,7 @@ pub async fn stats_json(State(state): State<AppState>) -> Json<Value> {
             "batches": sum(&|s| load(&s.batches)),
         },
         "instancesByStatus": by_status,
+        "instancesByName": instances_by_name(&state),
         "queues": queues,
         "cache": {
             "instances": sum(&|s| load(&s.cached_instances)),

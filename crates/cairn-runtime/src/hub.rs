@@ -17,7 +17,7 @@
 //! partition's log or store contents; the leaders do.
 
 use crate::error::EngineError;
-use cairn_core::LOG_FORMAT_VERSION;
+use cairn_core::{LOG_FORMAT_VERSION, OLDEST_READABLE_FORMAT_VERSION};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::Path;
@@ -189,15 +189,28 @@ fn read_or_create(dir: &Path, requested: Option<u32>) -> Result<(HubMeta, bool),
                     format!("hub.json says format '{}', not 'cairn'", meta.format),
                 ));
             }
-            if meta.format_version != LOG_FORMAT_VERSION {
+            if !(OLDEST_READABLE_FORMAT_VERSION..=LOG_FORMAT_VERSION).contains(&meta.format_version)
+            {
                 return Err(data_dir_error(
                     dir,
                     format!(
-                        "it was written by format version {} and this Cairn reads version {}; \
-                         use the Cairn release that created it, or a new data directory",
-                        meta.format_version, LOG_FORMAT_VERSION
+                        "it was written by format version {} and this Cairn reads versions {} to \
+                         {}; use the Cairn release that created it, or a new data directory",
+                        meta.format_version, OLDEST_READABLE_FORMAT_VERSION, LOG_FORMAT_VERSION
                     ),
                 ));
+            }
+            let mut meta = meta;
+            if meta.format_version < LOG_FORMAT_VERSION {
+                // This version reads the older checkpoints and writes its own from now on;
+                // older releases must not open the hub again.
+                tracing::info!(
+                    "upgrading the task hub in {} from format {} to {LOG_FORMAT_VERSION}",
+                    dir.display(),
+                    meta.format_version
+                );
+                meta.format_version = LOG_FORMAT_VERSION;
+                write_json(dir, &meta_path, &meta)?;
             }
             if meta.partitions == 0 || meta.partitions > MAX_PARTITIONS {
                 return Err(data_dir_error(

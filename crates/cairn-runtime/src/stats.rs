@@ -29,6 +29,8 @@ pub struct LeaderStats {
     pub cache_misses: AtomicU64,
     /// Orchestration instances by status, in [`RuntimeStatus::ALL`] order.
     pub status_counts: [AtomicU64; RuntimeStatus::ALL.len()],
+    /// Orchestration instances by name (published by the leader when they change).
+    pub name_counts: Mutex<Arc<BTreeMap<String, u64>>>,
     /// Episodes waiting for an orchestration slot or a remote worker.
     pub orchestrator_queue: Arc<WorkGauge>,
     /// Activities waiting for an activity slot or a remote worker.
@@ -45,6 +47,11 @@ impl LeaderStats {
             .zip(&self.status_counts)
             .map(|(s, n)| (*s, n.load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// Orchestration instances by name.
+    pub fn instances_by_name(&self) -> Arc<BTreeMap<String, u64>> {
+        self.name_counts.lock().clone()
     }
 }
 

@@ -121,19 +121,29 @@ impl PartitionState {
     }
 
     /// Every change of an instance goes through `take` and `put`, so counting there keeps
-    /// `status_counts` exact without a scan.
+    /// `status_counts` and `name_counts` exact without a scan.
     pub(super) fn count_status(&mut self, s: &InstanceState, add: bool) {
         if s.entity.is_some() {
             return;
         }
-        let n = self.globals.status_counts.entry(s.status).or_insert(0);
-        if add {
-            *n += 1;
-        } else {
+        count(&mut self.globals.status_counts, &s.status, add);
+        count(&mut self.globals.name_counts, &s.name, add);
+    }
+}
+
+/// Adds one to `key`'s count, or takes one away (dropping a count that reaches 0).
+fn count<K: Ord + Clone>(counts: &mut BTreeMap<K, u64>, key: &K, add: bool) {
+    match counts.get_mut(key) {
+        Some(n) if add => *n += 1,
+        None if add => {
+            counts.insert(key.clone(), 1);
+        }
+        Some(n) => {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.globals.status_counts.remove(&s.status);
+                counts.remove(key);
             }
         }
+        None => {}
     }
 }

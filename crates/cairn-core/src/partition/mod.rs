@@ -199,6 +199,43 @@ pub struct Globals {
     /// Orchestration instances (not entities) by runtime status, kept as instances change so
     /// metrics never scan the store.
     pub status_counts: BTreeMap<RuntimeStatus, u64>,
+    /// Orchestration instances by orchestration name, kept the same way (format 3).
+    pub name_counts: BTreeMap<String, u64>,
+}
+
+/// [`Globals`] as format 2 wrote them (no name counts), read to upgrade a hub.
+#[derive(Deserialize)]
+struct GlobalsV2 {
+    partition: u32,
+    partition_count: u32,
+    position: u64,
+    activities: BTreeMap<u64, ActivityWorkItem>,
+    next_activity_id: u64,
+    timers: BTreeMap<u64, TimerEntry>,
+    next_timer_id: u64,
+    outbox: BTreeMap<u32, VecDeque<(MessageId, Message)>>,
+    dedup: BTreeMap<u32, MessageId>,
+    runnable: BTreeSet<String>,
+    status_counts: BTreeMap<RuntimeStatus, u64>,
+}
+
+impl From<GlobalsV2> for Globals {
+    fn from(g: GlobalsV2) -> Globals {
+        Globals {
+            partition: g.partition,
+            partition_count: g.partition_count,
+            position: g.position,
+            activities: g.activities,
+            next_activity_id: g.next_activity_id,
+            timers: g.timers,
+            next_timer_id: g.next_timer_id,
+            outbox: g.outbox,
+            dedup: g.dedup,
+            runnable: g.runnable,
+            status_counts: g.status_counts,
+            name_counts: BTreeMap::new(),
+        }
+    }
 }
 
 /// What a checkpoint writes to the store (byte-encoded).
@@ -222,6 +259,8 @@ pub struct PartitionState {
     /// Lookups answered from memory / from the source (observability only; not state).
     cache_hits: u64,
     cache_misses: u64,
+    /// Recovered from format-2 globals: the name counts must be counted from the store.
+    name_counts_missing: bool,
 }
 
 /// Per-apply scratch: effects produced, messages to deliver locally, message numbering.
@@ -247,18 +286,42 @@ impl PartitionState {
             dirty: HashSet::new(),
             cache_hits: 0,
             cache_misses: 0,
+            name_counts_missing: false,
         }
     }
 
-    /// Rebuilds the in-memory part from a checkpoint's globals blob.
+    /// Rebuilds the in-memory part from a checkpoint's globals blob (format 3, or format 2:
+    /// then [`Self::name_counts_missing`] says the shell must count names from the store).
     pub fn recover(globals: &[u8]) -> Result<Self, postcard::Error> {
+        // Format 3 first: format-2 bytes end where its name counts would start, so they fail
+        // it, while format-3 bytes would pass as format 2 with the counts left unread.
+        let (globals, name_counts_missing) = match postcard::from_bytes::<Globals>(globals) {
+            Ok(g) => (g, false),
+            Err(e) => match postcard::from_bytes::<GlobalsV2>(globals) {
+                Ok(g) => (g.into(), true),
+                Err(_) => return Err(e),
+            },
+        };
         Ok(PartitionState {
-            globals: postcard::from_bytes(globals)?,
+            globals,
             instances: HashMap::new(),
             dirty: HashSet::new(),
             cache_hits: 0,
             cache_misses: 0,
+            name_counts_missing,
         })
+    }
+
+    /// Whether the name counts are still to be counted (globals of format 2).
+    pub fn name_counts_missing(&self) -> bool {
+        self.name_counts_missing
+    }
+
+    /// Sets the name counts of a checkpoint recovered from format 2, counted from its
+    /// instances (before any record is replayed).
+    pub fn set_name_counts(&mut self, counts: BTreeMap<String, u64>) {
+        self.globals.name_counts = counts;
+        self.name_counts_missing = false;
     }
 
     pub fn globals(&self) -> &Globals {

@@ -539,6 +539,11 @@ proptest! {
             *counted.entry(state.status).or_insert(0) += 1;
         }
         prop_assert_eq!(&observed.0.status_counts, &counted);
+        let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+        for (state, _) in observed.1.iter().flatten().filter(|(s, _)| s.entity.is_none()) {
+            *by_name.entry(state.name.clone()).or_insert(0) += 1;
+        }
+        prop_assert_eq!(&observed.0.name_counts, &by_name);
     }
 
     /// What reads off the partition's task rely on: an instance not changed since the last

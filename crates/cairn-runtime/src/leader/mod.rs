@@ -199,6 +199,12 @@ impl Leader {
         for (slot, status) in self.stats.status_counts.iter().zip(RuntimeStatus::ALL) {
             slot.store(counts.get(&status).copied().unwrap_or(0), Ordering::Relaxed);
         }
+        let names = &self.state.globals().name_counts;
+        let mut published = self.stats.name_counts.lock();
+        if **published != *names {
+            *published = Arc::new(names.clone());
+        }
+        drop(published);
         self.stats
             .cached_instances
             .store(self.state.loaded_count() as u64, Ordering::Relaxed);

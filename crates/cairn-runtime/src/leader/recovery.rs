@@ -40,6 +40,9 @@ impl Leader {
                 .map_err(|e| storage_err(format!("checkpoint globals are unreadable: {e}")))?,
             None => PartitionState::new(partition, shared.partition_count),
         };
+        if state.name_counts_missing() {
+            state.set_name_counts(count_names(&*store).map_err(storage_err)?);
+        }
         let tx = shared.partitions[partition as usize].clone();
         let opened = shared
             .logs
@@ -231,4 +234,32 @@ fn build_missing_index(partition: u32, store: &dyn CheckpointStore) -> Result<()
         "indexed the {count} instances of a store written before indexes"
     );
     Ok(())
+}
+
+/// Orchestration instances by name in a checkpoint written before Cairn kept these counts.
+fn count_names(store: &dyn CheckpointStore) -> Result<BTreeMap<String, u64>, String> {
+    let mut counts = BTreeMap::new();
+    let mut failure = None;
+    store
+        .scan_instances(
+            None,
+            None,
+            &mut |id, bytes| match InstanceState::decode(bytes) {
+                Ok(s) => {
+                    if s.entity.is_none() {
+                        *counts.entry(s.name).or_insert(0) += 1;
+                    }
+                    true
+                }
+                Err(e) => {
+                    failure = Some(format!("instance '{id}' in the store is unreadable: {e}"));
+                    false
+                }
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(counts),
+    }
 }

@@ -1,0 +1,237 @@
+//! Queries served from the indexes: newest first across partitions, with tokens that stay right
+//! while instances are created and purged between pages; counts by name; and a hub written
+//! before indexes and name counts (format 2) upgraded when opened.
+
+mod common;
+
+use cairn_runtime::*;
+use cairn_storage::seam::StoreReads;
+use cairn_storage::store::{CheckpointBatch, PartitionStore};
+use common::*;
+use std::collections::BTreeMap;
+
+async fn start(client: &Client, name: &str, id: &str) {
+    let id = client
+        .start_with(
+            name,
+            &1i64,
+            StartOptions {
+                instance_id: Some(id.to_string()),
+                ..StartOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    client.wait_for_completion(&id, WAIT).await.unwrap();
+}
+
+async fn all_pages(client: &Client, filter: QueryFilter, page_size: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .query(&InstanceQuery {
+                filter: filter.clone(),
+                page_size,
+                continuation_token: token,
+                fetch_inputs_and_outputs: false,
+            })
+            .await
+            .unwrap();
+        ids.extend(page.instances.into_iter().map(|s| s.instance_id));
+        token = page.continuation_token;
+        if token.is_none() {
+            return ids;
+        }
+    }
+}
+
+fn name_counts(engine: &Engine) -> BTreeMap<String, u64> {
+    let mut total = BTreeMap::new();
+    for s in engine.stats() {
+        for (name, n) in s.instances_by_name().iter() {
+            *total.entry(name.clone()).or_insert(0) += n;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_run_newest_first_and_tokens_survive_creates_and_purges() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(common::config(dir.path()), registry())
+        .await
+        .unwrap();
+    let client = engine.client();
+    // Created one after another (1 ms apart, so creation times differ), over 4 partitions.
+    let mut made = Vec::new();
+    for i in 0..12 {
+        let (name, id) = if i % 3 == 0 {
+            ("fan_out", format!("f-{i:02}"))
+        } else {
+            ("chain", format!("c-{i:02}"))
+        };
+        start(&client, name, &id).await;
+        made.push(id);
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        if i == 5 {
+            // Half in the checkpoint (read from the index), half only in memory.
+            engine.checkpoint().await.unwrap();
+        }
+    }
+    let newest_first: Vec<String> = made.iter().rev().cloned().collect();
+    assert_eq!(
+        all_pages(&client, QueryFilter::default(), 5).await,
+        newest_first
+    );
+    let chains: Vec<String> = newest_first
+        .iter()
+        .filter(|id| id.starts_with("c-"))
+        .cloned()
+        .collect();
+    let by_name = QueryFilter {
+        name: Some("chain".into()),
+        statuses: vec![RuntimeStatus::Completed],
+        ..QueryFilter::default()
+    };
+    assert_eq!(all_pages(&client, by_name.clone(), 3).await, chains);
+
+    // A walk with instances created and purged between its pages: nothing it had not reached
+    // yet is skipped or repeated, and what was created after it began does not appear.
+    let mut seen = Vec::new();
+    let first = client
+        .query(&InstanceQuery {
+            page_size: 4,
+            ..InstanceQuery::default()
+        })
+        .await
+        .unwrap();
+    seen.extend(first.instances.iter().map(|s| s.instance_id.clone()));
+    start(&client, "chain", "c-new").await;
+    client.purge(&made[11]).await.unwrap(); // already seen
+    client.purge(&made[3]).await.unwrap(); // not reached yet
+    let mut token = first.continuation_token;
+    while let Some(t) = token {
+        let page = client
+            .query(&InstanceQuery {
+                page_size: 4,
+                continuation_token: Some(t),
+                ..InstanceQuery::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.instances.iter().map(|s| s.instance_id.clone()));
+        token = page.continuation_token;
+    }
+    let want: Vec<String> = newest_first
+        .iter()
+        .filter(|id| *id != &made[3])
+        .cloned()
+        .collect();
+    assert_eq!(seen, want);
+
+    // Counts by name follow starts and purges.
+    assert_eq!(
+        name_counts(&engine),
+        BTreeMap::from([("chain".to_string(), 8), ("fan_out".to_string(), 3)])
+    );
+    // A token from another kind of query is refused, not misread.
+    let bad = client
+        .query(&InstanceQuery {
+            filter: QueryFilter {
+                instance_id_prefix: Some("c-".into()),
+                ..QueryFilter::default()
+            },
+            continuation_token: Some("n.5.c-01".into()),
+            ..InstanceQuery::default()
+        })
+        .await;
+    assert!(
+        matches!(bad, Err(EngineError::InvalidArgument(_))),
+        "{bad:?}"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+/// A hub written by format 2 (no index entries, no name counts in the checkpoint) opens: its
+/// instances are indexed and its names counted once, and hub.json says format 3 afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_2_hub_is_indexed_and_counted_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || EngineConfig {
+        partitions: Some(2),
+        ..common::config(dir.path())
+    };
+    {
+        let engine = Engine::open(config(), registry()).await.unwrap();
+        let client = engine.client();
+        for i in 0..6 {
+            let name = if i % 2 == 0 { "chain" } else { "fan_out" };
+            start(&client, name, &format!("old-{i}")).await;
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        engine.shutdown().await.unwrap();
+    }
+    // Turn it into what format 2 wrote: globals without the trailing name counts, no index.
+    for p in 0..2 {
+        let path = dir.path().join(format!("partitions/p{p:02}/store.redb"));
+        let store = PartitionStore::open(&path).unwrap();
+        let globals = store.load_globals().unwrap().unwrap();
+        let state = cairn_core::PartitionState::recover(&globals).unwrap();
+        let counts = postcard::to_allocvec(&state.globals().name_counts).unwrap();
+        assert!(globals.ends_with(&counts));
+        let mut ids = Vec::new();
+        store
+            .scan_instances(None, None, &mut |id, _| {
+                ids.push(id.to_string());
+                true
+            })
+            .unwrap();
+        store
+            .write_checkpoint(&CheckpointBatch {
+                position: store.checkpoint_position().unwrap(),
+                globals: globals[..globals.len() - counts.len()].to_vec(),
+                index_keys: ids.into_iter().map(|id| (id, Vec::new())).collect(),
+                ..CheckpointBatch::default()
+            })
+            .unwrap();
+        let mut indexed = 0;
+        store
+            .scan_index_desc(b"", None, &mut |_, _| {
+                indexed += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(indexed, 0);
+    }
+    let meta_path = dir.path().join("hub.json");
+    let meta = std::fs::read_to_string(&meta_path).unwrap();
+    let v3 = format!("\"format_version\": {}", cairn_core::LOG_FORMAT_VERSION);
+    assert!(meta.contains(&v3), "{meta}");
+    std::fs::write(&meta_path, meta.replace(&v3, "\"format_version\": 2")).unwrap();
+
+    let engine = Engine::open(config(), registry()).await.unwrap();
+    let client = engine.client();
+    assert_eq!(
+        all_pages(&client, QueryFilter::default(), 4).await,
+        ["old-5", "old-4", "old-3", "old-2", "old-1", "old-0"]
+    );
+    assert_eq!(
+        all_pages(
+            &client,
+            QueryFilter {
+                name: Some("fan_out".into()),
+                ..QueryFilter::default()
+            },
+            2
+        )
+        .await,
+        ["old-5", "old-3", "old-1"]
+    );
+    assert_eq!(
+        name_counts(&engine),
+        BTreeMap::from([("chain".to_string(), 3), ("fan_out".to_string(), 3)])
+    );
+    assert!(std::fs::read_to_string(&meta_path).unwrap().contains(&v3));
+    engine.shutdown().await.unwrap();
+}
