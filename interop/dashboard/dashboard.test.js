@@ -300,6 +300,27 @@ test("instance list: both instances, status filter, tiles and throughput chart",
     const names = await page.locator('[data-testid="instance-row"] td:nth-child(2)').allInnerTexts();
     assert.ok(names.includes("pipeline") && names.includes("waitForApproval"), `names in the list: ${names.join(", ")}`);
   });
+  await step(page, "the list is newest first", async () => {
+    const order = await page.locator('[data-testid="instance-row"]').evaluateAll((rs) => rs.map((r) => r.dataset.instanceId));
+    const [w, p] = [order.indexOf(ids.waiting), order.indexOf(ids.pipeline)];
+    assert.ok(w >= 0 && p >= 0 && w < p, `the later-started instance must come first: ${order.join(", ")}`);
+  });
+  await step(page, "the name filter lists names with their counts and shows only that orchestration", async () => {
+    const option = page.locator('[data-testid="name-filter"] option[value="pipeline"]');
+    await option.waitFor({ state: "attached", timeout: 10000 });
+    assert.ok(Number(await option.getAttribute("data-count")) >= 1, "the pipeline option carries its count");
+    await page.locator('[data-testid="name-filter"]').selectOption("pipeline");
+    await page.waitForFunction((waiting) => {
+      const rows = [...document.querySelectorAll('[data-testid="instance-row"]')];
+      return rows.length > 0 && !rows.some((r) => r.dataset.instanceId === waiting) &&
+        rows.every((r) => r.querySelector("td:nth-child(2)").textContent === "pipeline");
+    }, ids.waiting, { timeout: 10000 }).catch(async () => {
+      const names = await page.locator('[data-testid="instance-row"] td:nth-child(2)').allInnerTexts();
+      throw new Error(`rows other than pipeline under the name filter: ${names.join(", ")}`);
+    });
+    await page.locator('[data-testid="name-filter"]').selectOption("");
+    await page.locator(`[data-testid="instance-row"][data-instance-id="${ids.waiting}"]`).waitFor();
+  });
   await step(page, "the Running filter shows only running instances", async () => {
     await page.locator('[data-testid="status-filter-Running"]').check();
     // The waiting instance runs until it gets its event, so it must stay in the filtered list.

@@ -175,6 +175,42 @@ def test_query_with_paging(server, dt):
     assert seen == sorted(seen) and len(seen) == 25
 
 
+def test_query_by_status_pages_newest_first_across_partitions(server, dt):
+    """Without an id prefix a query is served from the status index of every partition and
+    merged newest first; its continuation tokens walk the pages in that order."""
+    tag = uid("newest")
+    ids = [f"{tag}-{i:02}" for i in range(12)]
+    for iid in ids:
+        dt.schedule_new_orchestration(workflows.echo_orchestration, input=iid, instance_id=iid)
+        dt.wait_for_orchestration_completion(iid, timeout=TIMEOUT)
+    running = f"{tag}-running"
+    dt.schedule_new_orchestration(workflows.waiter, instance_id=running)
+    dt.wait_for_orchestration_start(running, timeout=TIMEOUT)
+    stub = pb_grpc.TaskHubSidecarServiceStub(grpc.insecure_channel(server.address))
+    seen, token, pages = [], None, 0
+    while True:
+        q = pb.InstanceQuery(runtimeStatus=[pb.ORCHESTRATION_STATUS_COMPLETED], maxInstanceCount=5)
+        if token:
+            q.continuationToken.value = token
+        resp = stub.QueryInstances(pb.QueryInstancesRequest(query=q))
+        pages += 1
+        assert len(resp.orchestrationState) <= 5
+        assert all(s.orchestrationStatus == pb.ORCHESTRATION_STATUS_COMPLETED for s in resp.orchestrationState)
+        seen += [s.instanceId for s in resp.orchestrationState]
+        if not resp.HasField("continuationToken") or not resp.continuationToken.value:
+            break
+        token = resp.continuationToken.value
+    ours = [i for i in seen if i.startswith(tag)]
+    assert ours == list(reversed(ids)), ours
+    assert running not in seen and len(seen) == len(set(seen)) and pages >= 3
+    # Created times never increase down the pages.
+    created = {s.instance_id: s.created_at for s in dt.get_all_orchestration_states(
+        client.OrchestrationQuery(runtime_status=[client.OrchestrationStatus.COMPLETED]))}
+    times = [created[i] for i in seen if i in created]
+    assert times == sorted(times, reverse=True)
+    dt.raise_orchestration_event(running, "go", data=None)
+
+
 def test_large_payload_round_trips(dt):
     big = "x" * (1024 * 1024)
     st = run(dt, workflows.echo_orchestration, input=big)

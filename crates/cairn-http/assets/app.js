@@ -600,6 +600,7 @@
   const listState = {
     statuses: new Set(),
     prefix: "",
+    name: "", // orchestration name ("" = all)
     previous: [], // continuation tokens of the pages before the current one
     current: null, // token that fetched the current page (null: first page)
     next: null,
@@ -753,6 +754,35 @@
     });
     onLeave(() => clearTimeout(searchTimer));
 
+    // Orchestration names with their instance counts (kept by the partitions: /api/stats).
+    const nameFilter = h("select", {
+      class: "input select",
+      "data-testid": "name-filter",
+      "aria-label": "Filter by orchestration name",
+      onchange: (e) => {
+        listState.name = e.target.value;
+        resetPaging();
+        load();
+      },
+    });
+    let namesShown = "";
+    const renderNames = (stats) => {
+      const counts = (stats && stats.instancesByName) || {};
+      const names = Object.keys(counts).sort();
+      if (listState.name && !names.includes(listState.name)) names.push(listState.name);
+      const signature = JSON.stringify([names.map((n) => [n, counts[n]]), listState.name]);
+      if (signature === namesShown) return;
+      namesShown = signature;
+      nameFilter.replaceChildren(
+        h("option", { value: "" }, "All orchestrations"),
+        ...names.map((n) => h("option", { value: n, "data-count": String(Number(counts[n]) || 0) },
+          `${n} (${fmtNumber(Number(counts[n]) || 0)})`)));
+      nameFilter.value = listState.name;
+    };
+    renderNames(lastStats);
+    statsListeners.add(renderNames);
+    onLeave(() => statsListeners.delete(renderNames));
+
     const auto = h("label", { class: "toggle small" },
       h("input", {
         type: "checkbox",
@@ -789,6 +819,7 @@
         h("div", { class: "toolbar" },
           h("div", { class: "chips", role: "group", "aria-label": "Filter by status" }, statusBoxes,
             h("button", { type: "button", class: "link-button small", onclick: () => setStatusFilter([]) }, "clear")),
+          nameFilter,
           search),
         errorBox,
         h("div", { class: "table-wrap" },
@@ -809,6 +840,7 @@
         showInput: "false",
         runtimeStatus: [...listState.statuses].join(","),
         instanceIdPrefix: listState.prefix,
+        name: listState.name,
       };
       try {
         const res = await api("GET", `${BASE}/instances${query(params)}`, { continuation: listState.current });
@@ -834,7 +866,7 @@
 
     function renderRows(rows) {
       if (rows.length === 0) {
-        const filtered = listState.statuses.size > 0 || listState.prefix;
+        const filtered = listState.statuses.size > 0 || listState.prefix || listState.name;
         tbody.replaceChildren(h("tr", { class: "empty-row" },
           h("td", { colspan: 5, "data-testid": "instances-empty" }, filtered ? "No instances match the filter." : "No orchestration instances yet.")));
         return;
