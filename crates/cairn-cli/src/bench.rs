@@ -31,6 +31,9 @@ pub enum Scenario {
     EntityOps,
     EntityCalls,
     ChainUnderLoad,
+    /// A hub of `--hub-size` instances: creation, indexed queries, purge, restart (not run by
+    /// default: it takes minutes).
+    LargeHub,
 }
 
 impl Scenario {
@@ -45,6 +48,7 @@ impl Scenario {
             Scenario::EntityOps => "entity-ops",
             Scenario::EntityCalls => "entity-calls",
             Scenario::ChainUnderLoad => "chain-under-load",
+            Scenario::LargeHub => "large-hub",
         }
     }
 }
@@ -74,6 +78,9 @@ pub struct BenchArgs {
     /// did before they moved off it (to compare `chain-under-load` with and without).
     #[arg(long)]
     reads_on_loop: bool,
+    /// Instances in the `large-hub` scenario's hub (multiplied by `--scale`).
+    #[arg(long, default_value_t = 1_000_000)]
+    hub_size: u64,
     /// Multiply every scenario's operation count (e.g. 0.1 for a quick run).
     #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
     scale: f64,
@@ -137,7 +144,7 @@ impl cairn_runtime::Entity for Counter {
 fn registry(progress: Arc<AtomicU64>, stamps: Arc<Stamps>) -> Registry {
     let p1 = progress.clone();
     let p2 = progress.clone();
-    Registry::new()
+    large_hub::orchestrations(Registry::new())
         .activity("noop", move |_ctx, _: ()| {
             let p = p1.clone();
             async move {
@@ -206,10 +213,13 @@ fn registry(progress: Arc<AtomicU64>, stamps: Arc<Stamps>) -> Registry {
 
 struct Bench {
     engine: Engine,
+    config: EngineConfig,
     dir: PathBuf,
     progress: Arc<AtomicU64>,
     stamps: Arc<Stamps>,
 }
+
+mod large_hub;
 
 fn histogram() -> Histogram<u64> {
     // 1 µs .. 1 h, 3 significant digits; these bounds are constants and valid.
@@ -360,30 +370,40 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             config.checkpoint_interval = Duration::from_secs(1);
             config.checkpoint_every_records = u64::MAX;
         }
-        let engine = Engine::open(config, registry(progress.clone(), stamps.clone()))
+        let engine = Engine::open(config.clone(), registry(progress.clone(), stamps.clone()))
             .await
             .with_context(|| format!("cannot open a benchmark hub in {}", dir.display()))?;
-        let bench = Bench {
+        let mut bench = Bench {
             engine,
+            config,
             dir,
             progress,
             stamps,
         };
         let n = |x: u64| ((x as f64 * args.scale).round() as u64).max(1);
-        let result = match s {
-            Scenario::Sequence => sequence(&bench, n(1000)).await,
-            Scenario::HelloCities => {
-                many_instances(&bench, s, "hello_cities", None, n(5000), 200, 3).await
+        let result = if s == Scenario::LargeHub {
+            let (b, r) = large_hub::run(bench, n(args.hub_size), args.json)
+                .await
+                .context("scenario large-hub failed")?;
+            bench = b;
+            Ok(r)
+        } else {
+            match s {
+                Scenario::Sequence => sequence(&bench, n(1000)).await,
+                Scenario::HelloCities => {
+                    many_instances(&bench, s, "hello_cities", None, n(5000), 200, 3).await
+                }
+                Scenario::FanOutFanIn => fan_out(&bench, n(10_000)).await,
+                Scenario::ExternalEvents => external_events(&bench, n(10_000)).await,
+                Scenario::Throughput => {
+                    many_instances(&bench, s, "chain", Some(10), n(10_000), 500, 10).await
+                }
+                Scenario::ChainLatency => chain_latency(&bench, n(300)).await,
+                Scenario::EntityOps => entity_ops(&bench, n(100_000)).await,
+                Scenario::EntityCalls => entity_calls(&bench, n(2_000)).await,
+                Scenario::ChainUnderLoad => chain_under_load(&bench, n(30_000), args.scale).await,
+                Scenario::LargeHub => unreachable!("run above"),
             }
-            Scenario::FanOutFanIn => fan_out(&bench, n(10_000)).await,
-            Scenario::ExternalEvents => external_events(&bench, n(10_000)).await,
-            Scenario::Throughput => {
-                many_instances(&bench, s, "chain", Some(10), n(10_000), 500, 10).await
-            }
-            Scenario::ChainLatency => chain_latency(&bench, n(300)).await,
-            Scenario::EntityOps => entity_ops(&bench, n(100_000)).await,
-            Scenario::EntityCalls => entity_calls(&bench, n(2_000)).await,
-            Scenario::ChainUnderLoad => chain_under_load(&bench, n(30_000), args.scale).await,
         };
         let Bench { engine, dir, .. } = bench;
         engine

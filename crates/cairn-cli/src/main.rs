@@ -35,6 +35,9 @@ pub struct EngineArgs {
     /// Memory for cached instances and live orchestrators, in MiB.
     #[arg(long, default_value_t = 256)]
     instance_cache_mb: usize,
+    /// Memory for the checkpoint stores' page caches, in MiB (all partitions).
+    #[arg(long, default_value_t = 128)]
+    store_cache_mb: usize,
     /// Orchestration episodes running at once.
     #[arg(long, default_value_t = 1000)]
     max_concurrent_orchestrations: usize,
@@ -62,6 +65,7 @@ impl EngineArgs {
             data_dir: self.data.clone(),
             partitions: self.partitions,
             instance_cache_mb: self.instance_cache_mb,
+            store_cache_mb: self.store_cache_mb,
             max_concurrent_orchestrations: self.max_concurrent_orchestrations,
             max_concurrent_activities: self.max_concurrent_activities,
             fsync: !self.no_fsync,

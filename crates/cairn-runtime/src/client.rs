@@ -17,6 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
+/// Instances one purge request deletes: each batch is one record the partition applies between
+/// other work, so a purge of hundreds of thousands never stalls it for long.
+pub const PURGE_BATCH: usize = 100;
+
 /// A handle to a running engine; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -551,7 +555,8 @@ impl Client {
         }
     }
 
-    /// Deletes every terminal instance matching `filter` (non-terminal ones are never purged).
+    /// Deletes every terminal instance matching `filter` (non-terminal ones are never purged),
+    /// newest first, partition by partition, in batches of [`PURGE_BATCH`].
     pub async fn purge_by_filter(&self, filter: QueryFilter) -> Result<u64, EngineError> {
         let mut filter = filter;
         if filter.statuses.is_empty() {
@@ -577,7 +582,7 @@ impl Client {
                         ReadRequest::Query {
                             filter: filter.clone(),
                             after: after.clone(),
-                            limit: 1000,
+                            limit: PURGE_BATCH,
                         },
                     )
                     .await?

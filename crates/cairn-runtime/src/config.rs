@@ -15,6 +15,8 @@ pub struct EngineConfig {
     pub partitions: Option<u32>,
     /// Memory for cached instances and their live orchestrators, in MiB (all partitions).
     pub instance_cache_mb: usize,
+    /// Memory for the checkpoint stores' page caches, in MiB (all partitions).
+    pub store_cache_mb: usize,
     /// Keep live orchestrators (cursors) of cached instances so they continue without replay.
     pub cache_orchestrators: bool,
     /// Orchestration episodes running at once (all partitions).
@@ -67,6 +69,7 @@ impl Default for EngineConfig {
             data_dir: PathBuf::from("cairn-data"),
             partitions: None,
             instance_cache_mb: 256,
+            store_cache_mb: 128,
             cache_orchestrators: true,
             max_concurrent_orchestrations: 1000,
             max_concurrent_activities: 1000,

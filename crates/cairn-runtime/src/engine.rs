@@ -71,6 +71,8 @@ impl Engine {
             Some(c) => c.clone(),
             None => Arc::new(cairn_storage::seam::LocalCheckpointStores {
                 data_dir: dir.clone(),
+                cache_bytes: (config.store_cache_mb * 1024 * 1024 / count as usize)
+                    .max(1024 * 1024),
             }),
         };
         let logs: Arc<dyn cairn_storage::seam::PartitionLogs> = match &config.logs {
@@ -94,10 +96,11 @@ impl Engine {
                 config.max_concurrent_orchestrations.max(1),
             )),
             activity_permits: Arc::new(Semaphore::new(config.max_concurrent_activities.max(1))),
-            // Reads decoding rows off the partitions' tasks: half the cores (at least one), so
-            // a burst of large queries queues instead of crowding out the partitions.
+            // Reads decoding rows off the partitions' tasks: one per core, so that a query's
+            // parts on different partitions run in parallel, while a burst of large queries
+            // queues instead of crowding out the partitions.
             read_permits: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             config,
             registry,

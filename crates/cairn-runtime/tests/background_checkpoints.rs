@@ -41,6 +41,7 @@ async fn slow_background_checkpoints_change_nothing_readers_or_recovery_see() {
     let config = || EngineConfig {
         checkpoints: Some(Arc::new(SlowStores(LocalCheckpointStores {
             data_dir: dir.path().to_path_buf(),
+            cache_bytes: 0,
         }))),
         // A checkpoint every few records: most of the run has one in flight.
         checkpoint_every_records: 8,
@@ -207,6 +208,7 @@ async fn a_slow_query_does_not_stall_its_partition() {
         partitions: Some(1),
         checkpoints: Some(Arc::new(SlowScanStores(LocalCheckpointStores {
             data_dir: dir.path().to_path_buf(),
+            cache_bytes: 0,
         }))),
         ..common::config(dir.path())
     };

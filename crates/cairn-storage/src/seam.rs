@@ -476,12 +476,18 @@ impl CheckpointStore for PartitionStore {
 #[derive(Debug)]
 pub struct LocalCheckpointStores {
     pub data_dir: PathBuf,
+    /// Page cache of each store, in bytes ([`crate::store::DEFAULT_CACHE_BYTES`] if 0).
+    pub cache_bytes: usize,
 }
 
 impl CheckpointStores for LocalCheckpointStores {
     fn open(&self, partition: u32) -> Result<Arc<dyn CheckpointStore>, StoreError> {
         let path = partition_dir(&self.data_dir, partition).join(STORE_FILE);
-        Ok(Arc::new(PartitionStore::open(&path)?))
+        let cache = match self.cache_bytes {
+            0 => crate::store::DEFAULT_CACHE_BYTES,
+            n => n,
+        };
+        Ok(Arc::new(PartitionStore::open_with_cache(&path, cache)?))
     }
 }
 

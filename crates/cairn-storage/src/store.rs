@@ -36,6 +36,10 @@ const INDEX_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("index_key
 const META_POSITION: &str = "position";
 const META_GLOBALS: &str = "globals";
 
+/// Page cache of a store opened without a size (redb's own default is 1 GiB per database,
+/// which, per partition, would let memory grow with the hub).
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// ENOSPC on Linux and the other Unixes Cairn runs on.
 const ENOSPC: i32 = 28;
 
@@ -115,6 +119,11 @@ impl PartitionStore {
     /// Opens the store at `path`, creating it (and its tables) if missing. A file that is not a
     /// redb database, or is damaged, is a [`StoreError`], never a panic.
     pub fn open(path: &Path) -> Result<PartitionStore, StoreError> {
+        PartitionStore::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`PartitionStore::open`] with `cache_bytes` of memory for the store's page cache.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<PartitionStore, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 StoreError::Io(format!(
@@ -123,10 +132,13 @@ impl PartitionStore {
                 ))
             })?;
         }
-        let db = Database::create(path).map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let store = PartitionStore {
             db,
             path: Arc::from(path),
@@ -167,6 +179,7 @@ impl PartitionStore {
             .map_err(|e| store_error(&self.path, "starting a read", e))?;
         Ok(StoreView {
             txn,
+            instances: std::sync::OnceLock::new(),
             path: self.path.clone(),
         })
     }
@@ -239,6 +252,8 @@ impl PartitionStore {
 /// it to another thread.
 pub struct StoreView {
     txn: redb::ReadTransaction,
+    /// The instance table, opened on first use (a page of a query reads many rows).
+    instances: std::sync::OnceLock<redb::ReadOnlyTable<&'static str, &'static [u8]>>,
     path: Arc<Path>,
 }
 
@@ -272,10 +287,16 @@ impl crate::seam::StoreReads for StoreView {
     /// The state blob of instance `id`.
     fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let ctx = "reading an instance";
-        let t = self
-            .txn
-            .open_table(INSTANCES)
-            .map_err(|e| self.err(ctx, e))?;
+        let t = match self.instances.get() {
+            Some(t) => t,
+            None => {
+                let t = self
+                    .txn
+                    .open_table(INSTANCES)
+                    .map_err(|e| self.err(ctx, e))?;
+                self.instances.get_or_init(move || t)
+            }
+        };
         let v = t.get(id).map_err(|e| self.err(ctx, e))?;
         Ok(v.map(|v| v.value().to_vec()))
     }

@@ -153,13 +153,27 @@ impl Leader {
                 } else {
                     0
                 };
-            total += size;
             let busy = self.running.contains(&id)
                 || self.state.globals().runnable.contains(&id)
                 || self.state.is_dirty(&id);
-            if !busy {
-                candidates.push((self.touched.get(&id).copied().unwrap_or(0), size, id));
+            if busy {
+                total += size;
+                continue;
             }
+            // An ended orchestration rarely runs again (a rewind or restart reloads it): it
+            // leaves memory at the first checkpoint that has it, so that a hub of millions of
+            // finished instances costs memory for its live ones only.
+            let ended = self
+                .state
+                .loaded(&id)
+                .is_some_and(|i| i.state.entity.is_none() && i.state.status.is_terminal());
+            if ended && self.state.evict(&id) {
+                self.cursors.remove(&id);
+                self.touched.remove(&id);
+                continue;
+            }
+            total += size;
+            candidates.push((self.touched.get(&id).copied().unwrap_or(0), size, id));
         }
         if total > budget {
             candidates.sort();

@@ -72,6 +72,13 @@ struct Waiter {
     reply: Reply<InstanceStatus>,
 }
 
+/// What a changed instance costs in memory until it is checkpointed, for sizing the dirty set
+/// (measured: a short completed orchestration with its unsaved history is 3–4 KiB resident).
+const DIRTY_INSTANCE_BYTES: usize = 8192;
+/// Changed instances a partition may always hold before it checkpoints, however small the
+/// cache budget (checkpoints of a handful of instances would cost more than they save).
+const MIN_DIRTY_LIMIT: usize = 1000;
+
 pub(crate) struct Leader {
     partition: u32,
     shared: Arc<Shared>,
@@ -157,7 +164,15 @@ impl Leader {
             if shutdown.is_some() {
                 break;
             }
+            // Changed instances stay in memory until a checkpoint has them: a burst of new
+            // instances (a million starts) is checkpointed in slices that fit the cache
+            // budget rather than held whole.
+            let dirty_limit = (self.shared.config.instance_cache_mb * 1024 * 1024
+                / self.shared.partition_count as usize
+                / DIRTY_INSTANCE_BYTES)
+                .max(MIN_DIRTY_LIMIT);
             let due = self.records_since_checkpoint >= self.shared.config.checkpoint_every_records
+                || self.state.dirty_count() >= dirty_limit
                 || (self.records_since_checkpoint > 0
                     && self
                         .shared
@@ -273,7 +288,12 @@ impl Leader {
                     cursor,
                 } => {
                     self.running.remove(&instance_id);
-                    if let Some(c) = cursor {
+                    // A cursor continues an execution; one that ended (completed, failed or
+                    // continued as new) never runs again, so it is not worth keeping.
+                    let ended = result.as_ref().is_some_and(|r| {
+                        r.actions.iter().any(|a| matches!(a, Action::Complete(_)))
+                    });
+                    if let Some(c) = cursor.filter(|_| !ended) {
                         if self.shared.config.cache_orchestrators {
                             self.cursors.insert(instance_id.clone(), c);
                         }

@@ -1,0 +1,454 @@
+//! `cairn bench large-hub`: a hub of `--hub-size` completed instances (a million by default)
+//! plus a few thousand running, failed and suspended ones, and what a user of such a hub feels:
+//! how fast it fills, what it costs on disk and in memory, how fast indexed queries, cold status
+//! reads and counts answer, how fast a purge by filter goes and what it does to a running chain,
+//! and how long a restart takes to answer its first request.
+
+use super::*;
+use cairn_runtime::{Client, InstanceQuery, QueryFilter, StartOptions};
+use serde_json::json;
+
+/// Orchestration names the hub's instances are spread over.
+const NAMES: u64 = 10;
+
+/// The large hub's orchestrations: `hub_0`..`hub_9` complete at once with their input,
+/// `hub_wait` waits for an event, `hub_fail` fails.
+pub(super) fn orchestrations(mut registry: Registry) -> Registry {
+    for i in 0..NAMES {
+        registry = registry.orchestration(&format!("hub_{i}"), |_ctx, n: u64| async move {
+            Ok::<_, TaskError>(n)
+        });
+    }
+    registry
+        .orchestration("hub_wait", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.wait_for_event::<u64>("go").await
+        })
+        .orchestration("hub_fail", |_ctx, _: ()| async move {
+            Err::<(), _>(TaskError::new("HubFailure", "failed on purpose"))
+        })
+}
+
+fn instance_id(i: u64) -> String {
+    format!("i{i:08}")
+}
+
+/// Resident set size of this process, in bytes (Linux; 0 elsewhere).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn count(engine: &Engine, status: RuntimeStatus) -> u64 {
+    engine
+        .stats()
+        .iter()
+        .flat_map(|s| s.instances_by_status())
+        .filter(|(s, _)| *s == status)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+async fn start(client: &Client, name: &str, id: String, input: u64) -> Result<()> {
+    let options = StartOptions {
+        instance_id: Some(id),
+        ..StartOptions::default()
+    };
+    match name {
+        "hub_wait" | "hub_fail" => client.start_with(name, &(), options).await?,
+        _ => client.start_with(name, &input, options).await?,
+    };
+    Ok(())
+}
+
+/// Latency percentiles (ms) of `samples` runs of `op`.
+async fn latency<F, Fut>(samples: u64, mut op: F) -> Result<Value>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut h = histogram();
+    for i in 0..samples {
+        let t = Instant::now();
+        op(i).await?;
+        record(&mut h, t.elapsed());
+    }
+    Ok(json!({
+        "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+        "samples": samples,
+    }))
+}
+
+type Value = serde_json::Value;
+
+/// 10-step chains one at a time for `run_for`: p50/p99 ms.
+async fn chains(client: &Client, run_for: Duration) -> Result<(Value, u64)> {
+    let mut h = histogram();
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < run_for || n < 20 {
+        record(&mut h, ten_step_chain(client).await?);
+        n += 1;
+    }
+    Ok((
+        json!({
+            "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "chains": n,
+        }),
+        n,
+    ))
+}
+
+pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Bench, BenchResult)> {
+    let client = b.engine.client().waiting_for_room();
+    let rss_empty = rss();
+    let others = (hub_size / 500).clamp(10, 3000);
+
+    // Fill: `hub_size` instances that complete at once, spread over the names, 2,000 in flight
+    // (a start is acknowledged when durable); then a few thousand others.
+    let pb = bar(hub_size, "large-hub fill");
+    let fill_start = Instant::now();
+    futures::stream::iter(0..hub_size)
+        .map(|i| {
+            let client = client.clone();
+            async move { start(&client, &format!("hub_{}", i % NAMES), instance_id(i), i).await }
+        })
+        .buffer_unordered(2000)
+        .enumerate()
+        .for_each(|(n, r)| {
+            if let Err(e) = r {
+                pb.println(format!("a start failed: {e}"));
+            }
+            if n % 1000 == 0 {
+                pb.set_position(n as u64);
+            }
+            futures::future::ready(())
+        })
+        .await;
+    while count(&b.engine, RuntimeStatus::Completed) < hub_size {
+        pb.set_position(count(&b.engine, RuntimeStatus::Completed));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fill_seconds = fill_start.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    for i in 0..others {
+        let id = format!("x{i:06}");
+        match i % 4 {
+            0 | 1 => start(&client, "hub_wait", id, 0).await?,
+            2 => start(&client, "hub_fail", id, 0).await?,
+            _ => {
+                start(&client, "hub_wait", id.clone(), 0).await?;
+                client.wait_for_start(&id, WAIT).await?;
+                client.suspend(&id, Some("bench")).await?;
+            }
+        }
+    }
+    while count(&b.engine, RuntimeStatus::Failed) < others / 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.engine.checkpoint().await?;
+    let disk = dir_bytes(&b.dir);
+    let rss_full = rss();
+    let cached: u64 = b
+        .engine
+        .stats()
+        .iter()
+        .map(|s| s.cached_instances.load(Ordering::Relaxed))
+        .sum();
+
+    let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+    let mut random = move |below: u64| {
+        // xorshift: a fixed sequence, no dependency.
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state % below.max(1)
+    };
+    let page = |filter: QueryFilter, token: Option<String>| {
+        let client = client.clone();
+        async move {
+            client
+                .query(&InstanceQuery {
+                    filter,
+                    page_size: 100,
+                    continuation_token: token,
+                    fetch_inputs_and_outputs: false,
+                })
+                .await
+        }
+    };
+    let samples = 200;
+    let running = QueryFilter {
+        statuses: vec![RuntimeStatus::Running],
+        ..QueryFilter::default()
+    };
+    let first_running = latency(samples, |_| {
+        let f = page(running.clone(), None);
+        async move {
+            let p = f.await?;
+            anyhow::ensure!(!p.instances.is_empty(), "no Running instances found");
+            Ok(())
+        }
+    })
+    .await?;
+    let by_name = QueryFilter {
+        name: Some("hub_3".into()),
+        ..QueryFilter::default()
+    };
+    let first_by_name = latency(samples, |_| {
+        let f = page(by_name.clone(), None);
+        async move {
+            anyhow::ensure!(f.await?.instances.len() == 100, "a short first page");
+            Ok(())
+        }
+    })
+    .await?;
+    // 100 pages into a walk of the completed instances, newest first.
+    let completed = QueryFilter {
+        statuses: vec![RuntimeStatus::Completed],
+        ..QueryFilter::default()
+    };
+    let mut token = None;
+    let depth = (hub_size / 100 / 2).min(100);
+    for _ in 0..depth {
+        token = page(completed.clone(), token).await?.continuation_token;
+    }
+    let deep = latency(samples, |_| {
+        let f = page(completed.clone(), token.clone());
+        async move {
+            anyhow::ensure!(
+                f.await?.instances.len() == 100,
+                "a short page deep in the walk"
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    // Ids i0000xxxx: a 7-digit prefix names 10 instances.
+    let prefixes: Vec<String> = (0..samples)
+        .map(|_| format!("i{:07}", random(hub_size / 10)))
+        .collect();
+    let by_prefix = latency(samples, |i| {
+        let f = page(
+            QueryFilter {
+                instance_id_prefix: Some(prefixes[i as usize].clone()),
+                ..QueryFilter::default()
+            },
+            None,
+        );
+        async move {
+            anyhow::ensure!(!f.await?.instances.is_empty(), "an id prefix found nothing");
+            Ok(())
+        }
+    })
+    .await?;
+    let ids: Vec<String> = (0..samples)
+        .map(|_| instance_id(random(hub_size)))
+        .collect();
+    let cold_status = latency(samples, |i| {
+        let client = client.clone();
+        let id = ids[i as usize].clone();
+        async move {
+            anyhow::ensure!(
+                client.get_status(&id, false).await?.is_some(),
+                "{id} is missing"
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    let counts = latency(samples, |_| {
+        let total: u64 = RuntimeStatus::ALL
+            .iter()
+            .map(|s| count(&b.engine, *s))
+            .sum();
+        async move {
+            anyhow::ensure!(total > 0, "no instances counted");
+            Ok(())
+        }
+    })
+    .await?;
+
+    // Purge half by filter (the older half: created up to the middle instance) while 10-step
+    // chains run one at a time; the chains' latency without the purge first.
+    let (chain_alone, _) = chains(&client, Duration::from_secs(3)).await?;
+    let middle = client
+        .get_status(&instance_id(hub_size / 2), false)
+        .await?
+        .context("the middle instance is missing")?;
+    let purge_filter = QueryFilter {
+        statuses: vec![RuntimeStatus::Completed],
+        created_to: Some(middle.created_at),
+        ..QueryFilter::default()
+    };
+    let purge_start = Instant::now();
+    let purge = {
+        let client = client.clone();
+        tokio::spawn(async move { client.purge_by_filter(purge_filter).await })
+    };
+    let mut h = histogram();
+    let mut during = 0u64;
+    while !purge.is_finished() || during < 20 {
+        record(&mut h, ten_step_chain(&client).await?);
+        during += 1;
+    }
+    let purged = purge.await??;
+    let purge_seconds = purge_start.elapsed().as_secs_f64();
+    let chain_during = json!({
+        "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+        "chains": during,
+    });
+
+    // Restart: a clean shutdown, then open and answer one status read.
+    let survivor = instance_id(hub_size - 1);
+    let Bench {
+        engine,
+        config,
+        dir,
+        progress,
+        stamps,
+    } = b;
+    engine.shutdown().await?;
+    let restart_start = Instant::now();
+    let engine = Engine::open(
+        config.clone(),
+        super::registry(progress.clone(), stamps.clone()),
+    )
+    .await?;
+    let answered = engine.client().get_status(&survivor, false).await?;
+    let restart_seconds = restart_start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        answered.is_some(),
+        "{survivor} is missing after the restart"
+    );
+    let b = Bench {
+        engine,
+        config,
+        dir,
+        progress,
+        stamps,
+    };
+    let rss_after_restart = rss();
+
+    let report = json!({
+        "scenario": "large-hub",
+        "hub_size": hub_size,
+        "others": others,
+        "fill_instances_per_s": hub_size as f64 / fill_seconds,
+        "fill_seconds": fill_seconds,
+        "disk_bytes": disk,
+        "disk_bytes_per_instance": disk as f64 / (hub_size + others) as f64,
+        "rss_empty_bytes": rss_empty,
+        "rss_full_bytes": rss_full,
+        "cached_instances": cached,
+        "rss_after_restart_bytes": rss_after_restart,
+        "first_page_running": first_running,
+        "first_page_by_name": first_by_name,
+        "deep_page": deep,
+        "deep_page_depth": depth,
+        "id_prefix_page": by_prefix,
+        "cold_status": cold_status,
+        "counts_by_status": counts,
+        "chain_without_purge": chain_alone,
+        "chain_during_purge": chain_during,
+        "purged": purged,
+        "purge_instances_per_s": purged as f64 / purge_seconds,
+        "restart_to_first_answer_seconds": restart_seconds,
+    });
+    if json_out {
+        println!("{report}");
+    } else {
+        let ms = |v: &Value| {
+            format!(
+                "p50 {:.3} ms, p99 {:.3} ms",
+                v["p50_ms"].as_f64().unwrap_or(0.0),
+                v["p99_ms"].as_f64().unwrap_or(0.0)
+            )
+        };
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        println!("large-hub: {hub_size} completed instances + {others} others");
+        println!(
+            "  fill                         {:.0} instances/s ({fill_seconds:.1} s)",
+            hub_size as f64 / fill_seconds
+        );
+        println!(
+            "  disk                         {:.1} MiB, {:.0} bytes per instance",
+            mib(disk),
+            disk as f64 / (hub_size + others) as f64
+        );
+        println!("  RSS empty / full / restarted {:.0} / {:.0} / {:.0} MiB ({cached} instances in memory when full)", mib(rss_empty), mib(rss_full), mib(rss_after_restart));
+        println!(
+            "  first page of Running        {}",
+            ms(&report["first_page_running"])
+        );
+        println!(
+            "  first page of one name       {}",
+            ms(&report["first_page_by_name"])
+        );
+        println!(
+            "  page {depth} of a walk            {}",
+            ms(&report["deep_page"])
+        );
+        println!(
+            "  id-prefix page               {}",
+            ms(&report["id_prefix_page"])
+        );
+        println!(
+            "  status of a cold instance    {}",
+            ms(&report["cold_status"])
+        );
+        println!(
+            "  counts by status             {}",
+            ms(&report["counts_by_status"])
+        );
+        println!(
+            "  purge by filter              {purged} instances, {:.0}/s",
+            purged as f64 / purge_seconds
+        );
+        println!(
+            "  10-step chain alone          {}",
+            ms(&report["chain_without_purge"])
+        );
+        println!(
+            "  10-step chain during purge   {}",
+            ms(&report["chain_during_purge"])
+        );
+        println!("  restart to first answer      {restart_seconds:.2} s");
+    }
+    let mut h = histogram();
+    record(
+        &mut h,
+        Duration::from_secs_f64(fill_seconds / hub_size as f64),
+    );
+    let result = finish(
+        Scenario::LargeHub,
+        hub_size,
+        Duration::from_secs_f64(fill_seconds),
+        &h,
+        "instances filled into a large hub (details above)",
+    );
+    Ok((b, result))
+}
