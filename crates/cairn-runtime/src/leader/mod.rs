@@ -72,8 +72,9 @@ struct Waiter {
     reply: Reply<InstanceStatus>,
 }
 
-/// What a changed instance costs in memory until it is checkpointed, for sizing the dirty set
-/// (measured: a short completed orchestration with its unsaved history is 3–4 KiB resident).
+/// What a changed instance may cost in memory until it is checkpointed, for sizing the dirty
+/// set (heaptrack during `cairn bench large-hub`: ~5 KiB for a short orchestration with its
+/// unsaved history; rounded up).
 const DIRTY_INSTANCE_BYTES: usize = 8192;
 /// Changed instances a partition may always hold before it checkpoints, however small the
 /// cache budget (checkpoints of a handful of instances would cost more than they save).
