@@ -479,7 +479,9 @@ pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Benc
 
 /// A free loopback port (bound and released; good enough for a benchmark).
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// One HTTP/1.1 request on a new connection; the status code.
@@ -527,7 +529,10 @@ fn kill_and_restart(dir: &std::path::Path, id: &str) -> Result<f64> {
             if let Some(exit) = child.try_wait()? {
                 anyhow::bail!("cairn serve exited ({exit}) before answering");
             }
-            anyhow::ensure!(Instant::now() < deadline, "cairn serve did not answer in 120 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "cairn serve did not answer in 120 s"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     };

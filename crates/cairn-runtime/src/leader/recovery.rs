@@ -198,26 +198,9 @@ fn build_missing_index(partition: u32, store: &dyn CheckpointStore) -> Result<()
         return Ok(());
     }
     let mut index_keys = Vec::new();
-    let mut failure = None;
-    store
-        .scan_instances(
-            None,
-            None,
-            &mut |id, bytes| match InstanceState::decode(bytes) {
-                Ok(s) => {
-                    index_keys.push((id.to_string(), cairn_core::index::keys(&s)));
-                    true
-                }
-                Err(e) => {
-                    failure = Some(format!("instance '{id}' in the store is unreadable: {e}"));
-                    false
-                }
-            },
-        )
-        .map_err(|e| e.to_string())?;
-    if let Some(f) = failure {
-        return Err(f);
-    }
+    each_stored_instance(store, |id, s| {
+        index_keys.push((id.to_string(), cairn_core::index::keys(&s)));
+    })?;
     let count = index_keys.len();
     let batch = CheckpointBatch {
         position: store.checkpoint_position().map_err(|e| e.to_string())?,
@@ -239,27 +222,32 @@ fn build_missing_index(partition: u32, store: &dyn CheckpointStore) -> Result<()
 /// Orchestration instances by name in a checkpoint written before Cairn kept these counts.
 fn count_names(store: &dyn CheckpointStore) -> Result<BTreeMap<String, u64>, String> {
     let mut counts = BTreeMap::new();
+    each_stored_instance(store, |_, s| {
+        if s.entity.is_none() {
+            *counts.entry(s.name).or_insert(0) += 1;
+        }
+    })?;
+    Ok(counts)
+}
+
+/// Calls `f` with every instance of the store, decoded (for the one-time upgrades of a store
+/// written by an older format); a row that does not decode is an error.
+fn each_stored_instance(
+    store: &dyn CheckpointStore,
+    mut f: impl FnMut(&str, InstanceState),
+) -> Result<(), String> {
     let mut failure = None;
     store
-        .scan_instances(
-            None,
-            None,
-            &mut |id, bytes| match InstanceState::decode(bytes) {
-                Ok(s) => {
-                    if s.entity.is_none() {
-                        *counts.entry(s.name).or_insert(0) += 1;
-                    }
-                    true
-                }
+        .scan_instances(None, None, &mut |id, bytes| {
+            match InstanceState::decode(bytes) {
+                Ok(s) => f(id, s),
                 Err(e) => {
                     failure = Some(format!("instance '{id}' in the store is unreadable: {e}"));
-                    false
+                    return false;
                 }
-            },
-        )
+            }
+            true
+        })
         .map_err(|e| e.to_string())?;
-    match failure {
-        Some(f) => Err(f),
-        None => Ok(counts),
-    }
+    failure.map_or(Ok(()), Err)
 }
