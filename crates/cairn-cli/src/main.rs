@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the engine on a data directory (created if missing) until Ctrl-C.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the built-in benchmark workloads in-process on a fresh data directory.
     Bench(bench::BenchArgs),
 }
@@ -54,17 +54,78 @@ pub struct EngineArgs {
     /// RESOURCE_EXHAUSTED, HTTP 429): a flood is pushed back instead of growing memory.
     #[arg(long, default_value_t = 10_000)]
     max_queued_requests: usize,
+    /// Purge completed orchestrations (with their histories) this long after they complete,
+    /// e.g. 7d.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retain_completed: Option<std::time::Duration>,
+    /// Purge failed orchestrations this long after they fail, e.g. 30d.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retain_failed: Option<std::time::Duration>,
+    /// Purge terminated orchestrations this long after they are terminated.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retain_terminated: Option<std::time::Duration>,
+    /// A retention rule for one orchestration name, replacing the hub's for that status:
+    /// NAME:STATUS=AGE, e.g. `--retain nightly-report:completed=1d` (repeatable).
+    #[arg(long = "retain", value_parser = parse_retain_rule)]
+    retain: Vec<(String, cairn_runtime::RuntimeStatus, std::time::Duration)>,
     /// Fault injection for tests: every log sync takes at least this long (a slow disk).
     #[arg(long, value_parser = humantime::parse_duration, hide = true)]
     log_sync_delay: Option<std::time::Duration>,
 }
 
+/// `NAME:STATUS=AGE` of `--retain`.
+fn parse_retain_rule(
+    s: &str,
+) -> Result<(String, cairn_runtime::RuntimeStatus, std::time::Duration), String> {
+    use cairn_runtime::RuntimeStatus;
+    let usage = || format!("'{s}' is not NAME:STATUS=AGE (e.g. nightly-report:completed=1d)");
+    let (name, rest) = s.rsplit_once(':').ok_or_else(usage)?;
+    let (status, age) = rest.split_once('=').ok_or_else(usage)?;
+    let status = match status.to_ascii_lowercase().as_str() {
+        "completed" => RuntimeStatus::Completed,
+        "failed" => RuntimeStatus::Failed,
+        "terminated" => RuntimeStatus::Terminated,
+        other => {
+            return Err(format!(
+                "'{other}' in '{s}': retention applies to completed, failed or terminated"
+            ))
+        }
+    };
+    let age = humantime::parse_duration(age).map_err(|e| format!("'{age}' in '{s}': {e}"))?;
+    if name.is_empty() {
+        return Err(usage());
+    }
+    Ok((name.to_string(), status, age))
+}
+
 impl EngineArgs {
+    /// The retention policy the flags give.
+    fn retention(&self) -> cairn_runtime::RetentionPolicy {
+        let mut policy = cairn_runtime::RetentionPolicy {
+            hub: cairn_runtime::RetentionRule {
+                completed: self.retain_completed,
+                failed: self.retain_failed,
+                terminated: self.retain_terminated,
+            },
+            ..Default::default()
+        };
+        for (name, status, age) in &self.retain {
+            // Only ended statuses get past the parser.
+            let _ = policy
+                .by_name
+                .entry(name.clone())
+                .or_default()
+                .set(*status, *age);
+        }
+        policy
+    }
+
     pub fn config(&self) -> EngineConfig {
         EngineConfig {
             data_dir: self.data.clone(),
             partitions: self.partitions,
             instance_cache_mb: self.instance_cache_mb,
+            retention: self.retention(),
             store_cache_mb: self.store_cache_mb,
             max_concurrent_orchestrations: self.max_concurrent_orchestrations,
             max_concurrent_activities: self.max_concurrent_activities,
@@ -125,7 +186,7 @@ fn main() -> Result<()> {
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

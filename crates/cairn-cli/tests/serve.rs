@@ -167,6 +167,20 @@ fn serve_explains_an_unusable_data_directory() {
 }
 
 #[test]
+fn serve_explains_a_bad_retention_rule() {
+    for (rule, says) in [
+        ("nightly", "NAME:STATUS=AGE"),
+        ("nightly:running=1d", "completed, failed or terminated"),
+        ("nightly:completed=soon", "'soon'"),
+    ] {
+        let out = cairn().args(["serve", "--retain", rule]).output().unwrap();
+        assert!(!out.status.success(), "--retain {rule} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "--retain {rule}: {err}");
+    }
+}
+
+#[test]
 fn bench_refuses_a_scale_that_runs_nothing() {
     for scale in ["0", "-1", "nan"] {
         let out = cairn()

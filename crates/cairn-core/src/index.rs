@@ -19,6 +19,8 @@
 //! | by orchestration name | `n` len name time id |
 //! | by name and status | `m` len name status time id |
 //! | entities by name and last operation | `e` len name time id |
+//! | ended orchestrations by status and completion (retention) | `f` status time id |
+//! | the same within a name | `g` len name status time id |
 //!
 //! Changing any of this is a change of the on-disk format.
 
@@ -31,6 +33,8 @@ const STATUS: u8 = b's';
 const NAME: u8 = b'n';
 const NAME_STATUS: u8 = b'm';
 const ENTITY: u8 = b'e';
+const ENDED: u8 = b'f';
+const NAME_ENDED: u8 = b'g';
 
 /// A stable one-byte code per status (never reuse or renumber one).
 pub fn status_code(s: RuntimeStatus) -> u8 {
@@ -72,6 +76,21 @@ pub fn orchestration_prefix(name: Option<&str>, status: Option<RuntimeStatus>) -
         }
         (None, None) => key.push(ALL),
     }
+    key
+}
+
+/// The prefix of ended orchestrations (of one name, or all) with status `status`, keyed by
+/// completion time: what a retention policy reads.
+pub fn ended_prefix(name: Option<&str>, status: RuntimeStatus) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    match name {
+        Some(n) => {
+            key.push(NAME_ENDED);
+            push_name(&mut key, n);
+        }
+        None => key.push(ENDED),
+    }
+    key.push(status_code(status));
     key
 }
 
@@ -120,12 +139,17 @@ pub fn keys(state: &InstanceState) -> Vec<Vec<u8>> {
     let created = state.created_at;
     let name = Some(state.name.as_str());
     let status = Some(state.status);
-    vec![
+    let mut keys = vec![
         key_at(&orchestration_prefix(None, None), created, id),
         key_at(&orchestration_prefix(None, status), created, id),
         key_at(&orchestration_prefix(name, None), created, id),
         key_at(&orchestration_prefix(name, status), created, id),
-    ]
+    ];
+    if let Some(completed) = state.completed_at.filter(|_| state.status.is_terminal()) {
+        keys.push(key_at(&ended_prefix(None, state.status), completed, id));
+        keys.push(key_at(&ended_prefix(name, state.status), completed, id));
+    }
+    keys
 }
 
 #[cfg(test)]

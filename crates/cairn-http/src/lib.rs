@@ -56,6 +56,8 @@ pub struct AppState {
     pub published_workers: Arc<parking_lot::Mutex<std::collections::HashSet<metrics::WorkerGauge>>>,
     /// Orchestration names with a published `cairn_instances_by_name` gauge.
     pub published_names: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
+    /// The engine's retention policy (shown by `/api/retention`).
+    pub retention: Arc<cairn_runtime::RetentionPolicy>,
 }
 
 /// The whole HTTP application for `engine`.
@@ -78,12 +80,14 @@ pub fn router(
         remote: engine.remote_queue(),
         published_workers: Arc::default(),
         published_names: Arc::default(),
+        retention: Arc::new(engine.config().retention.clone()),
     };
     Router::new()
         .merge(api::routes())
         .route("/metrics", get(metrics::prometheus))
         .route("/api/stats", get(metrics::stats_json))
         .route("/api/workers", get(metrics::workers_json))
+        .route("/api/retention", get(metrics::retention_json))
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .merge(dashboard::routes())
@@ -188,6 +192,47 @@ pub fn listener_without_delay(
 
 #[cfg(test)]
 mod tests {
+    /// `/api/retention` shows the policy the engine runs with.
+    #[tokio::test]
+    async fn retention_shows_the_policy() {
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86_400);
+        let mut policy = cairn_runtime::RetentionPolicy::default();
+        policy.hub.completed = Some(7 * day);
+        policy.by_name.entry("nightly".into()).or_default().failed = Some(day);
+        let engine = cairn_runtime::Engine::open(
+            cairn_runtime::EngineConfig {
+                data_dir: dir.path().to_path_buf(),
+                partitions: Some(2),
+                retention: policy,
+                ..Default::default()
+            },
+            cairn_runtime::Registry::new(),
+        )
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = super::router(&engine, super::HttpConfig::default(), None);
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /api/retention HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["hub"]["completed"], "7days", "{json}");
+        assert_eq!(json["hub"]["failed"], serde_json::Value::Null, "{json}");
+        assert_eq!(json["byName"]["nightly"]["failed"], "1day", "{json}");
+        assert_eq!(json["purged"], 0, "{json}");
+        server.abort();
+        engine.shutdown().await.unwrap();
+    }
+
     /// Small HTTP answers must not wait for the client's delayed ACK.
     #[tokio::test]
     async fn accepted_http_connections_have_nodelay() {

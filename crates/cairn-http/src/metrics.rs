@@ -48,6 +48,10 @@ fn describe() {
         "cairn_instances_by_name",
         "Orchestration instances by orchestration name"
     );
+    describe_counter!(
+        "cairn_purged_total",
+        "Instances purged with their histories, by request or by the retention policy"
+    );
     describe_gauge!(
         "cairn_work_queue_length",
         "Work items waiting for a worker slot or a connected SDK worker"
@@ -185,6 +189,37 @@ pub async fn workers_json(State(state): State<AppState>) -> Json<Value> {
     }
 }
 
+/// `/api/retention`: how long ended orchestrations are kept (hub-wide and per name; absent:
+/// forever) and how many were purged through this process.
+pub async fn retention_json(State(state): State<AppState>) -> Json<Value> {
+    let rule = |r: &cairn_runtime::RetentionRule| {
+        let age = |d: Option<std::time::Duration>| {
+            d.map(|d| Value::from(humantime::format_duration(d).to_string()))
+                .unwrap_or(Value::Null)
+        };
+        json!({
+            "completed": age(r.completed),
+            "failed": age(r.failed),
+            "terminated": age(r.terminated),
+        })
+    };
+    let by_name: Map<String, Value> = state
+        .retention
+        .by_name
+        .iter()
+        .map(|(name, r)| (name.clone(), rule(r)))
+        .collect();
+    Json(json!({
+        "hub": rule(&state.retention.hub),
+        "byName": by_name,
+        "purged": state
+            .stats
+            .iter()
+            .map(|s| s.purged.load(Ordering::Relaxed))
+            .sum::<u64>(),
+    }))
+}
+
 /// Orchestration instances by status, summed over the partitions.
 fn instances_by_status(state: &AppState) -> Vec<(cairn_core::RuntimeStatus, u64)> {
     let mut total: Vec<(cairn_core::RuntimeStatus, u64)> =
@@ -252,6 +287,12 @@ fn publish(state: &AppState) {
     for (status, n) in instances_by_status(state) {
         gauge!("cairn_instances", "status" => status.as_str()).set(n as f64);
     }
+    let purged: u64 = state
+        .stats
+        .iter()
+        .map(|s| s.purged.load(Ordering::Relaxed))
+        .sum();
+    counter!("cairn_purged_total").absolute(purged);
     let by_name = instances_by_name(state);
     let mut published = state.published_names.lock();
     for gone in published.iter().filter(|n| !by_name.contains_key(*n)) {

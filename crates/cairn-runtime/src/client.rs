@@ -548,7 +548,10 @@ impl Client {
             )
             .await?
         {
-            ClientResponse::Purged { count } => Ok(count),
+            ClientResponse::Purged { count } => {
+                self.count_purged(instance_id, count);
+                Ok(count)
+            }
             other => Err(EngineError::InvalidArgument(format!(
                 "unexpected answer: {other:?}"
             ))),
@@ -595,22 +598,82 @@ impl Client {
                 }
                 after = page.last().map(|s| QueryPosition::of(&filter, s));
                 let ids: Vec<String> = page.into_iter().map(|s| s.instance_id).collect();
-                let (reply, rx) = oneshot::channel();
-                // A purge in progress waits for room rather than stopping half way.
-                self.shared
-                    .send_request(
+                total += self.purge_batch(p, ids).await?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Purges `ids` of partition `p` (terminal ones; others stay): one logged request.
+    async fn purge_batch(&self, p: u32, ids: Vec<String>) -> Result<u64, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        // A purge in progress waits for room rather than stopping half way.
+        self.shared
+            .send_request(
+                p,
+                Input::Client {
+                    kind: ClientRequestKind::Purge { instance_ids: ids },
+                    reply,
+                },
+                true,
+            )
+            .await?;
+        match rx.await.map_err(|_| EngineError::ShuttingDown)?? {
+            ClientResponse::Purged { count } => {
+                if let Some(stats) = self.shared.stats.get(p as usize) {
+                    stats
+                        .purged
+                        .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(count)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    fn count_purged(&self, instance_id: &str, count: u64) {
+        let p = partition_of(instance_id, self.shared.partition_count);
+        if let Some(stats) = self.shared.stats.get(p as usize) {
+            stats
+                .purged
+                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Purges the ended orchestrations with `status` (of `name`, or any) completed at or
+    /// before `completed_by`, in batches of [`PURGE_BATCH`]: what a retention policy does.
+    pub(crate) async fn purge_expired(
+        &self,
+        status: RuntimeStatus,
+        name: Option<&str>,
+        completed_by: Millis,
+    ) -> Result<u64, EngineError> {
+        let mut total = 0;
+        for p in 0..self.shared.partition_count {
+            loop {
+                let ids = match self
+                    .read(
                         p,
-                        Input::Client {
-                            kind: ClientRequestKind::Purge { instance_ids: ids },
-                            reply,
+                        ReadRequest::Expired {
+                            status,
+                            name: name.map(String::from),
+                            completed_by,
+                            limit: PURGE_BATCH,
                         },
-                        true,
                     )
-                    .await?;
-                if let ClientResponse::Purged { count } =
-                    rx.await.map_err(|_| EngineError::ShuttingDown)??
+                    .await?
                 {
-                    total += count;
+                    ReadResponse::Ids(ids) => ids,
+                    _ => Vec::new(),
+                };
+                if ids.is_empty() {
+                    break;
+                }
+                let purged = self.purge_batch(p, ids).await?;
+                total += purged;
+                if purged == 0 {
+                    // Changed since the read (rewound, say): the next sweep looks again.
+                    break;
                 }
             }
         }

@@ -61,6 +61,10 @@ pub struct EngineConfig {
     /// Decode the rows of status reads, history reads, queries and scans on the partition's
     /// own task, stalling it meanwhile, instead of off it (for comparison only).
     pub reads_on_loop: bool,
+    /// How long ended orchestrations are kept (none: forever).
+    pub retention: crate::retention::RetentionPolicy,
+    /// How often the retention policy is applied.
+    pub retention_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -89,6 +93,8 @@ impl Default for EngineConfig {
             router: None,
             checkpoints_in_place: false,
             reads_on_loop: false,
+            retention: crate::retention::RetentionPolicy::default(),
+            retention_interval: Duration::from_secs(60),
         }
     }
 }

@@ -25,6 +25,8 @@ pub use crate::leader::RecoveryReport;
 pub struct Engine {
     shared: Arc<Shared>,
     leaders: Vec<tokio::task::JoinHandle<()>>,
+    /// The retention sweeper, when a policy is set.
+    retention: Option<tokio::task::JoinHandle<()>>,
     pub recovery: Vec<RecoveryReport>,
     pub hub: HubMeta,
     /// True when this open created the task hub (the directory had none).
@@ -155,9 +157,25 @@ impl Engine {
             return Err(e);
         }
         let handles = leaders.into_iter().map(|l| tokio::spawn(l.run())).collect();
+        let retention = (!shared.config.retention.is_empty()).then(|| {
+            let stats = shared.stats.clone();
+            tokio::spawn(crate::retention::run(
+                Client::new(shared.clone()),
+                shared.config.retention.clone(),
+                shared.config.retention_interval,
+                shared.clock.clone(),
+                move || {
+                    stats
+                        .iter()
+                        .flat_map(|s| s.instances_by_name().keys().cloned().collect::<Vec<_>>())
+                        .collect()
+                },
+            ))
+        });
         Ok(Engine {
             shared,
             leaders: handles,
+            retention,
             recovery,
             hub,
             created: opened.created,
@@ -199,6 +217,9 @@ impl Engine {
 
     /// Flushes and checkpoints every partition, then stops.
     pub async fn shutdown(self) -> Result<(), EngineError> {
+        if let Some(r) = &self.retention {
+            r.abort();
+        }
         let mut waits = Vec::new();
         for p in 0..self.shared.partition_count {
             let (tx, rx) = oneshot::channel();

@@ -37,6 +37,7 @@ pub mod hub;
 mod inbox;
 mod leader;
 pub mod remote;
+pub mod retention;
 pub mod router;
 mod shared;
 pub mod stats;
@@ -53,6 +54,7 @@ pub use error::{EngineError, TaskError};
 pub use futures::future::Either;
 pub use orchestration::{CriticalSection, DurableFuture, OrchestrationContext, RetryPolicy};
 pub use registry::{ActivityContext, Registry};
+pub use retention::{RetentionPolicy, RetentionRule};
 pub use stats::{LeaderStats, WorkGauge};
 
 /// The README's example, compiled and run as a doc test so it stays true.

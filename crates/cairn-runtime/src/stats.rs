@@ -29,6 +29,8 @@ pub struct LeaderStats {
     pub cache_misses: AtomicU64,
     /// Orchestration instances by status, in [`RuntimeStatus::ALL`] order.
     pub status_counts: [AtomicU64; RuntimeStatus::ALL.len()],
+    /// Instances purged (by request or by retention) through this process.
+    pub purged: AtomicU64,
     /// Orchestration instances by name (published by the leader when they change).
     pub name_counts: Mutex<Arc<BTreeMap<String, u64>>>,
     /// Episodes waiting for an orchestration slot or a remote worker.

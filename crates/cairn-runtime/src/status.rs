@@ -348,6 +348,14 @@ pub(crate) enum ReadRequest {
     Entity {
         entity_id: String,
     },
+    /// Ended orchestrations with `status` (of `name`, or any) completed at or before
+    /// `completed_by`: what a retention policy purges. At most `limit` ids.
+    Expired {
+        status: RuntimeStatus,
+        name: Option<String>,
+        completed_by: Millis,
+        limit: usize,
+    },
     Entities {
         prefix: String,
         after: Option<String>,
@@ -361,4 +369,5 @@ pub(crate) enum ReadResponse {
     Page(Vec<InstanceStatus>),
     Entity(Option<EntityStatus>),
     Entities(Vec<EntityStatus>),
+    Ids(Vec<String>),
 }

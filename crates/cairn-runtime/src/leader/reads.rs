@@ -60,6 +60,14 @@ enum FromStore {
         include_state: bool,
         page: ScanPage<EntityStatus>,
     },
+    /// Ended orchestrations past a retention age, from the completion-time index.
+    Expired {
+        prefix: Vec<u8>,
+        completed_by: Millis,
+        limit: usize,
+        changed: HashSet<String>,
+        found: Vec<String>,
+    },
 }
 
 /// A page of instances in id order: what memory has, and the range to fill from the store.
@@ -251,6 +259,36 @@ impl Leader {
                     found,
                 })
             }
+            ReadRequest::Expired {
+                status,
+                name,
+                completed_by,
+                limit,
+            } => {
+                let mut changed = HashSet::with_capacity(self.state.dirty_count());
+                let mut found = Vec::new();
+                for id in self.state.dirty_ids() {
+                    changed.insert(id.clone());
+                    let Some(s) = self.state.loaded(id).map(|i| &i.state) else {
+                        continue;
+                    };
+                    if s.entity.is_none()
+                        && s.status == status
+                        && name.as_deref().is_none_or(|n| s.name == n)
+                        && s.completed_at.is_some_and(|c| c <= completed_by)
+                        && found.len() < limit
+                    {
+                        found.push(id.clone());
+                    }
+                }
+                self.with_snapshot(FromStore::Expired {
+                    prefix: index::ended_prefix(name.as_deref(), status),
+                    completed_by,
+                    limit,
+                    changed,
+                    found,
+                })
+            }
             ReadRequest::Entities {
                 prefix,
                 after,
@@ -434,6 +472,26 @@ impl StoreRead {
                 sort_for(&filter, &mut found);
                 found.truncate(limit);
                 Ok(ReadResponse::Page(found))
+            }
+            FromStore::Expired {
+                prefix,
+                completed_by,
+                limit,
+                changed,
+                mut found,
+            } => {
+                let below = index::after_time(&prefix, completed_by);
+                if found.len() < limit {
+                    store
+                        .scan_index_desc(&prefix, Some(&below), &mut |_, id| {
+                            if !changed.contains(id) {
+                                found.push(id.to_string());
+                            }
+                            found.len() < limit
+                        })
+                        .map_err(|e| error(e.to_string()))?;
+                }
+                Ok(ReadResponse::Ids(found))
             }
             FromStore::Entities {
                 include_state,

@@ -1,0 +1,146 @@
+//! Retention: ended orchestrations are purged when their age passes the policy (per status,
+//! per name), across a restart, and nothing else is.
+
+mod common;
+
+use cairn_runtime::clock::TokioClock;
+use cairn_runtime::*;
+use common::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn registry_with_endings() -> Registry {
+    registry()
+        .orchestration("boom", |_ctx: OrchestrationContext, _: ()| async move {
+            Err::<(), _>(TaskError::new("Boom", "failed on purpose"))
+        })
+        .orchestration("waits", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.wait_for_event::<i64>("go").await
+        })
+}
+
+async fn exists(client: &Client, id: &str) -> bool {
+    client.get_status(id, false).await.unwrap().is_some()
+}
+
+async fn start(client: &Client, name: &str, id: &str) {
+    let options = StartOptions {
+        instance_id: Some(id.to_string()),
+        ..StartOptions::default()
+    };
+    match name {
+        "boom" | "waits" => client.start_with(name, &(), options).await.unwrap(),
+        _ => client.start_with(name, &2i64, options).await.unwrap(),
+    };
+}
+
+fn purged(engine: &Engine) -> u64 {
+    engine
+        .stats()
+        .iter()
+        .map(|s| s.purged.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_purges_exactly_what_the_policy_names_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TokioClock::starting_at(1_700_000_000_000));
+    let policy = RetentionPolicy {
+        hub: RetentionRule {
+            completed: Some(60 * MINUTE),
+            failed: Some(120 * MINUTE),
+            terminated: None,
+        },
+        by_name: BTreeMap::from([(
+            "fan_out".to_string(),
+            RetentionRule {
+                completed: Some(10 * MINUTE),
+                ..RetentionRule::default()
+            },
+        )]),
+    };
+    let config = || EngineConfig {
+        clock: Some(clock.clone()),
+        retention: policy.clone(),
+        retention_interval: MINUTE,
+        ..common::config(dir.path())
+    };
+    let engine = Engine::open(config(), registry_with_endings())
+        .await
+        .unwrap();
+    let client = engine.client();
+    for (name, id) in [
+        ("chain", "c1"),
+        ("chain", "c2"),
+        ("fan_out", "f1"),
+        ("fan_out", "f2"),
+        ("boom", "b1"),
+        ("waits", "t1"),
+        ("waits", "w1"),
+    ] {
+        start(&client, name, id).await;
+    }
+    for id in ["c1", "c2", "f1", "f2", "b1"] {
+        client.wait_for_completion(id, WAIT).await.unwrap();
+    }
+    client.wait_for_start("t1", WAIT).await.unwrap();
+    client.terminate("t1", Some("stop"), false).await.unwrap();
+    client.wait_for_completion("t1", WAIT).await.unwrap();
+    client.wait_for_start("w1", WAIT).await.unwrap();
+
+    // 11 minutes: only the fan-outs (their own rule: 10 minutes) are gone.
+    tokio::time::sleep(11 * MINUTE).await;
+    for (id, kept) in [
+        ("f1", false),
+        ("f2", false),
+        ("c1", true),
+        ("c2", true),
+        ("b1", true),
+        ("t1", true),
+        ("w1", true),
+    ] {
+        assert_eq!(exists(&client, id).await, kept, "{id} at 11 minutes");
+    }
+    assert_eq!(purged(&engine), 2);
+    engine.shutdown().await.unwrap();
+
+    // After a restart, the same policy goes on: the chains at an hour, the failure at two.
+    let engine = Engine::open(config(), registry_with_endings())
+        .await
+        .unwrap();
+    let client = engine.client();
+    tokio::time::sleep(50 * MINUTE).await;
+    for (id, kept) in [("c1", false), ("c2", false), ("b1", true), ("t1", true)] {
+        assert_eq!(exists(&client, id).await, kept, "{id} at 61 minutes");
+    }
+    tokio::time::sleep(60 * MINUTE).await;
+    assert!(!exists(&client, "b1").await, "b1 at 121 minutes");
+    // No rule for terminated instances, and running ones are never purged.
+    tokio::time::sleep(24 * 60 * MINUTE).await;
+    assert!(exists(&client, "t1").await);
+    assert!(exists(&client, "w1").await);
+    assert_eq!(purged(&engine), 3);
+    // The histories went with them.
+    let page = client
+        .query(&InstanceQuery {
+            filter: QueryFilter {
+                instance_id_prefix: Some(String::new()),
+                ..QueryFilter::default()
+            },
+            ..InstanceQuery::default()
+        })
+        .await
+        .unwrap();
+    let left: Vec<&str> = page
+        .instances
+        .iter()
+        .map(|s| s.instance_id.as_str())
+        .collect();
+    assert_eq!(left, ["t1", "w1"]);
+    client.raise_event("w1", "go", &1i64).await.unwrap();
+    engine.shutdown().await.unwrap();
+}
