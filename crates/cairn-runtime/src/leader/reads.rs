@@ -235,20 +235,11 @@ impl Leader {
                 after,
                 limit,
             } => {
-                let mut changed = HashSet::with_capacity(self.state.dirty_count());
-                let mut found = Vec::new();
-                for id in self.state.dirty_ids() {
-                    changed.insert(id.clone());
-                    let Some(inst) = self.state.loaded(id) else {
-                        continue;
-                    };
-                    let s = &inst.state;
-                    if filter.matches(s)
-                        && after.as_ref().is_none_or(|a| a.is_past(s.created_at, id))
-                    {
-                        found.push(InstanceStatus::from_state(s));
-                    }
-                }
+                let (changed, mut found) = self.changed(|id, s| {
+                    (filter.matches(s)
+                        && after.as_ref().is_none_or(|a| a.is_past(s.created_at, id)))
+                    .then(|| InstanceStatus::from_state(s))
+                });
                 sort_for(&filter, &mut found);
                 found.truncate(limit);
                 self.with_snapshot(FromStore::Newest {
@@ -265,22 +256,14 @@ impl Leader {
                 completed_by,
                 limit,
             } => {
-                let mut changed = HashSet::with_capacity(self.state.dirty_count());
-                let mut found = Vec::new();
-                for id in self.state.dirty_ids() {
-                    changed.insert(id.clone());
-                    let Some(s) = self.state.loaded(id).map(|i| &i.state) else {
-                        continue;
-                    };
-                    if s.entity.is_none()
+                let (changed, mut found) = self.changed(|id, s| {
+                    (s.entity.is_none()
                         && s.status == status
                         && name.as_deref().is_none_or(|n| s.name == n)
-                        && s.completed_at.is_some_and(|c| c <= completed_by)
-                        && found.len() < limit
-                    {
-                        found.push(id.clone());
-                    }
-                }
+                        && s.completed_at.is_some_and(|c| c <= completed_by))
+                    .then(|| id.to_string())
+                });
+                found.truncate(limit);
                 self.with_snapshot(FromStore::Expired {
                     prefix: index::ended_prefix(name.as_deref(), status),
                     completed_by,
@@ -315,6 +298,23 @@ impl Leader {
             }),
             Err(e) => Prepared::Done(Err(self.storage_error(e.to_string()))),
         }
+    }
+
+    /// Every instance changed since the last checkpoint (their index entries in the store are
+    /// stale), and what `pick` makes of those that still exist.
+    fn changed<T>(
+        &self,
+        mut pick: impl FnMut(&str, &InstanceState) -> Option<T>,
+    ) -> (HashSet<String>, Vec<T>) {
+        let mut changed = HashSet::with_capacity(self.state.dirty_count());
+        let mut picked = Vec::new();
+        for id in self.state.dirty_ids() {
+            changed.insert(id.clone());
+            if let Some(t) = self.state.loaded(id).and_then(|i| pick(id, &i.state)) {
+                picked.push(t);
+            }
+        }
+        (changed, picked)
     }
 
     /// The instances in range changed since the last checkpoint, and the first `limit` of
