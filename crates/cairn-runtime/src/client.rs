@@ -6,7 +6,9 @@
 use crate::error::EngineError;
 use crate::inbox::Input;
 use crate::shared::Shared;
-use crate::status::{sort_for, QueryPosition, ReadRequest, ReadResponse};
+use crate::status::{
+    from_token_text, sort_for, token_text, QueryPosition, ReadRequest, ReadResponse,
+};
 pub use crate::status::{
     CleanResult, EntityPage, EntityQuery, EntityStatus, InstanceQuery, InstanceStatus, QueryFilter,
     QueryPage, StartOptions, WaitFor,
@@ -458,13 +460,24 @@ impl Client {
             None => "@".to_string(),
         };
         let page_size = query.page_size.clamp(1, 10_000);
+        let after = query
+            .continuation_token
+            .as_deref()
+            .map(|t| {
+                from_token_text(t).ok_or_else(|| {
+                    EngineError::InvalidArgument(format!(
+                        "continuation token '{t}' is not one an entity query returned"
+                    ))
+                })
+            })
+            .transpose()?;
         let mut asks = Vec::new();
         for p in 0..self.shared.partition_count {
             asks.push(self.read(
                 p,
                 ReadRequest::Entities {
                     prefix: prefix.clone(),
-                    after: query.continuation_token.clone(),
+                    after: after.clone(),
                     limit: page_size + 1,
                     include_state: query.include_state,
                 },
@@ -480,7 +493,7 @@ impl Client {
         let more = all.len() > page_size;
         all.truncate(page_size);
         let continuation_token = if more {
-            all.last().map(|e| e.entity_id.clone())
+            all.last().map(|e| token_text(&e.entity_id))
         } else {
             None
         };

@@ -235,11 +235,12 @@ impl QueryPosition {
         }
     }
 
-    /// The opaque continuation token of this position.
+    /// The opaque continuation token of this position (plain ASCII, so that it fits an HTTP
+    /// header whatever the id).
     pub(crate) fn token(&self) -> String {
         match self {
-            QueryPosition::Newest { created, id } => format!("n.{created}.{id}"),
-            QueryPosition::Id(id) => format!("i.{id}"),
+            QueryPosition::Newest { created, id } => format!("n.{created}.{}", token_text(id)),
+            QueryPosition::Id(id) => format!("i.{}", token_text(id)),
         }
     }
 
@@ -255,10 +256,10 @@ impl QueryPosition {
             let (created, id) = rest.split_once('.').ok_or_else(bad)?;
             QueryPosition::Newest {
                 created: created.parse().map_err(|_| bad())?,
-                id: id.to_string(),
+                id: from_token_text(id).ok_or_else(bad)?,
             }
         } else if let Some(id) = token.strip_prefix("i.") {
-            QueryPosition::Id(id.to_string())
+            QueryPosition::Id(from_token_text(id).ok_or_else(bad)?)
         } else {
             return Err(bad());
         };
@@ -277,6 +278,37 @@ impl QueryPosition {
             QueryPosition::Id(id) => instance_id > id.as_str(),
         }
     }
+}
+
+/// `text` with every byte outside `[A-Za-z0-9._~@:-]` as `%XX`: a token part that is plain
+/// ASCII (an HTTP header value) whatever the instance id holds.
+pub(crate) fn token_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"._~@:-".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The text [`token_text`] encoded (None if it is not such an encoding).
+pub(crate) fn from_token_text(token: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(token.len());
+    let mut rest = token.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 /// Sorts statuses into a query's order: by id, or newest first (ties by id, descending).

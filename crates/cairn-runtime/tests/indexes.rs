@@ -153,6 +153,57 @@ async fn pages_run_newest_first_and_tokens_survive_creates_and_purges() {
     engine.shutdown().await.unwrap();
 }
 
+/// Tokens are plain ASCII (they travel in an HTTP header) whatever the ids hold, and walk
+/// every page of ids with spaces, accents and emoji.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_ascii_for_any_instance_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(common::config(dir.path()), registry())
+        .await
+        .unwrap();
+    let client = engine.client();
+    let ids = ["über 1", "über 2", "naïve%3", "🦀 4", "plain-5", "a.b.c 6"];
+    for id in ids {
+        start(&client, "chain", id).await;
+    }
+    for filter in [
+        QueryFilter::default(),
+        QueryFilter {
+            instance_id_prefix: Some(String::new()),
+            ..QueryFilter::default()
+        },
+    ] {
+        let mut seen = Vec::new();
+        let mut token = None;
+        loop {
+            let page = client
+                .query(&InstanceQuery {
+                    filter: filter.clone(),
+                    page_size: 2,
+                    continuation_token: token,
+                    fetch_inputs_and_outputs: false,
+                })
+                .await
+                .unwrap();
+            seen.extend(page.instances.into_iter().map(|s| s.instance_id));
+            token = page.continuation_token;
+            if let Some(t) = &token {
+                assert!(
+                    t.bytes().all(|b| b.is_ascii_graphic()),
+                    "token {t:?} does not fit an HTTP header"
+                );
+            } else {
+                break;
+            }
+        }
+        seen.sort();
+        let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(seen, want, "{filter:?}");
+    }
+    engine.shutdown().await.unwrap();
+}
+
 /// A hub written by format 2 (no index entries, no name counts in the checkpoint) opens: its
 /// instances are indexed and its names counted once, and hub.json says format 3 afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
