@@ -562,7 +562,10 @@ impl Client {
             .await?
         {
             ClientResponse::Purged { count } => {
-                self.count_purged(instance_id, count);
+                self.count_purged(
+                    partition_of(instance_id, self.shared.partition_count),
+                    count,
+                );
                 Ok(count)
             }
             other => Err(EngineError::InvalidArgument(format!(
@@ -633,20 +636,16 @@ impl Client {
             .await?;
         match rx.await.map_err(|_| EngineError::ShuttingDown)?? {
             ClientResponse::Purged { count } => {
-                if let Some(stats) = self.shared.stats.get(p as usize) {
-                    stats
-                        .purged
-                        .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-                }
+                self.count_purged(p, count);
                 Ok(count)
             }
             _ => Ok(0),
         }
     }
 
-    fn count_purged(&self, instance_id: &str, count: u64) {
-        let p = partition_of(instance_id, self.shared.partition_count);
-        if let Some(stats) = self.shared.stats.get(p as usize) {
+    /// Counts `count` instances purged in `partition` (`cairn_purged_total`).
+    fn count_purged(&self, partition: u32, count: u64) {
+        if let Some(stats) = self.shared.stats.get(partition as usize) {
             stats
                 .purged
                 .fetch_add(count, std::sync::atomic::Ordering::Relaxed);

@@ -583,16 +583,11 @@ impl StoreReads for MemoryCheckpointStore {
         below: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &str) -> bool,
     ) -> Result<(), StoreError> {
-        use std::ops::Bound;
         let s = self.state.lock();
-        let upper = match below {
-            Some(b) => Bound::Excluded(b.to_vec()),
-            None => crate::store::prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded),
-        };
         // Copied out first: `f` may read this store (a query reads each instance it finds).
         let entries: Vec<(Vec<u8>, String)> = s
             .index
-            .range((Bound::Included(prefix.to_vec()), upper))
+            .range(crate::store::index_range(prefix, below))
             .rev()
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, id)| (k.clone(), id.clone()))

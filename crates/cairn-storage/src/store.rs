@@ -22,6 +22,7 @@
 //! Reads run in their own read transactions (redb MVCC), so they proceed while a checkpoint is
 //! being written and see either the old or the new checkpoint, never a mix.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -325,7 +326,6 @@ impl crate::seam::StoreReads for StoreView {
         prefix: Option<&str>,
         f: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        use std::ops::Bound;
         let ctx = "scanning instances";
         let t = self
             .txn
@@ -360,17 +360,22 @@ impl crate::seam::StoreReads for StoreView {
         below: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &str) -> bool,
     ) -> Result<(), StoreError> {
-        use std::ops::Bound;
         let ctx = "scanning an index";
         let t = self.txn.open_table(INDEX).map_err(|e| self.err(ctx, e))?;
-        let upper: Bound<&[u8]> = match below {
-            Some(b) => Bound::Excluded(b),
-            None => match prefix_end(prefix) {
-                Some(ref end) => return scan_desc(&t, prefix, Bound::Excluded(end), f, self, ctx),
-                None => Bound::Unbounded,
-            },
-        };
-        scan_desc(&t, prefix, upper, f, self, ctx)
+        let (start, end) = index_range(prefix, below);
+        let range = t
+            .range::<&[u8]>((
+                start.as_ref().map(Vec::as_slice),
+                end.as_ref().map(Vec::as_slice),
+            ))
+            .map_err(|e| self.err(ctx, e))?;
+        for row in range.rev() {
+            let (k, v) = row.map_err(|e| self.err(ctx, e))?;
+            if !k.value().starts_with(prefix) || !f(k.value(), v.value()) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Number of instances in the last checkpoint.
@@ -390,33 +395,19 @@ impl StoreView {
     }
 }
 
-/// Index entries under `prefix` below `upper`, in descending key order.
-fn scan_desc(
-    t: &redb::ReadOnlyTable<&[u8], &str>,
-    prefix: &[u8],
-    upper: std::ops::Bound<&[u8]>,
-    f: &mut dyn FnMut(&[u8], &str) -> bool,
-    view: &StoreView,
-    ctx: &str,
-) -> Result<(), StoreError> {
-    use std::ops::Bound;
-    let range = t
-        .range::<&[u8]>((Bound::Included(prefix), upper))
-        .map_err(|e| view.err(ctx, e))?;
-    for row in range.rev() {
-        let (k, v) = row.map_err(|e| view.err(ctx, e))?;
-        if !k.value().starts_with(prefix) {
-            break;
-        }
-        if !f(k.value(), v.value()) {
-            break;
-        }
-    }
-    Ok(())
+/// The key range of [`StoreReads::scan_index_desc`](crate::seam::StoreReads::scan_index_desc):
+/// from `prefix` up to `below` (exclusive), or to the end of the keys starting with `prefix`.
+/// Every implementation of the seam scans this range, in descending order.
+pub fn index_range(prefix: &[u8], below: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let end = match below {
+        Some(b) => Bound::Excluded(b.to_vec()),
+        None => prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded),
+    };
+    (Bound::Included(prefix.to_vec()), end)
 }
 
 /// The smallest key greater than every key starting with `prefix` (None: there is none).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

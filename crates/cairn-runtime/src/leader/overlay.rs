@@ -151,48 +151,18 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
         };
         let pre = prefix.unwrap_or("");
         let in_range = |id: &str| id.starts_with(pre) && start_after.is_none_or(|a| id > a);
-        // The batch's puts in range, merged in id order with the store's rows.
-        let mut puts = o
+        let puts = o
             .puts
             .iter()
             .filter(|(id, _)| in_range(id) && !o.deletes.contains(*id))
-            .peekable();
-        let mut stopped = false;
-        self.base
-            .scan_instances(start_after, prefix, &mut |id, v| {
-                while let Some((pid, i)) = puts.peek() {
-                    if pid.as_str() >= id {
-                        break;
-                    }
-                    if !f(pid, &o.batch.instance_puts[**i].1) {
-                        stopped = true;
-                        return false;
-                    }
-                    puts.next();
-                }
-                if let Some((pid, i)) = puts.peek() {
-                    if pid.as_str() == id {
-                        let keep = f(pid, &o.batch.instance_puts[**i].1);
-                        puts.next();
-                        stopped = !keep;
-                        return keep;
-                    }
-                }
-                if o.deletes.contains(id) {
-                    return true;
-                }
-                let keep = f(id, v);
-                stopped = !keep;
-                keep
-            })?;
-        if !stopped {
-            for (pid, i) in puts {
-                if !f(pid, &o.batch.instance_puts[*i].1) {
-                    break;
-                }
-            }
-        }
-        Ok(())
+            .map(|(id, i)| (id.as_str(), o.batch.instance_puts[*i].1.as_slice()));
+        merge_into_scan(
+            puts,
+            Order::Ascending,
+            |id: &str, _: &[u8]| o.deletes.contains(id) || o.puts.contains_key(id),
+            |g| self.base.scan_instances(start_after, prefix, g),
+            f,
+        )
     }
     fn instance_count(&self) -> Result<u64, StoreError> {
         // Approximate while a batch is in flight (its puts and deletes are not counted).
@@ -204,52 +174,75 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
         below: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &str) -> bool,
     ) -> Result<(), StoreError> {
-        use std::ops::Bound;
         let Some(o) = self.overlay else {
             return self.base.scan_index_desc(prefix, below, f);
         };
-        let upper = match below {
-            Some(b) => Bound::Excluded(b.to_vec()),
-            None => {
-                cairn_storage::store::prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded)
-            }
-        };
-        // The batch's entries in range, merged in descending order with the store's, whose
-        // entries of instances the batch re-files or drops are stale.
-        let mut mine = o
+        let entries = o
             .index
-            .range((Bound::Included(prefix.to_vec()), upper))
+            .range(cairn_storage::store::index_range(prefix, below))
             .rev()
             .filter(|(k, _)| k.starts_with(prefix))
-            .peekable();
-        let mut stopped = false;
-        self.base.scan_index_desc(prefix, below, &mut |k, id| {
-            while let Some((mk, mid)) = mine.peek() {
-                if mk.as_slice() <= k {
-                    break;
-                }
-                if !f(mk, mid) {
-                    stopped = true;
-                    return false;
-                }
-                mine.next();
+            .map(|(k, id)| (k.as_slice(), id.as_str()));
+        merge_into_scan(
+            entries,
+            Order::Descending,
+            |_: &[u8], id: &str| o.reindexed.contains(id),
+            |g| self.base.scan_index_desc(prefix, below, g),
+            f,
+        )
+    }
+}
+
+/// The order a store scan runs in.
+#[derive(Clone, Copy)]
+enum Order {
+    Ascending,
+    Descending,
+}
+
+/// Runs `scan` (a store scan in `order`) with the batch's own entries `mine` (in the same
+/// order) merged in where they fall, and the store's entries the batch replaces or drops
+/// (`superseded`) left out: what the scan will return once the batch is written. Stops when
+/// `f` returns false.
+fn merge_into_scan<'m, K: Ord + ?Sized + 'm, V: ?Sized + 'm>(
+    mine: impl Iterator<Item = (&'m K, &'m V)>,
+    order: Order,
+    superseded: impl Fn(&K, &V) -> bool,
+    scan: impl FnOnce(&mut dyn FnMut(&K, &V) -> bool) -> Result<(), StoreError>,
+    f: &mut dyn FnMut(&K, &V) -> bool,
+) -> Result<(), StoreError> {
+    let mut mine = mine.peekable();
+    let mut stopped = false;
+    scan(&mut |k, v| {
+        while let Some(&(mk, mv)) = mine.peek() {
+            let goes_first = match order {
+                Order::Ascending => mk < k,
+                Order::Descending => mk > k,
+            };
+            if !goes_first {
+                break;
             }
-            if o.reindexed.contains(id) {
-                return true;
+            if !f(mk, mv) {
+                stopped = true;
+                return false;
             }
-            let keep = f(k, id);
-            stopped = !keep;
-            keep
-        })?;
-        if !stopped {
-            for (mk, mid) in mine {
-                if !f(mk, mid) {
-                    break;
-                }
+            mine.next();
+        }
+        if superseded(k, v) {
+            return true;
+        }
+        let keep = f(k, v);
+        stopped = !keep;
+        keep
+    })?;
+    if !stopped {
+        for (mk, mv) in mine {
+            if !f(mk, mv) {
+                break;
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 cairn_storage::forward_store_reads!(OverlayStore, |s| &Layered {

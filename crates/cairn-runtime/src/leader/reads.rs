@@ -75,7 +75,7 @@ struct ScanPage<T> {
     prefix: Option<String>,
     after: Option<String>,
     limit: usize,
-    /// Instances in range changed since the last checkpoint: their stored rows are stale.
+    /// Instances changed since the last checkpoint: their stored rows are stale.
     changed: HashSet<String>,
     /// Those of them that match, as they are now.
     found: Vec<(String, T)>,
@@ -317,8 +317,8 @@ impl Leader {
         (changed, picked)
     }
 
-    /// The instances in range changed since the last checkpoint, and the first `limit` of
-    /// them that `select` keeps.
+    /// The instances changed since the last checkpoint, and the first `limit` of those in
+    /// range (ids after `after`, starting with `prefix`) that `select` keeps, by id.
     fn changed_in_range<T>(
         &self,
         prefix: Option<String>,
@@ -326,19 +326,16 @@ impl Leader {
         limit: usize,
         select: impl Fn(&InstanceState) -> Option<T>,
     ) -> ScanPage<T> {
-        let mut changed = HashSet::new();
-        let mut found = Vec::new();
-        for id in self.state.dirty_ids() {
-            if after.as_deref().is_some_and(|a| id.as_str() <= a)
-                || prefix.as_deref().is_some_and(|p| !id.starts_with(p))
-            {
-                continue;
-            }
-            changed.insert(id.clone());
-            if let Some(t) = self.state.loaded(id).and_then(|inst| select(&inst.state)) {
-                found.push((id.clone(), t));
-            }
-        }
+        let in_range = |id: &str| {
+            after.as_deref().is_none_or(|a| id > a)
+                && prefix.as_deref().is_none_or(|p| id.starts_with(p))
+        };
+        let (changed, mut found) = self.changed(|id, s| {
+            in_range(id)
+                .then(|| select(s))
+                .flatten()
+                .map(|t| (id.to_string(), t))
+        });
         found.sort_by(|a, b| a.0.cmp(&b.0));
         found.truncate(limit);
         ScanPage {

@@ -31,18 +31,16 @@ impl Leader {
         let checkpoint = store
             .checkpoint_position()
             .map_err(|e| storage_err(e.to_string()))?;
-        build_missing_index(partition, &*store).map_err(storage_err)?;
-        let mut state = match store
+        let globals = store
             .load_globals()
-            .map_err(|e| storage_err(e.to_string()))?
-        {
-            Some(bytes) => PartitionState::recover(&bytes)
+            .map_err(|e| storage_err(e.to_string()))?;
+        let mut state = match &globals {
+            Some(bytes) => PartitionState::recover(bytes)
                 .map_err(|e| storage_err(format!("checkpoint globals are unreadable: {e}")))?,
             None => PartitionState::new(partition, shared.partition_count),
         };
-        if state.name_counts_missing() {
-            state.set_name_counts(count_names(&*store).map_err(storage_err)?);
-        }
+        upgrade_format_2(partition, &*store, &mut state, checkpoint, globals)
+            .map_err(storage_err)?;
         let tx = shared.partitions[partition as usize].clone();
         let opened = shared
             .logs
@@ -180,13 +178,17 @@ impl InstanceSource for StoreSource<'_> {
     }
 }
 
-/// Files every instance of a store written before Cairn kept indexes under its index keys, in
-/// one atomic checkpoint write (same position and globals): a store has instances and no index
-/// entries only then, since every put since carries its keys.
-fn build_missing_index(partition: u32, store: &dyn CheckpointStore) -> Result<(), String> {
-    if store.instance_count().map_err(|e| e.to_string())? == 0 {
-        return Ok(());
-    }
+/// Brings a checkpoint written by format 2 up to date, in one pass over its instances: files
+/// them under their index keys (one atomic checkpoint write, same position and globals) and
+/// counts them by name. A store has instances but no index entries only if format 2 wrote it,
+/// since every put since carries its keys.
+fn upgrade_format_2(
+    partition: u32,
+    store: &dyn CheckpointStore,
+    state: &mut PartitionState,
+    position: u64,
+    globals: Option<Vec<u8>>,
+) -> Result<(), String> {
     let mut indexed = false;
     store
         .scan_index_desc(b"", None, &mut |_, _| {
@@ -194,40 +196,38 @@ fn build_missing_index(partition: u32, store: &dyn CheckpointStore) -> Result<()
             false
         })
         .map_err(|e| e.to_string())?;
-    if indexed {
+    let index_missing = !indexed && store.instance_count().map_err(|e| e.to_string())? > 0;
+    if !index_missing && !state.name_counts_missing() {
         return Ok(());
     }
     let mut index_keys = Vec::new();
+    let mut names = BTreeMap::new();
     each_stored_instance(store, |id, s| {
-        index_keys.push((id.to_string(), cairn_core::index::keys(&s)));
-    })?;
-    let count = index_keys.len();
-    let batch = CheckpointBatch {
-        position: store.checkpoint_position().map_err(|e| e.to_string())?,
-        globals: store
-            .load_globals()
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default(),
-        index_keys,
-        ..CheckpointBatch::default()
-    };
-    store.write_checkpoint(&batch).map_err(|e| e.to_string())?;
-    tracing::info!(
-        partition,
-        "indexed the {count} instances of a store written before indexes"
-    );
-    Ok(())
-}
-
-/// Orchestration instances by name in a checkpoint written before Cairn kept these counts.
-fn count_names(store: &dyn CheckpointStore) -> Result<BTreeMap<String, u64>, String> {
-    let mut counts = BTreeMap::new();
-    each_stored_instance(store, |_, s| {
+        if index_missing {
+            index_keys.push((id.to_string(), cairn_core::index::keys(&s)));
+        }
         if s.entity.is_none() {
-            *counts.entry(s.name).or_insert(0) += 1;
+            *names.entry(s.name).or_insert(0) += 1;
         }
     })?;
-    Ok(counts)
+    if state.name_counts_missing() {
+        state.set_name_counts(names);
+    }
+    if index_missing {
+        let count = index_keys.len();
+        let batch = CheckpointBatch {
+            position,
+            globals: globals.unwrap_or_default(),
+            index_keys,
+            ..CheckpointBatch::default()
+        };
+        store.write_checkpoint(&batch).map_err(|e| e.to_string())?;
+        tracing::info!(
+            partition,
+            "indexed the {count} instances of a store written before indexes"
+        );
+    }
+    Ok(())
 }
 
 /// Calls `f` with every instance of the store, decoded (for the one-time upgrades of a store

@@ -427,33 +427,18 @@ impl Life {
         }
         // Every instance (children too): exactly one result per step, and status counts that
         // equal the instances.
+        let Some(all) = self.query_all(&QueryFilter::default(), 100).await else {
+            return;
+        };
         let mut by_status: BTreeMap<RuntimeStatus, u64> = BTreeMap::new();
-        let mut token = None;
-        loop {
-            let page = match until_not_busy!(
-                self.client
-                    .query(&InstanceQuery {
-                        continuation_token: token.clone(),
-                        ..InstanceQuery::default()
-                    })
-                    .await
-            ) {
-                Ok(p) => p,
-                Err(e) => return self.problem(format!("query failed: {e}")),
-            };
-            for s in &page.instances {
-                *by_status.entry(s.status).or_default() += 1;
-                if let Ok(Some(full)) = self.client.get_status(&s.instance_id, true).await {
-                    let history = full.history.unwrap_or_default();
-                    let (_, found) = crate::checks::history_problems(&s.instance_id, &history);
-                    for f in found {
-                        self.problem(f);
-                    }
+        for s in &all {
+            *by_status.entry(s.status).or_default() += 1;
+            if let Ok(Some(full)) = self.client.get_status(&s.instance_id, true).await {
+                let history = full.history.unwrap_or_default();
+                let (_, found) = crate::checks::history_problems(&s.instance_id, &history);
+                for f in found {
+                    self.problem(f);
                 }
-            }
-            token = page.continuation_token;
-            if token.is_none() {
-                break;
             }
         }
         let mut counted: BTreeMap<RuntimeStatus, u64> = BTreeMap::new();
