@@ -221,6 +221,39 @@ struct Bench {
 
 mod large_hub;
 
+impl Bench {
+    /// Shuts the engine down, runs `closed` on the hub's directory while no engine has it
+    /// open, and opens the hub again; also returns when the reopening started.
+    async fn reopen<T: Send + 'static>(
+        self,
+        closed: impl FnOnce(PathBuf) -> Result<T> + Send + 'static,
+    ) -> Result<(Bench, T, Instant)> {
+        let Bench {
+            engine,
+            config,
+            dir,
+            progress,
+            stamps,
+        } = self;
+        engine.shutdown().await?;
+        let between = dir.clone();
+        let value = tokio::task::spawn_blocking(move || closed(between))
+            .await
+            .context("work on the closed hub panicked")??;
+        let reopening = Instant::now();
+        let engine =
+            Engine::open(config.clone(), registry(progress.clone(), stamps.clone())).await?;
+        let bench = Bench {
+            engine,
+            config,
+            dir,
+            progress,
+            stamps,
+        };
+        Ok((bench, value, reopening))
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     // 1 µs .. 1 h, 3 significant digits; these bounds are constants and valid.
     Histogram::new_with_bounds(1, 3_600_000_000, 3)

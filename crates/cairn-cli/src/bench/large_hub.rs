@@ -6,7 +6,7 @@
 
 use super::*;
 use cairn_runtime::{Client, InstanceQuery, QueryFilter, StartOptions};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Orchestration names the hub's instances are spread over.
 const NAMES: u64 = 10;
@@ -99,8 +99,6 @@ where
         "samples": samples,
     }))
 }
-
-type Value = serde_json::Value;
 
 /// 10-step chains one at a time for `run_for`: p50/p99 ms.
 async fn chains(client: &Client, run_for: Duration) -> Result<(Value, u64)> {
@@ -324,57 +322,19 @@ pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Benc
 
     // Restart: a clean shutdown, then open and answer one status read.
     let survivor = instance_id(hub_size - 1);
-    let Bench {
-        engine,
-        config,
-        dir,
-        progress,
-        stamps,
-    } = b;
-    engine.shutdown().await?;
-    let restart_start = Instant::now();
-    let engine = Engine::open(
-        config.clone(),
-        super::registry(progress.clone(), stamps.clone()),
-    )
-    .await?;
-    let answered = engine.client().get_status(&survivor, false).await?;
-    let restart_seconds = restart_start.elapsed().as_secs_f64();
+    let (b, (), reopening) = b.reopen(|_| Ok(())).await?;
+    let answered = b.engine.client().get_status(&survivor, false).await?;
+    let restart_seconds = reopening.elapsed().as_secs_f64();
     anyhow::ensure!(
         answered.is_some(),
         "{survivor} is missing after the restart"
     );
-    let b = Bench {
-        engine,
-        config,
-        dir,
-        progress,
-        stamps,
-    };
     let rss_after_restart = rss();
-    let b_dir = b.dir.clone();
-    let b_config = b.config.clone();
-    let Bench {
-        engine,
-        config,
-        dir,
-        progress,
-        stamps,
-    } = b;
     // The same hub served by `cairn serve`, killed with SIGKILL while it takes starts, started
     // again: time to its first answered status request.
-    engine.shutdown().await?;
-    let killed = tokio::task::spawn_blocking(move || kill_and_restart(&b_dir, &survivor))
-        .await
-        .context("the kill -9 measurement panicked")??;
-    let engine = Engine::open(b_config, super::registry(progress.clone(), stamps.clone())).await?;
-    let b = Bench {
-        engine,
-        config,
-        dir,
-        progress,
-        stamps,
-    };
+    let (b, killed, _) = b
+        .reopen(move |dir| kill_and_restart(&dir, &survivor))
+        .await?;
 
     let report = json!({
         "scenario": "large-hub",

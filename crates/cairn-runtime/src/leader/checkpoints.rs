@@ -139,6 +139,16 @@ impl Leader {
         Ok(())
     }
 
+    /// Drops a clean instance from memory with its cursor; false if it has unsaved changes.
+    fn evict(&mut self, id: &str) -> bool {
+        if !self.state.evict(id) {
+            return false;
+        }
+        self.cursors.remove(id);
+        self.touched.remove(id);
+        true
+    }
+
     /// Evicts least recently used clean instances (and their cursors) beyond the cache budget.
     pub(super) fn trim_cache(&mut self) {
         let budget = self.shared.config.instance_cache_mb * 1024 * 1024
@@ -167,9 +177,7 @@ impl Leader {
                 .state
                 .loaded(&id)
                 .is_some_and(|i| i.state.entity.is_none() && i.state.status.is_terminal());
-            if ended && self.state.evict(&id) {
-                self.cursors.remove(&id);
-                self.touched.remove(&id);
+            if ended && self.evict(&id) {
                 continue;
             }
             total += size;
@@ -181,9 +189,7 @@ impl Leader {
                 if total <= budget * 8 / 10 {
                     break;
                 }
-                if self.state.evict(&id) {
-                    self.cursors.remove(&id);
-                    self.touched.remove(&id);
+                if self.evict(&id) {
                     total = total.saturating_sub(size);
                 }
             }
