@@ -93,29 +93,29 @@ pub(crate) async fn sweep(
     let mut purged = 0;
     let cutoff = |age: Duration| now.saturating_sub(age.as_millis() as Millis);
     for status in ENDED {
-        let result = if policy.by_name.is_empty() {
-            match policy.hub.age(status) {
-                Some(age) => client.purge_expired(status, None, cutoff(age)).await,
-                None => Ok(0),
-            }
+        // Without rules per name one hub-wide sweep of the status does; with them, each name
+        // has its own age.
+        let sweeps: Vec<(Option<&str>, Duration)> = if policy.by_name.is_empty() {
+            policy
+                .hub
+                .age(status)
+                .map(|age| (None, age))
+                .into_iter()
+                .collect()
         } else {
-            let mut total = Ok(0);
-            for name in &names {
-                if let Some(age) = policy.age(name, status) {
-                    match client.purge_expired(status, Some(name), cutoff(age)).await {
-                        Ok(n) => total = total.map(|t| t + n),
-                        Err(e) => {
-                            total = Err(e);
-                            break;
-                        }
-                    }
+            names
+                .iter()
+                .filter_map(|n| policy.age(n, status).map(|age| (Some(n.as_str()), age)))
+                .collect()
+        };
+        for (name, age) in sweeps {
+            match client.purge_expired(status, name, cutoff(age)).await {
+                Ok(n) => purged += n,
+                Err(e) => {
+                    tracing::warn!("retention sweep for {status} stopped: {e}");
+                    break;
                 }
             }
-            total
-        };
-        match result {
-            Ok(n) => purged += n,
-            Err(e) => tracing::warn!("retention sweep for {status} stopped: {e}"),
         }
     }
     purged
