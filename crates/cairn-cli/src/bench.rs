@@ -34,6 +34,9 @@ pub enum Scenario {
     /// A hub of `--hub-size` instances: creation, indexed queries, purge, restart (not run by
     /// default: it takes minutes).
     LargeHub,
+    /// `--hub-size` starts that no worker runs: memory while they wait, restart, drain (not
+    /// run by default).
+    Backlog,
 }
 
 impl Scenario {
@@ -49,6 +52,7 @@ impl Scenario {
             Scenario::EntityCalls => "entity-calls",
             Scenario::ChainUnderLoad => "chain-under-load",
             Scenario::LargeHub => "large-hub",
+            Scenario::Backlog => "backlog",
         }
     }
 }
@@ -78,7 +82,8 @@ pub struct BenchArgs {
     /// did before they moved off it (to compare `chain-under-load` with and without).
     #[arg(long)]
     reads_on_loop: bool,
-    /// Instances in the `large-hub` scenario's hub (multiplied by `--scale`).
+    /// Instances in the `large-hub` scenario's hub, and starts in the `backlog` scenario
+    /// (multiplied by `--scale`).
     #[arg(long, default_value_t = 1_000_000)]
     hub_size: u64,
     /// Multiply every scenario's operation count (e.g. 0.1 for a quick run).
@@ -219,6 +224,7 @@ struct Bench {
     stamps: Arc<Stamps>,
 }
 
+mod backlog;
 mod large_hub;
 
 impl Bench {
@@ -398,6 +404,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             reads_on_loop: args.reads_on_loop,
             ..EngineConfig::default()
         };
+        if s == Scenario::Backlog {
+            // Orchestrations nobody here runs go to (absent) remote workers.
+            config.remote_workers = true;
+        }
         if s == Scenario::ChainUnderLoad {
             // A checkpoint of everything changed every second, whatever its size.
             config.checkpoint_interval = Duration::from_secs(1);
@@ -420,6 +430,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 .context("scenario large-hub failed")?;
             bench = b;
             Ok(r)
+        } else if s == Scenario::Backlog {
+            let (b, r) = backlog::run(bench, n(args.hub_size), args.json)
+                .await
+                .context("scenario backlog failed")?;
+            bench = b;
+            Ok(r)
         } else {
             match s {
                 Scenario::Sequence => sequence(&bench, n(1000)).await,
@@ -435,7 +451,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 Scenario::EntityOps => entity_ops(&bench, n(100_000)).await,
                 Scenario::EntityCalls => entity_calls(&bench, n(2_000)).await,
                 Scenario::ChainUnderLoad => chain_under_load(&bench, n(30_000), args.scale).await,
-                Scenario::LargeHub => unreachable!("run above"),
+                Scenario::LargeHub | Scenario::Backlog => unreachable!("run above"),
             }
         };
         let Bench { engine, dir, .. } = bench;

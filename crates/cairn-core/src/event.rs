@@ -16,9 +16,11 @@ use std::collections::BTreeMap;
 
 /// Bumped whenever the encoding of log records or checkpoints changes incompatibly.
 ///
-/// Version 3 added the counts by orchestration name to a checkpoint's globals; a version 2
-/// hub is upgraded when opened ([`OLDEST_READABLE_FORMAT_VERSION`]).
-pub const LOG_FORMAT_VERSION: u32 = 3;
+/// Version 3 added the counts by orchestration name to a checkpoint's globals. Version 4 keeps
+/// the instances with work in the store's backlog index instead of listing them in the
+/// globals, which it tags with their version. Hubs of versions 2 and 3 are upgraded when
+/// opened ([`OLDEST_READABLE_FORMAT_VERSION`]).
+pub const LOG_FORMAT_VERSION: u32 = 4;
 
 /// The oldest format this version of Cairn opens (and upgrades).
 pub const OLDEST_READABLE_FORMAT_VERSION: u32 = 2;

@@ -21,11 +21,16 @@
 //! | entities by name and last operation | `e` len name time id |
 //! | ended orchestrations by status and completion (retention) | `f` status time id |
 //! | the same within a name | `g` len name status time id |
+//! | runnable instances (the backlog) by name | `w` len name (MAX − creation time) id |
+//!
+//! The backlog key counts time down, so that its descending scan (the only direction the store
+//! scans) meets the oldest instance first: the shell dispatches a backlog in creation order,
+//! a window at a time, instead of holding it all in memory.
 //!
 //! Changing any of this is a change of the on-disk format.
 
 use crate::history::RuntimeStatus;
-use crate::partition::{entity_name, InstanceState};
+use crate::partition::{entity_name, is_runnable, InstanceState};
 use crate::Millis;
 
 const ALL: u8 = b'c';
@@ -35,6 +40,7 @@ const NAME_STATUS: u8 = b'm';
 const ENTITY: u8 = b'e';
 const ENDED: u8 = b'f';
 const NAME_ENDED: u8 = b'g';
+const BACKLOG: u8 = b'w';
 
 /// A stable one-byte code per status (never reuse or renumber one).
 pub fn status_code(s: RuntimeStatus) -> u8 {
@@ -101,6 +107,13 @@ pub fn entity_prefix(name: &str) -> Vec<u8> {
     key
 }
 
+/// The prefix of the runnable instances of one orchestration or entity name.
+pub fn backlog_prefix(name: &str) -> Vec<u8> {
+    let mut key = vec![BACKLOG];
+    push_name(&mut key, name);
+    key
+}
+
 /// The key at position `(time, id)` under `prefix`.
 pub fn key_at(prefix: &[u8], time: Millis, id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + 8 + id.len());
@@ -132,9 +145,18 @@ pub fn time_of(key: &[u8], prefix_len: usize) -> Option<Millis> {
 /// Every index key of an instance.
 pub fn keys(state: &InstanceState) -> Vec<Vec<u8>> {
     let id = state.instance_id.as_str();
+    let backlog = is_runnable(state).then(|| {
+        key_at(
+            &backlog_prefix(&state.name),
+            Millis::MAX - state.created_at,
+            id,
+        )
+    });
     if let Some(entity) = &state.entity {
         let name = entity_name(id).unwrap_or("");
-        return vec![key_at(&entity_prefix(name), entity.last_modified, id)];
+        let mut keys = vec![key_at(&entity_prefix(name), entity.last_modified, id)];
+        keys.extend(backlog);
+        return keys;
     }
     let created = state.created_at;
     let name = Some(state.name.as_str());
@@ -149,6 +171,7 @@ pub fn keys(state: &InstanceState) -> Vec<Vec<u8>> {
         keys.push(key_at(&ended_prefix(None, state.status), completed, id));
         keys.push(key_at(&ended_prefix(name, state.status), completed, id));
     }
+    keys.extend(backlog);
     keys
 }
 

@@ -24,6 +24,6 @@ pub use event::*;
 pub use history::*;
 pub use ids::*;
 pub use partition::{
-    entity_name, CheckpointData, EmptySource, EntityRecord, Globals, Instance, InstanceSource,
-    InstanceState, PartitionState, SourceError,
+    entity_name, is_runnable, CheckpointData, EmptySource, EntityRecord, Globals, Instance,
+    InstanceSource, InstanceState, PartitionState, SourceError, Upgrade,
 };

@@ -570,8 +570,12 @@ fn on_disk_encodings_match_the_golden_file() {
                 let state = PartitionState::recover(&bytes).unwrap_or_else(|e| {
                     panic!("golden globals {label} no longer decode ({e}): {fix}")
                 });
+                assert!(
+                    state.upgrade().is_none(),
+                    "golden globals {label} read as an older format"
+                );
                 assert_eq!(
-                    hex(&encode("globals", state.globals()).unwrap()),
+                    hex(&state.globals().encode().unwrap()),
                     hex(&bytes),
                     "golden globals {label} re-encode differently: {fix}"
                 );
@@ -626,27 +630,36 @@ fn on_disk_encodings_match_the_golden_file() {
     }
 }
 
-/// A hub of the previous format is upgraded when opened: its checkpoint globals still read,
-/// with the name counts marked missing (the shell counts them from the store).
+/// Hubs of older formats are upgraded when opened: their checkpoint globals still read, and
+/// say what the shell must rebuild from the store (format 2: the name counts; formats 2 and 3:
+/// the backlog, which they listed in the globals).
 #[test]
-fn format_2_globals_still_read_for_the_upgrade() {
-    let path = golden_path().with_file_name("format-v2.txt");
-    let text = std::fs::read_to_string(&path).expect("the format-2 golden file is kept");
-    let mut seen = 0;
-    for line in text.lines().filter(|l| l.starts_with("globals ")) {
-        let bytes = unhex(line.rsplit(' ').next().expect("hex"));
-        let state = PartitionState::recover(&bytes).expect("format-2 globals read");
-        assert!(state.name_counts_missing());
-        assert!(state.globals().name_counts.is_empty());
-        assert!(!state.globals().status_counts.is_empty());
-        seen += 1;
+fn older_globals_still_read_for_the_upgrade() {
+    for (version, counts_names) in [(2, true), (3, false)] {
+        let path = golden_path().with_file_name(format!("format-v{version}.txt"));
+        let text = std::fs::read_to_string(&path).expect("older golden files are kept");
+        let mut seen = 0;
+        for line in text.lines().filter(|l| l.starts_with("globals ")) {
+            let bytes = unhex(line.rsplit(' ').next().expect("hex"));
+            let state = PartitionState::recover(&bytes)
+                .unwrap_or_else(|e| panic!("format-{version} globals no longer read: {e}"));
+            let upgrade = state.upgrade().expect("older globals ask for an upgrade");
+            assert_eq!(upgrade.count_names, counts_names, "format {version}");
+            assert_eq!(state.globals().name_counts.is_empty(), counts_names);
+            assert!(!state.globals().status_counts.is_empty());
+            // The samples leave instances with work: the older formats listed them.
+            assert!(!upgrade.runnable.is_empty(), "format {version}");
+            assert!(state.globals().backlog.is_empty());
+            seen += 1;
+        }
+        assert!(seen > 0, "no globals in {}", path.display());
     }
-    assert!(seen > 0, "no globals in {}", path.display());
-    // Format-3 globals are read as such.
+    // Today's globals are read as such.
     let text = std::fs::read_to_string(golden_path()).expect("the golden file");
     for line in text.lines().filter(|l| l.starts_with("globals ")) {
         let bytes = unhex(line.rsplit(' ').next().expect("hex"));
         let state = PartitionState::recover(&bytes).expect("globals read");
-        assert!(!state.name_counts_missing());
+        assert!(state.upgrade().is_none());
+        assert!(!state.globals().backlog.is_empty());
     }
 }

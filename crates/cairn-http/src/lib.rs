@@ -56,6 +56,8 @@ pub struct AppState {
     pub published_workers: Arc<parking_lot::Mutex<std::collections::HashSet<metrics::WorkerGauge>>>,
     /// Orchestration names with a published `cairn_instances_by_name` gauge.
     pub published_names: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
+    /// Orchestration and entity names with a published `cairn_backlog` gauge.
+    pub published_backlog: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
     /// The engine's retention policy (shown by `/api/retention`).
     pub retention: Arc<cairn_runtime::RetentionPolicy>,
 }
@@ -80,6 +82,7 @@ pub fn router(
         remote: engine.remote_queue(),
         published_workers: Arc::default(),
         published_names: Arc::default(),
+        published_backlog: Arc::default(),
         retention: Arc::new(engine.config().retention.clone()),
     };
     Router::new()

@@ -48,6 +48,10 @@ fn describe() {
         "cairn_instances_by_name",
         "Orchestration instances by orchestration name"
     );
+    describe_gauge!(
+        "cairn_backlog",
+        "Instances with work to run (dispatched, or waiting in the store), by orchestration or entity name"
+    );
     describe_counter!(
         "cairn_purged_total",
         "Instances purged with their histories, by request or by the retention policy"
@@ -232,16 +236,45 @@ fn instances_by_status(state: &AppState) -> Vec<(cairn_core::RuntimeStatus, u64)
     total
 }
 
-/// Orchestration instances by name, summed over the partitions (kept by the partitions as
-/// instances change: no scan).
-fn instances_by_name(state: &AppState) -> std::collections::BTreeMap<String, u64> {
+/// A count by name summed over the partitions (kept by the partitions as instances change:
+/// no scan): orchestration instances, or the backlog.
+fn by_name(
+    state: &AppState,
+    counts: impl Fn(
+        &cairn_runtime::LeaderStats,
+    ) -> std::sync::Arc<std::collections::BTreeMap<String, u64>>,
+) -> std::collections::BTreeMap<String, u64> {
     let mut total = std::collections::BTreeMap::new();
     for s in &state.stats {
-        for (name, n) in s.instances_by_name().iter() {
+        for (name, n) in counts(s).iter() {
             *total.entry(name.clone()).or_insert(0) += n;
         }
     }
     total
+}
+
+fn instances_by_name(state: &AppState) -> std::collections::BTreeMap<String, u64> {
+    by_name(state, |s| s.instances_by_name())
+}
+
+fn backlog_by_name(state: &AppState) -> std::collections::BTreeMap<String, u64> {
+    by_name(state, |s| s.backlog_by_name())
+}
+
+/// Sets gauge `metric` per name, and to zero for names published before that are gone.
+fn publish_by_name(
+    metric: &'static str,
+    counts: std::collections::BTreeMap<String, u64>,
+    published: &parking_lot::Mutex<std::collections::BTreeSet<String>>,
+) {
+    let mut published = published.lock();
+    for gone in published.iter().filter(|n| !counts.contains_key(*n)) {
+        gauge!(metric, "name" => gone.clone()).set(0.0);
+    }
+    for (name, n) in &counts {
+        gauge!(metric, "name" => name.clone()).set(*n as f64);
+    }
+    *published = counts.into_keys().collect();
 }
 
 /// Copies the partitions' figures into the recorder.
@@ -293,16 +326,16 @@ fn publish(state: &AppState) {
         .map(|s| s.purged.load(Ordering::Relaxed))
         .sum();
     counter!("cairn_purged_total").absolute(purged);
-    let by_name = instances_by_name(state);
-    let mut published = state.published_names.lock();
-    for gone in published.iter().filter(|n| !by_name.contains_key(*n)) {
-        gauge!("cairn_instances_by_name", "name" => gone.clone()).set(0.0);
-    }
-    for (name, n) in &by_name {
-        gauge!("cairn_instances_by_name", "name" => name.clone()).set(*n as f64);
-    }
-    *published = by_name.into_keys().collect();
-    drop(published);
+    publish_by_name(
+        "cairn_instances_by_name",
+        instances_by_name(state),
+        &state.published_names,
+    );
+    publish_by_name(
+        "cairn_backlog",
+        backlog_by_name(state),
+        &state.published_backlog,
+    );
     if hits + misses > 0 {
         gauge!("cairn_cache_hit_ratio").set(hits as f64 / (hits + misses) as f64);
     }
@@ -366,6 +399,8 @@ pub async fn stats_json(State(state): State<AppState>) -> Json<Value> {
         },
         "instancesByStatus": by_status,
         "instancesByName": instances_by_name(&state),
+        "backlogByName": backlog_by_name(&state),
+        "dispatched": sum(&|s| load(&s.dispatched)),
         "queues": queues,
         "cache": {
             "instances": sum(&|s| load(&s.cached_instances)),

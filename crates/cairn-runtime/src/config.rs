@@ -37,6 +37,9 @@ pub struct EngineConfig {
     pub log_sync_delay: Option<Duration>,
     /// Most queued operations an entity processes in one batch (one state write per batch).
     pub max_entity_batch: usize,
+    /// Episodes (or entity batches) a partition dispatches at once per orchestration or entity
+    /// name; the rest of a backlog waits in the checkpoint store, not in memory.
+    pub dispatch_window: usize,
     /// Hand orchestrations and activities that are not registered in this process to remote
     /// workers (see [`Engine::remote_queue`]) instead of failing them as unknown.
     pub remote_workers: bool,
@@ -85,6 +88,7 @@ impl Default for EngineConfig {
             log_sync_delay: None,
             remote_workers: false,
             max_entity_batch: 5000,
+            dispatch_window: 512,
             max_queued_requests: 10_000,
             logs: None,
             checkpoints: None,

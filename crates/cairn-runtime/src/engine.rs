@@ -233,6 +233,9 @@ impl Engine {
         for h in self.leaders {
             let _ = h.await;
         }
+        if let Some(queue) = &self.shared.remote {
+            queue.clear();
+        }
         Ok(())
     }
 }

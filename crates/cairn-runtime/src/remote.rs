@@ -369,6 +369,14 @@ impl RemoteQueue {
         self.inner.changed.notify_waiters();
     }
 
+    /// Drops every queued item (the engine shuts down): whoever waits for one is told it will
+    /// not come, and recovery runs the work again.
+    pub(crate) fn clear(&self) {
+        let lanes = std::mem::take(&mut self.inner.state.lock().lanes);
+        drop(lanes);
+        self.inner.changed.notify_waiters();
+    }
+
     /// Gives a taken item back (its worker disconnected, abandoned it, or held it past its
     /// lease): it goes back to its old place in line, ahead of work that came after it.
     pub fn requeue(&self, taken: Taken) {

@@ -33,6 +33,11 @@ pub struct LeaderStats {
     pub purged: AtomicU64,
     /// Orchestration instances by name (published by the leader when they change).
     pub name_counts: Mutex<Arc<BTreeMap<String, u64>>>,
+    /// Instances with work to run (dispatched or waiting in the store), by orchestration or
+    /// entity name.
+    pub backlog: Mutex<Arc<BTreeMap<String, u64>>>,
+    /// Episodes and entity batches dispatched now (at most the dispatch window per name).
+    pub dispatched: AtomicU64,
     /// Episodes waiting for an orchestration slot or a remote worker.
     pub orchestrator_queue: Arc<WorkGauge>,
     /// Activities waiting for an activity slot or a remote worker.
@@ -54,6 +59,11 @@ impl LeaderStats {
     /// Orchestration instances by name.
     pub fn instances_by_name(&self) -> Arc<BTreeMap<String, u64>> {
         self.name_counts.lock().clone()
+    }
+
+    /// Instances with work to run, by orchestration or entity name.
+    pub fn backlog_by_name(&self) -> Arc<BTreeMap<String, u64>> {
+        self.backlog.lock().clone()
     }
 }
 

@@ -1,6 +1,6 @@
 //! Queries served from the indexes: newest first across partitions, with tokens that stay right
-//! while instances are created and purged between pages; counts by name; and a hub written
-//! before indexes and name counts (format 2) upgraded when opened.
+//! while instances are created and purged between pages; counts by name; and hubs written by
+//! older formats upgraded when opened.
 
 mod common;
 
@@ -204,13 +204,22 @@ async fn tokens_are_ascii_for_any_instance_id() {
     engine.shutdown().await.unwrap();
 }
 
-/// A hub written by format 2 (no index entries, no name counts in the checkpoint) opens: its
-/// instances are indexed and its names counted once, and hub.json says format 3 afterwards.
+/// Hubs written by format 2 (no index entries, no name counts, the runnable instances listed
+/// in the checkpoint's globals) and by format 3 (index entries and name counts, but the same
+/// runnable list) open: what the format lacks is rebuilt from the store once, the listed
+/// runnable instances go into the backlog index and run, and hub.json says today's format.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_format_2_hub_is_indexed_and_counted_when_opened() {
+async fn hubs_of_formats_2_and_3_are_upgraded_when_opened() {
+    for version in [2u32, 3] {
+        upgrade_from(version).await;
+    }
+}
+
+async fn upgrade_from(version: u32) {
     let dir = tempfile::tempdir().unwrap();
     let config = || EngineConfig {
         partitions: Some(2),
+        remote_workers: true,
         ..common::config(dir.path())
     };
     {
@@ -221,51 +230,120 @@ async fn a_format_2_hub_is_indexed_and_counted_when_opened() {
             start(&client, name, &format!("old-{i}")).await;
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
+        // Instances no worker runs yet: runnable when the hub closes.
+        for i in 0..5 {
+            client
+                .start_with(
+                    "later",
+                    &i,
+                    StartOptions {
+                        instance_id: Some(format!("later-{i}")),
+                        ..StartOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
         engine.shutdown().await.unwrap();
     }
-    // Turn it into what format 2 wrote: globals without the trailing name counts, no index.
+    // Turn each partition's checkpoint into what the old format wrote.
+    let mut listed = 0;
     for p in 0..2 {
         let path = dir.path().join(format!("partitions/p{p:02}/store.redb"));
         let store = PartitionStore::open(&path).unwrap();
-        let globals = store.load_globals().unwrap().unwrap();
-        let state = cairn_core::PartitionState::recover(&globals).unwrap();
-        let counts = postcard::to_allocvec(&state.globals().name_counts).unwrap();
-        assert!(globals.ends_with(&counts));
-        let mut ids = Vec::new();
+        let state =
+            cairn_core::PartitionState::recover(&store.load_globals().unwrap().unwrap()).unwrap();
+        let mut files = Vec::new();
+        let mut runnable = std::collections::BTreeSet::new();
         store
-            .scan_instances(None, None, &mut |id, _| {
-                ids.push(id.to_string());
+            .scan_instances(None, None, &mut |id, bytes| {
+                let s = cairn_core::InstanceState::decode(bytes).unwrap();
+                if cairn_core::is_runnable(&s) {
+                    runnable.insert(id.to_string());
+                }
+                // Format 2 had no index; format 3 had every key but the backlog's.
+                let keys: Vec<Vec<u8>> = match version {
+                    2 => Vec::new(),
+                    _ => cairn_core::index::keys(&s)
+                        .into_iter()
+                        .filter(|k| !k.starts_with(b"w"))
+                        .collect(),
+                };
+                files.push((id.to_string(), keys));
                 true
             })
             .unwrap();
+        listed += runnable.len();
+        let g = state.globals();
+        let v2 = (
+            g.partition,
+            g.partition_count,
+            g.position,
+            &g.activities,
+            g.next_activity_id,
+            &g.timers,
+            g.next_timer_id,
+            &g.outbox,
+            &g.dedup,
+            &runnable,
+            &g.status_counts,
+        );
+        let globals = match version {
+            2 => postcard::to_allocvec(&v2).unwrap(),
+            _ => postcard::to_allocvec(&(v2, &g.name_counts)).unwrap(),
+        };
         store
             .write_checkpoint(&CheckpointBatch {
                 position: store.checkpoint_position().unwrap(),
-                globals: globals[..globals.len() - counts.len()].to_vec(),
-                index_keys: ids.into_iter().map(|id| (id, Vec::new())).collect(),
+                globals,
+                index_keys: files,
                 ..CheckpointBatch::default()
             })
             .unwrap();
-        let mut indexed = 0;
+        let mut backlog_keys = 0;
         store
-            .scan_index_desc(b"", None, &mut |_, _| {
-                indexed += 1;
+            .scan_index_desc(b"w", None, &mut |_, _| {
+                backlog_keys += 1;
                 true
             })
             .unwrap();
-        assert_eq!(indexed, 0);
+        assert_eq!(backlog_keys, 0);
     }
+    assert_eq!(listed, 5, "the five 'later' instances are runnable");
     let meta_path = dir.path().join("hub.json");
     let meta = std::fs::read_to_string(&meta_path).unwrap();
-    let v3 = format!("\"format_version\": {}", cairn_core::LOG_FORMAT_VERSION);
-    assert!(meta.contains(&v3), "{meta}");
-    std::fs::write(&meta_path, meta.replace(&v3, "\"format_version\": 2")).unwrap();
+    let today = format!("\"format_version\": {}", cairn_core::LOG_FORMAT_VERSION);
+    assert!(meta.contains(&today), "{meta}");
+    std::fs::write(
+        &meta_path,
+        meta.replace(&today, &format!("\"format_version\": {version}")),
+    )
+    .unwrap();
 
-    let engine = Engine::open(config(), registry()).await.unwrap();
+    // Reopened by a process that runs "later": the listed instances were found and run.
+    let registry = registry()
+        .orchestration("later", |_ctx: OrchestrationContext, x: i64| async move {
+            Ok::<_, TaskError>(x * 10)
+        });
+    let engine = Engine::open(config(), registry).await.unwrap();
     let client = engine.client();
+    for i in 0..5i64 {
+        let s = client
+            .wait_for_completion(&format!("later-{i}"), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.output.as_deref(),
+            Some(format!("{}", i * 10).as_str()),
+            "format {version}"
+        );
+    }
+    let mut all = all_pages(&client, QueryFilter::default(), 4).await;
+    all.retain(|id| id.starts_with("old-"));
     assert_eq!(
-        all_pages(&client, QueryFilter::default(), 4).await,
-        ["old-5", "old-4", "old-3", "old-2", "old-1", "old-0"]
+        all,
+        ["old-5", "old-4", "old-3", "old-2", "old-1", "old-0"],
+        "format {version}"
     );
     assert_eq!(
         all_pages(
@@ -281,8 +359,15 @@ async fn a_format_2_hub_is_indexed_and_counted_when_opened() {
     );
     assert_eq!(
         name_counts(&engine),
-        BTreeMap::from([("chain".to_string(), 3), ("fan_out".to_string(), 3)])
+        BTreeMap::from([
+            ("chain".to_string(), 3),
+            ("fan_out".to_string(), 3),
+            ("later".to_string(), 5)
+        ]),
+        "format {version}"
     );
-    assert!(std::fs::read_to_string(&meta_path).unwrap().contains(&v3));
+    assert!(std::fs::read_to_string(&meta_path)
+        .unwrap()
+        .contains(&today));
     engine.shutdown().await.unwrap();
 }

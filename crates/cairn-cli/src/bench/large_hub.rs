@@ -33,8 +33,12 @@ fn instance_id(i: u64) -> String {
 }
 
 /// Resident set size of this process, in bytes (Linux; 0 elsewhere).
-fn rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+pub(super) fn rss() -> u64 {
+    vm_rss("/proc/self/status")
+}
+
+fn vm_rss(status_file: &str) -> u64 {
+    std::fs::read_to_string(status_file)
         .ok()
         .and_then(|s| {
             s.lines()
@@ -59,7 +63,7 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-fn count(engine: &Engine, status: RuntimeStatus) -> u64 {
+pub(super) fn count(engine: &Engine, status: RuntimeStatus) -> u64 {
     engine
         .stats()
         .iter()
@@ -438,7 +442,7 @@ pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Benc
 }
 
 /// A free loopback port (bound and released; good enough for a benchmark).
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -463,39 +467,50 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<u16>
         .map_err(|_| std::io::Error::other(format!("not an HTTP status: {text}")))
 }
 
+/// `cairn serve` of the hub in `dir`, its HTTP front on `http_port`.
+pub(super) fn serve(dir: &std::path::Path, http_port: u16) -> Result<std::process::Child> {
+    Ok(std::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--data"])
+        .arg(dir)
+        .args(["--grpc", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?)
+}
+
+/// Waits until `cairn serve` (`child`, HTTP on `port`) answers a status request for `id` (200
+/// for an ended instance, 202 for one still going).
+pub(super) fn answers(port: u16, child: &mut std::process::Child, id: &str) -> Result<()> {
+    let status_path = format!("/runtime/webhooks/durabletask/instances/{id}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(200 | 202) = http(port, "GET", &status_path, "") {
+            return Ok(());
+        }
+        if let Some(exit) = child.try_wait()? {
+            anyhow::bail!("cairn serve exited ({exit}) before answering");
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "cairn serve did not answer in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Resident set size of process `pid`, in bytes (Linux; 0 elsewhere).
+pub(super) fn rss_of(pid: u32) -> u64 {
+    vm_rss(&format!("/proc/{pid}/status"))
+}
+
 /// Serves the hub in `dir` with `cairn serve`, starts instances through its HTTP API, kills it
 /// with SIGKILL mid-way, serves it again and returns the seconds from the new process's start
 /// to its first answered status request for `id`.
 fn kill_and_restart(dir: &std::path::Path, id: &str) -> Result<f64> {
-    let exe = std::env::current_exe()?;
-    let spawn = |http_port: u16| -> Result<std::process::Child> {
-        Ok(std::process::Command::new(&exe)
-            .args(["serve", "--data"])
-            .arg(dir)
-            .args(["--grpc", &format!("127.0.0.1:{}", free_port()?)])
-            .args(["--http", &format!("127.0.0.1:{http_port}")])
-            .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?)
-    };
-    let status_path = format!("/runtime/webhooks/durabletask/instances/{id}");
-    let wait_answer = |port: u16, child: &mut std::process::Child| -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(200) = http(port, "GET", &status_path, "") {
-                return Ok(());
-            }
-            if let Some(exit) = child.try_wait()? {
-                anyhow::bail!("cairn serve exited ({exit}) before answering");
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "cairn serve did not answer in 120 s"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    };
+    let spawn = |port: u16| serve(dir, port);
+    let wait_answer = |port: u16, child: &mut std::process::Child| answers(port, child, id);
     let port = free_port()?;
     let mut first = spawn(port)?;
     wait_answer(port, &mut first)?;

@@ -9,7 +9,7 @@ impl PartitionState {
     pub fn checkpoint(&mut self) -> Result<CheckpointData, crate::EncodeError> {
         let mut data = CheckpointData {
             position: self.globals.position,
-            globals: crate::encode("the partition's globals", &self.globals)?,
+            globals: self.globals.encode()?,
             ..CheckpointData::default()
         };
         let mut dirty: Vec<String> = self.dirty.drain().collect();

@@ -62,7 +62,7 @@ impl PartitionState {
                 instance_id,
                 reason,
             } => {
-                let response = self.with_instance(instance_id, cx, src, |this, inst, cx| {
+                let response = self.with_instance(instance_id, cx, src, |_, inst, cx| {
                     Ok(match inst.state.status {
                         RuntimeStatus::Running | RuntimeStatus::Pending => {
                             inst.state.status = RuntimeStatus::Suspended;
@@ -73,7 +73,6 @@ impl PartitionState {
                                     reason: reason.clone(),
                                 },
                             ));
-                            this.globals.runnable.remove(instance_id);
                             cx.effects
                                 .push(Effect::InstanceChanged(instance_id.clone()));
                             ClientResponse::Ok

@@ -42,7 +42,6 @@ impl PartitionState {
                         e.locked_by = None;
                     }
                     self.pump_locks(&mut inst, cx);
-                    self.globals.runnable.remove(entity_id);
                     self.make_runnable(&inst, cx);
                     self.put_entity(inst);
                 } else {
@@ -280,14 +279,13 @@ impl PartitionState {
             });
         if !all_queued || r.results.len() != r.processed.len() {
             // Stale: the batch does not match what is queued any more.
-            let runnable = self.globals.runnable.contains(&r.entity_id);
+            let runnable = is_runnable(&inst.state);
             self.put_clean(inst);
             if runnable {
                 cx.effects.push(Effect::RunEpisode(r.entity_id.clone()));
             }
             return Ok(());
         }
-        self.globals.runnable.remove(&r.entity_id);
         let mut done: Vec<EntityOperation> = Vec::with_capacity(r.processed.len());
         if let Some(e) = inst.state.entity.as_mut() {
             e.state = r.state.clone();

@@ -22,7 +22,7 @@ impl PartitionState {
         if !valid {
             // Stale: the instance moved on (terminated, restarted) while the episode ran.
             // If it still has work, the shell must run a fresh episode.
-            let runnable = self.globals.runnable.contains(&r.instance_id);
+            let runnable = is_runnable(&inst.state);
             self.put_clean(inst);
             if runnable {
                 cx.effects.push(Effect::RunEpisode(r.instance_id.clone()));
@@ -30,7 +30,6 @@ impl PartitionState {
             return Ok(());
         }
         // The episode is done: whether the instance runs again depends only on what is left.
-        self.globals.runnable.remove(&r.instance_id);
         let now = cx.now;
         let old_status = inst.state.status;
         let old_custom = inst.state.custom_status.clone();

@@ -121,8 +121,11 @@ impl PartitionState {
     }
 
     /// Every change of an instance goes through `take` and `put`, so counting there keeps
-    /// `status_counts` and `name_counts` exact without a scan.
+    /// `status_counts`, `name_counts` and `backlog` exact without a scan.
     pub(super) fn count_status(&mut self, s: &InstanceState, add: bool) {
+        if is_runnable(s) {
+            count(&mut self.globals.backlog, &s.name, add);
+        }
         if s.entity.is_some() {
             return;
         }

@@ -296,7 +296,6 @@ impl PartitionState {
         s.not_before = None;
         let id = s.instance_id.clone();
         let execution = s.execution_id.clone();
-        self.globals.runnable.remove(&id);
         self.globals
             .timers
             .retain(|_, t| !(t.instance_id == id && t.execution_id == execution));

@@ -188,22 +188,14 @@ impl PartitionState {
         Ok(())
     }
 
+    /// Asks the shell to run an episode of `inst` if it has work it may run now. Whether it
+    /// has is a function of its state alone ([`is_runnable`]): the shell runs one episode at a
+    /// time per instance and ignores the request while one runs, and the episode's result
+    /// asks again if work is left.
     pub(super) fn make_runnable(&mut self, inst: &Instance, cx: &mut Apply) {
-        let s = &inst.state;
-        let has_work = match &s.entity {
-            Some(e) => !e.eligible(1).is_empty(),
-            None => !s.pending.is_empty(),
-        };
-        if has_work
-            && s.not_before.is_none()
-            && s.status != RuntimeStatus::Suspended
-            && !s.status.is_terminal()
-        {
-            if self.globals.runnable.insert(s.instance_id.clone()) {
-                cx.effects.push(Effect::RunEpisode(s.instance_id.clone()));
-            }
-        } else {
-            self.globals.runnable.remove(&s.instance_id);
+        if is_runnable(&inst.state) {
+            cx.effects
+                .push(Effect::RunEpisode(inst.state.instance_id.clone()));
         }
     }
 

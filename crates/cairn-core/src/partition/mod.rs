@@ -2,7 +2,8 @@
 //!
 //! A partition owns a set of instances (those whose id hashes to it) and the global tables that
 //! drive them: the activity queue, durable timers, the outbox towards other partitions, the
-//! dedup positions of messages received, and the set of instances with work to do.
+//! dedup positions of messages received, and counts of the instances with work to do (the
+//! instances themselves are found through the store's backlog index, [`crate::index`]).
 //!
 //! **Purity.** Nothing here performs I/O, reads a clock or draws randomness. Instances that are
 //! not in memory are read through [`InstanceSource`], a read-only view of the last checkpoint:
@@ -165,13 +166,28 @@ impl Instance {
         self.state.history_len += 1;
     }
 
+    /// What the instance costs in memory: the boxed instance and its cache slot (the map entry,
+    /// the id as the key and in the state), its strings, and its events. Struct sizes are
+    /// counted, not guessed: an estimate of payloads alone made a cache of tiny instances
+    /// several times its budget.
     fn approx_size(&self) -> usize {
+        const SLOT: usize = 64;
+        let event = |e: &HistoryEvent| std::mem::size_of::<HistoryEvent>() + e.approx_size();
         let s = &self.state;
-        256 + s.instance_id.len()
-            + s.input.as_ref().map_or(0, |x| x.len())
-            + s.output.as_ref().map_or(0, |x| x.len())
-            + s.pending.iter().map(|e| e.approx_size()).sum::<usize>()
-            + self.tail.iter().map(|e| e.approx_size()).sum::<usize>()
+        let text = |x: &Option<String>| x.as_ref().map_or(0, |x| x.len());
+        SLOT + std::mem::size_of::<Instance>()
+            + 2 * s.instance_id.len()
+            + s.name.len()
+            + s.execution_id.len()
+            + text(&s.input)
+            + text(&s.output)
+            + text(&s.custom_status)
+            + s.tags
+                .iter()
+                .map(|(k, v)| 64 + k.len() + v.len())
+                .sum::<usize>()
+            + s.pending.iter().map(event).sum::<usize>()
+            + self.tail.iter().map(event).sum::<usize>()
     }
 }
 
@@ -194,13 +210,57 @@ pub struct Globals {
     pub next_timer_id: u64,
     pub outbox: BTreeMap<u32, VecDeque<(MessageId, Message)>>,
     pub dedup: BTreeMap<u32, MessageId>,
-    /// Instances with pending messages that may run an episode now.
-    pub runnable: BTreeSet<String>,
+    /// Instances that may run an episode now ([`is_runnable`]: pending messages, or eligible
+    /// entity operations), counted by orchestration or entity name (format 4). The instances
+    /// themselves are not listed here: a backlog of a million would make every checkpoint
+    /// rewrite a million ids. The store files each under its backlog index key instead.
+    pub backlog: BTreeMap<String, u64>,
     /// Orchestration instances (not entities) by runtime status, kept as instances change so
     /// metrics never scan the store.
     pub status_counts: BTreeMap<RuntimeStatus, u64>,
     /// Orchestration instances by orchestration name, kept the same way (format 3).
     pub name_counts: BTreeMap<String, u64>,
+}
+
+/// Globals of format 4 and later start with this byte and then their format version. Older
+/// globals start with their partition number as a varint, and no partition number below 256
+/// encodes as `0xff` followed by a byte of 2 or more (that would be 383 or more), so the two
+/// never read as each other.
+const GLOBALS_TAG: u8 = 0xff;
+/// The format of [`Globals`] as this version writes them.
+const GLOBALS_VERSION: u8 = 4;
+
+impl Globals {
+    /// The globals as a checkpoint stores them: tagged with their format version.
+    pub fn encode(&self) -> Result<Vec<u8>, crate::EncodeError> {
+        let mut bytes = vec![GLOBALS_TAG, GLOBALS_VERSION];
+        bytes.extend(crate::encode("the partition's globals", self)?);
+        Ok(bytes)
+    }
+}
+
+/// Whether an instance may run an episode (or entity batch) now: it has work, is not waiting
+/// for its scheduled start, is not suspended and has not ended.
+pub fn is_runnable(s: &InstanceState) -> bool {
+    let has_work = match &s.entity {
+        Some(e) => !e.eligible(1).is_empty(),
+        None => !s.pending.is_empty(),
+    };
+    has_work
+        && s.not_before.is_none()
+        && s.status != RuntimeStatus::Suspended
+        && !s.status.is_terminal()
+}
+
+/// What globals of an older format leave for the shell to rebuild from the store when a hub
+/// is upgraded (see [`PartitionState::upgrade`]).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Upgrade {
+    /// Format 2 kept no counts by name: count the store's instances.
+    pub count_names: bool,
+    /// Formats 2 and 3 listed the runnable instances in the globals; format 4 files them
+    /// under the store's backlog index and counts them in [`Globals::backlog`].
+    pub runnable: Vec<String>,
 }
 
 /// [`Globals`] as format 2 wrote them (no name counts), read to upgrade a hub.
@@ -219,22 +279,33 @@ struct GlobalsV2 {
     status_counts: BTreeMap<RuntimeStatus, u64>,
 }
 
-impl From<GlobalsV2> for Globals {
-    fn from(g: GlobalsV2) -> Globals {
-        Globals {
-            partition: g.partition,
-            partition_count: g.partition_count,
-            position: g.position,
-            activities: g.activities,
-            next_activity_id: g.next_activity_id,
-            timers: g.timers,
-            next_timer_id: g.next_timer_id,
-            outbox: g.outbox,
-            dedup: g.dedup,
-            runnable: g.runnable,
-            status_counts: g.status_counts,
-            name_counts: BTreeMap::new(),
-        }
+/// [`Globals`] as format 3 wrote them: format 2's fields, then the name counts (postcard
+/// encodes a struct as its fields in order, so a pair reads it).
+type GlobalsV3 = (GlobalsV2, BTreeMap<String, u64>);
+
+impl GlobalsV2 {
+    /// Today's globals and what they lack: the runnable list, and the name counts when
+    /// `name_counts` is None.
+    fn upgrade(self, name_counts: Option<BTreeMap<String, u64>>) -> (Globals, Upgrade) {
+        let upgrade = Upgrade {
+            count_names: name_counts.is_none(),
+            runnable: self.runnable.into_iter().collect(),
+        };
+        let globals = Globals {
+            partition: self.partition,
+            partition_count: self.partition_count,
+            position: self.position,
+            activities: self.activities,
+            next_activity_id: self.next_activity_id,
+            timers: self.timers,
+            next_timer_id: self.next_timer_id,
+            outbox: self.outbox,
+            dedup: self.dedup,
+            backlog: BTreeMap::new(),
+            status_counts: self.status_counts,
+            name_counts: name_counts.unwrap_or_default(),
+        };
+        (globals, upgrade)
     }
 }
 
@@ -259,8 +330,8 @@ pub struct PartitionState {
     /// Lookups answered from memory / from the source (observability only; not state).
     cache_hits: u64,
     cache_misses: u64,
-    /// Recovered from format-2 globals: the name counts must be counted from the store.
-    name_counts_missing: bool,
+    /// Recovered from globals of an older format: what the shell must rebuild from the store.
+    upgrade: Option<Upgrade>,
 }
 
 /// Per-apply scratch: effects produced, messages to deliver locally, message numbering.
@@ -286,20 +357,32 @@ impl PartitionState {
             dirty: HashSet::new(),
             cache_hits: 0,
             cache_misses: 0,
-            name_counts_missing: false,
+            upgrade: None,
         }
     }
 
-    /// Rebuilds the in-memory part from a checkpoint's globals blob (format 3, or format 2:
-    /// then [`Self::name_counts_missing`] says the shell must count names from the store).
-    pub fn recover(globals: &[u8]) -> Result<Self, postcard::Error> {
-        // Format 3 first: format-2 bytes end where its name counts would start, so they fail
-        // it, while format-3 bytes would pass as format 2 with the counts left unread.
-        let (globals, name_counts_missing) = match postcard::from_bytes::<Globals>(globals) {
-            Ok(g) => (g, false),
-            Err(e) => match postcard::from_bytes::<GlobalsV2>(globals) {
-                Ok(g) => (g.into(), true),
-                Err(_) => return Err(e),
+    /// Rebuilds the in-memory part from a checkpoint's globals blob: of format 4, or of format
+    /// 3 or 2, which [`Self::upgrade`] then says what to rebuild from the store.
+    pub fn recover(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let (globals, upgrade) = match bytes {
+            [GLOBALS_TAG, GLOBALS_VERSION, rest @ ..] => {
+                (postcard::from_bytes::<Globals>(rest)?, None)
+            }
+            [GLOBALS_TAG, _, ..] => return Err(postcard::Error::DeserializeBadEncoding),
+            // Format 3 first: format-2 bytes end where its name counts would start, so they
+            // fail it, while format-3 bytes would pass as format 2 with the counts left unread.
+            legacy => match postcard::from_bytes::<GlobalsV3>(legacy) {
+                Ok((g, names)) => {
+                    let (g, u) = g.upgrade(Some(names));
+                    (g, Some(u))
+                }
+                Err(e) => match postcard::from_bytes::<GlobalsV2>(legacy) {
+                    Ok(g) => {
+                        let (g, u) = g.upgrade(None);
+                        (g, Some(u))
+                    }
+                    Err(_) => return Err(e),
+                },
             },
         };
         Ok(PartitionState {
@@ -308,20 +391,28 @@ impl PartitionState {
             dirty: HashSet::new(),
             cache_hits: 0,
             cache_misses: 0,
-            name_counts_missing,
+            upgrade,
         })
     }
 
-    /// Whether the name counts are still to be counted (globals of format 2).
-    pub fn name_counts_missing(&self) -> bool {
-        self.name_counts_missing
+    /// What globals of an older format lack (None: they were of today's format, or the
+    /// upgrade is done).
+    pub fn upgrade(&self) -> Option<&Upgrade> {
+        self.upgrade.as_ref()
     }
 
-    /// Sets the name counts of a checkpoint recovered from format 2, counted from its
-    /// instances (before any record is replayed).
-    pub fn set_name_counts(&mut self, counts: BTreeMap<String, u64>) {
-        self.globals.name_counts = counts;
-        self.name_counts_missing = false;
+    /// Completes an upgrade with what the shell rebuilt from the store, before any record is
+    /// replayed: the name counts (when [`Upgrade::count_names`]) and the backlog counts.
+    pub fn finish_upgrade(
+        &mut self,
+        name_counts: Option<BTreeMap<String, u64>>,
+        backlog: BTreeMap<String, u64>,
+    ) {
+        if let Some(counts) = name_counts {
+            self.globals.name_counts = counts;
+        }
+        self.globals.backlog = backlog;
+        self.upgrade = None;
     }
 
     pub fn globals(&self) -> &Globals {

@@ -120,6 +120,25 @@ fn remote_ids() -> Vec<String> {
         .collect()
 }
 
+fn entity_ids() -> Vec<String> {
+    (0..40)
+        .map(|i| entity_instance_id("counter", &format!("k{i}")))
+        .filter(|id| partition_of(id, 2) == 0)
+        .take(3)
+        .collect()
+}
+
+/// The runnable instances of a state that holds every instance in memory, in id order.
+fn runnable_ids(state: &PartitionState) -> Vec<String> {
+    let mut ids: Vec<String> = state
+        .loaded_ids()
+        .filter(|id| state.loaded(id).is_some_and(|i| is_runnable(&i.state)))
+        .cloned()
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// Generates `n` records by driving a partition with random but plausible inputs.
 fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
     let mut rng = Rng(seed);
@@ -132,11 +151,7 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
     while records.len() < n {
         now += rng.below(50);
         let id = ids[rng.below(ids.len() as u64) as usize].clone();
-        let entities: Vec<String> = (0..40)
-            .map(|i| entity_instance_id("counter", &format!("k{i}")))
-            .filter(|id| partition_of(id, 2) == 0)
-            .take(3)
-            .collect();
+        let entities = entity_ids();
         let event = match rng.below(15) {
             12 | 13 => {
                 // An operation for an entity: a signal, or a call from a local orchestration.
@@ -194,12 +209,9 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                 }
             }
             14 => {
-                let runnable: Vec<String> = state
-                    .globals()
-                    .runnable
-                    .iter()
+                let runnable: Vec<String> = runnable_ids(&state)
+                    .into_iter()
                     .filter(|id| id.starts_with('@'))
-                    .cloned()
                     .collect();
                 let Some(target) = runnable.first().cloned() else {
                     continue;
@@ -293,12 +305,9 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                 },
             }),
             3..=6 => {
-                let runnable: Vec<String> = state
-                    .globals()
-                    .runnable
-                    .iter()
+                let runnable: Vec<String> = runnable_ids(&state)
+                    .into_iter()
                     .filter(|id| !id.starts_with('@'))
-                    .cloned()
                     .collect();
                 if runnable.is_empty() {
                     continue;
@@ -544,6 +553,14 @@ proptest! {
             *by_name.entry(state.name.clone()).or_insert(0) += 1;
         }
         prop_assert_eq!(&observed.0.name_counts, &by_name);
+        // So do the backlog counts, orchestrations and entities alike.
+        let mut backlog: BTreeMap<String, u64> = BTreeMap::new();
+        for id in ids.iter().chain(entity_ids().iter()) {
+            if let Some(i) = b.get(id, &store).unwrap().filter(|i| is_runnable(&i.state)) {
+                *backlog.entry(i.state.name.clone()).or_insert(0) += 1;
+            }
+        }
+        prop_assert_eq!(&observed.0.backlog, &backlog);
     }
 
     /// What reads off the partition's task rely on: an instance not changed since the last

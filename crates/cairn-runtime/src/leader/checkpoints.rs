@@ -97,6 +97,8 @@ impl Leader {
             .state
             .checkpoint()
             .map_err(|e| self.storage_error(e.to_string()))?;
+        // From here the batch is what the store reads (overlaid until written).
+        self.dispatch.checkpointed();
         self.records_since_checkpoint = 0;
         self.last_checkpoint = self.shared.clock.now_millis();
         Ok(CheckpointBatch {
@@ -163,21 +165,21 @@ impl Leader {
                 } else {
                     0
                 };
-            let busy = self.running.contains(&id)
-                || self.state.globals().runnable.contains(&id)
-                || self.state.is_dirty(&id);
+            // A runnable instance not running is in the store's backlog index: it may go.
+            let busy = self.dispatch.is_running(&id) || self.state.is_dirty(&id);
             if busy {
                 total += size;
                 continue;
             }
             // An ended orchestration rarely runs again (a rewind or restart reloads it): it
             // leaves memory at the first checkpoint that has it, so that a hub of millions of
-            // finished instances costs memory for its live ones only.
-            let ended = self
-                .state
-                .loaded(&id)
-                .is_some_and(|i| i.state.entity.is_none() && i.state.status.is_terminal());
-            if ended && self.evict(&id) {
+            // finished instances costs memory for its live ones only. So does one that waits
+            // in the backlog for a dispatch window: it is loaded again when dispatched, and a
+            // backlog of a million must not fill the cache.
+            let leaves = self.state.loaded(&id).is_some_and(|i| {
+                (i.state.entity.is_none() && i.state.status.is_terminal()) || is_runnable(&i.state)
+            });
+            if leaves && self.evict(&id) {
                 continue;
             }
             total += size;

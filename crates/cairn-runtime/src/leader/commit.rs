@@ -53,7 +53,9 @@ impl Leader {
 
     pub(super) fn effect(&mut self, position: u64, batch_end: u64, effect: Effect) {
         match effect {
-            Effect::RunEpisode(id) => self.start_episode(&id),
+            Effect::RunEpisode(id) => {
+                self.start_episode(&id);
+            }
             Effect::StartActivity(a) => self.start_activity(a),
             Effect::ScheduleTimer { timer_id, due } => {
                 self.timers.insert((due, timer_id));

@@ -44,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod checkpoints;
 mod commit;
+mod dispatch;
 mod held;
 mod overlay;
 mod reads;
@@ -98,7 +99,7 @@ pub(crate) struct Leader {
     held: VecDeque<(u64, Held)>,
     replies: HashMap<u64, Reply<ClientResponse>>,
     next_request: u64,
-    running: HashSet<String>,
+    dispatch: dispatch::Dispatch,
     cursors: HashMap<String, Cursor>,
     timers: BTreeSet<(Millis, u64)>,
     waiters: HashMap<String, Vec<Waiter>>,
@@ -111,6 +112,8 @@ pub(crate) struct Leader {
     failed: Option<String>,
     /// Reads running off the task (they count against the queue bound, like held answers).
     reads_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Work tasks holding the store (see [`StoreLease`]).
+    store_users: Arc<std::sync::atomic::AtomicUsize>,
     stats: Arc<LeaderStats>,
 }
 
@@ -198,7 +201,8 @@ impl Leader {
             }
         }
         self.release();
-        wait_for_reads(self.reads_in_flight.clone()).await;
+        wait_until_none(self.reads_in_flight.clone()).await;
+        wait_until_none(self.store_users.clone()).await;
         if let Some(log) = self.log.take() {
             if let Err(e) = crate::blocking::blocking(|| log.close()) {
                 tracing::error!(partition = self.partition, "closing the log failed: {e}");
@@ -215,12 +219,11 @@ impl Leader {
         for (slot, status) in self.stats.status_counts.iter().zip(RuntimeStatus::ALL) {
             slot.store(counts.get(&status).copied().unwrap_or(0), Ordering::Relaxed);
         }
-        let names = &self.state.globals().name_counts;
-        let mut published = self.stats.name_counts.lock();
-        if **published != *names {
-            *published = Arc::new(names.clone());
-        }
-        drop(published);
+        publish_map(&self.stats.name_counts, &self.state.globals().name_counts);
+        publish_map(&self.stats.backlog, &self.state.globals().backlog);
+        self.stats
+            .dispatched
+            .store(self.dispatch.running_count() as u64, Ordering::Relaxed);
         self.stats
             .cached_instances
             .store(self.state.loaded_count() as u64, Ordering::Relaxed);
@@ -288,7 +291,7 @@ impl Leader {
                     result,
                     cursor,
                 } => {
-                    self.running.remove(&instance_id);
+                    self.dispatch.finished(&instance_id);
                     // A cursor continues an execution; one that ended (completed, failed or
                     // continued as new) never runs again, so it is not worth keeping.
                     let ended = result.as_ref().is_some_and(|r| {
@@ -318,7 +321,7 @@ impl Leader {
                     },
                 }),
                 Input::EntityDone { entity_id, result } => {
-                    self.running.remove(&entity_id);
+                    self.dispatch.finished(&entity_id);
                     records.push(LogRecord {
                         timestamp: now,
                         event: PartitionEvent::EntityBatchCompleted(result),
@@ -359,6 +362,7 @@ impl Leader {
         for id in episodes_to_retry {
             self.start_episode(&id);
         }
+        self.refill();
         for (request, reply) in reads {
             self.read(request, reply);
         }
@@ -421,8 +425,54 @@ impl Leader {
     }
 }
 
-/// Lets reads running off the task finish before the store closes (they hold snapshots of it).
-async fn wait_for_reads(in_flight: Arc<std::sync::atomic::AtomicUsize>) {
+/// Replaces a published map if it changed (readers hold the old one as long as they like).
+fn publish_map(slot: &parking_lot::Mutex<Arc<BTreeMap<String, u64>>>, map: &BTreeMap<String, u64>) {
+    let mut published = slot.lock();
+    if **published != *map {
+        *published = Arc::new(map.clone());
+    }
+}
+
+/// The store as a task off the partition's holds it (an episode reading its history): counted,
+/// so that a leader shutting down waits until no task holds the store. Tasks spawned just
+/// before a shutdown may not have run yet; without this, one of them would keep the store open
+/// after the engine shut down, and a reopen in the same process would find it locked.
+pub(super) struct StoreLease {
+    store: Option<Arc<dyn CheckpointStore>>,
+    users: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StoreLease {
+    pub(super) fn new(
+        store: Arc<dyn CheckpointStore>,
+        users: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> StoreLease {
+        users.fetch_add(1, Ordering::Relaxed);
+        StoreLease {
+            store: Some(store),
+            users: users.clone(),
+        }
+    }
+
+    pub(super) fn get(&self) -> &dyn CheckpointStore {
+        // Only `drop` takes it.
+        self.store
+            .as_deref()
+            .expect("a lease holds its store until dropped")
+    }
+}
+
+impl Drop for StoreLease {
+    fn drop(&mut self) {
+        // The store goes first: the count says nobody holds it any more.
+        self.store = None;
+        self.users.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Lets tasks counted by `in_flight` (reads holding snapshots of the store, episodes holding
+/// the store) finish before the store closes.
+async fn wait_until_none(in_flight: Arc<std::sync::atomic::AtomicUsize>) {
     while in_flight.load(Ordering::Relaxed) > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }

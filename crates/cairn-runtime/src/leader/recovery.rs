@@ -39,8 +39,7 @@ impl Leader {
                 .map_err(|e| storage_err(format!("checkpoint globals are unreadable: {e}")))?,
             None => PartitionState::new(partition, shared.partition_count),
         };
-        upgrade_format_2(partition, &*store, &mut state, checkpoint, globals)
-            .map_err(storage_err)?;
+        upgrade_older_format(partition, &*store, &mut state, checkpoint).map_err(storage_err)?;
         let tx = shared.partitions[partition as usize].clone();
         let opened = shared
             .logs
@@ -79,7 +78,7 @@ impl Leader {
             partition,
             checkpoint_position: checkpoint,
             replayed_records: replayed,
-            runnable: g.runnable.len(),
+            runnable: g.backlog.values().sum::<u64>() as usize,
             activities: g.activities.len(),
             timers: g.timers.len(),
             torn_tail_bytes,
@@ -100,7 +99,7 @@ impl Leader {
             held: VecDeque::new(),
             replies: HashMap::new(),
             next_request: 1,
-            running: HashSet::new(),
+            dispatch: Default::default(),
             cursors: HashMap::new(),
             timers: BTreeSet::new(),
             waiters: HashMap::new(),
@@ -111,6 +110,7 @@ impl Leader {
             last_checkpoint,
             failed: None,
             reads_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            store_users: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             stats,
         };
         Ok((leader, report))
@@ -125,16 +125,11 @@ impl Leader {
 
     /// Restarts the work the recovered state says is outstanding.
     pub(super) fn resume(&mut self) {
-        // Counts are known from the checkpoint; an idle partition must not read as empty.
-        self.publish_state_stats();
         let g = self.state.globals();
-        let runnable: Vec<String> = g.runnable.iter().cloned().collect();
         let activities: Vec<u64> = g.activities.keys().copied().collect();
         let timers: Vec<(Millis, u64)> = g.timers.iter().map(|(id, t)| (t.due, *id)).collect();
         let destinations = self.state.outbox_destinations();
-        for id in runnable {
-            self.start_episode(&id);
-        }
+        self.resume_backlog();
         for a in activities {
             self.start_activity(a);
         }
@@ -142,6 +137,8 @@ impl Leader {
         for to in destinations {
             self.send_outbox(to);
         }
+        // Counts are known from the checkpoint; an idle partition must not read as empty.
+        self.publish_state_stats();
     }
 }
 
@@ -178,17 +175,25 @@ impl InstanceSource for StoreSource<'_> {
     }
 }
 
-/// Brings a checkpoint written by format 2 up to date, in one pass over its instances: files
-/// them under their index keys (one atomic checkpoint write, same position and globals) and
-/// counts them by name. A store has instances but no index entries only if format 2 wrote it,
-/// since every put since carries its keys.
-fn upgrade_format_2(
+/// Brings a checkpoint written by an older format up to date, in one atomic checkpoint write
+/// at the same position:
+/// * format 2 (no index entries, no name counts): every instance is filed under its index
+///   keys and counted by name, in one pass over the store;
+/// * formats 2 and 3 (the runnable instances listed in the globals): those instances are filed
+///   under their backlog keys and counted in the backlog;
+///
+/// and the globals are rewritten in today's format, so the upgrade happens once. A store has
+/// instances but no index entries only if format 2 wrote it, since every put since carries
+/// its keys.
+fn upgrade_older_format(
     partition: u32,
     store: &dyn CheckpointStore,
     state: &mut PartitionState,
     position: u64,
-    globals: Option<Vec<u8>>,
 ) -> Result<(), String> {
+    let Some(upgrade) = state.upgrade().cloned() else {
+        return Ok(());
+    };
     let mut indexed = false;
     store
         .scan_index_desc(b"", None, &mut |_, _| {
@@ -197,36 +202,48 @@ fn upgrade_format_2(
         })
         .map_err(|e| e.to_string())?;
     let index_missing = !indexed && store.instance_count().map_err(|e| e.to_string())? > 0;
-    if !index_missing && !state.name_counts_missing() {
-        return Ok(());
-    }
     let mut index_keys = Vec::new();
     let mut names = BTreeMap::new();
-    each_stored_instance(store, |id, s| {
-        if index_missing {
-            index_keys.push((id.to_string(), cairn_core::index::keys(&s)));
+    let mut backlog = BTreeMap::new();
+    let mut count_backlog = |s: &InstanceState| {
+        if is_runnable(s) {
+            *backlog.entry(s.name.clone()).or_insert(0) += 1;
         }
-        if s.entity.is_none() {
-            *names.entry(s.name).or_insert(0) += 1;
+    };
+    if index_missing || upgrade.count_names {
+        each_stored_instance(store, |id, s| {
+            if index_missing {
+                index_keys.push((id.to_string(), cairn_core::index::keys(&s)));
+                count_backlog(&s);
+            }
+            if s.entity.is_none() {
+                *names.entry(s.name).or_insert(0) += 1;
+            }
+        })?;
+    }
+    if !index_missing {
+        let source = StoreSource(store);
+        for id in &upgrade.runnable {
+            if let Some(s) = source.load(id).map_err(|e| e.to_string())? {
+                index_keys.push((id.clone(), cairn_core::index::keys(&s)));
+                count_backlog(&s);
+            }
         }
-    })?;
-    if state.name_counts_missing() {
-        state.set_name_counts(names);
     }
-    if index_missing {
-        let count = index_keys.len();
-        let batch = CheckpointBatch {
-            position,
-            globals: globals.unwrap_or_default(),
-            index_keys,
-            ..CheckpointBatch::default()
-        };
-        store.write_checkpoint(&batch).map_err(|e| e.to_string())?;
-        tracing::info!(
-            partition,
-            "indexed the {count} instances of a store written before indexes"
-        );
-    }
+    state.finish_upgrade(upgrade.count_names.then_some(names), backlog);
+    let count = index_keys.len();
+    let batch = CheckpointBatch {
+        position,
+        globals: state.globals().encode().map_err(|e| e.to_string())?,
+        index_keys,
+        ..CheckpointBatch::default()
+    };
+    store.write_checkpoint(&batch).map_err(|e| e.to_string())?;
+    tracing::info!(
+        partition,
+        "upgraded the checkpoint to format {}: {count} instances indexed",
+        cairn_core::LOG_FORMAT_VERSION
+    );
     Ok(())
 }
 

@@ -4,28 +4,32 @@
 use super::*;
 
 impl Leader {
-    pub(super) fn start_episode(&mut self, id: &str) {
-        if self.running.contains(id) || self.failed.is_some() {
-            return;
-        }
-        if !self.state.globals().runnable.contains(id) {
-            return;
+    /// Starts an episode (or entity batch) of `id` if it has work, none runs yet and its
+    /// name's dispatch window has room; true if it started.
+    pub(super) fn start_episode(&mut self, id: &str) -> bool {
+        if self.dispatch.is_running(id) || self.failed.is_some() {
+            return false;
         }
         let store = self.store.clone();
-        let inst = match self.state.get(id, &StoreSource(&*store)) {
-            Ok(Some(i)) => i,
-            Ok(None) => return,
+        let name = match self.state.get(id, &StoreSource(&*store)) {
+            Ok(Some(i)) if is_runnable(&i.state) => i.state.name.clone(),
+            Ok(_) => return false,
             Err(e) => {
                 self.fail(e.to_string());
-                return;
+                return false;
             }
+        };
+        if !self.admit(id, &name) {
+            return false;
+        }
+        let Some(inst) = self.state.loaded(id) else {
+            return false;
         };
         if let Some(entity) = &inst.state.entity {
             let name = inst.state.name.clone();
             let state = entity.state.clone();
             let ops: Vec<EntityOperation> =
                 entity.eligible(self.shared.config.max_entity_batch.max(1));
-            self.running.insert(id.to_string());
             self.stats.episodes.fetch_add(1, Ordering::Relaxed);
             let shared = self.shared.clone();
             let tx = self.shared.partitions[self.partition as usize].clone();
@@ -81,7 +85,7 @@ impl Leader {
                 };
                 let _ = tx.send(Input::EntityDone { entity_id, result });
             });
-            return;
+            return true;
         }
         let s = &inst.state;
         let execution_id = s.execution_id.clone();
@@ -112,7 +116,6 @@ impl Leader {
         } else {
             Vec::new()
         };
-        self.running.insert(id.to_string());
         self.tick += 1;
         self.touched.insert(id.to_string(), self.tick);
         if cursor.is_none() {
@@ -121,7 +124,7 @@ impl Leader {
         self.stats.episodes.fetch_add(1, Ordering::Relaxed);
         let work = EpisodeWork {
             shared: self.shared.clone(),
-            store,
+            store: StoreLease::new(store, &self.store_users),
             tx: self.shared.partitions[self.partition as usize].clone(),
             instance_id: id.to_string(),
             execution_id,
@@ -134,6 +137,7 @@ impl Leader {
         };
         let ticket = self.stats.orchestrator_queue.enter();
         tokio::spawn(work.run(cursor, remote, ticket));
+        true
     }
 
     pub(super) fn start_activity(&mut self, activity_id: u64) {
@@ -267,7 +271,7 @@ where
 /// Everything an episode needs, moved onto a worker task.
 struct EpisodeWork {
     shared: Arc<Shared>,
-    store: Arc<dyn CheckpointStore>,
+    store: StoreLease,
     tx: mpsc::UnboundedSender<Input>,
     instance_id: String,
     execution_id: String,
@@ -300,8 +304,11 @@ impl EpisodeWork {
             actions: Vec::new(),
             custom_status: None,
         };
+        // The store is let go before the episode waits for a slot or a worker: work waiting
+        // for a worker that never comes must not keep the store open after shutdown.
+        let store = self.store;
         let past = if cursor.is_none() {
-            match read_history(&*self.store, &self.instance_id, self.persisted, self.tail) {
+            match read_history(store.get(), &self.instance_id, self.persisted, self.tail) {
                 Some(p) => p,
                 // The instance changed under us; let the leader look again.
                 None => return retry_later(&self.tx, self.instance_id),
@@ -309,6 +316,7 @@ impl EpisodeWork {
         } else {
             Vec::new()
         };
+        drop(store);
         let placement = match remote {
             Some(queue) => Placement::Remote(queue),
             None => place(self.shared.registry.get_orchestration(&self.name), &None),

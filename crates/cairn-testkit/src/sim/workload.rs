@@ -88,6 +88,7 @@ pub struct Plan {
     pub max_queued_requests: usize,
     pub max_concurrent: usize,
     pub max_entity_batch: usize,
+    pub dispatch_window: usize,
     pub instances: Vec<Planned>,
     /// Client signals to the tally entity: (operation id, when).
     pub signals: Vec<(String, u64)>,
@@ -133,6 +134,7 @@ impl Plan {
             max_queued_requests: pick(&mut rng, &[2, 8, 10_000]),
             max_concurrent: pick(&mut rng, &[1, 3, 1000]),
             max_entity_batch: pick(&mut rng, &[1, 5000]),
+            dispatch_window: pick(&mut rng, &[1, 2, 512]),
             instances,
             signals,
         }

@@ -1,0 +1,166 @@
+//! Backlogs live on disk: a partition hands out at most its dispatch window of episodes per
+//! name, the rest of a backlog waits in the checkpoint store (not in memory), another name's
+//! work is not held up by it, a restart keeps it, and it drains once a worker comes.
+
+mod common;
+
+use cairn_core::{Action, Completion, EventKind};
+use cairn_runtime::remote::{RemoteEpisode, RemoteWork, Room, WorkFilter};
+use cairn_runtime::*;
+use common::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const PARTITIONS: u32 = 2;
+const WINDOW: usize = 8;
+const BACKLOG: usize = 400;
+
+fn backlog(engine: &Engine) -> BTreeMap<String, u64> {
+    let mut total = BTreeMap::new();
+    for s in engine.stats() {
+        for (name, n) in s.backlog_by_name().iter() {
+            *total.entry(name.clone()).or_insert(0) += n;
+        }
+    }
+    total
+}
+
+fn cached(engine: &Engine) -> u64 {
+    engine
+        .stats()
+        .iter()
+        .map(|s| {
+            s.cached_instances
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum()
+}
+
+/// Waits until the remote queue holds `n` items (it fills as partitions dispatch).
+async fn queue_settles_at(queue: &remote::RemoteQueue, n: usize) {
+    for _ in 0..200 {
+        if queue.len() == n {
+            // And stays there: nothing more is dispatched.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(queue.len(), n);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the remote queue holds {} items, not {n}", queue.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_waits_on_disk_and_drains_when_a_worker_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || EngineConfig {
+        partitions: Some(PARTITIONS),
+        remote_workers: true,
+        dispatch_window: WINDOW,
+        // Every clean instance that is not running leaves memory at a checkpoint.
+        instance_cache_mb: 0,
+        ..common::config(dir.path())
+    };
+    {
+        let engine = Engine::open(config(), registry()).await.unwrap();
+        let client = engine.client();
+        for i in 0..BACKLOG {
+            client
+                .start_with(
+                    "nightly_report",
+                    &i,
+                    StartOptions {
+                        instance_id: Some(format!("report-{i:04}")),
+                        ..StartOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let queue = engine.remote_queue().unwrap();
+        // One window per partition is handed out; the rest waits.
+        queue_settles_at(&queue, WINDOW * PARTITIONS as usize).await;
+        assert_eq!(
+            backlog(&engine),
+            BTreeMap::from([("nightly_report".to_string(), BACKLOG as u64)])
+        );
+        // Work of another name runs meanwhile.
+        let id = client.start("chain", &3i64).await.unwrap();
+        let done = client.wait_for_completion(&id, WAIT).await.unwrap();
+        assert_eq!(done.status, RuntimeStatus::Completed);
+        // After a checkpoint, memory holds the dispatched window, not the backlog.
+        engine.checkpoint().await.unwrap();
+        let resident = cached(&engine);
+        assert!(
+            resident <= (WINDOW * PARTITIONS as usize) as u64 + 4,
+            "{resident} instances stay in memory with a backlog of {BACKLOG}"
+        );
+        engine.shutdown().await.unwrap();
+    }
+
+    // After a restart the backlog is still there, and still handed out a window at a time.
+    let engine = Engine::open(config(), registry()).await.unwrap();
+    let client = engine.client();
+    let queue = engine.remote_queue().unwrap();
+    queue_settles_at(&queue, WINDOW * PARTITIONS as usize).await;
+    assert_eq!(backlog(&engine)["nightly_report"], BACKLOG as u64);
+
+    // A worker comes: it gets every instance, each once, oldest first within a partition.
+    let worker = queue.connect("test worker", WorkFilter::everything());
+    let runs = tokio::spawn(async move {
+        let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+        let mut order: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        while runs.len() < BACKLOG {
+            let taken = worker.recv(Room::ALL).await;
+            let RemoteWork::Orchestrator(work) = taken.work else {
+                panic!("only orchestrations wait");
+            };
+            let input = work
+                .new_events
+                .iter()
+                .find_map(|e| match &e.kind {
+                    EventKind::ExecutionStarted { input, .. } => input.clone(),
+                    _ => None,
+                })
+                .expect("the first episode has the start");
+            *runs.entry(work.instance_id.clone()).or_default() += 1;
+            order
+                .entry(cairn_core::partition_of(&work.instance_id, PARTITIONS))
+                .or_default()
+                .push(work.instance_id.clone());
+            let _ = work.reply.send(RemoteEpisode {
+                actions: vec![Action::Complete(Completion::Completed {
+                    result: Some(input),
+                })],
+                custom_status: None,
+            });
+        }
+        (runs, order)
+    });
+    let mut created = BTreeMap::new();
+    for i in 0..BACKLOG {
+        let s = client
+            .wait_for_completion(&format!("report-{i:04}"), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(s.status, RuntimeStatus::Completed);
+        assert_eq!(s.output.as_deref(), Some(i.to_string().as_str()));
+        created.insert(s.instance_id, s.created_at);
+    }
+    let (runs, order) = runs.await.unwrap();
+    assert_eq!(runs.len(), BACKLOG);
+    assert!(runs.values().all(|n| *n == 1), "an episode ran twice");
+    // What each partition handed out first after the restart was its oldest backlog: the
+    // worker took those first (the queue is first in, first out).
+    for (p, ids) in order {
+        let (first, rest) = ids.split_at(WINDOW);
+        let newest_first = first.iter().map(|id| created[id]).max().unwrap();
+        let oldest_rest = rest.iter().map(|id| created[id]).min().unwrap();
+        assert!(
+            newest_first <= oldest_rest,
+            "partition {p} handed out {first:?} before older instances"
+        );
+    }
+    assert!(backlog(&engine).is_empty());
+    engine.shutdown().await.unwrap();
+}
