@@ -58,8 +58,8 @@ pub struct AppState {
     pub published_names: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
     /// Orchestration and entity names with a published `cairn_backlog` gauge.
     pub published_backlog: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
-    /// The engine's retention policy (shown by `/api/retention`).
-    pub retention: Arc<cairn_runtime::RetentionPolicy>,
+    /// The engine's retention policy (shown and changed by `/api/retention`).
+    pub retention: cairn_runtime::Retention,
 }
 
 /// The whole HTTP application for `engine`.
@@ -83,14 +83,17 @@ pub fn router(
         published_workers: Arc::default(),
         published_names: Arc::default(),
         published_backlog: Arc::default(),
-        retention: Arc::new(engine.config().retention.clone()),
+        retention: engine.retention().clone(),
     };
     Router::new()
         .merge(api::routes())
         .route("/metrics", get(metrics::prometheus))
         .route("/api/stats", get(metrics::stats_json))
         .route("/api/workers", get(metrics::workers_json))
-        .route("/api/retention", get(metrics::retention_json))
+        .route(
+            "/api/retention",
+            get(metrics::retention_json).put(metrics::set_retention),
+        )
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .merge(dashboard::routes())
@@ -228,12 +231,73 @@ mod tests {
         s.read_to_string(&mut answer).await.unwrap();
         let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(json["hub"]["completed"], "7days", "{json}");
+        assert_eq!(json["hub"]["completed"], "7d", "{json}");
         assert_eq!(json["hub"]["failed"], serde_json::Value::Null, "{json}");
-        assert_eq!(json["byName"]["nightly"]["failed"], "1day", "{json}");
+        assert_eq!(json["byName"]["nightly"]["failed"], "1d", "{json}");
         assert_eq!(json["purged"], 0, "{json}");
+
+        // Changed while running: the new policy is in force and shown.
+        let (code, json) = call(
+            addr,
+            "PUT",
+            r#"{"hub": {"completed": "12h"}, "byName": {"audit": {"terminated": "90d"}}}"#,
+        )
+        .await;
+        assert_eq!(code, 200, "{json}");
+        assert_eq!(
+            engine.retention().policy().hub.completed,
+            Some(12 * 3600 * Duration::from_secs(1))
+        );
+        let (_, json) = call(addr, "GET", "").await;
+        assert_eq!(json["hub"]["completed"], "12h", "{json}");
+        assert_eq!(json["byName"]["audit"]["terminated"], "90d", "{json}");
+        assert!(json["byName"].get("nightly").is_none(), "{json}");
+        // A bad policy is refused with what is wrong, and changes nothing.
+        for (body, says) in [
+            (
+                r#"{"hub": {"completed": "soon"}}"#,
+                "hub.completed is 'soon'",
+            ),
+            (r#"{"hub": {"running": "1d"}}"#, "the ended statuses are"),
+            (r#"{"everything": 1}"#, "not \"everything\""),
+            ("[", "JSON"),
+        ] {
+            let (code, json) = call(addr, "PUT", body).await;
+            assert_eq!(code, 400, "{body}: {json}");
+            assert!(
+                json["message"].as_str().unwrap_or("").contains(says),
+                "{body}: {json}"
+            );
+        }
+        assert_eq!(
+            engine.retention().policy().hub.completed,
+            Some(12 * 3600 * Duration::from_secs(1))
+        );
         server.abort();
         engine.shutdown().await.unwrap();
+    }
+
+    /// One request to `/api/retention`: status code and JSON body.
+    async fn call(
+        addr: std::net::SocketAddr,
+        method: &str,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "{method} /api/retention HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        let code = answer[9..12].parse().unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        (
+            code,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Small HTTP answers must not wait for the client's delayed ACK.

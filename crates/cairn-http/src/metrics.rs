@@ -193,35 +193,37 @@ pub async fn workers_json(State(state): State<AppState>) -> Json<Value> {
     }
 }
 
-/// `/api/retention`: how long ended orchestrations are kept (hub-wide and per name; absent:
+/// `/api/retention`: how long ended orchestrations are kept (hub-wide and per name; null:
 /// forever) and how many were purged through this process.
 pub async fn retention_json(State(state): State<AppState>) -> Json<Value> {
-    let rule = |r: &cairn_runtime::RetentionRule| {
-        let age = |d: Option<std::time::Duration>| {
-            d.map(|d| Value::from(humantime::format_duration(d).to_string()))
-                .unwrap_or(Value::Null)
-        };
-        json!({
-            "completed": age(r.completed),
-            "failed": age(r.failed),
-            "terminated": age(r.terminated),
-        })
-    };
-    let by_name: Map<String, Value> = state
-        .retention
-        .by_name
+    Json(retention_body(&state))
+}
+
+/// `PUT /api/retention`: replaces the policy (the body has the shape `GET` shows; a missing
+/// part has no rules), kept in the hub's directory so that it outlives the process.
+pub async fn set_retention(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let json: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body must be JSON like {{\"hub\": {{\"completed\": \"7d\"}}, \"byName\": {{}}}}: {e}"
+        ))
+    })?;
+    let policy = cairn_runtime::RetentionPolicy::from_json(&json).map_err(ApiError::BadRequest)?;
+    state.retention.set(policy).map_err(ApiError::Internal)?;
+    Ok(Json(retention_body(&state)))
+}
+
+fn retention_body(state: &AppState) -> Value {
+    let mut body = state.retention.policy().to_json();
+    body["purged"] = state
+        .stats
         .iter()
-        .map(|(name, r)| (name.clone(), rule(r)))
-        .collect();
-    Json(json!({
-        "hub": rule(&state.retention.hub),
-        "byName": by_name,
-        "purged": state
-            .stats
-            .iter()
-            .map(|s| s.purged.load(Ordering::Relaxed))
-            .sum::<u64>(),
-    }))
+        .map(|s| s.purged.load(Ordering::Relaxed))
+        .sum::<u64>()
+        .into();
+    body
 }
 
 /// Orchestration instances by status, summed over the partitions.

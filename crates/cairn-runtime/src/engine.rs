@@ -25,8 +25,9 @@ pub use crate::leader::RecoveryReport;
 pub struct Engine {
     shared: Arc<Shared>,
     leaders: Vec<tokio::task::JoinHandle<()>>,
-    /// The retention sweeper, when a policy is set.
-    retention: Option<tokio::task::JoinHandle<()>>,
+    /// The retention policy in force (changeable while running) and its sweeper.
+    retention: crate::retention::Retention,
+    sweeper: tokio::task::JoinHandle<()>,
     pub recovery: Vec<RecoveryReport>,
     pub hub: HubMeta,
     /// True when this open created the task hub (the directory had none).
@@ -44,6 +45,8 @@ impl Engine {
         let dir = config.data_dir.clone();
         let opened = crate::hub::open(&dir, config.partitions)?;
         let hub = opened.meta.clone();
+        let retention = crate::retention::Retention::open(&dir, &config.retention)
+            .map_err(|e| crate::hub::data_dir_error(&dir, e))?;
         let count = hub.partitions;
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -157,25 +160,24 @@ impl Engine {
             return Err(e);
         }
         let handles = leaders.into_iter().map(|l| tokio::spawn(l.run())).collect();
-        let retention = (!shared.config.retention.is_empty()).then(|| {
-            let stats = shared.stats.clone();
-            tokio::spawn(crate::retention::run(
-                Client::new(shared.clone()),
-                shared.config.retention.clone(),
-                shared.config.retention_interval,
-                shared.clock.clone(),
-                move || {
-                    stats
-                        .iter()
-                        .flat_map(|s| s.instances_by_name().keys().cloned().collect::<Vec<_>>())
-                        .collect()
-                },
-            ))
-        });
+        let stats = shared.stats.clone();
+        let sweeper = tokio::spawn(crate::retention::run(
+            Client::new(shared.clone()),
+            retention.clone(),
+            shared.config.retention_interval,
+            shared.clock.clone(),
+            move || {
+                stats
+                    .iter()
+                    .flat_map(|s| s.instances_by_name().keys().cloned().collect::<Vec<_>>())
+                    .collect()
+            },
+        ));
         Ok(Engine {
             shared,
             leaders: handles,
             retention,
+            sweeper,
             recovery,
             hub,
             created: opened.created,
@@ -194,6 +196,12 @@ impl Engine {
     /// The queue of work for remote workers (with `remote_workers` on).
     pub fn remote_queue(&self) -> Option<RemoteQueue> {
         self.shared.remote.clone()
+    }
+
+    /// The retention policy in force: [`Retention::set`](crate::retention::Retention::set)
+    /// changes it while the engine runs and keeps it in the hub's directory.
+    pub fn retention(&self) -> &crate::retention::Retention {
+        &self.retention
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -217,9 +225,7 @@ impl Engine {
 
     /// Flushes and checkpoints every partition, then stops.
     pub async fn shutdown(self) -> Result<(), EngineError> {
-        if let Some(r) = &self.retention {
-            r.abort();
-        }
+        self.sweeper.abort();
         let mut waits = Vec::new();
         for p in 0..self.shared.partition_count {
             let (tx, rx) = oneshot::channel();

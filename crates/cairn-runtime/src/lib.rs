@@ -54,7 +54,7 @@ pub use error::{EngineError, TaskError};
 pub use futures::future::Either;
 pub use orchestration::{CriticalSection, DurableFuture, OrchestrationContext, RetryPolicy};
 pub use registry::{ActivityContext, Registry};
-pub use retention::{RetentionPolicy, RetentionRule};
+pub use retention::{Retention, RetentionPolicy, RetentionRule};
 pub use stats::{LeaderStats, WorkGauge};
 
 /// The README's example, compiled and run as a doc test so it stays true.

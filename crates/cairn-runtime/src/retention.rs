@@ -121,19 +121,208 @@ pub(crate) async fn sweep(
     purged
 }
 
-/// Sweeps every `interval` until the task is aborted.
+/// Sweeps every `interval`, with the policy in force at the time, until the task is aborted.
 pub(crate) async fn run(
     client: Client,
-    policy: RetentionPolicy,
+    retention: Retention,
     interval: Duration,
     clock: Arc<dyn Clock>,
     names: impl Fn() -> BTreeSet<String>,
 ) {
     loop {
         tokio::time::sleep(interval).await;
+        let policy = retention.policy();
+        if policy.is_empty() {
+            continue;
+        }
         let purged = sweep(&client, &policy, clock.now_millis(), names()).await;
         if purged > 0 {
             tracing::info!(purged, "retention purged ended orchestrations");
         }
+    }
+}
+
+/// The file in a hub's directory that keeps the policy set while Cairn runs.
+const POLICY_FILE: &str = "retention.json";
+
+/// The policy in force, changeable while Cairn runs ([`crate::Engine::retention`]) and kept in
+/// the hub's directory so that it outlives the process. A policy given in the configuration
+/// (`cairn serve --retain-…`) replaces the kept one when the engine opens.
+#[derive(Clone)]
+pub struct Retention {
+    policy: Arc<parking_lot::Mutex<Arc<RetentionPolicy>>>,
+    file: std::path::PathBuf,
+}
+
+impl Retention {
+    /// The policy for the hub in `dir`: `configured` if it says anything (and then kept),
+    /// else the one kept there, else none.
+    pub(crate) fn open(
+        dir: &std::path::Path,
+        configured: &RetentionPolicy,
+    ) -> Result<Retention, String> {
+        let file = dir.join(POLICY_FILE);
+        let retention = Retention {
+            policy: Arc::default(),
+            file,
+        };
+        if !configured.is_empty() {
+            retention.set(configured.clone())?;
+            return Ok(retention);
+        }
+        match std::fs::read_to_string(&retention.file) {
+            Ok(text) => {
+                let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    format!(
+                        "{} is not valid JSON ({e}); fix or delete it",
+                        retention.file.display()
+                    )
+                })?;
+                let policy = RetentionPolicy::from_json(&json)
+                    .map_err(|e| format!("{}: {e}; fix or delete it", retention.file.display()))?;
+                *retention.policy.lock() = Arc::new(policy);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", retention.file.display())),
+        }
+        Ok(retention)
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<RetentionPolicy> {
+        self.policy.lock().clone()
+    }
+
+    /// Replaces the policy: kept in the hub's directory first (written aside, then renamed
+    /// over), then in force from the next sweep.
+    pub fn set(&self, policy: RetentionPolicy) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(&policy.to_json())
+            .map_err(|e| format!("cannot encode the retention policy: {e}"))?;
+        let aside = self.file.with_extension("json.new");
+        let keep = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&aside)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&aside, &self.file)?;
+            if let Some(dir) = self.file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        keep().map_err(|e| {
+            format!(
+                "cannot keep the retention policy in {}: {e}",
+                self.file.display()
+            )
+        })?;
+        *self.policy.lock() = Arc::new(policy);
+        Ok(())
+    }
+}
+
+/// An age as people write it for `--retain-…` (`7d`, `12h`, `90m`, `45s`): the largest unit
+/// that divides it, so it reads back exactly.
+fn age_text(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        return humantime::format_duration(d).to_string();
+    }
+    match s {
+        0 => "0s".to_string(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+impl RetentionRule {
+    fn to_json(&self) -> serde_json::Value {
+        let age = |d: Option<Duration>| {
+            d.map(|d| serde_json::Value::from(age_text(d)))
+                .unwrap_or(serde_json::Value::Null)
+        };
+        serde_json::json!({
+            "completed": age(self.completed),
+            "failed": age(self.failed),
+            "terminated": age(self.terminated),
+        })
+    }
+
+    fn from_json(json: &serde_json::Value, at: &str) -> Result<RetentionRule, String> {
+        let obj = json
+            .as_object()
+            .ok_or_else(|| format!("{at} must be an object like {{\"completed\": \"7d\"}}"))?;
+        let mut rule = RetentionRule::default();
+        for (key, value) in obj {
+            let status = match key.as_str() {
+                "completed" => RuntimeStatus::Completed,
+                "failed" => RuntimeStatus::Failed,
+                "terminated" => RuntimeStatus::Terminated,
+                other => return Err(format!(
+                    "{at} has '{other}'; the ended statuses are completed, failed and terminated"
+                )),
+            };
+            match value {
+                serde_json::Value::Null => {}
+                serde_json::Value::String(s) => {
+                    let age = humantime::parse_duration(s).map_err(|e| {
+                        format!("{at}.{key} is '{s}', not an age like 7d or 12h: {e}")
+                    })?;
+                    rule.set(status, age)?;
+                }
+                other => {
+                    return Err(format!(
+                        "{at}.{key} is {other}, not an age like \"7d\" (or null: keep forever)"
+                    ))
+                }
+            }
+        }
+        Ok(rule)
+    }
+}
+
+impl RetentionPolicy {
+    /// The policy as `/api/retention` shows it and `retention.json` keeps it:
+    /// `{"hub": {"completed": "7d", "failed": null, …}, "byName": {"name": {…}}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let by_name: serde_json::Map<String, serde_json::Value> = self
+            .by_name
+            .iter()
+            .map(|(name, r)| (name.clone(), r.to_json()))
+            .collect();
+        serde_json::json!({ "hub": self.hub.to_json(), "byName": by_name })
+    }
+
+    /// Reads what [`Self::to_json`] writes (either part may be missing: no rules); an error
+    /// says what is wrong.
+    pub fn from_json(json: &serde_json::Value) -> Result<RetentionPolicy, String> {
+        let obj = json
+            .as_object()
+            .ok_or("a retention policy is an object with \"hub\" and \"byName\"")?;
+        let mut policy = RetentionPolicy::default();
+        for (key, value) in obj {
+            match key.as_str() {
+                "hub" => policy.hub = RetentionRule::from_json(value, "hub")?,
+                "byName" => {
+                    let names = value
+                        .as_object()
+                        .ok_or("byName must be an object of orchestration name -> rule")?;
+                    for (name, rule) in names {
+                        let rule = RetentionRule::from_json(rule, &format!("byName.{name}"))?;
+                        policy.by_name.insert(name.clone(), rule);
+                    }
+                }
+                // Shown by the API next to the policy; not part of it.
+                "purged" => {}
+                other => {
+                    return Err(format!(
+                        "a retention policy has \"hub\" and \"byName\", not \"{other}\""
+                    ))
+                }
+            }
+        }
+        Ok(policy)
     }
 }

@@ -144,3 +144,73 @@ async fn retention_purges_exactly_what_the_policy_names_across_a_restart() {
     client.raise_event("w1", "go", &1i64).await.unwrap();
     engine.shutdown().await.unwrap();
 }
+
+/// A policy changed while the engine runs is in force from the next sweep and outlives the
+/// process; a policy given at a later start replaces it.
+#[tokio::test(start_paused = true)]
+async fn a_policy_set_while_running_is_kept_until_a_start_gives_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TokioClock::starting_at(1_700_000_000_000));
+    let config = |retention: RetentionPolicy| EngineConfig {
+        clock: Some(clock.clone()),
+        retention,
+        retention_interval: MINUTE,
+        // Paused time runs ahead while a blocking fsync is under way; this test is about the
+        // policy, not durability.
+        fsync: false,
+        ..common::config(dir.path())
+    };
+    let engine = Engine::open(config(RetentionPolicy::default()), registry_with_endings())
+        .await
+        .unwrap();
+    let client = engine.client();
+    for id in ["c1", "c2"] {
+        start(&client, "chain", id).await;
+    }
+    for id in ["c1", "c2"] {
+        client.wait_for_completion(id, WAIT).await.unwrap();
+    }
+    // No policy: kept.
+    tokio::time::sleep(30 * MINUTE).await;
+    assert!(exists(&client, "c1").await);
+    let mut policy = RetentionPolicy::default();
+    policy.hub.completed = Some(20 * MINUTE);
+    engine.retention().set(policy.clone()).unwrap();
+    tokio::time::sleep(2 * MINUTE).await;
+    assert!(!exists(&client, "c1").await, "purged under the new policy");
+    assert!(!exists(&client, "c2").await);
+    start(&client, "chain", "c3").await;
+    client.wait_for_completion("c3", WAIT).await.unwrap();
+    engine.shutdown().await.unwrap();
+
+    // A start without a policy keeps the one set while running.
+    let engine = Engine::open(config(RetentionPolicy::default()), registry_with_endings())
+        .await
+        .unwrap();
+    assert_eq!(*engine.retention().policy(), policy);
+    let client = engine.client();
+    tokio::time::sleep(22 * MINUTE).await;
+    assert!(!exists(&client, "c3").await, "purged after the restart");
+    start(&client, "chain", "c4").await;
+    client.wait_for_completion("c4", WAIT).await.unwrap();
+    engine.shutdown().await.unwrap();
+
+    // A start with a policy replaces it (and keeps the new one).
+    let mut longer = RetentionPolicy::default();
+    longer.hub.completed = Some(600 * MINUTE);
+    let engine = Engine::open(config(longer.clone()), registry_with_endings())
+        .await
+        .unwrap();
+    let client = engine.client();
+    tokio::time::sleep(60 * MINUTE).await;
+    assert!(
+        exists(&client, "c4").await,
+        "kept under the policy given at start"
+    );
+    engine.shutdown().await.unwrap();
+    let engine = Engine::open(config(RetentionPolicy::default()), registry_with_endings())
+        .await
+        .unwrap();
+    assert_eq!(*engine.retention().policy(), longer);
+    engine.shutdown().await.unwrap();
+}
