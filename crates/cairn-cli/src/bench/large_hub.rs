@@ -336,7 +336,7 @@ pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Benc
     let rss_after_restart = rss();
     // The same hub served by `cairn serve`, killed with SIGKILL while it takes starts, started
     // again: time to its first answered status request.
-    let (b, killed, _) = b
+    let (b, (killed, serve_rss), _) = b
         .reopen(move |dir| kill_and_restart(&dir, &survivor))
         .await?;
 
@@ -352,6 +352,7 @@ pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Benc
         "rss_full_bytes": rss_full,
         "cached_instances": cached,
         "rss_after_restart_bytes": rss_after_restart,
+        "rss_cairn_serve_bytes": serve_rss,
         "first_page_running": first_running,
         "first_page_by_name": first_by_name,
         "deep_page": deep,
@@ -388,6 +389,10 @@ pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Benc
             disk as f64 / (hub_size + others) as f64
         );
         println!("  RSS empty / full / restarted {:.0} / {:.0} / {:.0} MiB ({cached} instances in memory when full)", mib(rss_empty), mib(rss_full), mib(rss_after_restart));
+        println!(
+            "  RSS of cairn serve on it     {:.0} MiB (a fresh process, after its first answer)",
+            mib(serve_rss)
+        );
         println!(
             "  first page of Running        {}",
             ms(&report["first_page_running"])
@@ -507,8 +512,8 @@ pub(super) fn rss_of(pid: u32) -> u64 {
 
 /// Serves the hub in `dir` with `cairn serve`, starts instances through its HTTP API, kills it
 /// with SIGKILL mid-way, serves it again and returns the seconds from the new process's start
-/// to its first answered status request for `id`.
-fn kill_and_restart(dir: &std::path::Path, id: &str) -> Result<f64> {
+/// to its first answered status request for `id`, and the new process's RSS.
+fn kill_and_restart(dir: &std::path::Path, id: &str) -> Result<(f64, u64)> {
     let spawn = |port: u16| serve(dir, port);
     let wait_answer = |port: u16, child: &mut std::process::Child| answers(port, child, id);
     let port = free_port()?;
@@ -533,8 +538,12 @@ fn kill_and_restart(dir: &std::path::Path, id: &str) -> Result<f64> {
     let answered = wait_answer(port, &mut second);
     let seconds = started.elapsed().as_secs_f64();
     let _ = http(port, "GET", "/api/stats", "");
+    // What serving the hub costs a process that did not build it (this one's RSS also holds
+    // what the allocator kept from the fill).
+    std::thread::sleep(Duration::from_secs(2));
+    let serve_rss = rss_of(second.id());
     second.kill()?;
     second.wait()?;
     answered?;
-    Ok(seconds)
+    Ok((seconds, serve_rss))
 }
