@@ -21,16 +21,3 @@ pub(crate) fn single_threaded() -> bool {
         Ok(tokio::runtime::RuntimeFlavor::CurrentThread)
     )
 }
-
-/// Lowers the calling thread's CPU priority to `nice` 10, for background writers (checkpoints)
-/// that must not take a core from the partitions' own work on a busy machine but may use all of
-/// an idle one. Linux only (elsewhere a no-op); failure is harmless and ignored.
-pub(crate) fn background_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: `gettid` and `setpriority` take and return plain integers and touch no memory of
-    // ours; on Linux, `PRIO_PROCESS` with a thread id changes that thread only.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
-    }
-}

@@ -260,9 +260,11 @@ impl RetentionRule {
                 "completed" => RuntimeStatus::Completed,
                 "failed" => RuntimeStatus::Failed,
                 "terminated" => RuntimeStatus::Terminated,
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "{at} has '{other}'; the ended statuses are completed, failed and terminated"
-                )),
+                ))
+                }
             };
             match value {
                 serde_json::Value::Null => {}

@@ -4,7 +4,7 @@
 //! it drains once a worker connects. Run it at two sizes to see that memory does not grow with
 //! the backlog: only a dispatch window per partition is in memory.
 
-use super::large_hub::{answers, count, free_port, rss, rss_of, serve};
+use super::large_hub::{answers, count, free_port, rss, rss_of, serve, start_many};
 use super::*;
 use cairn_core::{Action, Completion, EventKind};
 use cairn_runtime::remote::{RemoteEpisode, RemoteWork, Room, WorkFilter};
@@ -21,31 +21,19 @@ fn sum(engine: &Engine, f: impl Fn(&cairn_runtime::LeaderStats) -> u64) -> u64 {
 pub(super) async fn run(b: Bench, size: u64, json_out: bool) -> Result<(Bench, BenchResult)> {
     let client = b.engine.client().waiting_for_room();
     let rss_empty = rss();
-    let pb = bar(size, "backlog starts");
     let fill_start = Instant::now();
-    futures::stream::iter(0..size)
-        .map(|i| {
-            let client = client.clone();
-            async move {
-                let options = StartOptions {
-                    instance_id: Some(format!("b{i:08}")),
-                    ..StartOptions::default()
-                };
-                client.start_with(NAME, &i, options).await
-            }
-        })
-        .buffer_unordered(2000)
-        .enumerate()
-        .for_each(|(n, r)| {
-            if let Err(e) = r {
-                pb.println(format!("a start failed: {e}"));
-            }
-            if n % 1000 == 0 {
-                pb.set_position(n as u64);
-            }
-            futures::future::ready(())
-        })
-        .await;
+    let pb = start_many(size, "backlog starts", |i| {
+        let client = client.clone();
+        async move {
+            let options = StartOptions {
+                instance_id: Some(format!("b{i:08}")),
+                ..StartOptions::default()
+            };
+            client.start_with(NAME, &i, options).await?;
+            Ok(())
+        }
+    })
+    .await;
     let fill_seconds = fill_start.elapsed().as_secs_f64();
     pb.finish_and_clear();
     b.engine.checkpoint().await?;

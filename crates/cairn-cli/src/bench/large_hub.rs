@@ -85,6 +85,34 @@ async fn start(client: &Client, name: &str, id: String, input: u64) -> Result<()
     Ok(())
 }
 
+/// Runs `start(i)` for every `i` below `n`, 2,000 at a time (a start is acknowledged when
+/// durable), with a progress bar, which it returns unfinished; a failed start is printed.
+pub(super) async fn start_many<Fut>(
+    n: u64,
+    label: &'static str,
+    start: impl Fn(u64) -> Fut,
+) -> indicatif::ProgressBar
+where
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let pb = bar(n, label);
+    futures::stream::iter(0..n)
+        .map(start)
+        .buffer_unordered(2000)
+        .enumerate()
+        .for_each(|(i, r)| {
+            if let Err(e) = r {
+                pb.println(format!("a start failed: {e}"));
+            }
+            if i % 1000 == 0 {
+                pb.set_position(i as u64);
+            }
+            futures::future::ready(())
+        })
+        .await;
+    pb
+}
+
 /// Latency percentiles (ms) of `samples` runs of `op`.
 async fn latency<F, Fut>(samples: u64, mut op: F) -> Result<Value>
 where
@@ -130,25 +158,12 @@ pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Benc
 
     // Fill: `hub_size` instances that complete at once, spread over the names, 2,000 in flight
     // (a start is acknowledged when durable); then a few thousand others.
-    let pb = bar(hub_size, "large-hub fill");
     let fill_start = Instant::now();
-    futures::stream::iter(0..hub_size)
-        .map(|i| {
-            let client = client.clone();
-            async move { start(&client, &format!("hub_{}", i % NAMES), instance_id(i), i).await }
-        })
-        .buffer_unordered(2000)
-        .enumerate()
-        .for_each(|(n, r)| {
-            if let Err(e) = r {
-                pb.println(format!("a start failed: {e}"));
-            }
-            if n % 1000 == 0 {
-                pb.set_position(n as u64);
-            }
-            futures::future::ready(())
-        })
-        .await;
+    let pb = start_many(hub_size, "large-hub fill", |i| {
+        let client = client.clone();
+        async move { start(&client, &format!("hub_{}", i % NAMES), instance_id(i), i).await }
+    })
+    .await;
     while count(&b.engine, RuntimeStatus::Completed) < hub_size {
         pb.set_position(count(&b.engine, RuntimeStatus::Completed));
         tokio::time::sleep(Duration::from_millis(50)).await;

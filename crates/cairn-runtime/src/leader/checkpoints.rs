@@ -40,10 +40,6 @@ impl Leader {
         let spawned = std::thread::Builder::new()
             .name(format!("cairn-checkpoint-p{:02}", self.partition))
             .spawn(move || {
-                // A large checkpoint (a purge's deletes, a burst's puts) competes with the
-                // partitions for the CPU; the partitions win, since reads see the batch in the
-                // overlay until it is written anyway.
-                crate::blocking::background_priority();
                 let result = base.write_checkpoint(&batch).map_err(|e| e.to_string());
                 let _ = tx.send(Input::CheckpointWritten { position });
                 result
