@@ -483,6 +483,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The summary row of a scenario that prints its own figures: `ops` in `seconds`, and the
+/// mean time per op as its latency.
+fn finish_summary(scenario: Scenario, ops: u64, seconds: f64, unit: &'static str) -> BenchResult {
+    let mut h = histogram();
+    record(&mut h, Duration::from_secs_f64(seconds / ops.max(1) as f64));
+    finish(scenario, ops, Duration::from_secs_f64(seconds), &h, unit)
+}
+
 fn finish(
     scenario: Scenario,
     ops: u64,

@@ -143,13 +143,10 @@ pub(super) async fn run(b: Bench, size: u64, json_out: bool) -> Result<(Bench, B
             size as f64 / drain_seconds
         );
     }
-    let mut h = histogram();
-    record(&mut h, Duration::from_secs_f64(drain_seconds / size as f64));
-    let result = finish(
+    let result = finish_summary(
         Scenario::Backlog,
         size,
-        Duration::from_secs_f64(drain_seconds),
-        &h,
+        drain_seconds,
         "backlog instances drained by a worker (details above)",
     );
     Ok((b, result))

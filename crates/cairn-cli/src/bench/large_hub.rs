@@ -446,16 +446,10 @@ pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Benc
         );
         println!("  restart to first answer      {restart_seconds:.2} s (clean shutdown), {killed:.2} s (kill -9 of cairn serve)");
     }
-    let mut h = histogram();
-    record(
-        &mut h,
-        Duration::from_secs_f64(fill_seconds / hub_size as f64),
-    );
-    let result = finish(
+    let result = finish_summary(
         Scenario::LargeHub,
         hub_size,
-        Duration::from_secs_f64(fill_seconds),
-        &h,
+        fill_seconds,
         "instances filled into a large hub (details above)",
     );
     Ok((b, result))

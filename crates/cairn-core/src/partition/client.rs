@@ -38,7 +38,7 @@ impl PartitionState {
                             input: input.clone(),
                         },
                     ));
-                    this.make_runnable(inst, cx);
+                    this.run_if_runnable(inst, cx);
                     Ok(ClientResponse::Ok)
                 })?;
                 respond(cx, response);
@@ -102,7 +102,7 @@ impl PartitionState {
                                     reason: reason.clone(),
                                 },
                             ));
-                            this.make_runnable(inst, cx);
+                            this.run_if_runnable(inst, cx);
                             cx.effects
                                 .push(Effect::InstanceChanged(instance_id.clone()));
                             ClientResponse::Ok
@@ -268,7 +268,7 @@ impl PartitionState {
                 cx,
             );
         }
-        self.make_runnable(&inst, cx);
+        self.run_if_runnable(&inst, cx);
         cx.effects
             .push(Effect::InstanceChanged(start.instance_id.clone()));
         self.put(inst);

@@ -42,7 +42,7 @@ impl PartitionState {
                         e.locked_by = None;
                     }
                     self.pump_locks(&mut inst, cx);
-                    self.make_runnable(&inst, cx);
+                    self.run_if_runnable(&inst, cx);
                     self.put_entity(inst);
                 } else {
                     self.put_clean(inst);
@@ -100,7 +100,7 @@ impl PartitionState {
             e.queue.push_back(op);
         }
         self.pump_locks(&mut inst, cx);
-        self.make_runnable(&inst, cx);
+        self.run_if_runnable(&inst, cx);
         self.put(inst);
         Ok(())
     }
@@ -356,7 +356,7 @@ impl PartitionState {
         cx.effects
             .push(Effect::InstanceChanged(r.entity_id.clone()));
         self.pump_locks(&mut inst, cx);
-        self.make_runnable(&inst, cx);
+        self.run_if_runnable(&inst, cx);
         // An entity without state, work or lock does not exist: it is deleted.
         self.put_entity(inst);
         Ok(())

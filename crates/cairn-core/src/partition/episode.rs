@@ -66,7 +66,7 @@ impl PartitionState {
         inst.state.custom_status = r.custom_status.clone();
         inst.state.last_updated_at = now;
         match completion {
-            None => self.make_runnable(&inst, cx),
+            None => self.run_if_runnable(&inst, cx),
             Some(Completion::Completed { result }) => {
                 self.finish(
                     &mut inst,
@@ -494,7 +494,7 @@ impl PartitionState {
         s.children.clear();
         inst.tail.clear();
         inst.reset = true;
-        self.make_runnable(inst, cx);
+        self.run_if_runnable(inst, cx);
         cx.effects.push(Effect::InstanceChanged(id));
     }
 }

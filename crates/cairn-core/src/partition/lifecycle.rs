@@ -172,7 +172,7 @@ impl PartitionState {
             cx.now,
             EventKind::ExecutionRewound { reason },
         ));
-        self.make_runnable(inst, cx);
+        self.run_if_runnable(inst, cx);
         cx.effects.push(Effect::InstanceChanged(id));
         Ok(None)
     }

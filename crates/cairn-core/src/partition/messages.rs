@@ -180,7 +180,7 @@ impl PartitionState {
         let current = execution_id.is_none_or(|e| e == inst.state.execution_id);
         if current && !inst.state.status.is_terminal() {
             inst.state.pending.push(HistoryEvent::new(cx.now, kind));
-            self.make_runnable(&inst, cx);
+            self.run_if_runnable(&inst, cx);
             self.put(inst);
         } else {
             self.put_clean(inst);
@@ -192,7 +192,7 @@ impl PartitionState {
     /// has is a function of its state alone ([`is_runnable`]): the shell runs one episode at a
     /// time per instance and ignores the request while one runs, and the episode's result
     /// asks again if work is left.
-    pub(super) fn make_runnable(&mut self, inst: &Instance, cx: &mut Apply) {
+    pub(super) fn run_if_runnable(&mut self, inst: &Instance, cx: &mut Apply) {
         if is_runnable(&inst.state) {
             cx.effects
                 .push(Effect::RunEpisode(inst.state.instance_id.clone()));

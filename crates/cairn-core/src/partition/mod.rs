@@ -536,7 +536,7 @@ impl PartitionState {
                             if let Some(mut inst) = self.take(&timer.instance_id, src)? {
                                 if inst.state.execution_id == timer.execution_id {
                                     inst.state.not_before = None;
-                                    self.make_runnable(&inst, &mut cx);
+                                    self.run_if_runnable(&inst, &mut cx);
                                 }
                                 self.put(inst);
                             }

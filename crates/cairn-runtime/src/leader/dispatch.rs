@@ -47,11 +47,11 @@ impl Dispatch {
         self.running.len()
     }
 
-    /// Takes a slot in `name`'s window for `id`; false (and `id` remembered as overflow) if
-    /// the window is full.
-    fn admit(&mut self, id: &str, name: &str, window: usize) -> bool {
+    /// Takes a slot in `name`'s window (of `window` slots) for `id`; false (and `id`
+    /// remembered as overflow) if the window is full.
+    pub(super) fn admit(&mut self, id: &str, name: &str, window: usize) -> bool {
         let n = self.in_flight.entry(name.to_string()).or_default();
-        if *n >= window.max(1) {
+        if *n >= window {
             self.overflow
                 .entry(name.to_string())
                 .or_default()
@@ -88,7 +88,7 @@ impl Dispatch {
             .iter()
             .filter(|name| {
                 let n = self.in_flight.get(*name).copied().unwrap_or(0);
-                n <= window.max(1) / 2
+                n <= window / 2
             })
             .cloned()
             .collect()
@@ -96,15 +96,9 @@ impl Dispatch {
 }
 
 impl Leader {
-    fn window(&self) -> usize {
+    /// Slots per name (at least one, whatever the configuration says).
+    pub(super) fn window(&self) -> usize {
         self.shared.config.dispatch_window.max(1)
-    }
-
-    /// Whether `inst` may start now: false if its name's window is full (it is then found
-    /// again by a refill). On true, it counts as running until [`Dispatch::finished`].
-    pub(super) fn admit(&mut self, id: &str, name: &str) -> bool {
-        let window = self.window();
-        self.dispatch.admit(id, name, window)
     }
 
     /// Dispatches backlog into every window with room: overflowed instances first, then the
@@ -127,8 +121,8 @@ impl Leader {
                 }
             }
             let rest: BTreeSet<String> = left.collect();
-            let more_overflow = !rest.is_empty();
-            if more_overflow {
+            if !rest.is_empty() {
+                // The window is full again: the store's part waits for the next refill.
                 self.dispatch
                     .overflow
                     .entry(name.clone())

@@ -433,13 +433,32 @@ fn publish_map(slot: &parking_lot::Mutex<Arc<BTreeMap<String, u64>>>, map: &BTre
     }
 }
 
+/// One task counted in `in_flight` (a read off the partition's task, an episode holding the
+/// store) until the guard is dropped; the leader waits for the count to reach zero
+/// ([`wait_until_none`]) before it closes the store.
+pub(super) struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    pub(super) fn enter(in_flight: &Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The store as a task off the partition's holds it (an episode reading its history): counted,
 /// so that a leader shutting down waits until no task holds the store. Tasks spawned just
 /// before a shutdown may not have run yet; without this, one of them would keep the store open
 /// after the engine shut down, and a reopen in the same process would find it locked.
 pub(super) struct StoreLease {
-    store: Option<Arc<dyn CheckpointStore>>,
-    users: Arc<std::sync::atomic::AtomicUsize>,
+    // Declared first, so dropped first: when the count goes down, the store is let go.
+    pub(super) store: Arc<dyn CheckpointStore>,
+    _counted: InFlight,
 }
 
 impl StoreLease {
@@ -447,26 +466,10 @@ impl StoreLease {
         store: Arc<dyn CheckpointStore>,
         users: &Arc<std::sync::atomic::AtomicUsize>,
     ) -> StoreLease {
-        users.fetch_add(1, Ordering::Relaxed);
         StoreLease {
-            store: Some(store),
-            users: users.clone(),
+            store,
+            _counted: InFlight::enter(users),
         }
-    }
-
-    pub(super) fn get(&self) -> &dyn CheckpointStore {
-        // Only `drop` takes it.
-        self.store
-            .as_deref()
-            .expect("a lease holds its store until dropped")
-    }
-}
-
-impl Drop for StoreLease {
-    fn drop(&mut self) {
-        // The store goes first: the count says nobody holds it any more.
-        self.store = None;
-        self.users.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -143,8 +143,7 @@ impl Leader {
     /// taken, else back through the partition to be held.
     fn read_off_task(&mut self, position: u64, reply: Reply<ReadResponse>, work: StoreRead) {
         let durable = position <= self.durable;
-        let in_flight = self.reads_in_flight.clone();
-        in_flight.fetch_add(1, Ordering::Relaxed);
+        let counted = InFlight::enter(&self.reads_in_flight);
         let permits = self.shared.read_permits.clone();
         let tx = self.shared.partitions[self.partition as usize].clone();
         let partition = self.partition;
@@ -171,7 +170,7 @@ impl Leader {
             {
                 let _ = reply.send(Err(EngineError::ShuttingDown));
             }
-            in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(counted);
         });
     }
 

@@ -19,7 +19,9 @@ impl Leader {
                 return false;
             }
         };
-        if !self.admit(id, &name) {
+        // A full window remembers `id`: a refill finds it again.
+        let window = self.window();
+        if !self.dispatch.admit(id, &name, window) {
             return false;
         }
         let Some(inst) = self.state.loaded(id) else {
@@ -308,7 +310,7 @@ impl EpisodeWork {
         // for a worker that never comes must not keep the store open after shutdown.
         let store = self.store;
         let past = if cursor.is_none() {
-            match read_history(store.get(), &self.instance_id, self.persisted, self.tail) {
+            match read_history(&*store.store, &self.instance_id, self.persisted, self.tail) {
                 Some(p) => p,
                 // The instance changed under us; let the leader look again.
                 None => return retry_later(&self.tx, self.instance_id),
