@@ -50,6 +50,33 @@ impl Clock for TokioClock {
     }
 }
 
+/// A clock that stands still until it is moved: for tests (and simulations) that need days to
+/// pass in an instant while everything else (files, sockets, the runtime's timers) runs in real
+/// time.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock that reads `now` until it is moved.
+    pub fn starting_at(now: Millis) -> ManualClock {
+        ManualClock(std::sync::atomic::AtomicU64::new(now))
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: std::time::Duration) {
+        self.0.fetch_add(
+            by.as_millis() as Millis,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_millis(&self) -> Millis {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// New ids: execution ids, generated instance ids, request ids (32 hex digits).
 pub trait IdGen: Send + Sync + std::fmt::Debug {
     fn next_id(&self) -> String;
@@ -99,6 +126,15 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         assert_eq!(first[0].len(), 32);
+    }
+
+    #[test]
+    fn the_manual_clock_moves_only_when_told() {
+        let c = ManualClock::starting_at(1_000);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(c.now_millis(), 1_000);
+        c.advance(std::time::Duration::from_secs(2));
+        assert_eq!(c.now_millis(), 3_000);
     }
 
     #[tokio::test(start_paused = true)]

@@ -152,6 +152,7 @@ const POLICY_FILE: &str = "retention.json";
 pub struct Retention {
     policy: Arc<parking_lot::Mutex<Arc<RetentionPolicy>>>,
     file: std::path::PathBuf,
+    sweeps: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Retention {
@@ -165,6 +166,7 @@ impl Retention {
         let retention = Retention {
             policy: Arc::default(),
             file,
+            sweeps: Arc::default(),
         };
         if !configured.is_empty() {
             retention.set(configured.clone())?;
@@ -186,6 +188,12 @@ impl Retention {
             Err(e) => return Err(format!("cannot read {}: {e}", retention.file.display())),
         }
         Ok(retention)
+    }
+
+    /// How many sweeps have finished since the engine opened (one that starts after a change,
+    /// of the clock or of the policy, has seen it once this has grown by two).
+    pub fn sweeps(&self) -> u64 {
+        self.sweeps.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The policy in force.

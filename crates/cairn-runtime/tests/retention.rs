@@ -3,7 +3,7 @@
 
 mod common;
 
-use cairn_runtime::clock::TokioClock;
+use cairn_runtime::clock::ManualClock;
 use cairn_runtime::*;
 use common::*;
 use std::collections::BTreeMap;
@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
+/// How often the engine sweeps, in real time; the hub's clock moves only when a test says.
+const SWEEP: Duration = Duration::from_millis(10);
 
 fn registry_with_endings() -> Registry {
     registry()
@@ -37,6 +39,22 @@ async fn start(client: &Client, name: &str, id: &str) {
     };
 }
 
+/// Lets `by` pass on the hub's clock, then waits (in real time) until a sweep that started
+/// after the move has finished.
+async fn pass(engine: &Engine, clock: &ManualClock, by: Duration) {
+    clock.advance(by);
+    let retention = engine.retention();
+    let seen = retention.sweeps();
+    let deadline = std::time::Instant::now() + WAIT;
+    while retention.sweeps() < seen + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retention sweep ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn purged(engine: &Engine) -> u64 {
     engine
         .stats()
@@ -45,10 +63,10 @@ fn purged(engine: &Engine) -> u64 {
         .sum()
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn retention_purges_exactly_what_the_policy_names_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(TokioClock::starting_at(1_700_000_000_000));
+    let clock = Arc::new(ManualClock::starting_at(1_700_000_000_000));
     let policy = RetentionPolicy {
         hub: RetentionRule {
             completed: Some(60 * MINUTE),
@@ -66,7 +84,7 @@ async fn retention_purges_exactly_what_the_policy_names_across_a_restart() {
     let config = || EngineConfig {
         clock: Some(clock.clone()),
         retention: policy.clone(),
-        retention_interval: MINUTE,
+        retention_interval: SWEEP,
         ..common::config(dir.path())
     };
     let engine = Engine::open(config(), registry_with_endings())
@@ -93,7 +111,7 @@ async fn retention_purges_exactly_what_the_policy_names_across_a_restart() {
     client.wait_for_start("w1", WAIT).await.unwrap();
 
     // 11 minutes: only the fan-outs (their own rule: 10 minutes) are gone.
-    tokio::time::sleep(11 * MINUTE).await;
+    pass(&engine, &clock, 11 * MINUTE).await;
     for (id, kept) in [
         ("f1", false),
         ("f2", false),
@@ -113,14 +131,14 @@ async fn retention_purges_exactly_what_the_policy_names_across_a_restart() {
         .await
         .unwrap();
     let client = engine.client();
-    tokio::time::sleep(50 * MINUTE).await;
+    pass(&engine, &clock, 50 * MINUTE).await;
     for (id, kept) in [("c1", false), ("c2", false), ("b1", true), ("t1", true)] {
         assert_eq!(exists(&client, id).await, kept, "{id} at 61 minutes");
     }
-    tokio::time::sleep(60 * MINUTE).await;
+    pass(&engine, &clock, 60 * MINUTE).await;
     assert!(!exists(&client, "b1").await, "b1 at 121 minutes");
     // No rule for terminated instances, and running ones are never purged.
-    tokio::time::sleep(24 * 60 * MINUTE).await;
+    pass(&engine, &clock, 24 * 60 * MINUTE).await;
     assert!(exists(&client, "t1").await);
     assert!(exists(&client, "w1").await);
     assert_eq!(purged(&engine), 3);
@@ -147,17 +165,14 @@ async fn retention_purges_exactly_what_the_policy_names_across_a_restart() {
 
 /// A policy changed while the engine runs is in force from the next sweep and outlives the
 /// process; a policy given at a later start replaces it.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_policy_set_while_running_is_kept_until_a_start_gives_another() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(TokioClock::starting_at(1_700_000_000_000));
+    let clock = Arc::new(ManualClock::starting_at(1_700_000_000_000));
     let config = |retention: RetentionPolicy| EngineConfig {
         clock: Some(clock.clone()),
         retention,
-        retention_interval: MINUTE,
-        // Paused time runs ahead while a blocking fsync is under way; this test is about the
-        // policy, not durability.
-        fsync: false,
+        retention_interval: SWEEP,
         ..common::config(dir.path())
     };
     let engine = Engine::open(config(RetentionPolicy::default()), registry_with_endings())
@@ -171,12 +186,12 @@ async fn a_policy_set_while_running_is_kept_until_a_start_gives_another() {
         client.wait_for_completion(id, WAIT).await.unwrap();
     }
     // No policy: kept.
-    tokio::time::sleep(30 * MINUTE).await;
+    pass(&engine, &clock, 30 * MINUTE).await;
     assert!(exists(&client, "c1").await);
     let mut policy = RetentionPolicy::default();
     policy.hub.completed = Some(20 * MINUTE);
     engine.retention().set(policy.clone()).unwrap();
-    tokio::time::sleep(2 * MINUTE).await;
+    pass(&engine, &clock, 2 * MINUTE).await;
     assert!(!exists(&client, "c1").await, "purged under the new policy");
     assert!(!exists(&client, "c2").await);
     start(&client, "chain", "c3").await;
@@ -189,7 +204,7 @@ async fn a_policy_set_while_running_is_kept_until_a_start_gives_another() {
         .unwrap();
     assert_eq!(*engine.retention().policy(), policy);
     let client = engine.client();
-    tokio::time::sleep(22 * MINUTE).await;
+    pass(&engine, &clock, 22 * MINUTE).await;
     assert!(!exists(&client, "c3").await, "purged after the restart");
     start(&client, "chain", "c4").await;
     client.wait_for_completion("c4", WAIT).await.unwrap();
@@ -202,7 +217,7 @@ async fn a_policy_set_while_running_is_kept_until_a_start_gives_another() {
         .await
         .unwrap();
     let client = engine.client();
-    tokio::time::sleep(60 * MINUTE).await;
+    pass(&engine, &clock, 60 * MINUTE).await;
     assert!(
         exists(&client, "c4").await,
         "kept under the policy given at start"
