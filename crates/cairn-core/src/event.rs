@@ -18,9 +18,10 @@ use std::collections::BTreeMap;
 ///
 /// Version 3 added the counts by orchestration name to a checkpoint's globals. Version 4 keeps
 /// the instances with work in the store's backlog index instead of listing them in the
-/// globals, which it tags with their version. Hubs of versions 2 and 3 are upgraded when
+/// globals, which it tags with their version. Version 5 keeps queued activities in the
+/// store's `work` table instead of the globals. Hubs of versions 2 to 4 are upgraded when
 /// opened ([`OLDEST_READABLE_FORMAT_VERSION`]).
-pub const LOG_FORMAT_VERSION: u32 = 4;
+pub const LOG_FORMAT_VERSION: u32 = 5;
 
 /// The oldest format this version of Cairn opens (and upgrades).
 pub const OLDEST_READABLE_FORMAT_VERSION: u32 = 2;

@@ -55,7 +55,7 @@ pub fn status_code(s: RuntimeStatus) -> u8 {
     }
 }
 
-fn push_name(key: &mut Vec<u8>, name: &str) {
+pub(crate) fn push_name(key: &mut Vec<u8>, name: &str) {
     // Length-prefixed, so one name's keys never share a prefix with a longer name's.
     let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
     key.extend_from_slice(&len.to_be_bytes());

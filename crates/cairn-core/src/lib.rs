@@ -19,6 +19,7 @@ pub mod ids;
 pub mod index;
 pub mod mutation;
 pub mod partition;
+pub mod work;
 
 pub use event::*;
 pub use history::*;

@@ -484,6 +484,27 @@ fn unhex(text: &str) -> Vec<u8> {
 
 /// The file's content for today's code: the records, then what the state machine checkpoints
 /// after applying them all.
+/// A store with nothing but queued work in it.
+struct WorkOnly(BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl InstanceSource for WorkOnly {
+    fn load(&self, _: &str) -> Result<Option<InstanceState>, SourceError> {
+        Ok(None)
+    }
+    fn load_history(&self, _: &str) -> Result<Vec<HistoryEvent>, SourceError> {
+        Ok(Vec::new())
+    }
+    fn load_activity(&self, id: u64) -> Result<Option<ActivityWorkItem>, SourceError> {
+        Ok(self
+            .0
+            .get(&cairn_core::work::activity_key(id))
+            .map(|b| postcard::from_bytes(b).expect("work items decode")))
+    }
+    fn activities_of(&self, _: &str) -> Result<Vec<(u64, ActivityWorkItem)>, SourceError> {
+        Ok(Vec::new())
+    }
+}
+
 fn render() -> String {
     let mut out = format!(
         "# Cairn on-disk format v{LOG_FORMAT_VERSION}: label, then hex. Written by \
@@ -491,14 +512,27 @@ fn render() -> String {
     );
     let mut state = PartitionState::new(0, 4);
     let records = sample_records();
+    let mut checkpoints: Vec<CheckpointData> = Vec::new();
     for (i, (label, r)) in records.iter().enumerate() {
         let bytes = r.encode().expect("samples encode");
         let _ = writeln!(out, "record {label} {}", hex(&bytes));
+        // What the checkpoints filed as work is all the state reads back from the store (its
+        // instances stay in memory).
+        let filed = WorkOnly(
+            checkpoints
+                .iter()
+                .flat_map(|c| c.work_puts.clone())
+                .collect(),
+        );
         state
-            .apply(i as u64 + 1, r, &EmptySource)
+            .apply(i as u64 + 1, r, &filed)
             .expect("the samples apply");
+        // A checkpoint while an activity is queued files it in the store's work table.
+        if *label == "episode" {
+            checkpoints.push(state.checkpoint().expect("checkpoint encodes"));
+        }
     }
-    let checkpoints = [state.checkpoint().expect("checkpoint encodes")];
+    checkpoints.push(state.checkpoint().expect("checkpoint encodes"));
     for (n, c) in checkpoints.iter().enumerate() {
         let _ = writeln!(out, "globals {n} {}", hex(&c.globals));
         for (id, bytes) in &c.puts {
@@ -511,6 +545,9 @@ fn render() -> String {
             for (k, key) in keys.iter().enumerate() {
                 let _ = writeln!(out, "index {n}:{id}:{k} {}", hex(key));
             }
+        }
+        for (key, bytes) in &c.work_puts {
+            let _ = writeln!(out, "work {n}:{} {}", hex(key), hex(bytes));
         }
     }
     out
@@ -537,6 +574,7 @@ fn on_disk_encodings_match_the_golden_file() {
     let mut seen_records = 0;
     let mut seen = BTreeMap::<&str, usize>::new();
     let mut instances = BTreeMap::<String, InstanceState>::new();
+    let mut work = BTreeMap::<(String, Vec<u8>), Vec<u8>>::new();
     for line in text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -614,6 +652,10 @@ fn on_disk_encodings_match_the_golden_file() {
                     "golden history event {label} re-encodes differently: {fix}"
                 );
             }
+            "work" => {
+                let (n, key) = label.split_once(':').expect("work label n:key");
+                work.insert((n.to_string(), unhex(key)), bytes);
+            }
             other => panic!("unknown golden line kind {other}"),
         }
     }
@@ -622,7 +664,39 @@ fn on_disk_encodings_match_the_golden_file() {
         samples.len(),
         "the golden file lacks some sample records (added since it was written?): {fix}"
     );
-    for kind in ["globals", "instance", "history"] {
+    // Each queued activity's item decodes and re-encodes the same, and is filed under exactly
+    // the keys the format says.
+    let mut items = 0;
+    for ((n, key), bytes) in &work {
+        let Some(id) = key
+            .strip_prefix(b"a")
+            .and_then(|id| Some(u64::from_be_bytes(id.try_into().ok()?)))
+        else {
+            assert!(
+                bytes.is_empty(),
+                "golden secondary work key {n}:{} has a value",
+                hex(key)
+            );
+            continue;
+        };
+        let item: ActivityWorkItem = postcard::from_bytes(bytes)
+            .unwrap_or_else(|e| panic!("golden work item {n}:{id} no longer decodes ({e}): {fix}"));
+        assert_eq!(
+            hex(&encode("item", &item).unwrap()),
+            hex(bytes),
+            "work item {id}: {fix}"
+        );
+        for k in cairn_core::work::activity_keys(id, &item) {
+            assert!(
+                work.contains_key(&(n.clone(), k.clone())),
+                "work key {} of activity {id} is missing or encoded differently now: {fix}",
+                hex(&k)
+            );
+        }
+        items += 1;
+    }
+    assert!(items > 0, "the golden file has no queued activity");
+    for kind in ["globals", "instance", "history", "work"] {
         assert!(
             seen.get(kind).copied().unwrap_or(0) > 0,
             "the golden file has no {kind} lines"
@@ -654,12 +728,24 @@ fn older_globals_still_read_for_the_upgrade() {
         }
         assert!(seen > 0, "no globals in {}", path.display());
     }
+    // Format 4 kept queued activities in the globals: they read as queued since the
+    // checkpoint, for the next one to file in the store, and nothing else needs rebuilding.
+    let path = golden_path().with_file_name("format-v4.txt");
+    let text = std::fs::read_to_string(&path).expect("older golden files are kept");
+    for line in text.lines().filter(|l| l.starts_with("globals ")) {
+        let bytes = unhex(line.rsplit(' ').next().expect("hex"));
+        let state = PartitionState::recover(&bytes).expect("format-4 globals read");
+        assert!(state.upgrade().is_none());
+        assert!(!state.globals().backlog.is_empty());
+    }
     // Today's globals are read as such.
     let text = std::fs::read_to_string(golden_path()).expect("the golden file");
+    let mut backlogs = 0;
     for line in text.lines().filter(|l| l.starts_with("globals ")) {
         let bytes = unhex(line.rsplit(' ').next().expect("hex"));
         let state = PartitionState::recover(&bytes).expect("globals read");
         assert!(state.upgrade().is_none());
-        assert!(!state.globals().backlog.is_empty());
+        backlogs += usize::from(!state.globals().backlog.is_empty());
     }
+    assert!(backlogs > 0, "the samples leave a backlog");
 }

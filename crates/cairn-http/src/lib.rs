@@ -58,6 +58,7 @@ pub struct AppState {
     pub published_names: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
     /// Orchestration and entity names with a published `cairn_backlog` gauge.
     pub published_backlog: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
+    pub published_activity_backlog: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
     /// The engine's retention policy (shown and changed by `/api/retention`).
     pub retention: cairn_runtime::Retention,
 }
@@ -83,6 +84,7 @@ pub fn router(
         published_workers: Arc::default(),
         published_names: Arc::default(),
         published_backlog: Arc::default(),
+        published_activity_backlog: Arc::default(),
         retention: engine.retention().clone(),
     };
     Router::new()

@@ -52,6 +52,10 @@ fn describe() {
         "cairn_backlog",
         "Instances with work to run (dispatched, or waiting in the store), by orchestration or entity name"
     );
+    describe_gauge!(
+        "cairn_activity_backlog",
+        "Queued activities (running, or waiting in the store for a worker), by activity name"
+    );
     describe_counter!(
         "cairn_purged_total",
         "Instances purged with their histories, by request or by the retention policy"
@@ -263,6 +267,10 @@ fn backlog_by_name(state: &AppState) -> std::collections::BTreeMap<String, u64> 
     by_name(state, |s| s.backlog_by_name())
 }
 
+fn activity_backlog_by_name(state: &AppState) -> std::collections::BTreeMap<String, u64> {
+    by_name(state, |s| s.activity_backlog_by_name())
+}
+
 /// Sets gauge `metric` per name, and to zero for names published before that are gone.
 fn publish_by_name(
     metric: &'static str,
@@ -338,6 +346,11 @@ fn publish(state: &AppState) {
         backlog_by_name(state),
         &state.published_backlog,
     );
+    publish_by_name(
+        "cairn_activity_backlog",
+        activity_backlog_by_name(state),
+        &state.published_activity_backlog,
+    );
     if hits + misses > 0 {
         gauge!("cairn_cache_hit_ratio").set(hits as f64 / (hits + misses) as f64);
     }
@@ -402,6 +415,7 @@ pub async fn stats_json(State(state): State<AppState>) -> Json<Value> {
         "instancesByStatus": by_status,
         "instancesByName": instances_by_name(&state),
         "backlogByName": backlog_by_name(&state),
+        "activityBacklogByName": activity_backlog_by_name(&state),
         "dispatched": sum(&|s| load(&s.dispatched)),
         "queues": queues,
         "cache": {

@@ -132,13 +132,15 @@ pub(crate) async fn run(
     loop {
         tokio::time::sleep(interval).await;
         let policy = retention.policy();
-        if policy.is_empty() {
-            continue;
+        if !policy.is_empty() {
+            let purged = sweep(&client, &policy, clock.now_millis(), names()).await;
+            if purged > 0 {
+                tracing::info!(purged, "retention purged ended orchestrations");
+            }
         }
-        let purged = sweep(&client, &policy, clock.now_millis(), names()).await;
-        if purged > 0 {
-            tracing::info!(purged, "retention purged ended orchestrations");
-        }
+        retention
+            .sweeps
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -36,6 +36,8 @@ pub struct LeaderStats {
     /// Instances with work to run (dispatched or waiting in the store), by orchestration or
     /// entity name.
     pub backlog: Mutex<Arc<BTreeMap<String, u64>>>,
+    /// Queued activities (running, or waiting in the store for a worker), by activity name.
+    pub activity_backlog: Mutex<Arc<BTreeMap<String, u64>>>,
     /// Episodes and entity batches dispatched now (at most the dispatch window per name).
     pub dispatched: AtomicU64,
     /// Episodes waiting for an orchestration slot or a remote worker.
@@ -64,6 +66,11 @@ impl LeaderStats {
     /// Instances with work to run, by orchestration or entity name.
     pub fn backlog_by_name(&self) -> Arc<BTreeMap<String, u64>> {
         self.backlog.lock().clone()
+    }
+
+    /// Queued activities, by activity name.
+    pub fn activity_backlog_by_name(&self) -> Arc<BTreeMap<String, u64>> {
+        self.activity_backlog.lock().clone()
     }
 }
 

@@ -188,6 +188,17 @@ impl StoreReads for SlowScanSnapshot {
         std::thread::sleep(SLOW_SCAN);
         self.0.scan_index_desc(prefix, below, f)
     }
+    fn get_work(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get_work(key)
+    }
+    fn scan_work(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.0.scan_work(prefix, after, f)
+    }
 }
 
 const SLOW_SCAN: Duration = Duration::from_secs(2);

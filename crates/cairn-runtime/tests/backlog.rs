@@ -164,3 +164,119 @@ async fn a_backlog_waits_on_disk_and_drains_when_a_worker_comes() {
     assert!(backlog(&engine).is_empty());
     engine.shutdown().await.unwrap();
 }
+
+fn activity_backlog(engine: &Engine) -> u64 {
+    engine
+        .stats()
+        .iter()
+        .flat_map(|s| {
+            s.activity_backlog_by_name()
+                .values()
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Activities that wait for a worker wait in the store: a partition hands out a window of
+/// them per activity name, a restart keeps all of them, and when a worker comes each runs
+/// exactly once and every orchestration gets all its results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_activities_wait_on_disk_and_each_runs_once_when_a_worker_comes() {
+    const ALBUMS: usize = 4;
+    const PHOTOS: i64 = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let config = || EngineConfig {
+        partitions: Some(PARTITIONS),
+        remote_workers: true,
+        dispatch_window: WINDOW,
+        ..common::config(dir.path())
+    };
+    // The orchestration runs here; "resize" only on a remote worker.
+    let registry = || {
+        registry().orchestration(
+            "resize_album",
+            |ctx: OrchestrationContext, n: i64| async move {
+                let tasks = (0..n)
+                    .map(|i| ctx.call_activity::<_, i64>("resize", i))
+                    .collect();
+                let mut sum = 0;
+                for r in ctx.when_all(tasks).await {
+                    sum += r?;
+                }
+                Ok(sum)
+            },
+        )
+    };
+    let albums: Vec<String> = (0..ALBUMS).map(|i| format!("album-{i}")).collect();
+    let partitions_used: std::collections::BTreeSet<u32> = albums
+        .iter()
+        .map(|id| cairn_core::partition_of(id, PARTITIONS))
+        .collect();
+    let window_total = WINDOW * partitions_used.len();
+    let queued = ALBUMS as u64 * PHOTOS as u64;
+    {
+        let engine = Engine::open(config(), registry()).await.unwrap();
+        let client = engine.client();
+        for id in &albums {
+            client
+                .start_with(
+                    "resize_album",
+                    &PHOTOS,
+                    StartOptions {
+                        instance_id: Some(id.clone()),
+                        ..StartOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let queue = engine.remote_queue().unwrap();
+        queue_settles_at(&queue, window_total).await;
+        assert_eq!(activity_backlog(&engine), queued);
+        // A checkpoint files them in the store; a second one finds nothing more to file.
+        engine.checkpoint().await.unwrap();
+        engine.checkpoint().await.unwrap();
+        assert_eq!(activity_backlog(&engine), queued);
+        engine.shutdown().await.unwrap();
+    }
+
+    let engine = Engine::open(config(), registry()).await.unwrap();
+    let client = engine.client();
+    let queue = engine.remote_queue().unwrap();
+    queue_settles_at(&queue, window_total).await;
+    assert_eq!(activity_backlog(&engine), queued);
+
+    let worker = queue.connect("resizer", WorkFilter::everything());
+    let runs = tokio::spawn(async move {
+        let mut runs: BTreeMap<(String, i32), usize> = BTreeMap::new();
+        while runs.values().sum::<usize>() < queued as usize {
+            let taken = worker.recv(Room::ALL).await;
+            let RemoteWork::Activity(work) = taken.work else {
+                panic!("only activities wait");
+            };
+            *runs
+                .entry((work.instance_id.clone(), work.task_id))
+                .or_default() += 1;
+            let x: i64 = work.input.as_deref().unwrap().parse().unwrap();
+            let _ = work.reply.send(Ok(Some((x * 10).to_string())));
+        }
+        runs
+    });
+    let expected: i64 = (0..PHOTOS).map(|i| i * 10).sum();
+    for id in &albums {
+        let s = client.wait_for_completion(id, WAIT).await.unwrap();
+        assert_eq!(s.status, RuntimeStatus::Completed, "{id}: {:?}", s.failure);
+        assert_eq!(
+            s.output.as_deref(),
+            Some(expected.to_string().as_str()),
+            "{id}"
+        );
+    }
+    let runs = runs.await.unwrap();
+    assert_eq!(runs.len(), queued as usize);
+    assert!(runs.values().all(|n| *n == 1), "an activity ran twice");
+    assert_eq!(activity_backlog(&engine), 0);
+    assert!(queue.is_empty());
+    engine.shutdown().await.unwrap();
+}

@@ -275,11 +275,14 @@ async fn upgrade_from(version: u32) {
             .unwrap();
         listed += runnable.len();
         let g = state.globals();
+        // Embedded, activities never wait for a worker: none are queued.
+        assert!(g.activity_backlog.is_empty());
+        let activities = std::collections::BTreeMap::<u64, cairn_core::ActivityWorkItem>::new();
         let v2 = (
             g.partition,
             g.partition_count,
             g.position,
-            &g.activities,
+            &activities,
             g.next_activity_id,
             &g.timers,
             g.next_timer_id,

@@ -49,7 +49,8 @@ async fn pass(engine: &Engine, clock: &ManualClock, by: Duration) {
     while retention.sweeps() < seen + 2 {
         assert!(
             std::time::Instant::now() < deadline,
-            "no retention sweep ran"
+            "no retention sweep ran: {} since {seen}",
+            retention.sweeps()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

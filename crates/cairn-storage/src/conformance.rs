@@ -220,6 +220,17 @@ fn index(store: &dyn StoreReads, prefix: &[u8], below: Option<&[u8]>) -> Vec<(St
     out
 }
 
+fn work(store: &dyn StoreReads, prefix: &[u8], after: Option<&[u8]>) -> Vec<String> {
+    let mut keys = Vec::new();
+    store
+        .scan_work(prefix, after, &mut |k, _| {
+            keys.push(String::from_utf8_lossy(k).into_owned());
+            true
+        })
+        .unwrap();
+    keys
+}
+
 /// Runs every store check.
 pub fn run_store_checks(h: &mut dyn StoreHarness) {
     fresh_store_is_empty(h);
@@ -229,6 +240,7 @@ pub fn run_store_checks(h: &mut dyn StoreHarness) {
     scan_with_prefix_and_start_after(h);
     a_snapshot_is_unchanged_by_later_checkpoints(h);
     index_scans_run_newest_first_within_a_prefix(h);
+    work_scans_run_in_key_order_from_a_cursor(h);
 }
 
 pub fn fresh_store_is_empty(h: &mut dyn StoreHarness) {
@@ -270,6 +282,11 @@ pub fn checkpoint_round_trip_and_reopen(h: &mut dyn StoreHarness) {
                         vec![b"s1-order-2".to_vec(), b"all-2".to_vec()],
                     ),
                 ],
+                work_puts: vec![
+                    (b"a1".to_vec(), b"item-1".to_vec()),
+                    (b"a2".to_vec(), b"item-2".to_vec()),
+                ],
+                work_deletes: vec![],
             })
             .unwrap();
         assert_eq!(store.checkpoint_position().unwrap(), 42);
@@ -285,11 +302,16 @@ pub fn checkpoint_round_trip_and_reopen(h: &mut dyn StoreHarness) {
                     "order-1".into(),
                     vec![b"s2-order-1".to_vec(), b"all-1".to_vec()],
                 )],
+                work_puts: vec![(b"a3".to_vec(), b"item-3".to_vec())],
+                work_deletes: vec![b"a1".to_vec()],
             })
             .unwrap();
     }
     let store = h.reopen();
     assert_eq!(store.checkpoint_position().unwrap(), 50);
+    assert_eq!(store.get_work(b"a1").unwrap(), None);
+    assert_eq!(store.get_work(b"a2").unwrap(), Some(b"item-2".to_vec()));
+    assert_eq!(work(&*store, b"a", None), ["a2", "a3"]);
     // Order-1 is filed under its new keys only; deleted order-2 under none.
     assert_eq!(
         index(&*store, b"", None),
@@ -525,4 +547,44 @@ pub fn index_scans_run_newest_first_within_a_prefix(h: &mut dyn StoreHarness) {
         .unwrap();
     assert_eq!(ids("r", None), ["d", "a", "c"]);
     assert_eq!(ids("x", None), ["c"]);
+}
+
+pub fn work_scans_run_in_key_order_from_a_cursor(h: &mut dyn StoreHarness) {
+    let store = h.fresh();
+    assert_eq!(store.get_work(b"a1").unwrap(), None);
+    store
+        .write_checkpoint(&CheckpointBatch {
+            position: 1,
+            work_puts: ["n-b-2", "n-a-3", "n-a-1", "n-a-2", "i-x-1", "nz"]
+                .iter()
+                .map(|k| (k.as_bytes().to_vec(), k.as_bytes().to_vec()))
+                .collect(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(work(&*store, b"n-a-", None), ["n-a-1", "n-a-2", "n-a-3"]);
+    assert_eq!(work(&*store, b"n-a-", Some(b"n-a-1")), ["n-a-2", "n-a-3"]);
+    // A cursor before the prefix starts at the prefix; one past it finds nothing.
+    assert_eq!(work(&*store, b"n-b-", Some(b"n-a-3")), ["n-b-2"]);
+    assert_eq!(work(&*store, b"n-a-", Some(b"n-z")), Vec::<String>::new());
+    let mut seen = 0;
+    store
+        .scan_work(b"n", None, &mut |_, _| {
+            seen += 1;
+            seen < 2
+        })
+        .unwrap();
+    assert_eq!(seen, 2, "an early stop stops");
+    // A put replaces, a delete removes; the rest stay.
+    store
+        .write_checkpoint(&CheckpointBatch {
+            position: 2,
+            work_puts: vec![(b"n-a-2".to_vec(), b"again".to_vec())],
+            work_deletes: vec![b"n-a-1".to_vec(), b"missing".to_vec()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(store.get_work(b"n-a-2").unwrap(), Some(b"again".to_vec()));
+    assert_eq!(work(&*store, b"n-a-", None), ["n-a-2", "n-a-3"]);
+    assert_eq!(work(&*store, b"i-", None), ["i-x-1"]);
 }

@@ -404,6 +404,16 @@ pub trait StoreReads: Send + Sync {
         below: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &str) -> bool,
     ) -> Result<(), StoreError>;
+    /// The pending work stored under `key`.
+    fn get_work(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Pending work (key, bytes) whose keys start with `prefix`, in ascending key order,
+    /// starting just after `after` (or at the prefix), until `f` returns false.
+    fn scan_work(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
 }
 
 /// Opens partitions' checkpoint stores.
@@ -457,6 +467,19 @@ macro_rules! forward_store_reads {
                 let $s = self;
                 $crate::seam::StoreReads::scan_index_desc($target, prefix, below, f)
             }
+            fn get_work(&self, key: &[u8]) -> Result<Option<Vec<u8>>, $crate::store::StoreError> {
+                let $s = self;
+                $crate::seam::StoreReads::get_work($target, key)
+            }
+            fn scan_work(
+                &self,
+                prefix: &[u8],
+                after: Option<&[u8]>,
+                f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+            ) -> Result<(), $crate::store::StoreError> {
+                let $s = self;
+                $crate::seam::StoreReads::scan_work($target, prefix, after, f)
+            }
         }
     };
 }
@@ -506,6 +529,7 @@ struct MemoryCheckpoint {
     history: BTreeMap<(String, u32), Vec<u8>>,
     index: BTreeMap<Vec<u8>, String>,
     index_keys: BTreeMap<String, Vec<Vec<u8>>>,
+    work: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl MemoryCheckpointStore {
@@ -524,6 +548,7 @@ impl MemoryCheckpointStore {
                 history: s.history.clone(),
                 index: s.index.clone(),
                 index_keys: s.index_keys.clone(),
+                work: s.work.clone(),
             })),
         }
     }
@@ -600,6 +625,36 @@ impl StoreReads for MemoryCheckpointStore {
         }
         Ok(())
     }
+    fn get_work(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.state.lock().work.get(key).cloned())
+    }
+    fn scan_work(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let lower: Bound<Vec<u8>> = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_vec()),
+            _ => Bound::Included(prefix.to_vec()),
+        };
+        // Copied out first: `f` may read this store.
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+            .state
+            .lock()
+            .work
+            .range((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in rows {
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl CheckpointStore for MemoryCheckpointStore {
@@ -642,6 +697,12 @@ impl CheckpointStore for MemoryCheckpointStore {
         for id in &batch.instance_deletes {
             s.instances.remove(id);
             unfile(&mut s, id);
+        }
+        for (key, bytes) in &batch.work_puts {
+            s.work.insert(key.clone(), bytes.clone());
+        }
+        for key in &batch.work_deletes {
+            s.work.remove(key);
         }
         Ok(())
     }

@@ -15,9 +15,12 @@
 //! | `meta`      | `&str`             | `position` (u64 LE), `globals` (blob)   |
 //! | `index`     | `&[u8]` index key  | instance id                             |
 //! | `index_keys`| `&str` instance id | the instance's index keys (u32 LE length + bytes, each) |
+//! | `work`      | `&[u8]` work key   | work item bytes (empty for a work item's secondary keys) |
 //!
 //! Index keys are opaque here (`cairn_core::index` makes them): the store files each instance
 //! under the keys of its last put and drops them when it is deleted, in the same transaction.
+//! Work keys are opaque too (`cairn_core::work` makes them): pending work that waits for a
+//! worker, put and deleted key by key.
 //!
 //! Reads run in their own read transactions (redb MVCC), so they proceed while a checkpoint is
 //! being written and see either the old or the new checkpoint, never a mix.
@@ -33,6 +36,7 @@ const HISTORY: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("histo
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const INDEX: TableDefinition<&[u8], &str> = TableDefinition::new("index");
 const INDEX_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("index_keys");
+const WORK: TableDefinition<&[u8], &[u8]> = TableDefinition::new("work");
 
 const META_POSITION: &str = "position";
 const META_GLOBALS: &str = "globals";
@@ -100,6 +104,10 @@ pub struct CheckpointBatch {
     /// Instances' index keys, each replacing all the keys the instance had; applied after the
     /// puts. A deleted instance loses its keys.
     pub index_keys: Vec<(String, Vec<Vec<u8>>)>,
+    /// Pending work to keep: (work key, bytes), inserted or replaced.
+    pub work_puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Pending work that is done: keys to delete, applied after `work_puts`.
+    pub work_deletes: Vec<Vec<u8>>,
 }
 
 /// The checkpoint store of one partition. `Send + Sync`: share it with an `Arc`.
@@ -159,6 +167,8 @@ impl PartitionStore {
             txn.open_table(INDEX)
                 .map_err(|e| store.err("creating the tables", e))?;
             txn.open_table(INDEX_KEYS)
+                .map_err(|e| store.err("creating the tables", e))?;
+            txn.open_table(WORK)
                 .map_err(|e| store.err("creating the tables", e))?;
         }
         txn.commit()
@@ -237,6 +247,14 @@ impl PartitionStore {
                     .remove(id.as_str())
                     .map_err(|e| self.err(ctx, e))?;
                 unfile(&mut index, &mut index_keys, id).map_err(|e| self.err(ctx, e))?;
+            }
+            let mut work = txn.open_table(WORK).map_err(|e| self.err(ctx, e))?;
+            for (key, bytes) in &batch.work_puts {
+                work.insert(key.as_slice(), bytes.as_slice())
+                    .map_err(|e| self.err(ctx, e))?;
+            }
+            for key in &batch.work_deletes {
+                work.remove(key.as_slice()).map_err(|e| self.err(ctx, e))?;
             }
         }
         // Durability defaults to Immediate: commit returns after the data is synced.
@@ -370,6 +388,37 @@ impl crate::seam::StoreReads for StoreView {
             ))
             .map_err(|e| self.err(ctx, e))?;
         for row in range.rev() {
+            let (k, v) = row.map_err(|e| self.err(ctx, e))?;
+            if !k.value().starts_with(prefix) || !f(k.value(), v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn get_work(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let ctx = "reading pending work";
+        let t = self.txn.open_table(WORK).map_err(|e| self.err(ctx, e))?;
+        let v = t.get(key).map_err(|e| self.err(ctx, e))?;
+        Ok(v.map(|v| v.value().to_vec()))
+    }
+
+    fn scan_work(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let ctx = "scanning pending work";
+        let t = self.txn.open_table(WORK).map_err(|e| self.err(ctx, e))?;
+        let lower: Bound<&[u8]> = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let range = t
+            .range::<&[u8]>((lower, Bound::Unbounded))
+            .map_err(|e| self.err(ctx, e))?;
+        for row in range {
             let (k, v) = row.map_err(|e| self.err(ctx, e))?;
             if !k.value().starts_with(prefix) || !f(k.value(), v.value()) {
                 break;

@@ -100,9 +100,7 @@ impl PartitionState {
                 } => {
                     // An attempt may still be in flight from before the failure: its result
                     // is now welcome, so it is not queued twice.
-                    let in_flight = self.globals.activities.values().any(|a| {
-                        a.instance_id == id && a.execution_id == execution && a.task_id == task_id
-                    });
+                    let in_flight = self.activity_queued_for(&id, &execution, task_id, src)?;
                     if !in_flight {
                         self.queue_activity(
                             ActivityWorkItem {

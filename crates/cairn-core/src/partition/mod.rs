@@ -41,6 +41,11 @@ pub trait InstanceSource {
     /// The history rows of the instance's current execution as of the checkpoint (only a
     /// rewind, which rewrites history, needs more than the in-memory tail).
     fn load_history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>, SourceError>;
+    /// The queued activity `id` as of the checkpoint ([`crate::work`]).
+    fn load_activity(&self, id: u64) -> Result<Option<ActivityWorkItem>, SourceError>;
+    /// The activities of `instance_id` queued as of the checkpoint, by id.
+    fn activities_of(&self, instance_id: &str)
+        -> Result<Vec<(u64, ActivityWorkItem)>, SourceError>;
 }
 
 /// The checkpoint store could not be read; the partition cannot make progress.
@@ -56,6 +61,12 @@ impl InstanceSource for EmptySource {
         Ok(None)
     }
     fn load_history(&self, _: &str) -> Result<Vec<HistoryEvent>, SourceError> {
+        Ok(Vec::new())
+    }
+    fn load_activity(&self, _: u64) -> Result<Option<ActivityWorkItem>, SourceError> {
+        Ok(None)
+    }
+    fn activities_of(&self, _: &str) -> Result<Vec<(u64, ActivityWorkItem)>, SourceError> {
         Ok(Vec::new())
     }
 }
@@ -204,7 +215,9 @@ pub struct Globals {
     pub partition_count: u32,
     /// Position of the last applied record.
     pub position: u64,
-    pub activities: BTreeMap<u64, ActivityWorkItem>,
+    /// Queued activities by name (format 5; the activities themselves are in the store's
+    /// `work` table, [`crate::work`], or, until the next checkpoint, in memory).
+    pub activity_backlog: BTreeMap<String, u64>,
     pub next_activity_id: u64,
     pub timers: BTreeMap<u64, TimerEntry>,
     pub next_timer_id: u64,
@@ -228,7 +241,7 @@ pub struct Globals {
 /// never read as each other.
 const GLOBALS_TAG: u8 = 0xff;
 /// The format of [`Globals`] as this version writes them.
-const GLOBALS_VERSION: u8 = 4;
+const GLOBALS_VERSION: u8 = 5;
 
 impl Globals {
     /// The globals as a checkpoint stores them: tagged with their format version.
@@ -263,6 +276,50 @@ pub struct Upgrade {
     pub runnable: Vec<String>,
 }
 
+/// [`Globals`] as format 4 wrote them: the queued activities themselves in the globals.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize, Default))]
+struct GlobalsV4 {
+    partition: u32,
+    partition_count: u32,
+    position: u64,
+    activities: BTreeMap<u64, ActivityWorkItem>,
+    next_activity_id: u64,
+    timers: BTreeMap<u64, TimerEntry>,
+    next_timer_id: u64,
+    outbox: BTreeMap<u32, VecDeque<(MessageId, Message)>>,
+    dedup: BTreeMap<u32, MessageId>,
+    backlog: BTreeMap<String, u64>,
+    status_counts: BTreeMap<RuntimeStatus, u64>,
+    name_counts: BTreeMap<String, u64>,
+}
+
+impl GlobalsV4 {
+    /// Today's globals, and the queued activities, which the next checkpoint files in the
+    /// store.
+    fn upgrade(self) -> (Globals, BTreeMap<u64, ActivityWorkItem>) {
+        let mut activity_backlog = BTreeMap::new();
+        for item in self.activities.values() {
+            *activity_backlog.entry(item.name.clone()).or_default() += 1;
+        }
+        let globals = Globals {
+            partition: self.partition,
+            partition_count: self.partition_count,
+            position: self.position,
+            activity_backlog,
+            next_activity_id: self.next_activity_id,
+            timers: self.timers,
+            next_timer_id: self.next_timer_id,
+            outbox: self.outbox,
+            dedup: self.dedup,
+            backlog: self.backlog,
+            status_counts: self.status_counts,
+            name_counts: self.name_counts,
+        };
+        (globals, self.activities)
+    }
+}
+
 /// [`Globals`] as format 2 wrote them (no name counts), read to upgrade a hub.
 #[derive(Deserialize)]
 struct GlobalsV2 {
@@ -284,14 +341,14 @@ struct GlobalsV2 {
 type GlobalsV3 = (GlobalsV2, BTreeMap<String, u64>);
 
 impl GlobalsV2 {
-    /// Today's globals and what they lack: the runnable list, and the name counts when
+    /// Format 4's globals and what they lack: the runnable list, and the name counts when
     /// `name_counts` is None.
-    fn upgrade(self, name_counts: Option<BTreeMap<String, u64>>) -> (Globals, Upgrade) {
+    fn upgrade(self, name_counts: Option<BTreeMap<String, u64>>) -> (GlobalsV4, Upgrade) {
         let upgrade = Upgrade {
             count_names: name_counts.is_none(),
             runnable: self.runnable.into_iter().collect(),
         };
-        let globals = Globals {
+        let globals = GlobalsV4 {
             partition: self.partition,
             partition_count: self.partition_count,
             position: self.position,
@@ -320,10 +377,24 @@ pub struct CheckpointData {
     pub deletes: Vec<String>,
     pub history_resets: Vec<String>,
     pub history_appends: Vec<(String, u32, Vec<u8>)>,
+    /// Pending work to file in the store's `work` table ([`crate::work`]): (key, bytes).
+    pub work_puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Work keys to drop from it.
+    pub work_deletes: Vec<Vec<u8>>,
+}
+
+/// Queued activities that changed since the last checkpoint; the rest are in the store.
+#[derive(Debug, Default)]
+struct ActivityChanges {
+    /// Queued since the last checkpoint (and not yet completed).
+    queued: BTreeMap<u64, ActivityWorkItem>,
+    /// Completed since the last checkpoint, of those in the store: what to unfile.
+    done: BTreeMap<u64, ActivityWorkItem>,
 }
 
 pub struct PartitionState {
     globals: Globals,
+    activities: ActivityChanges,
     instances: HashMap<String, Slot>,
     /// Instances changed (or deleted) since the last checkpoint.
     dirty: HashSet<String>,
@@ -353,6 +424,7 @@ impl PartitionState {
                 next_timer_id: 1,
                 ..Globals::default()
             },
+            activities: ActivityChanges::default(),
             instances: HashMap::new(),
             dirty: HashSet::new(),
             cache_hits: 0,
@@ -364,10 +436,14 @@ impl PartitionState {
     /// Rebuilds the in-memory part from a checkpoint's globals blob: of format 4, or of format
     /// 3 or 2, which [`Self::upgrade`] then says what to rebuild from the store.
     pub fn recover(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        let (globals, upgrade) = match bytes {
+        let (v4, upgrade) = match bytes {
             [GLOBALS_TAG, GLOBALS_VERSION, rest @ ..] => {
-                (postcard::from_bytes::<Globals>(rest)?, None)
+                return Ok(Self::recovered(
+                    postcard::from_bytes::<Globals>(rest)?,
+                    None,
+                ));
             }
+            [GLOBALS_TAG, 4, rest @ ..] => (postcard::from_bytes::<GlobalsV4>(rest)?, None),
             [GLOBALS_TAG, _, ..] => return Err(postcard::Error::DeserializeBadEncoding),
             // Format 3 first: format-2 bytes end where its name counts would start, so they
             // fail it, while format-3 bytes would pass as format 2 with the counts left unread.
@@ -385,14 +461,24 @@ impl PartitionState {
                 },
             },
         };
-        Ok(PartitionState {
+        // Format 4 and older kept queued activities in the globals: they count as queued
+        // since the checkpoint, so the next one files them in the store.
+        let (globals, queued) = v4.upgrade();
+        let mut state = Self::recovered(globals, upgrade);
+        state.activities.queued = queued;
+        Ok(state)
+    }
+
+    fn recovered(globals: Globals, upgrade: Option<Upgrade>) -> Self {
+        PartitionState {
+            activities: ActivityChanges::default(),
             globals,
             instances: HashMap::new(),
             dirty: HashSet::new(),
             cache_hits: 0,
             cache_misses: 0,
             upgrade,
-        })
+        }
     }
 
     /// What globals of an older format lack (None: they were of today's format, or the
@@ -427,8 +513,67 @@ impl PartitionState {
         self.globals.partition
     }
 
+    /// Activity `id` if it was queued since the last checkpoint (else it is in the store, or
+    /// done: see [`Self::activity_done`]).
     pub fn activity(&self, id: u64) -> Option<&ActivityWorkItem> {
-        self.globals.activities.get(&id)
+        self.activities.queued.get(&id)
+    }
+
+    /// Whether activity `id`, filed in the store, completed since the last checkpoint.
+    pub fn activity_done(&self, id: u64) -> bool {
+        self.activities.done.contains_key(&id)
+    }
+
+    /// Activities queued since the last checkpoint, oldest first.
+    pub fn activities_queued(&self) -> impl Iterator<Item = (u64, &ActivityWorkItem)> {
+        self.activities.queued.iter().map(|(id, a)| (*id, a))
+    }
+
+    /// Takes activity `id` off the queue (it completed): from memory, or from the store,
+    /// remembering to unfile it there. None if it is not queued (a duplicate completion).
+    fn take_activity(
+        &mut self,
+        id: u64,
+        src: &dyn InstanceSource,
+    ) -> Result<Option<ActivityWorkItem>, SourceError> {
+        let item = match self.activities.queued.remove(&id) {
+            Some(item) => item,
+            None if self.activities.done.contains_key(&id) => return Ok(None),
+            None => match src.load_activity(id)? {
+                Some(item) => {
+                    self.activities.done.insert(id, item.clone());
+                    item
+                }
+                None => return Ok(None),
+            },
+        };
+        if let Some(n) = self.globals.activity_backlog.get_mut(&item.name) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.globals.activity_backlog.remove(&item.name);
+            }
+        }
+        Ok(Some(item))
+    }
+
+    /// Whether an activity for `task_id` of this execution is queued (in memory or filed).
+    fn activity_queued_for(
+        &self,
+        instance_id: &str,
+        execution_id: &str,
+        task_id: i32,
+        src: &dyn InstanceSource,
+    ) -> Result<bool, SourceError> {
+        let is_it = |a: &ActivityWorkItem| {
+            a.instance_id == instance_id && a.execution_id == execution_id && a.task_id == task_id
+        };
+        if self.activities.queued.values().any(is_it) {
+            return Ok(true);
+        }
+        Ok(src
+            .activities_of(instance_id)?
+            .iter()
+            .any(|(id, a)| !self.activities.done.contains_key(id) && is_it(a)))
     }
 
     pub fn timer(&self, id: u64) -> Option<&TimerEntry> {
@@ -493,7 +638,7 @@ impl PartitionState {
                 activity_id,
                 result,
             } => {
-                if let Some(item) = self.globals.activities.remove(activity_id) {
+                if let Some(item) = self.take_activity(*activity_id, src)? {
                     let kind = match result {
                         Ok(r) => EventKind::TaskCompleted {
                             task_scheduled_id: item.task_id,

@@ -12,6 +12,7 @@ struct MemStore {
     globals: Option<Vec<u8>>,
     instances: HashMap<String, Vec<u8>>,
     history: HashMap<String, Vec<Vec<u8>>>,
+    work: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl InstanceSource for MemStore {
@@ -32,9 +33,49 @@ impl InstanceSource for MemStore {
             })
             .unwrap_or_default())
     }
+    fn load_activity(&self, id: u64) -> Result<Option<ActivityWorkItem>, SourceError> {
+        Ok(self
+            .work
+            .get(&crate::work::activity_key(id))
+            .map(|b| postcard::from_bytes(b).unwrap()))
+    }
+    fn activities_of(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<(u64, ActivityWorkItem)>, SourceError> {
+        let prefix = crate::work::activity_instance_prefix(instance_id);
+        let mut out = Vec::new();
+        for key in self.work.range(prefix.clone()..).map(|(k, _)| k) {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let id = crate::work::activity_id_of(key).unwrap();
+            out.push((
+                id,
+                self.load_activity(id)?
+                    .expect("filed by instance and by id"),
+            ));
+        }
+        Ok(out)
+    }
 }
 
 impl MemStore {
+    /// The queued activities filed in the store, by id.
+    fn queued_activities(&self) -> BTreeMap<u64, ActivityWorkItem> {
+        let prefix = crate::work::activity_key(0)[..1].to_vec();
+        self.work
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| {
+                (
+                    crate::work::activity_id_of(k).unwrap(),
+                    postcard::from_bytes(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
     fn write(&mut self, data: CheckpointData) {
         self.globals = Some(data.globals);
         for id in data.history_resets {
@@ -54,6 +95,15 @@ impl MemStore {
         }
         for id in data.deletes {
             self.instances.remove(&id);
+        }
+        for (key, bytes) in data.work_puts {
+            self.work.insert(key, bytes);
+        }
+        for key in data.work_deletes {
+            assert!(
+                self.work.remove(&key).is_some(),
+                "only filed work is unfiled"
+            );
         }
     }
 }
@@ -383,7 +433,7 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                 })
             }
             7 | 8 => {
-                let acts: Vec<u64> = state.globals().activities.keys().copied().collect();
+                let acts: Vec<u64> = state.activities_queued().map(|(id, _)| id).collect();
                 let activity_id = if acts.is_empty() || rng.below(8) == 0 {
                     rng.below(1000)
                 } else {
@@ -541,6 +591,16 @@ proptest! {
         store.write(b.checkpoint().unwrap());
         let observed = observe(&mut a, &store_a, &ids);
         prop_assert_eq!(&observed, &observe(&mut b, &store, &ids));
+        // The queued activities, all filed in the store now, with their keys by name and
+        // instance, and counted by name.
+        prop_assert_eq!(&store_a.work, &store.work);
+        let queued = store.queued_activities();
+        prop_assert_eq!(store.work.len(), queued.len() * 3);
+        let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+        for a in queued.values() {
+            *by_name.entry(a.name.clone()).or_insert(0) += 1;
+        }
+        prop_assert_eq!(&observed.0.activity_backlog, &by_name);
 
         // The status counts kept incrementally match the instances themselves.
         let mut counted: BTreeMap<RuntimeStatus, u64> = BTreeMap::new();
@@ -764,4 +824,70 @@ fn messages_to_other_partitions_go_through_the_outbox_with_dedup_ids() {
     )
     .unwrap();
     assert_eq!(s.outbox(1).count(), 1);
+}
+
+#[test]
+fn activities_of_format_4_are_filed_in_the_store_by_the_next_checkpoint() {
+    let item = |name: &str, task_id| ActivityWorkItem {
+        instance_id: "gone".into(),
+        execution_id: "e".into(),
+        task_id,
+        name: name.into(),
+        version: None,
+        input: Some("1".into()),
+    };
+    let v4 = GlobalsV4 {
+        partition_count: 2,
+        position: 5,
+        activities: BTreeMap::from([(3, item("a", 0)), (4, item("b", 1))]),
+        next_activity_id: 5,
+        next_timer_id: 1,
+        ..GlobalsV4::default()
+    };
+    let mut bytes = vec![GLOBALS_TAG, 4];
+    bytes.extend(postcard::to_allocvec(&v4).unwrap());
+    let mut state = PartitionState::recover(&bytes).unwrap();
+    assert!(
+        state.upgrade().is_none(),
+        "nothing to rebuild from the store"
+    );
+    assert_eq!(state.activity(3), Some(&item("a", 0)));
+    let counts = |s: &PartitionState| s.globals().activity_backlog.clone();
+    assert_eq!(
+        counts(&state),
+        BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+    );
+    let mut store = MemStore::default();
+    store.write(state.checkpoint().unwrap());
+    assert_eq!(
+        store.queued_activities().into_keys().collect::<Vec<_>>(),
+        [3, 4]
+    );
+    assert_eq!(state.activity(3), None, "in the store now, not in memory");
+
+    // Recovered from today's format, a completion finds its activity in the store, and a
+    // second completion of it changes nothing.
+    let mut state = PartitionState::recover(store.globals.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        counts(&state),
+        BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+    );
+    let done = LogRecord {
+        timestamp: 1,
+        event: PartitionEvent::ActivityCompleted {
+            activity_id: 3,
+            result: Ok(None),
+        },
+    };
+    state.apply(6, &done, &store).unwrap();
+    assert!(state.activity_done(3));
+    assert_eq!(counts(&state), BTreeMap::from([("b".into(), 1)]));
+    state.apply(7, &done, &store).unwrap();
+    assert_eq!(counts(&state), BTreeMap::from([("b".into(), 1)]));
+    store.write(state.checkpoint().unwrap());
+    assert_eq!(
+        store.queued_activities().into_keys().collect::<Vec<_>>(),
+        [4]
+    );
+    assert_eq!(store.work.len(), 3, "unfiled under all three keys");
 }

@@ -99,6 +99,7 @@ impl Leader {
             .map_err(|e| self.storage_error(e.to_string()))?;
         // From here the batch is what the store reads (overlaid until written).
         self.dispatch.checkpointed();
+        self.activity_dispatch.checkpointed();
         self.records_since_checkpoint = 0;
         self.last_checkpoint = self.shared.clock.now_millis();
         Ok(CheckpointBatch {
@@ -109,6 +110,8 @@ impl Leader {
             history_truncates: data.history_resets,
             history_appends: data.history_appends,
             index_keys: data.index_keys,
+            work_puts: data.work_puts,
+            work_deletes: data.work_deletes,
         })
     }
 

@@ -56,7 +56,9 @@ impl Leader {
             Effect::RunEpisode(id) => {
                 self.start_episode(&id);
             }
-            Effect::StartActivity(a) => self.start_activity(a),
+            Effect::StartActivity(a) => {
+                self.start_activity(a);
+            }
             Effect::ScheduleTimer { timer_id, due } => {
                 self.timers.insert((due, timer_id));
             }

@@ -22,24 +22,44 @@
 //! on), so `overflow` is bounded by the dirty set, and the window by `dispatch_window` times
 //! the names with a backlog.
 //!
-//! This module only decides *which* runnable instances start; it never changes state.
+//! Queued activities go the same way, with windows of their own per activity name: one queued
+//! since the last checkpoint is in memory (the state machine asked to start it, and a full
+//! window put it in `overflow`); any other is in the store's `work` table
+//! ([`cairn_core::work`]), filed by name, oldest first, which a refill scans.
+//!
+//! This module only decides *which* work starts; it never changes state.
 
 use super::*;
 
-/// Dispatched work and the backlog not yet dispatched, by name.
-#[derive(Default)]
-pub(super) struct Dispatch {
-    /// Instances whose episode (or entity batch) runs now, with the name it counts under.
-    running: HashMap<String, String>,
+/// Dispatched work and the backlog not yet dispatched, by name: of instances (keyed by
+/// instance id) or of activities (by activity id).
+pub(super) struct Dispatch<K> {
+    /// Work that runs now, with the name it counts under.
+    running: HashMap<K, String>,
     in_flight: HashMap<String, usize>,
-    /// Dirty runnable instances that found their name's window full, by name.
-    overflow: HashMap<String, BTreeSet<String>>,
-    /// Names that may have runnable instances not dispatched.
+    /// Work changed since the last checkpoint that found its name's window full, by name.
+    overflow: HashMap<String, BTreeSet<K>>,
+    /// Names that may have work not dispatched.
     behind: BTreeSet<String>,
 }
 
-impl Dispatch {
-    pub(super) fn is_running(&self, id: &str) -> bool {
+impl<K> Default for Dispatch<K> {
+    fn default() -> Self {
+        Dispatch {
+            running: HashMap::new(),
+            in_flight: HashMap::new(),
+            overflow: HashMap::new(),
+            behind: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: Clone + Ord + std::hash::Hash> Dispatch<K> {
+    pub(super) fn is_running<Q>(&self, id: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         self.running.contains_key(id)
     }
 
@@ -49,23 +69,27 @@ impl Dispatch {
 
     /// Takes a slot in `name`'s window (of `window` slots) for `id`; false (and `id`
     /// remembered as overflow) if the window is full.
-    pub(super) fn admit(&mut self, id: &str, name: &str, window: usize) -> bool {
+    pub(super) fn admit(&mut self, id: K, name: &str, window: usize) -> bool {
         let n = self.in_flight.entry(name.to_string()).or_default();
         if *n >= window {
             self.overflow
                 .entry(name.to_string())
                 .or_default()
-                .insert(id.to_string());
+                .insert(id);
             self.behind.insert(name.to_string());
             return false;
         }
         *n += 1;
-        self.running.insert(id.to_string(), name.to_string());
+        self.running.insert(id, name.to_string());
         true
     }
 
-    /// Frees the slot `id` held (its episode or batch is done).
-    pub(super) fn finished(&mut self, id: &str) {
+    /// Frees the slot `id` held (its episode, batch or activity is done).
+    pub(super) fn finished<Q>(&mut self, id: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         if let Some(name) = self.running.remove(id) {
             if let Some(n) = self.in_flight.get_mut(&name) {
                 *n = n.saturating_sub(1);
@@ -93,6 +117,27 @@ impl Dispatch {
             .cloned()
             .collect()
     }
+
+    /// How many more `name` may start now (of `window` slots), and the overflowed work to
+    /// start first.
+    fn room(&mut self, name: &str, window: usize) -> (usize, BTreeSet<K>) {
+        let room = window.saturating_sub(self.in_flight.get(name).copied().unwrap_or(0));
+        (room, self.overflow.remove(name).unwrap_or_default())
+    }
+
+    /// After a refill of `name` started what it could: work left over goes back to overflow
+    /// (the window is full again); a name with nothing left in the store or overflow is
+    /// caught up.
+    fn refilled(&mut self, name: &str, left: BTreeSet<K>, store_exhausted: bool) {
+        if !left.is_empty() {
+            self.overflow
+                .entry(name.to_string())
+                .or_default()
+                .extend(left);
+        } else if store_exhausted && !self.overflow.contains_key(name) {
+            self.behind.remove(name);
+        }
+    }
 }
 
 impl Leader {
@@ -101,17 +146,15 @@ impl Leader {
         self.shared.config.dispatch_window.max(1)
     }
 
-    /// Dispatches backlog into every window with room: overflowed instances first, then the
-    /// oldest of the store's backlog index.
+    /// Dispatches backlog into every window with room: overflowed work first, then the
+    /// oldest of the store's (instances by their backlog index, activities by their work key).
     pub(super) fn refill(&mut self) {
-        if self.failed.is_some() || self.dispatch.behind.is_empty() {
+        if self.failed.is_some() {
             return;
         }
         let window = self.window();
         for name in self.dispatch.refillable(window) {
-            let room =
-                window.saturating_sub(self.dispatch.in_flight.get(&name).copied().unwrap_or(0));
-            let overflowed = self.dispatch.overflow.remove(&name).unwrap_or_default();
+            let (room, overflowed) = self.dispatch.room(&name, window);
             let mut started = 0;
             let mut left = overflowed.into_iter();
             while started < room {
@@ -120,21 +163,14 @@ impl Leader {
                     started += 1;
                 }
             }
-            let rest: BTreeSet<String> = left.collect();
-            if !rest.is_empty() {
-                // The window is full again: the store's part waits for the next refill.
-                self.dispatch
-                    .overflow
-                    .entry(name.clone())
-                    .or_default()
-                    .extend(rest);
-                continue;
-            }
+            let left: BTreeSet<String> = left.collect();
             // The store's backlog, oldest first. Instances that run now, or changed since the
             // checkpoint (the store's entry may be stale; memory has them), are skipped.
-            let want = room - started;
+            let want = if left.is_empty() { room - started } else { 0 };
             let mut candidates = Vec::with_capacity(want);
-            let mut exhausted = true;
+            // Caught up only if a scan ran out (a window filled from overflow knows nothing of
+            // the store).
+            let mut exhausted = want > 0;
             if want > 0 {
                 let r = self.store.scan_index_desc(
                     &cairn_core::index::backlog_prefix(&name),
@@ -158,15 +194,62 @@ impl Leader {
             for id in candidates {
                 self.start_episode(&id);
             }
-            let overflowed_again = self.dispatch.overflow.contains_key(&name);
-            if exhausted && !overflowed_again {
-                self.dispatch.behind.remove(&name);
+            self.dispatch.refilled(&name, left, exhausted);
+        }
+        for name in self.activity_dispatch.refillable(window) {
+            let (room, overflowed) = self.activity_dispatch.room(&name, window);
+            let mut started = 0;
+            let mut left = overflowed.into_iter();
+            while started < room {
+                let Some(id) = left.next() else { break };
+                if self.start_activity(id) {
+                    started += 1;
+                }
             }
+            let left: BTreeSet<u64> = left.collect();
+            // Filed activities of the name, oldest first, but those that run now or completed
+            // since the checkpoint.
+            let want = if left.is_empty() { room - started } else { 0 };
+            let mut candidates = Vec::with_capacity(want);
+            // Caught up only if a scan ran out (a window filled from overflow knows nothing of
+            // the store).
+            let mut exhausted = want > 0;
+            if want > 0 {
+                let r = self.store.scan_work(
+                    &cairn_core::work::activity_name_prefix(&name),
+                    None,
+                    &mut |key, _| {
+                        let Some(id) = cairn_core::work::activity_id_of(key) else {
+                            return true;
+                        };
+                        if !self.activity_dispatch.is_running(&id) && !self.state.activity_done(id)
+                        {
+                            candidates.push(id);
+                            if candidates.len() >= want {
+                                exhausted = false;
+                                return false;
+                            }
+                        }
+                        true
+                    },
+                );
+                if let Err(e) = r {
+                    self.fail(format!(
+                        "reading the queued activities '{name}' failed: {e}"
+                    ));
+                    return;
+                }
+            }
+            for id in candidates {
+                self.start_activity(id);
+            }
+            self.activity_dispatch.refilled(&name, left, exhausted);
         }
     }
 
     /// After recovery: every name with a backlog is behind, and the instances replayed from
-    /// the log that have work (dirty, so not in the store's index yet) are its overflow.
+    /// the log that have work (dirty, so not in the store's index yet) are its overflow; the
+    /// same for activities.
     pub(super) fn resume_backlog(&mut self) {
         let names: Vec<String> = self.state.globals().backlog.keys().cloned().collect();
         self.dispatch.behind.extend(names);
@@ -181,6 +264,29 @@ impl Leader {
         for (name, id) in dirty {
             self.dispatch.behind.insert(name.clone());
             self.dispatch.overflow.entry(name).or_default().insert(id);
+        }
+        // Activities likewise: every name with some queued is behind, and those queued since
+        // the checkpoint (replayed from the log) are its overflow.
+        let names: Vec<String> = self
+            .state
+            .globals()
+            .activity_backlog
+            .keys()
+            .cloned()
+            .collect();
+        self.activity_dispatch.behind.extend(names);
+        let queued: Vec<(String, u64)> = self
+            .state
+            .activities_queued()
+            .map(|(id, a)| (a.name.clone(), id))
+            .collect();
+        for (name, id) in queued {
+            self.activity_dispatch.behind.insert(name.clone());
+            self.activity_dispatch
+                .overflow
+                .entry(name)
+                .or_default()
+                .insert(id);
         }
         self.refill();
     }

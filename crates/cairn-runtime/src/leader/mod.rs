@@ -99,7 +99,8 @@ pub(crate) struct Leader {
     held: VecDeque<(u64, Held)>,
     replies: HashMap<u64, Reply<ClientResponse>>,
     next_request: u64,
-    dispatch: dispatch::Dispatch,
+    dispatch: dispatch::Dispatch<String>,
+    activity_dispatch: dispatch::Dispatch<u64>,
     cursors: HashMap<String, Cursor>,
     timers: BTreeSet<(Millis, u64)>,
     waiters: HashMap<String, Vec<Waiter>>,
@@ -221,6 +222,10 @@ impl Leader {
         }
         publish_map(&self.stats.name_counts, &self.state.globals().name_counts);
         publish_map(&self.stats.backlog, &self.state.globals().backlog);
+        publish_map(
+            &self.stats.activity_backlog,
+            &self.state.globals().activity_backlog,
+        );
         self.stats
             .dispatched
             .store(self.dispatch.running_count() as u64, Ordering::Relaxed);
@@ -313,13 +318,16 @@ impl Leader {
                 Input::ActivityDone {
                     activity_id,
                     result,
-                } => records.push(LogRecord {
-                    timestamp: now,
-                    event: PartitionEvent::ActivityCompleted {
-                        activity_id,
-                        result,
-                    },
-                }),
+                } => {
+                    self.activity_dispatch.finished(&activity_id);
+                    records.push(LogRecord {
+                        timestamp: now,
+                        event: PartitionEvent::ActivityCompleted {
+                            activity_id,
+                            result,
+                        },
+                    })
+                }
                 Input::EntityDone { entity_id, result } => {
                     self.dispatch.finished(&entity_id);
                     records.push(LogRecord {

@@ -26,6 +26,9 @@ pub(crate) struct Overlay {
     index: BTreeMap<Vec<u8>, String>,
     /// ...and the instances whose entries in the store it replaces or drops.
     reindexed: HashSet<String>,
+    /// The batch's work keys: the index of the put, or None if the batch deletes the key
+    /// (deletes come after puts).
+    work: BTreeMap<Vec<u8>, Option<usize>>,
 }
 
 impl Overlay {
@@ -55,9 +58,17 @@ impl Overlay {
             .map(|(id, _)| id.clone())
             .chain(deletes.iter().cloned())
             .collect();
+        let mut work: BTreeMap<Vec<u8>, Option<usize>> = batch
+            .work_puts
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), Some(i)))
+            .collect();
+        work.extend(batch.work_deletes.iter().map(|k| (k.clone(), None)));
         Overlay {
             index,
             reindexed,
+            work,
             deletes,
             truncated: batch.history_truncates.iter().cloned().collect(),
             puts,
@@ -188,6 +199,40 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
             Order::Descending,
             |_: &[u8], id: &str| o.reindexed.contains(id),
             |g| self.base.scan_index_desc(prefix, below, g),
+            f,
+        )
+    }
+    fn get_work(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.overlay.and_then(|o| Some((o, *o.work.get(key)?))) {
+            Some((o, Some(i))) => Ok(Some(o.batch.work_puts[i].1.clone())),
+            Some((_, None)) => Ok(None),
+            None => self.base.get_work(key),
+        }
+    }
+    fn scan_work(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let Some(o) = self.overlay else {
+            return self.base.scan_work(prefix, after, f);
+        };
+        let puts = o
+            .work
+            .range::<[u8], _>((
+                after.map_or(std::ops::Bound::Included(prefix), std::ops::Bound::Excluded),
+                std::ops::Bound::Unbounded,
+            ))
+            .filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a))
+            .skip_while(|(k, _)| k.as_slice() < prefix)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(k, put)| Some((k.as_slice(), o.batch.work_puts[(*put)?].1.as_slice())));
+        merge_into_scan(
+            puts,
+            Order::Ascending,
+            |k: &[u8], _: &[u8]| o.work.contains_key(k),
+            |g| self.base.scan_work(prefix, after, g),
             f,
         )
     }
@@ -340,6 +385,10 @@ mod tests {
                 .iter()
                 .map(|id| (id.to_string(), keys_of(id, 5)))
                 .collect(),
+            work_puts: ["wa1", "wa3", "wb1", "wb2", "wc1"]
+                .iter()
+                .map(|k| (k.as_bytes().to_vec(), format!("old {k}").into_bytes()))
+                .collect(),
             ..CheckpointBatch::default()
         })
         .unwrap();
@@ -363,6 +412,14 @@ mod tests {
             index_keys: ["b-1", "b-15", "aa", "z", "d"]
                 .iter()
                 .map(|id| (id.to_string(), keys_of(id, 1)))
+                .collect(),
+            work_puts: ["wa2", "wa3", "wb0", "wd1", "wb9"]
+                .iter()
+                .map(|k| (k.as_bytes().to_vec(), format!("new {k}").into_bytes()))
+                .collect(),
+            work_deletes: ["wa1", "wb9", "wc1", "wz"]
+                .iter()
+                .map(|k| k.as_bytes().to_vec())
                 .collect(),
         };
         let after = base.clone_contents();
@@ -414,6 +471,39 @@ mod tests {
                 index(&overlay, prefix, below),
                 index(&after, prefix, below),
                 "index below {below:?} under {prefix:?}"
+            );
+        }
+        for key in ["wa1", "wa2", "wa3", "wb9", "wc1", "wd1", "wz"] {
+            assert_eq!(
+                overlay.get_work(key.as_bytes()).unwrap(),
+                after.get_work(key.as_bytes()).unwrap(),
+                "work {key}"
+            );
+        }
+        for (prefix, after_key) in [
+            (&b"w"[..], None),
+            (b"wa", None),
+            (b"wb", None),
+            (b"wa", Some(&b"wa1"[..])),
+            (b"wa", Some(b"wa2")),
+            (b"wb", Some(b"wa9")),
+            (b"wc", None),
+            (b"w", Some(b"wb0")),
+        ] {
+            let work = |store: &dyn StoreReads| {
+                let mut out = Vec::new();
+                store
+                    .scan_work(prefix, after_key, &mut |k, v| {
+                        out.push((k.to_vec(), v.to_vec()));
+                        true
+                    })
+                    .unwrap();
+                out
+            };
+            assert_eq!(
+                work(&overlay),
+                work(&after),
+                "work under {prefix:?} after {after_key:?}"
             );
         }
         // A snapshot taken while the batch is in flight reads the same after the batch is

@@ -79,7 +79,7 @@ impl Leader {
             checkpoint_position: checkpoint,
             replayed_records: replayed,
             runnable: g.backlog.values().sum::<u64>() as usize,
-            activities: g.activities.len(),
+            activities: g.activity_backlog.values().sum::<u64>() as usize,
             timers: g.timers.len(),
             torn_tail_bytes,
         };
@@ -100,6 +100,7 @@ impl Leader {
             replies: HashMap::new(),
             next_request: 1,
             dispatch: Default::default(),
+            activity_dispatch: Default::default(),
             cursors: HashMap::new(),
             timers: BTreeSet::new(),
             waiters: HashMap::new(),
@@ -126,13 +127,9 @@ impl Leader {
     /// Restarts the work the recovered state says is outstanding.
     pub(super) fn resume(&mut self) {
         let g = self.state.globals();
-        let activities: Vec<u64> = g.activities.keys().copied().collect();
         let timers: Vec<(Millis, u64)> = g.timers.iter().map(|(id, t)| (t.due, *id)).collect();
         let destinations = self.state.outbox_destinations();
         self.resume_backlog();
-        for a in activities {
-            self.start_activity(a);
-        }
         self.timers.extend(timers);
         for to in destinations {
             self.send_outbox(to);
@@ -173,6 +170,46 @@ impl InstanceSource for StoreSource<'_> {
             })
             .collect()
     }
+
+    fn load_activity(&self, id: u64) -> Result<Option<ActivityWorkItem>, SourceError> {
+        let bytes = self
+            .0
+            .get_work(&cairn_core::work::activity_key(id))
+            .map_err(|e| SourceError(e.to_string()))?;
+        bytes
+            .map(|b| {
+                postcard::from_bytes(&b).map_err(|e| {
+                    SourceError(format!(
+                        "queued activity {id} in the checkpoint store is unreadable: {e}"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    fn activities_of(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<(u64, ActivityWorkItem)>, SourceError> {
+        let mut ids = Vec::new();
+        self.0
+            .scan_work(
+                &cairn_core::work::activity_instance_prefix(instance_id),
+                None,
+                &mut |key, _| {
+                    ids.extend(cairn_core::work::activity_id_of(key));
+                    true
+                },
+            )
+            .map_err(|e| SourceError(e.to_string()))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(item) = self.load_activity(id)? {
+                out.push((id, item));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Brings a checkpoint written by an older format up to date, in one atomic checkpoint write
@@ -181,6 +218,8 @@ impl InstanceSource for StoreSource<'_> {
 ///   keys and counted by name, in one pass over the store;
 /// * formats 2 and 3 (the runnable instances listed in the globals): those instances are filed
 ///   under their backlog keys and counted in the backlog;
+/// * formats 2 to 4 (the queued activities in the globals): those are filed in the `work`
+///   table (format 4 needs nothing else, so its next checkpoint does that);
 ///
 /// and the globals are rewritten in today's format, so the upgrade happens once. A store has
 /// instances but no index entries only if format 2 wrote it, since every put since carries
@@ -232,10 +271,15 @@ fn upgrade_older_format(
     }
     state.finish_upgrade(upgrade.count_names.then_some(names), backlog);
     let count = index_keys.len();
+    // The older globals held the queued activities: today's do not, so they are filed in the
+    // same write.
+    let (work_puts, work_deletes) = state.take_work().map_err(|e| e.to_string())?;
     let batch = CheckpointBatch {
         position,
         globals: state.globals().encode().map_err(|e| e.to_string())?,
         index_keys,
+        work_puts,
+        work_deletes,
         ..CheckpointBatch::default()
     };
     store.write_checkpoint(&batch).map_err(|e| e.to_string())?;

@@ -21,7 +21,7 @@ impl Leader {
         };
         // A full window remembers `id`: a refill finds it again.
         let window = self.window();
-        if !self.dispatch.admit(id, &name, window) {
+        if !self.dispatch.admit(id.to_string(), &name, window) {
             return false;
         }
         let Some(inst) = self.state.loaded(id) else {
@@ -142,10 +142,32 @@ impl Leader {
         true
     }
 
-    pub(super) fn start_activity(&mut self, activity_id: u64) {
-        let Some(item) = self.state.activity(activity_id).cloned() else {
-            return;
+    /// Starts queued activity `activity_id` if it is not running yet and its name's window
+    /// has room; true if it started.
+    pub(super) fn start_activity(&mut self, activity_id: u64) -> bool {
+        if self.activity_dispatch.is_running(&activity_id) || self.failed.is_some() {
+            return false;
+        }
+        let item = match self.state.activity(activity_id) {
+            Some(item) => item.clone(),
+            None if self.state.activity_done(activity_id) => return false,
+            None => match self.filed_activity(activity_id) {
+                Ok(Some(item)) => item,
+                Ok(None) => return false,
+                Err(e) => {
+                    self.fail(e);
+                    return false;
+                }
+            },
         };
+        // A full window remembers the id: a refill finds it again.
+        let window = self.window();
+        if !self
+            .activity_dispatch
+            .admit(activity_id, &item.name, window)
+        {
+            return false;
+        }
         self.stats.activities.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
         let tx = self.shared.partitions[self.partition as usize].clone();
@@ -210,6 +232,14 @@ impl Leader {
                 result,
             });
         });
+        true
+    }
+
+    /// Activity `id` as filed in the store (with the checkpoint being written overlaid).
+    fn filed_activity(&self, id: u64) -> Result<Option<ActivityWorkItem>, String> {
+        StoreSource(&*self.store)
+            .load_activity(id)
+            .map_err(|e| e.to_string())
     }
 }
 

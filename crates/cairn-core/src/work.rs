@@ -1,0 +1,101 @@
+//! # Pending work in the checkpoint store
+//!
+//! Activities that wait for a worker live in the store's `work` table, not in the partition's
+//! memory: a million queued activities cost disk, and only the window the shell dispatches
+//! costs memory. This module owns the keys (the store treats them as opaque bytes); the state
+//! machine decides what is put and deleted ([`crate::partition::CheckpointData`]).
+//!
+//! Each queued activity is filed under three keys, all ending with its activity id as 8
+//! big-endian bytes (ids grow, so each prefix lists its activities oldest first):
+//!
+//! | key | value | read by |
+//! |---|---|---|
+//! | `a` id | the [`ActivityWorkItem`](crate::ActivityWorkItem) | its completion (by id) |
+//! | `n` len name id | empty | the dispatch window, a name at a time |
+//! | `i` len instance id | empty | a rewind (is an attempt still in flight?) |
+//!
+//! An activity that is queued and completes between two checkpoints never reaches the store.
+//! Changing any of this is a change of the on-disk format.
+
+use crate::index::push_name;
+use crate::ActivityWorkItem;
+
+/// Changes to the `work` table: (key, bytes) to put, then keys to delete.
+pub type WorkChanges = (Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>);
+
+const ITEM: u8 = b'a';
+const BY_NAME: u8 = b'n';
+const BY_INSTANCE: u8 = b'i';
+
+/// The key that holds activity `id`'s work item.
+pub fn activity_key(id: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(ITEM);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The prefix of the queued activities of `name`, oldest first.
+pub fn activity_name_prefix(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + name.len() + 8);
+    key.push(BY_NAME);
+    push_name(&mut key, name);
+    key
+}
+
+/// The prefix of the queued activities of instance `instance_id`.
+pub fn activity_instance_prefix(instance_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + instance_id.len() + 8);
+    key.push(BY_INSTANCE);
+    push_name(&mut key, instance_id);
+    key
+}
+
+/// Every key activity `id` is filed under, the work item's own first.
+pub fn activity_keys(id: u64, item: &ActivityWorkItem) -> [Vec<u8>; 3] {
+    let mut by_name = activity_name_prefix(&item.name);
+    by_name.extend_from_slice(&id.to_be_bytes());
+    let mut by_instance = activity_instance_prefix(&item.instance_id);
+    by_instance.extend_from_slice(&id.to_be_bytes());
+    [activity_key(id), by_name, by_instance]
+}
+
+/// The activity id a work key ends with (None for a key too short to be one).
+pub fn activity_id_of(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
+    Some(u64::from_be_bytes(tail.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(name: &str, instance: &str) -> ActivityWorkItem {
+        ActivityWorkItem {
+            instance_id: instance.into(),
+            execution_id: "e".into(),
+            task_id: 0,
+            name: name.into(),
+            version: None,
+            input: None,
+        }
+    }
+
+    #[test]
+    fn keys_sort_by_id_within_a_name_and_names_never_overlap() {
+        let a = activity_keys(2, &item("a", "x"));
+        let a_later = activity_keys(300, &item("a", "y"));
+        let ab = activity_keys(1, &item("ab", "x"));
+        assert!(a[1] < a_later[1]);
+        assert!(a[1].starts_with(&activity_name_prefix("a")));
+        assert!(!ab[1].starts_with(&activity_name_prefix("a")));
+        assert!(a[2].starts_with(&activity_instance_prefix("x")));
+        for k in a.iter().chain(&a_later).chain(&ab) {
+            assert!(activity_id_of(k).is_some());
+        }
+        assert_eq!(activity_id_of(&a_later[0]), Some(300));
+        assert_eq!(activity_id_of(&a_later[1]), Some(300));
+        assert_eq!(activity_id_of(&ab[2]), Some(1));
+        assert_eq!(activity_id_of(b"short"), None);
+    }
+}
