@@ -86,6 +86,10 @@ pub struct BenchArgs {
     /// (multiplied by `--scale`).
     #[arg(long, default_value_t = 1_000_000)]
     hub_size: u64,
+    /// Work a partition hands out at once per name (episodes per orchestration name,
+    /// activities per activity name); to compare windows.
+    #[arg(long, default_value_t = EngineConfig::default().dispatch_window)]
+    dispatch_window: usize,
     /// Multiply every scenario's operation count (e.g. 0.1 for a quick run).
     #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
     scale: f64,
@@ -402,6 +406,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             fsync,
             checkpoints_in_place: args.checkpoints_in_place,
             reads_on_loop: args.reads_on_loop,
+            dispatch_window: args.dispatch_window.max(1),
             ..EngineConfig::default()
         };
         if s == Scenario::Backlog {

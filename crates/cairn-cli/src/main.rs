@@ -44,8 +44,8 @@ pub struct EngineArgs {
     /// Activities running at once.
     #[arg(long, default_value_t = 1000)]
     max_concurrent_activities: usize,
-    /// Episodes a partition hands out at once per orchestration (or entity) name; the rest of
-    /// a backlog waits on disk, not in memory.
+    /// Episodes a partition hands out at once per orchestration (or entity) name, and
+    /// activities per activity name; the rest of a backlog waits on disk, not in memory.
     #[arg(long, default_value_t = 512)]
     dispatch_window: usize,
     /// Do not fsync the log (faster, NOT durable across power loss).

@@ -38,7 +38,8 @@ pub struct EngineConfig {
     /// Most queued operations an entity processes in one batch (one state write per batch).
     pub max_entity_batch: usize,
     /// Episodes (or entity batches) a partition dispatches at once per orchestration or entity
-    /// name; the rest of a backlog waits in the checkpoint store, not in memory.
+    /// name, and activities per activity name; the rest of a backlog waits in the checkpoint
+    /// store, not in memory.
     pub dispatch_window: usize,
     /// Hand orchestrations and activities that are not registered in this process to remote
     /// workers (see [`Engine::remote_queue`]) instead of failing them as unknown.
