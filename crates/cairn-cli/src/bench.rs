@@ -37,6 +37,9 @@ pub enum Scenario {
     /// `--hub-size` starts that no worker runs: memory while they wait, restart, drain (not
     /// run by default).
     Backlog,
+    /// `--hub-size` activities (fanned out by orchestrations that run here) that no worker
+    /// runs: memory while they wait, restart, drain (not run by default).
+    ActivityBacklog,
 }
 
 impl Scenario {
@@ -53,6 +56,7 @@ impl Scenario {
             Scenario::ChainUnderLoad => "chain-under-load",
             Scenario::LargeHub => "large-hub",
             Scenario::Backlog => "backlog",
+            Scenario::ActivityBacklog => "activity-backlog",
         }
     }
 }
@@ -86,10 +90,12 @@ pub struct BenchArgs {
     /// (multiplied by `--scale`).
     #[arg(long, default_value_t = 1_000_000)]
     hub_size: u64,
-    /// Work a partition hands out at once per name (episodes per orchestration name,
-    /// activities per activity name); to compare windows.
+    /// Episodes a partition hands out at once per orchestration name; to compare windows.
     #[arg(long, default_value_t = EngineConfig::default().dispatch_window)]
     dispatch_window: usize,
+    /// Activities a partition hands out at once per activity name; to compare windows.
+    #[arg(long, default_value_t = EngineConfig::default().activity_window)]
+    activity_window: usize,
     /// Multiply every scenario's operation count (e.g. 0.1 for a quick run).
     #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
     scale: f64,
@@ -153,7 +159,7 @@ impl cairn_runtime::Entity for Counter {
 fn registry(progress: Arc<AtomicU64>, stamps: Arc<Stamps>) -> Registry {
     let p1 = progress.clone();
     let p2 = progress.clone();
-    large_hub::orchestrations(Registry::new())
+    backlog::orchestrations(large_hub::orchestrations(Registry::new()))
         .activity("noop", move |_ctx, _: ()| {
             let p = p1.clone();
             async move {
@@ -407,10 +413,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             checkpoints_in_place: args.checkpoints_in_place,
             reads_on_loop: args.reads_on_loop,
             dispatch_window: args.dispatch_window.max(1),
+            activity_window: args.activity_window.max(1),
             ..EngineConfig::default()
         };
-        if s == Scenario::Backlog {
-            // Orchestrations nobody here runs go to (absent) remote workers.
+        if s == Scenario::Backlog || s == Scenario::ActivityBacklog {
+            // Work nobody here runs goes to (absent) remote workers.
             config.remote_workers = true;
         }
         if s == Scenario::ChainUnderLoad {
@@ -441,6 +448,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 .context("scenario backlog failed")?;
             bench = b;
             Ok(r)
+        } else if s == Scenario::ActivityBacklog {
+            let (b, r) = backlog::run_activities(bench, n(args.hub_size), args.json)
+                .await
+                .context("scenario activity-backlog failed")?;
+            bench = b;
+            Ok(r)
         } else {
             match s {
                 Scenario::Sequence => sequence(&bench, n(1000)).await,
@@ -456,7 +469,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 Scenario::EntityOps => entity_ops(&bench, n(100_000)).await,
                 Scenario::EntityCalls => entity_calls(&bench, n(2_000)).await,
                 Scenario::ChainUnderLoad => chain_under_load(&bench, n(30_000), args.scale).await,
-                Scenario::LargeHub | Scenario::Backlog => unreachable!("run above"),
+                Scenario::LargeHub | Scenario::Backlog | Scenario::ActivityBacklog => {
+                    unreachable!("run above")
+                }
             }
         };
         let Bench { engine, dir, .. } = bench;

@@ -44,10 +44,14 @@ pub struct EngineArgs {
     /// Activities running at once.
     #[arg(long, default_value_t = 1000)]
     max_concurrent_activities: usize,
-    /// Episodes a partition hands out at once per orchestration (or entity) name, and
-    /// activities per activity name; the rest of a backlog waits on disk, not in memory.
+    /// Episodes a partition hands out at once per orchestration (or entity) name; the rest of
+    /// a backlog waits on disk, not in memory.
     #[arg(long, default_value_t = 512)]
     dispatch_window: usize,
+    /// Activities a partition hands out at once per activity name; the rest of the queue
+    /// waits on disk, not in memory.
+    #[arg(long, default_value_t = 2048)]
+    activity_window: usize,
     /// Do not fsync the log (faster, NOT durable across power loss).
     #[arg(long)]
     no_fsync: bool,
@@ -134,6 +138,7 @@ impl EngineArgs {
             max_concurrent_orchestrations: self.max_concurrent_orchestrations,
             max_concurrent_activities: self.max_concurrent_activities,
             dispatch_window: self.dispatch_window.max(1),
+            activity_window: self.activity_window.max(1),
             fsync: !self.no_fsync,
             max_payload_bytes: self.max_payload_bytes,
             max_queued_requests: self.max_queued_requests.max(1),

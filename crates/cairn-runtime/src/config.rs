@@ -38,9 +38,12 @@ pub struct EngineConfig {
     /// Most queued operations an entity processes in one batch (one state write per batch).
     pub max_entity_batch: usize,
     /// Episodes (or entity batches) a partition dispatches at once per orchestration or entity
-    /// name, and activities per activity name; the rest of a backlog waits in the checkpoint
-    /// store, not in memory.
+    /// name; the rest of a backlog waits in the checkpoint store, not in memory.
     pub dispatch_window: usize,
+    /// Activities a partition dispatches at once per activity name; the rest of the queue
+    /// waits in the checkpoint store. Larger than `dispatch_window` because an activity in
+    /// flight costs far less than an instance, and a fan-out's throughput needs the room.
+    pub activity_window: usize,
     /// Hand orchestrations and activities that are not registered in this process to remote
     /// workers (see [`Engine::remote_queue`]) instead of failing them as unknown.
     pub remote_workers: bool,
@@ -90,6 +93,7 @@ impl Default for EngineConfig {
             remote_workers: false,
             max_entity_batch: 5000,
             dispatch_window: 512,
+            activity_window: 2048,
             max_queued_requests: 10_000,
             logs: None,
             checkpoints: None,

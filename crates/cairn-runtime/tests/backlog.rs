@@ -189,7 +189,7 @@ async fn queued_activities_wait_on_disk_and_each_runs_once_when_a_worker_comes()
     let config = || EngineConfig {
         partitions: Some(PARTITIONS),
         remote_workers: true,
-        dispatch_window: WINDOW,
+        activity_window: WINDOW,
         ..common::config(dir.path())
     };
     // The orchestration runs here; "resize" only on a remote worker.

@@ -3,6 +3,9 @@
 //! taken, what the waiting backlog costs in memory (before and after a restart), and how fast
 //! it drains once a worker connects. Run it at two sizes to see that memory does not grow with
 //! the backlog: only a dispatch window per partition is in memory.
+//!
+//! `cairn bench activity-backlog` does the same for activities: orchestrations that run here
+//! fan out `--hub-size` activities of a name only a remote worker runs, and none is connected.
 
 use super::large_hub::{answers, count, free_port, rss, rss_of, serve, start_many};
 use super::*;
@@ -13,6 +16,170 @@ use serde_json::json;
 
 /// The orchestration of the backlog: nothing in this process runs it.
 const NAME: &str = "backlog_job";
+
+/// The orchestration of the activity backlog (it runs here), and its activity (it does not).
+const ALBUM: &str = "resize_album";
+const RESIZE: &str = "resize";
+/// Activities each album fans out.
+const PHOTOS_PER_ALBUM: u64 = 1000;
+
+/// The activity backlog's orchestration: resizes `n` photos at once and sums the results.
+pub(super) fn orchestrations(registry: Registry) -> Registry {
+    registry.orchestration(ALBUM, |ctx: OrchestrationContext, n: u64| async move {
+        let tasks = (0..n)
+            .map(|i| ctx.call_activity::<_, u64>(RESIZE, i))
+            .collect();
+        let mut sum = 0u64;
+        for r in ctx.when_all(tasks).await {
+            sum += r?;
+        }
+        Ok::<_, TaskError>(sum)
+    })
+}
+
+pub(super) async fn run_activities(
+    b: Bench,
+    size: u64,
+    json_out: bool,
+) -> Result<(Bench, BenchResult)> {
+    let client = b.engine.client().waiting_for_room();
+    let rss_empty = rss();
+    let albums = size.div_ceil(PHOTOS_PER_ALBUM);
+    let queued = |engine: &Engine| {
+        sum(engine, |s| {
+            s.activity_backlog_by_name()
+                .get(RESIZE)
+                .copied()
+                .unwrap_or(0)
+        })
+    };
+    let fill_start = Instant::now();
+    let pb = start_many(albums, "albums fanning out", |i| {
+        let client = client.clone();
+        async move {
+            let photos = PHOTOS_PER_ALBUM.min(size - i * PHOTOS_PER_ALBUM);
+            let options = StartOptions {
+                instance_id: Some(format!("album{i:06}")),
+                ..StartOptions::default()
+            };
+            client.start_with(ALBUM, &photos, options).await?;
+            Ok(())
+        }
+    })
+    .await;
+    pb.finish_and_clear();
+    let pb = bar(size, "activities queued");
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while queued(&b.engine) < size {
+        anyhow::ensure!(Instant::now() < deadline, "the fan-outs did not finish");
+        pb.set_position(queued(&b.engine));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pb.finish_and_clear();
+    let fill_seconds = fill_start.elapsed().as_secs_f64();
+    b.engine.checkpoint().await?;
+    let rss_full = rss();
+    let cached = sum(&b.engine, |s| s.cached_instances.load(Ordering::Relaxed));
+
+    // A fresh `cairn serve` on the hub: it hands out its windows of activities to its (absent)
+    // workers and holds the rest on disk.
+    let (b, serve_rss, _) = b
+        .reopen(move |dir| {
+            let port = free_port()?;
+            let mut child = serve(&dir, port)?;
+            let answered = answers(port, &mut child, "album000000");
+            std::thread::sleep(Duration::from_secs(3));
+            let rss = rss_of(child.id());
+            child.kill()?;
+            child.wait()?;
+            answered.map(|()| rss)
+        })
+        .await?;
+    let (b, (), reopening) = b.reopen(|_| Ok(())).await?;
+    let first = b.engine.client().get_status("album000000", false).await?;
+    let restart_seconds = reopening.elapsed().as_secs_f64();
+    anyhow::ensure!(first.is_some(), "album000000 is missing after the restart");
+    anyhow::ensure!(
+        queued(&b.engine) == size,
+        "{} activities queued after the restart, not {size}",
+        queued(&b.engine)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_restarted = rss();
+
+    // A worker connects and returns each photo's number.
+    let queue = b
+        .engine
+        .remote_queue()
+        .context("the activity-backlog scenario needs remote workers enabled")?;
+    let worker = queue.connect("bench worker", WorkFilter::everything());
+    let drain_start = Instant::now();
+    let serving = tokio::spawn(async move {
+        loop {
+            let taken = worker.recv(Room::ALL).await;
+            if let RemoteWork::Activity(work) = taken.work {
+                let _ = work.reply.send(Ok(work.input));
+            }
+        }
+    });
+    let pb = bar(albums, "albums completing");
+    while count(&b.engine, RuntimeStatus::Completed) < albums {
+        pb.set_position(count(&b.engine, RuntimeStatus::Completed));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pb.finish_and_clear();
+    let drain_seconds = drain_start.elapsed().as_secs_f64();
+    serving.abort();
+    anyhow::ensure!(queued(&b.engine) == 0, "activities left after the drain");
+
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let report = json!({
+        "scenario": "activity-backlog",
+        "activities": size,
+        "orchestrations": albums,
+        "queued_per_s": size as f64 / fill_seconds,
+        "rss_empty_bytes": rss_empty,
+        "rss_waiting_bytes": rss_full,
+        "rss_restarted_bytes": rss_restarted,
+        "rss_cairn_serve_bytes": serve_rss,
+        "cached_instances_while_waiting": cached,
+        "restart_to_first_answer_seconds": restart_seconds,
+        "drain_activities_per_s": size as f64 / drain_seconds,
+    });
+    if json_out {
+        println!("{report}");
+    } else {
+        println!(
+            "activity-backlog: {size} activities ({albums} fan-outs) of a name no connected worker runs"
+        );
+        println!(
+            "  queued                       {:.0}/s ({fill_seconds:.1} s)",
+            size as f64 / fill_seconds
+        );
+        println!(
+            "  RSS empty / waiting / restarted {:.0} / {:.0} / {:.0} MiB ({cached} instances in memory while waiting)",
+            mib(rss_empty),
+            mib(rss_full),
+            mib(rss_restarted)
+        );
+        println!(
+            "  RSS of cairn serve with it   {:.0} MiB (a fresh process, windows handed out)",
+            mib(serve_rss)
+        );
+        println!("  restart to first answer      {restart_seconds:.2} s");
+        println!(
+            "  drain once a worker connects {:.0} activities/s ({drain_seconds:.1} s)",
+            size as f64 / drain_seconds
+        );
+    }
+    let result = finish_summary(
+        Scenario::ActivityBacklog,
+        size,
+        drain_seconds,
+        "queued activities drained by a worker (details above)",
+    );
+    Ok((b, result))
+}
 
 fn sum(engine: &Engine, f: impl Fn(&cairn_runtime::LeaderStats) -> u64) -> u64 {
     engine.stats().iter().map(|s| f(s)).sum()

@@ -22,7 +22,8 @@
 //! on), so `overflow` is bounded by the dirty set, and the window by `dispatch_window` times
 //! the names with a backlog.
 //!
-//! Queued activities go the same way, with windows of their own per activity name: one queued
+//! Queued activities go the same way, with windows of their own per activity name
+//! (`activity_window`, larger: an activity in flight costs far less than an instance): one queued
 //! since the last checkpoint is in memory (the state machine asked to start it, and a full
 //! window put it in `overflow`); any other is in the store's `work` table
 //! ([`cairn_core::work`]), filed by name, oldest first, which a refill scans.
@@ -70,13 +71,24 @@ impl<K: Clone + Ord + std::hash::Hash> Dispatch<K> {
     /// Takes a slot in `name`'s window (of `window` slots) for `id`; false (and `id`
     /// remembered as overflow) if the window is full.
     pub(super) fn admit(&mut self, id: K, name: &str, window: usize) -> bool {
-        let n = self.in_flight.entry(name.to_string()).or_default();
+        // Looked up before inserting: this runs once per activity of a fan-out, and a name's
+        // entries exist but for its first.
+        let n = match self.in_flight.get_mut(name) {
+            Some(n) => n,
+            None => self.in_flight.entry(name.to_string()).or_default(),
+        };
         if *n >= window {
-            self.overflow
-                .entry(name.to_string())
-                .or_default()
-                .insert(id);
-            self.behind.insert(name.to_string());
+            match self.overflow.get_mut(name) {
+                Some(ids) => {
+                    ids.insert(id);
+                }
+                None => {
+                    self.overflow.insert(name.to_string(), BTreeSet::from([id]));
+                }
+            }
+            if !self.behind.contains(name) {
+                self.behind.insert(name.to_string());
+            }
             return false;
         }
         *n += 1;
@@ -146,6 +158,11 @@ impl Leader {
         self.shared.config.dispatch_window.max(1)
     }
 
+    /// Activity slots per activity name (at least one).
+    pub(super) fn activity_window(&self) -> usize {
+        self.shared.config.activity_window.max(1)
+    }
+
     /// Dispatches backlog into every window with room: overflowed work first, then the
     /// oldest of the store's (instances by their backlog index, activities by their work key).
     pub(super) fn refill(&mut self) {
@@ -196,6 +213,7 @@ impl Leader {
             }
             self.dispatch.refilled(&name, left, exhausted);
         }
+        let window = self.activity_window();
         for name in self.activity_dispatch.refillable(window) {
             let (room, overflowed) = self.activity_dispatch.room(&name, window);
             let mut started = 0;

@@ -114,6 +114,9 @@ impl Leader {
             store_users: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             stats,
         };
+        // Counts are known from the checkpoint and the replay: published before the engine
+        // answers anything, so that stats read right after opening are whole.
+        leader.publish_state_stats();
         Ok((leader, report))
     }
 

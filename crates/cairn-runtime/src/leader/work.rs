@@ -148,11 +148,30 @@ impl Leader {
         if self.activity_dispatch.is_running(&activity_id) || self.failed.is_some() {
             return false;
         }
+        // A full window remembers the id (a refill finds it again): asked before the item is
+        // copied, since most of a large fan-out finds the window full.
+        let window = self.activity_window();
         let item = match self.state.activity(activity_id) {
-            Some(item) => item.clone(),
+            Some(item) => {
+                if !self
+                    .activity_dispatch
+                    .admit(activity_id, &item.name, window)
+                {
+                    return false;
+                }
+                item.clone()
+            }
             None if self.state.activity_done(activity_id) => return false,
             None => match self.filed_activity(activity_id) {
-                Ok(Some(item)) => item,
+                Ok(Some(item)) => {
+                    if !self
+                        .activity_dispatch
+                        .admit(activity_id, &item.name, window)
+                    {
+                        return false;
+                    }
+                    item
+                }
                 Ok(None) => return false,
                 Err(e) => {
                     self.fail(e);
@@ -160,14 +179,6 @@ impl Leader {
                 }
             },
         };
-        // A full window remembers the id: a refill finds it again.
-        let window = self.window();
-        if !self
-            .activity_dispatch
-            .admit(activity_id, &item.name, window)
-        {
-            return false;
-        }
         self.stats.activities.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
         let tx = self.shared.partitions[self.partition as usize].clone();

@@ -221,6 +221,8 @@ async fn one_life(
         max_concurrent_activities: plan.max_concurrent,
         max_entity_batch: plan.max_entity_batch,
         dispatch_window: plan.dispatch_window,
+        // The same draw: windows of one or two activities put every refill path to work.
+        activity_window: plan.dispatch_window,
         logs: Some(Arc::new(seams::SimLogs(world.clone()))),
         checkpoints: Some(Arc::new(seams::SimStores(world.clone()))),
         router: Some(Arc::new(seams::SimRouters(world.clone()))),
