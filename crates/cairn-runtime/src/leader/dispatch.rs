@@ -36,8 +36,10 @@ use super::*;
 /// instance id) or of activities (by activity id).
 pub(super) struct Dispatch<K> {
     /// Work that runs now, with the name it counts under.
-    running: HashMap<K, String>,
-    in_flight: HashMap<String, usize>,
+    running: HashMap<K, Arc<str>>,
+    /// How much runs per name. A name's entry stays when its count falls to zero, so that
+    /// dispatching allocates nothing once a name has been seen (names are few; work is not).
+    in_flight: HashMap<Arc<str>, usize>,
     /// Work changed since the last checkpoint that found its name's window full, by name.
     overflow: HashMap<String, BTreeSet<K>>,
     /// Names that may have work not dispatched.
@@ -73,11 +75,13 @@ impl<K: Clone + Ord + std::hash::Hash> Dispatch<K> {
     pub(super) fn admit(&mut self, id: K, name: &str, window: usize) -> bool {
         // Looked up before inserting: this runs once per activity of a fan-out, and a name's
         // entries exist but for its first.
-        let n = match self.in_flight.get_mut(name) {
-            Some(n) => n,
-            None => self.in_flight.entry(name.to_string()).or_default(),
+        let name: Arc<str> = match self.in_flight.get_key_value(name) {
+            Some((known, _)) => known.clone(),
+            None => Arc::from(name),
         };
+        let n = self.in_flight.entry(name.clone()).or_default();
         if *n >= window {
+            let name = &*name;
             match self.overflow.get_mut(name) {
                 Some(ids) => {
                     ids.insert(id);
@@ -92,7 +96,7 @@ impl<K: Clone + Ord + std::hash::Hash> Dispatch<K> {
             return false;
         }
         *n += 1;
-        self.running.insert(id, name.to_string());
+        self.running.insert(id, name);
         true
     }
 
@@ -105,9 +109,6 @@ impl<K: Clone + Ord + std::hash::Hash> Dispatch<K> {
         if let Some(name) = self.running.remove(id) {
             if let Some(n) = self.in_flight.get_mut(&name) {
                 *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.in_flight.remove(&name);
-                }
             }
         }
     }
@@ -123,7 +124,7 @@ impl<K: Clone + Ord + std::hash::Hash> Dispatch<K> {
         self.behind
             .iter()
             .filter(|name| {
-                let n = self.in_flight.get(*name).copied().unwrap_or(0);
+                let n = self.in_flight.get(name.as_str()).copied().unwrap_or(0);
                 n <= window / 2
             })
             .cloned()
