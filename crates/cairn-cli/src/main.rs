@@ -52,6 +52,10 @@ pub struct EngineArgs {
     /// waits on disk, not in memory.
     #[arg(long, default_value_t = 2048)]
     activity_window: usize,
+    /// Armed durable timers a partition holds in memory (the soonest due); the rest wait on
+    /// disk.
+    #[arg(long, default_value_t = 4096)]
+    timer_window: usize,
     /// Do not fsync the log (faster, NOT durable across power loss).
     #[arg(long)]
     no_fsync: bool,
@@ -139,6 +143,7 @@ impl EngineArgs {
             max_concurrent_activities: self.max_concurrent_activities,
             dispatch_window: self.dispatch_window.max(1),
             activity_window: self.activity_window.max(1),
+            timer_window: self.timer_window.max(1),
             fsync: !self.no_fsync,
             max_payload_bytes: self.max_payload_bytes,
             max_queued_requests: self.max_queued_requests.max(1),

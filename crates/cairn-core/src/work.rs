@@ -14,11 +14,19 @@
 //! | `n` len name id | empty | the dispatch window, a name at a time |
 //! | `i` len instance id | empty | a rewind (is an attempt still in flight?) |
 //!
-//! An activity that is queued and completes between two checkpoints never reaches the store.
-//! Changing any of this is a change of the on-disk format.
+//! Each armed durable timer likewise:
+//!
+//! | key | value | read by |
+//! |---|---|---|
+//! | `t` id | the [`TimerEntry`](crate::TimerEntry) | its firing (by id) |
+//! | `d` due id | empty | the shell's timer wheel, soonest first |
+//! | `k` len instance id | empty | a rewind (is the timer still armed?) |
+//!
+//! Work that is added and taken between two checkpoints never reaches the store. Changing any
+//! of this is a change of the on-disk format.
 
 use crate::index::push_name;
-use crate::ActivityWorkItem;
+use crate::{ActivityWorkItem, Millis, TimerEntry};
 
 /// Changes to the `work` table: (key, bytes) to put, then keys to delete.
 pub type WorkChanges = (Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>);
@@ -26,6 +34,9 @@ pub type WorkChanges = (Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>);
 const ITEM: u8 = b'a';
 const BY_NAME: u8 = b'n';
 const BY_INSTANCE: u8 = b'i';
+const TIMER: u8 = b't';
+const TIMER_DUE: u8 = b'd';
+const TIMER_BY_INSTANCE: u8 = b'k';
 
 /// The key that holds activity `id`'s work item.
 pub fn activity_key(id: u64) -> Vec<u8> {
@@ -60,7 +71,52 @@ pub fn activity_keys(id: u64, item: &ActivityWorkItem) -> [Vec<u8>; 3] {
     [activity_key(id), by_name, by_instance]
 }
 
-/// The activity id a work key ends with (None for a key too short to be one).
+/// The key that holds timer `id`'s entry.
+pub fn timer_key(id: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(TIMER);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The prefix of every armed timer by due time, soonest first.
+pub fn timer_due_prefix() -> Vec<u8> {
+    vec![TIMER_DUE]
+}
+
+/// The key of timer `id`, due at `due`, in [`timer_due_prefix`].
+pub fn timer_due_key(due: Millis, id: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17);
+    key.push(TIMER_DUE);
+    key.extend_from_slice(&due.to_be_bytes());
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// (due, id) of a key of [`timer_due_prefix`].
+pub fn timer_due_of(key: &[u8]) -> Option<(Millis, u64)> {
+    let rest = key.strip_prefix(&[TIMER_DUE])?;
+    let due = Millis::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let id = u64::from_be_bytes(rest.get(8..16)?.try_into().ok()?);
+    Some((due, id))
+}
+
+/// The prefix of the armed timers of instance `instance_id`.
+pub fn timer_instance_prefix(instance_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + instance_id.len() + 8);
+    key.push(TIMER_BY_INSTANCE);
+    push_name(&mut key, instance_id);
+    key
+}
+
+/// Every key timer `id` is filed under, the entry's own first.
+pub fn timer_keys(id: u64, timer: &TimerEntry) -> [Vec<u8>; 3] {
+    let mut by_instance = timer_instance_prefix(&timer.instance_id);
+    by_instance.extend_from_slice(&id.to_be_bytes());
+    [timer_key(id), timer_due_key(timer.due, id), by_instance]
+}
+
+/// The activity (or timer) id a work key ends with (None for a key too short to be one).
 pub fn activity_id_of(key: &[u8]) -> Option<u64> {
     let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
     Some(u64::from_be_bytes(tail.try_into().ok()?))

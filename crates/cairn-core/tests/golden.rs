@@ -503,6 +503,15 @@ impl InstanceSource for WorkOnly {
     fn activities_of(&self, _: &str) -> Result<Vec<(u64, ActivityWorkItem)>, SourceError> {
         Ok(Vec::new())
     }
+    fn load_timer(&self, id: u64) -> Result<Option<TimerEntry>, SourceError> {
+        Ok(self
+            .0
+            .get(&cairn_core::work::timer_key(id))
+            .map(|b| postcard::from_bytes(b).expect("timers decode")))
+    }
+    fn timers_of(&self, _: &str) -> Result<Vec<(u64, TimerEntry)>, SourceError> {
+        Ok(Vec::new())
+    }
 }
 
 fn render() -> String {
@@ -667,7 +676,29 @@ fn on_disk_encodings_match_the_golden_file() {
     // Each queued activity's item decodes and re-encodes the same, and is filed under exactly
     // the keys the format says.
     let mut items = 0;
+    let mut timers = 0;
     for ((n, key), bytes) in &work {
+        if let Some(id) = key
+            .strip_prefix(b"t")
+            .and_then(|id| Some(u64::from_be_bytes(id.try_into().ok()?)))
+        {
+            let timer: TimerEntry = postcard::from_bytes(bytes)
+                .unwrap_or_else(|e| panic!("golden timer {n}:{id} no longer decodes ({e}): {fix}"));
+            assert_eq!(
+                hex(&encode("timer", &timer).unwrap()),
+                hex(bytes),
+                "timer {id}: {fix}"
+            );
+            for k in cairn_core::work::timer_keys(id, &timer) {
+                assert!(
+                    work.contains_key(&(n.clone(), k.clone())),
+                    "work key {} of timer {id} is missing or encoded differently now: {fix}",
+                    hex(&k)
+                );
+            }
+            timers += 1;
+            continue;
+        }
         let Some(id) = key
             .strip_prefix(b"a")
             .and_then(|id| Some(u64::from_be_bytes(id.try_into().ok()?)))
@@ -696,6 +727,7 @@ fn on_disk_encodings_match_the_golden_file() {
         items += 1;
     }
     assert!(items > 0, "the golden file has no queued activity");
+    assert!(timers > 0, "the golden file has no armed timer");
     for kind in ["globals", "instance", "history", "work"] {
         assert!(
             seen.get(kind).copied().unwrap_or(0) > 0,

@@ -44,6 +44,9 @@ pub struct EngineConfig {
     /// waits in the checkpoint store. Larger than `dispatch_window` because an activity in
     /// flight costs far less than an instance, and a fan-out's throughput needs the room.
     pub activity_window: usize,
+    /// Armed durable timers a partition holds in memory (the soonest due); the rest wait in
+    /// the checkpoint store and are read as these fire.
+    pub timer_window: usize,
     /// Hand orchestrations and activities that are not registered in this process to remote
     /// workers (see [`Engine::remote_queue`]) instead of failing them as unknown.
     pub remote_workers: bool,
@@ -94,6 +97,7 @@ impl Default for EngineConfig {
             max_entity_batch: 5000,
             dispatch_window: 512,
             activity_window: 2048,
+            timer_window: 4096,
             max_queued_requests: 10_000,
             logs: None,
             checkpoints: None,

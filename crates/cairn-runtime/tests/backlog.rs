@@ -280,3 +280,129 @@ async fn queued_activities_wait_on_disk_and_each_runs_once_when_a_worker_comes()
     assert!(queue.is_empty());
     engine.shutdown().await.unwrap();
 }
+
+/// Armed durable timers wait in the store: a partition holds only `timer_window` of them in
+/// memory, the soonest, and reads the next ones as those fire; a restart keeps every one, and
+/// each fires once, in time, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn armed_timers_wait_on_disk_and_each_fires_once_in_time() {
+    const REMINDERS: u64 = 120;
+    const MINUTE: u64 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(cairn_runtime::clock::ManualClock::starting_at(
+        1_700_000_000_000,
+    ));
+    let config = || EngineConfig {
+        partitions: Some(PARTITIONS),
+        timer_window: 8,
+        clock: Some(clock.clone()),
+        ..common::config(dir.path())
+    };
+    let registry = || {
+        registry().orchestration(
+            "reminder",
+            |ctx: OrchestrationContext, minutes: u64| async move {
+                ctx.sleep(Duration::from_millis(minutes * MINUTE)).await?;
+                Ok::<_, TaskError>(minutes)
+            },
+        )
+    };
+    // Due times interleave across ids, so the soonest are spread over both partitions.
+    let minutes = |i: u64| (i * 37) % REMINDERS + 1;
+    {
+        let engine = Engine::open(config(), registry()).await.unwrap();
+        let client = engine.client();
+        for i in 0..REMINDERS {
+            client
+                .start_with(
+                    "reminder",
+                    &minutes(i),
+                    StartOptions {
+                        instance_id: Some(format!("remind-{i:03}")),
+                        ..StartOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        for i in 0..REMINDERS {
+            let id = format!("remind-{i:03}");
+            for _ in 0..500 {
+                let s = client.get_status(&id, true).await.unwrap().unwrap();
+                let armed = s
+                    .history
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|e| matches!(e.kind, cairn_core::EventKind::TimerCreated { .. }));
+                if armed {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        engine.checkpoint().await.unwrap();
+        engine.shutdown().await.unwrap();
+    }
+
+    let engine = Engine::open(config(), registry()).await.unwrap();
+    let client = engine.client();
+    let ended = |engine: &Engine| -> u64 {
+        engine
+            .stats()
+            .iter()
+            .map(|s| s.status_counts[2].load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
+    // Half the time passes: the first half fire, and only they.
+    clock.advance(Duration::from_millis(REMINDERS / 2 * MINUTE));
+    let deadline = std::time::Instant::now() + WAIT;
+    while ended(&engine) < REMINDERS / 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of the first half fired",
+            ended(&engine)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..REMINDERS {
+        let s = client
+            .get_status(&format!("remind-{i:03}"), false)
+            .await
+            .unwrap()
+            .unwrap();
+        let due_yet = minutes(i) <= REMINDERS / 2;
+        assert_eq!(
+            s.status == RuntimeStatus::Completed,
+            due_yet,
+            "remind-{i:03} (due at minute {}) is {:?} at minute {}",
+            minutes(i),
+            s.status,
+            REMINDERS / 2
+        );
+    }
+    // The rest, after another restart.
+    engine.shutdown().await.unwrap();
+    let engine = Engine::open(config(), registry()).await.unwrap();
+    let client = engine.client();
+    clock.advance(Duration::from_millis(REMINDERS * MINUTE));
+    for i in 0..REMINDERS {
+        let id = format!("remind-{i:03}");
+        let s = client.wait_for_completion(&id, WAIT).await.unwrap();
+        assert_eq!(s.output.as_deref(), Some(minutes(i).to_string().as_str()));
+        let history = client
+            .get_status(&id, true)
+            .await
+            .unwrap()
+            .unwrap()
+            .history
+            .unwrap();
+        let fired = history
+            .iter()
+            .filter(|e| matches!(e.kind, cairn_core::EventKind::TimerFired { .. }))
+            .count();
+        assert_eq!(fired, 1, "{id} saw its timer fire {fired} times");
+    }
+    engine.shutdown().await.unwrap();
+}

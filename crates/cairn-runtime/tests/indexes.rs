@@ -275,16 +275,18 @@ async fn upgrade_from(version: u32) {
             .unwrap();
         listed += runnable.len();
         let g = state.globals();
-        // Embedded, activities never wait for a worker: none are queued.
+        // Embedded, activities never wait for a worker: none are queued; nor is a timer armed.
         assert!(g.activity_backlog.is_empty());
+        assert_eq!(g.timer_count, 0);
         let activities = std::collections::BTreeMap::<u64, cairn_core::ActivityWorkItem>::new();
+        let timers = std::collections::BTreeMap::<u64, cairn_core::TimerEntry>::new();
         let v2 = (
             g.partition,
             g.partition_count,
             g.position,
             &activities,
             g.next_activity_id,
-            &g.timers,
+            &timers,
             g.next_timer_id,
             &g.outbox,
             &g.dedup,

@@ -45,23 +45,24 @@ impl PartitionState {
     }
 
     /// The changes to the store's `work` table since the last checkpoint, as (puts, deletes),
-    /// taken: activities queued since are filed under their keys ([`crate::work`]), those
-    /// completed since unfiled. A checkpoint takes them; so does the upgrade of a hub of an
-    /// older format, which rewrites the globals without the activities they held.
+    /// taken: activities queued and timers armed since are filed under their keys
+    /// ([`crate::work`]), those completed or fired since unfiled. A checkpoint takes them; so
+    /// does the upgrade of a hub of an older format, which rewrites the globals without the
+    /// activities and timers they held.
     pub fn take_work(&mut self) -> Result<crate::work::WorkChanges, crate::EncodeError> {
-        let mut puts = Vec::with_capacity(self.activities.queued.len() * 3);
-        for (id, item) in &self.activities.queued {
-            let bytes = crate::encode("a queued activity", item)?;
-            let [key, by_name, by_instance] = crate::work::activity_keys(*id, item);
-            puts.push((key, bytes));
-            puts.push((by_name, Vec::new()));
-            puts.push((by_instance, Vec::new()));
-        }
-        self.activities.queued.clear();
-        let deletes = std::mem::take(&mut self.activities.done)
-            .into_iter()
-            .flat_map(|(id, item)| crate::work::activity_keys(id, &item))
-            .collect();
+        let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+        self.activities.take_changes(
+            "a queued activity",
+            crate::work::activity_keys,
+            &mut puts,
+            &mut deletes,
+        )?;
+        self.timers.take_changes(
+            "an armed timer",
+            crate::work::timer_keys,
+            &mut puts,
+            &mut deletes,
+        )?;
         Ok((puts, deletes))
     }
 }

@@ -210,11 +210,8 @@ impl PartitionState {
             if !status.is_terminal() {
                 self.terminate(&mut inst, Some("restarted".into()), false, cx);
             }
-            // Timers of the old execution must not fire into the new one (they are also
-            // filtered by execution id, this just frees them).
-            self.globals
-                .timers
-                .retain(|_, t| t.instance_id != start.instance_id);
+            // Timers of the old execution stay armed: when they fire, their execution id
+            // no longer matches and they change nothing.
             replaced = true;
         }
         let ev = HistoryEvent::new(

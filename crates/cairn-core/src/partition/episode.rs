@@ -461,11 +461,9 @@ impl PartitionState {
     ) {
         let now = cx.now;
         self.release_locks(inst, cx);
-        let old_execution = inst.state.execution_id.clone();
         let id = r.instance_id.clone();
-        self.globals
-            .timers
-            .retain(|_, t| !(t.instance_id == id && t.execution_id == old_execution));
+        // The old execution's timers stay armed and, when they fire, change nothing (their
+        // execution id is not the new one's): freeing them would mean finding them on disk.
         let s = &mut inst.state;
         let mut pending = vec![HistoryEvent::new(
             now,

@@ -115,18 +115,24 @@ impl PartitionState {
                         );
                     }
                 }
-                EventKind::TimerCreated { fire_at } => self.arm_timer(
-                    TimerEntry {
-                        instance_id: id.clone(),
-                        execution_id: execution.clone(),
-                        due: *fire_at,
-                        kind: TimerKind::Orchestration {
-                            task_id,
-                            fire_at: *fire_at,
+                // Timers stay armed when an execution fails: one that has not fired yet still
+                // will, and is not armed twice.
+                EventKind::TimerCreated { fire_at }
+                    if !self.timer_armed_for(&id, &execution, task_id, src)? =>
+                {
+                    self.arm_timer(
+                        TimerEntry {
+                            instance_id: id.clone(),
+                            execution_id: execution.clone(),
+                            due: *fire_at,
+                            kind: TimerKind::Orchestration {
+                                task_id,
+                                fire_at: *fire_at,
+                            },
                         },
-                    },
-                    cx,
-                ),
+                        cx,
+                    );
+                }
                 EventKind::SubOrchestrationCreated {
                     instance_id: child,
                     name,
@@ -293,10 +299,7 @@ impl PartitionState {
         s.pending.clear();
         s.not_before = None;
         let id = s.instance_id.clone();
-        let execution = s.execution_id.clone();
-        self.globals
-            .timers
-            .retain(|_, t| !(t.instance_id == id && t.execution_id == execution));
+        // Its timers stay armed and, when they fire, find it ended and change nothing.
         cx.effects.push(Effect::InstanceChanged(id));
         if let Some(parent) = inst.state.parent.clone() {
             let result = match status {

@@ -240,7 +240,8 @@ impl PartitionState {
         let timer_id = self.globals.next_timer_id;
         self.globals.next_timer_id += 1;
         let due = entry.due;
-        self.globals.timers.insert(timer_id, entry);
+        self.globals.timer_count += 1;
+        self.timers.queued.insert(timer_id, entry);
         cx.effects.push(Effect::ScheduleTimer { timer_id, due });
     }
 }

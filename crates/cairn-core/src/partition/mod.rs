@@ -46,6 +46,10 @@ pub trait InstanceSource {
     /// The activities of `instance_id` queued as of the checkpoint, by id.
     fn activities_of(&self, instance_id: &str)
         -> Result<Vec<(u64, ActivityWorkItem)>, SourceError>;
+    /// The armed timer `id` as of the checkpoint.
+    fn load_timer(&self, id: u64) -> Result<Option<TimerEntry>, SourceError>;
+    /// The timers of `instance_id` armed as of the checkpoint, by id.
+    fn timers_of(&self, instance_id: &str) -> Result<Vec<(u64, TimerEntry)>, SourceError>;
 }
 
 /// The checkpoint store could not be read; the partition cannot make progress.
@@ -67,6 +71,12 @@ impl InstanceSource for EmptySource {
         Ok(None)
     }
     fn activities_of(&self, _: &str) -> Result<Vec<(u64, ActivityWorkItem)>, SourceError> {
+        Ok(Vec::new())
+    }
+    fn load_timer(&self, _: u64) -> Result<Option<TimerEntry>, SourceError> {
+        Ok(None)
+    }
+    fn timers_of(&self, _: &str) -> Result<Vec<(u64, TimerEntry)>, SourceError> {
         Ok(Vec::new())
     }
 }
@@ -219,7 +229,10 @@ pub struct Globals {
     /// `work` table, [`crate::work`], or, until the next checkpoint, in memory).
     pub activity_backlog: BTreeMap<String, u64>,
     pub next_activity_id: u64,
-    pub timers: BTreeMap<u64, TimerEntry>,
+    /// Armed durable timers (format 5; the timers themselves are in the store's `work` table
+    /// or, until the next checkpoint, in memory). A timer of an execution that ended stays
+    /// armed until it fires, and then changes nothing.
+    pub timer_count: u64,
     pub next_timer_id: u64,
     pub outbox: BTreeMap<u32, VecDeque<(MessageId, Message)>>,
     pub dedup: BTreeMap<u32, MessageId>,
@@ -295,9 +308,15 @@ struct GlobalsV4 {
 }
 
 impl GlobalsV4 {
-    /// Today's globals, and the queued activities, which the next checkpoint files in the
-    /// store.
-    fn upgrade(self) -> (Globals, BTreeMap<u64, ActivityWorkItem>) {
+    /// Today's globals, and the queued activities and armed timers, which the next checkpoint
+    /// files in the store.
+    fn upgrade(
+        self,
+    ) -> (
+        Globals,
+        BTreeMap<u64, ActivityWorkItem>,
+        BTreeMap<u64, TimerEntry>,
+    ) {
         let mut activity_backlog = BTreeMap::new();
         for item in self.activities.values() {
             *activity_backlog.entry(item.name.clone()).or_default() += 1;
@@ -308,7 +327,7 @@ impl GlobalsV4 {
             position: self.position,
             activity_backlog,
             next_activity_id: self.next_activity_id,
-            timers: self.timers,
+            timer_count: self.timers.len() as u64,
             next_timer_id: self.next_timer_id,
             outbox: self.outbox,
             dedup: self.dedup,
@@ -316,7 +335,7 @@ impl GlobalsV4 {
             status_counts: self.status_counts,
             name_counts: self.name_counts,
         };
-        (globals, self.activities)
+        (globals, self.activities, self.timers)
     }
 }
 
@@ -383,18 +402,85 @@ pub struct CheckpointData {
     pub work_deletes: Vec<Vec<u8>>,
 }
 
-/// Queued activities that changed since the last checkpoint; the rest are in the store.
-#[derive(Debug, Default)]
-struct ActivityChanges {
-    /// Queued since the last checkpoint (and not yet completed).
-    queued: BTreeMap<u64, ActivityWorkItem>,
-    /// Completed since the last checkpoint, of those in the store: what to unfile.
-    done: BTreeMap<u64, ActivityWorkItem>,
+/// Pending work filed in the store's `work` table (queued activities, armed timers): what
+/// changed since the last checkpoint. The rest is in the store.
+#[derive(Debug)]
+struct Filed<T> {
+    /// Added since the last checkpoint (and not yet taken).
+    queued: BTreeMap<u64, T>,
+    /// Taken since the last checkpoint, of those in the store: what to unfile.
+    done: BTreeMap<u64, T>,
+}
+
+impl<T> Default for Filed<T> {
+    fn default() -> Self {
+        Filed {
+            queued: BTreeMap::new(),
+            done: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T: Clone> Filed<T> {
+    /// Takes `id`: from memory, or from the store (`load`), remembering to unfile it there.
+    /// None if it is not pending (taken already).
+    fn take(
+        &mut self,
+        id: u64,
+        load: impl FnOnce(u64) -> Result<Option<T>, SourceError>,
+    ) -> Result<Option<T>, SourceError> {
+        if let Some(item) = self.queued.remove(&id) {
+            return Ok(Some(item));
+        }
+        if self.done.contains_key(&id) {
+            return Ok(None);
+        }
+        let item = load(id)?;
+        if let Some(item) = &item {
+            self.done.insert(id, item.clone());
+        }
+        Ok(item)
+    }
+
+    /// Whether something pending (in memory, or in the store's `stored` and not taken)
+    /// matches `is_it`.
+    fn any(&self, is_it: impl Fn(&T) -> bool, stored: &[(u64, T)]) -> bool {
+        self.queued.values().any(&is_it)
+            || stored
+                .iter()
+                .any(|(id, t)| !self.done.contains_key(id) && is_it(t))
+    }
+
+    /// Puts for everything added, deletes for everything taken (each under `keys`), taken.
+    fn take_changes<const N: usize>(
+        &mut self,
+        what: &'static str,
+        keys: impl Fn(u64, &T) -> [Vec<u8>; N],
+        puts: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        deletes: &mut Vec<Vec<u8>>,
+    ) -> Result<(), crate::EncodeError>
+    where
+        T: Serialize,
+    {
+        for (id, item) in &self.queued {
+            let mut keys = keys(*id, item).into_iter();
+            if let Some(first) = keys.next() {
+                puts.push((first, crate::encode(what, item)?));
+            }
+            puts.extend(keys.map(|k| (k, Vec::new())));
+        }
+        self.queued.clear();
+        for (id, item) in std::mem::take(&mut self.done) {
+            deletes.extend(keys(id, &item));
+        }
+        Ok(())
+    }
 }
 
 pub struct PartitionState {
     globals: Globals,
-    activities: ActivityChanges,
+    activities: Filed<ActivityWorkItem>,
+    timers: Filed<TimerEntry>,
     instances: HashMap<String, Slot>,
     /// Instances changed (or deleted) since the last checkpoint.
     dirty: HashSet<String>,
@@ -424,7 +510,8 @@ impl PartitionState {
                 next_timer_id: 1,
                 ..Globals::default()
             },
-            activities: ActivityChanges::default(),
+            activities: Filed::default(),
+            timers: Filed::default(),
             instances: HashMap::new(),
             dirty: HashSet::new(),
             cache_hits: 0,
@@ -461,17 +548,19 @@ impl PartitionState {
                 },
             },
         };
-        // Format 4 and older kept queued activities in the globals: they count as queued
-        // since the checkpoint, so the next one files them in the store.
-        let (globals, queued) = v4.upgrade();
+        // Format 4 and older kept queued activities and armed timers in the globals: they
+        // count as added since the checkpoint, so the next one files them in the store.
+        let (globals, queued, armed) = v4.upgrade();
         let mut state = Self::recovered(globals, upgrade);
         state.activities.queued = queued;
+        state.timers.queued = armed;
         Ok(state)
     }
 
     fn recovered(globals: Globals, upgrade: Option<Upgrade>) -> Self {
         PartitionState {
-            activities: ActivityChanges::default(),
+            activities: Filed::default(),
+            timers: Filed::default(),
             globals,
             instances: HashMap::new(),
             dirty: HashSet::new(),
@@ -536,16 +625,8 @@ impl PartitionState {
         id: u64,
         src: &dyn InstanceSource,
     ) -> Result<Option<ActivityWorkItem>, SourceError> {
-        let item = match self.activities.queued.remove(&id) {
-            Some(item) => item,
-            None if self.activities.done.contains_key(&id) => return Ok(None),
-            None => match src.load_activity(id)? {
-                Some(item) => {
-                    self.activities.done.insert(id, item.clone());
-                    item
-                }
-                None => return Ok(None),
-            },
+        let Some(item) = self.activities.take(id, |id| src.load_activity(id))? else {
+            return Ok(None);
         };
         if let Some(n) = self.globals.activity_backlog.get_mut(&item.name) {
             *n = n.saturating_sub(1);
@@ -570,14 +651,42 @@ impl PartitionState {
         if self.activities.queued.values().any(is_it) {
             return Ok(true);
         }
-        Ok(src
-            .activities_of(instance_id)?
-            .iter()
-            .any(|(id, a)| !self.activities.done.contains_key(id) && is_it(a)))
+        Ok(self.activities.any(is_it, &src.activities_of(instance_id)?))
     }
 
+    /// Timer `id` if it was armed since the last checkpoint (else it is in the store, or
+    /// fired: see [`Self::timer_fired`]).
     pub fn timer(&self, id: u64) -> Option<&TimerEntry> {
-        self.globals.timers.get(&id)
+        self.timers.queued.get(&id)
+    }
+
+    /// Whether timer `id`, filed in the store, fired since the last checkpoint.
+    pub fn timer_fired(&self, id: u64) -> bool {
+        self.timers.done.contains_key(&id)
+    }
+
+    /// Timers armed since the last checkpoint, by id.
+    pub fn timers_armed(&self) -> impl Iterator<Item = (u64, &TimerEntry)> {
+        self.timers.queued.iter().map(|(id, t)| (*id, t))
+    }
+
+    /// Whether a timer for `task_id` of this execution is armed (in memory or filed).
+    fn timer_armed_for(
+        &self,
+        instance_id: &str,
+        execution_id: &str,
+        task_id: i32,
+        src: &dyn InstanceSource,
+    ) -> Result<bool, SourceError> {
+        let is_it = |t: &TimerEntry| {
+            t.instance_id == instance_id
+                && t.execution_id == execution_id
+                && matches!(t.kind, TimerKind::Orchestration { task_id: tid, .. } if tid == task_id)
+        };
+        if self.timers.queued.values().any(is_it) {
+            return Ok(true);
+        }
+        Ok(self.timers.any(is_it, &src.timers_of(instance_id)?))
     }
 
     pub fn outbox(&self, to: u32) -> impl Iterator<Item = &(MessageId, Message)> {
@@ -659,7 +768,8 @@ impl PartitionState {
                 }
             }
             PartitionEvent::TimerFired { timer_id } => {
-                if let Some(timer) = self.globals.timers.remove(timer_id) {
+                if let Some(timer) = self.timers.take(*timer_id, |id| src.load_timer(id))? {
+                    self.globals.timer_count = self.globals.timer_count.saturating_sub(1);
                     match timer.kind {
                         TimerKind::Orchestration { task_id, fire_at } => {
                             let kind = EventKind::TimerFired {

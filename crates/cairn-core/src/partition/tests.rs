@@ -58,9 +58,45 @@ impl InstanceSource for MemStore {
         }
         Ok(out)
     }
+    fn load_timer(&self, id: u64) -> Result<Option<TimerEntry>, SourceError> {
+        Ok(self
+            .work
+            .get(&crate::work::timer_key(id))
+            .map(|b| postcard::from_bytes(b).unwrap()))
+    }
+    fn timers_of(&self, instance_id: &str) -> Result<Vec<(u64, TimerEntry)>, SourceError> {
+        let prefix = crate::work::timer_instance_prefix(instance_id);
+        let mut out = Vec::new();
+        for key in self.work.range(prefix.clone()..).map(|(k, _)| k) {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let id = crate::work::activity_id_of(key).unwrap();
+            out.push((
+                id,
+                self.load_timer(id)?.expect("filed by instance and by id"),
+            ));
+        }
+        Ok(out)
+    }
 }
 
 impl MemStore {
+    /// The armed timers filed in the store, by id.
+    fn armed_timers(&self) -> BTreeMap<u64, TimerEntry> {
+        let prefix = crate::work::timer_key(0)[..1].to_vec();
+        self.work
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| {
+                (
+                    crate::work::activity_id_of(k).unwrap(),
+                    postcard::from_bytes(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
     /// The queued activities filed in the store, by id.
     fn queued_activities(&self) -> BTreeMap<u64, ActivityWorkItem> {
         let prefix = crate::work::activity_key(0)[..1].to_vec();
@@ -450,7 +486,7 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                 }
             }
             9 => {
-                let timers: Vec<u64> = state.globals().timers.keys().copied().collect();
+                let timers: Vec<u64> = state.timers_armed().map(|(id, _)| id).collect();
                 if timers.is_empty() {
                     continue;
                 }
@@ -595,7 +631,12 @@ proptest! {
         // instance, and counted by name.
         prop_assert_eq!(&store_a.work, &store.work);
         let queued = store.queued_activities();
-        prop_assert_eq!(store.work.len(), queued.len() * 3);
+        let armed = store.armed_timers();
+        prop_assert_eq!(store.work.len(), queued.len() * 3 + armed.len() * 3);
+        prop_assert_eq!(observed.0.timer_count, armed.len() as u64);
+        for (id, t) in &armed {
+            prop_assert!(store.work.contains_key(&crate::work::timer_due_key(t.due, *id)));
+        }
         let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
         for a in queued.values() {
             *by_name.entry(a.name.clone()).or_insert(0) += 1;
@@ -827,7 +868,7 @@ fn messages_to_other_partitions_go_through_the_outbox_with_dedup_ids() {
 }
 
 #[test]
-fn activities_of_format_4_are_filed_in_the_store_by_the_next_checkpoint() {
+fn activities_and_timers_of_format_4_are_filed_in_the_store_by_the_next_checkpoint() {
     let item = |name: &str, task_id| ActivityWorkItem {
         instance_id: "gone".into(),
         execution_id: "e".into(),
@@ -841,7 +882,16 @@ fn activities_of_format_4_are_filed_in_the_store_by_the_next_checkpoint() {
         position: 5,
         activities: BTreeMap::from([(3, item("a", 0)), (4, item("b", 1))]),
         next_activity_id: 5,
-        next_timer_id: 1,
+        timers: BTreeMap::from([(
+            7,
+            TimerEntry {
+                instance_id: "gone".into(),
+                execution_id: "e".into(),
+                due: 99,
+                kind: TimerKind::ScheduledStart,
+            },
+        )]),
+        next_timer_id: 8,
         ..GlobalsV4::default()
     };
     let mut bytes = vec![GLOBALS_TAG, 4];
@@ -864,6 +914,8 @@ fn activities_of_format_4_are_filed_in_the_store_by_the_next_checkpoint() {
         [3, 4]
     );
     assert_eq!(state.activity(3), None, "in the store now, not in memory");
+    assert_eq!(store.armed_timers().into_keys().collect::<Vec<_>>(), [7]);
+    assert_eq!(state.globals().timer_count, 1);
 
     // Recovered from today's format, a completion finds its activity in the store, and a
     // second completion of it changes nothing.
@@ -884,10 +936,116 @@ fn activities_of_format_4_are_filed_in_the_store_by_the_next_checkpoint() {
     assert_eq!(counts(&state), BTreeMap::from([("b".into(), 1)]));
     state.apply(7, &done, &store).unwrap();
     assert_eq!(counts(&state), BTreeMap::from([("b".into(), 1)]));
+    // The timer fires from the store, once.
+    let fired = LogRecord {
+        timestamp: 100,
+        event: PartitionEvent::TimerFired { timer_id: 7 },
+    };
+    state.apply(8, &fired, &store).unwrap();
+    assert!(state.timer_fired(7));
+    state.apply(9, &fired, &store).unwrap();
+    assert_eq!(state.globals().timer_count, 0);
     store.write(state.checkpoint().unwrap());
     assert_eq!(
         store.queued_activities().into_keys().collect::<Vec<_>>(),
         [4]
     );
+    assert!(store.armed_timers().is_empty());
     assert_eq!(store.work.len(), 3, "unfiled under all three keys");
+}
+
+/// An execution that fails leaves its timers armed (they are on disk, and freeing them would
+/// mean finding them); a rewind must then not arm them a second time.
+#[test]
+fn a_rewind_does_not_arm_again_a_timer_still_armed_in_the_store() {
+    let mut s = PartitionState::new(0, 1);
+    s.apply(1, &start("a", 10), &EmptySource).unwrap();
+    let ep = LogRecord {
+        timestamp: 20,
+        event: PartitionEvent::EpisodeCompleted(EpisodeResult {
+            instance_id: "a".into(),
+            execution_id: "e1".into(),
+            history_len: 0,
+            consumed: 1,
+            started_at: 15,
+            actions: vec![Action::CreateTimer {
+                id: 0,
+                fire_at: 1_000,
+            }],
+            custom_status: None,
+        }),
+    };
+    s.apply(2, &ep, &EmptySource).unwrap();
+    // An event wakes it, and that step fails it (a failing step that scheduled nothing).
+    let event = LogRecord {
+        timestamp: 22,
+        event: PartitionEvent::Client(ClientRequest {
+            request_id: 9,
+            kind: ClientRequestKind::RaiseEvent {
+                instance_id: "a".into(),
+                name: "e".into(),
+                input: None,
+            },
+        }),
+    };
+    s.apply(3, &event, &EmptySource).unwrap();
+    let fails = LogRecord {
+        timestamp: 25,
+        event: PartitionEvent::EpisodeCompleted(EpisodeResult {
+            instance_id: "a".into(),
+            execution_id: "e1".into(),
+            history_len: s.loaded("a").unwrap().state.history_len,
+            consumed: 1,
+            started_at: 24,
+            actions: vec![Action::Complete(Completion::Failed {
+                failure: FailureDetails::new("E", "m"),
+            })],
+            custom_status: None,
+        }),
+    };
+    s.apply(4, &fails, &EmptySource).unwrap();
+    assert_eq!(s.loaded("a").unwrap().state.status, RuntimeStatus::Failed);
+    assert_eq!(
+        s.globals().timer_count,
+        1,
+        "the failed execution's timer stays armed"
+    );
+    let mut store = MemStore::default();
+    store.write(s.checkpoint().unwrap());
+    let mut s = PartitionState::recover(store.globals.as_ref().unwrap()).unwrap();
+    let rewind = LogRecord {
+        timestamp: 30,
+        event: PartitionEvent::Client(ClientRequest {
+            request_id: 8,
+            kind: ClientRequestKind::Rewind {
+                instance_id: "a".into(),
+                reason: None,
+            },
+        }),
+    };
+    let fx = s.apply(5, &rewind, &store).unwrap();
+    assert_eq!(
+        s.get("a", &store).unwrap().unwrap().state.status,
+        RuntimeStatus::Running
+    );
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::ScheduleTimer { .. })),
+        "armed again: {fx:?}"
+    );
+    assert_eq!(s.globals().timer_count, 1);
+    // It fires once, into the rewound execution.
+    let fired = LogRecord {
+        timestamp: 1_000,
+        event: PartitionEvent::TimerFired { timer_id: 1 },
+    };
+    s.apply(6, &fired, &store).unwrap();
+    assert_eq!(s.globals().timer_count, 0);
+    let inst = s.get("a", &store).unwrap().unwrap();
+    let fired_events = inst
+        .state
+        .pending
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::TimerFired { .. }))
+        .count();
+    assert_eq!(fired_events, 1);
 }

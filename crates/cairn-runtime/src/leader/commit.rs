@@ -60,7 +60,7 @@ impl Leader {
                 self.start_activity(a);
             }
             Effect::ScheduleTimer { timer_id, due } => {
-                self.timers.insert((due, timer_id));
+                self.timers.armed(due, timer_id);
             }
             Effect::SendMessages { to } => self.held.push_back((position, Held::Send { to })),
             Effect::AckMessages { to, up_to } => {

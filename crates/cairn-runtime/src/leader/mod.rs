@@ -49,6 +49,7 @@ mod held;
 mod overlay;
 mod reads;
 mod recovery;
+mod timers;
 mod waiters;
 mod work;
 
@@ -102,7 +103,7 @@ pub(crate) struct Leader {
     dispatch: dispatch::Dispatch<String>,
     activity_dispatch: dispatch::Dispatch<u64>,
     cursors: HashMap<String, Cursor>,
-    timers: BTreeSet<(Millis, u64)>,
+    timers: timers::TimerWheel,
     waiters: HashMap<String, Vec<Waiter>>,
     sent_up_to: HashMap<u32, MessageId>,
     touched: HashMap<String, u64>,
@@ -124,7 +125,7 @@ impl Leader {
         let mut shutdown: Option<oneshot::Sender<()>> = None;
         let mut batch: Vec<Input> = Vec::with_capacity(1024);
         loop {
-            let next_due = self.timers.first().map(|(due, _)| *due);
+            let next_due = self.timers.next_due();
             let sleep_for = next_due
                 .map(|due| due.saturating_sub(self.shared.clock.now_millis()))
                 .unwrap_or(1000)
@@ -352,17 +353,11 @@ impl Leader {
                 event: PartitionEvent::OutboxAck { to, up_to },
             });
         }
-        while let Some(&(due, timer_id)) = self.timers.first() {
-            if due > now {
-                break;
-            }
-            self.timers.pop_first();
-            if self.state.timer(timer_id).is_some() {
-                records.push(LogRecord {
-                    timestamp: now,
-                    event: PartitionEvent::TimerFired { timer_id },
-                });
-            }
+        for timer_id in self.due_timers(now) {
+            records.push(LogRecord {
+                timestamp: now,
+                event: PartitionEvent::TimerFired { timer_id },
+            });
         }
         if !records.is_empty() && self.failed.is_none() {
             self.commit(records);

@@ -80,11 +80,12 @@ impl Leader {
             replayed_records: replayed,
             runnable: g.backlog.values().sum::<u64>() as usize,
             activities: g.activity_backlog.values().sum::<u64>() as usize,
-            timers: g.timers.len(),
+            timers: g.timer_count as usize,
             torn_tail_bytes,
         };
         let overlay = Arc::new(super::overlay::OverlayStore::new(store.clone()));
         let last_checkpoint = shared.clock.now_millis();
+        let timers = super::timers::TimerWheel::new(shared.config.timer_window);
         let leader = Leader {
             partition,
             shared,
@@ -102,7 +103,7 @@ impl Leader {
             dispatch: Default::default(),
             activity_dispatch: Default::default(),
             cursors: HashMap::new(),
-            timers: BTreeSet::new(),
+            timers,
             waiters: HashMap::new(),
             sent_up_to: HashMap::new(),
             touched: HashMap::new(),
@@ -129,11 +130,9 @@ impl Leader {
 
     /// Restarts the work the recovered state says is outstanding.
     pub(super) fn resume(&mut self) {
-        let g = self.state.globals();
-        let timers: Vec<(Millis, u64)> = g.timers.iter().map(|(id, t)| (t.due, *id)).collect();
         let destinations = self.state.outbox_destinations();
         self.resume_backlog();
-        self.timers.extend(timers);
+        self.fill_timers();
         for to in destinations {
             self.send_outbox(to);
         }
@@ -175,39 +174,70 @@ impl InstanceSource for StoreSource<'_> {
     }
 
     fn load_activity(&self, id: u64) -> Result<Option<ActivityWorkItem>, SourceError> {
-        let bytes = self
-            .0
-            .get_work(&cairn_core::work::activity_key(id))
-            .map_err(|e| SourceError(e.to_string()))?;
-        bytes
-            .map(|b| {
-                postcard::from_bytes(&b).map_err(|e| {
-                    SourceError(format!(
-                        "queued activity {id} in the checkpoint store is unreadable: {e}"
-                    ))
-                })
-            })
-            .transpose()
+        self.filed(&cairn_core::work::activity_key(id), "queued activity", id)
     }
 
     fn activities_of(
         &self,
         instance_id: &str,
     ) -> Result<Vec<(u64, ActivityWorkItem)>, SourceError> {
+        self.filed_under(
+            &cairn_core::work::activity_instance_prefix(instance_id),
+            |id| self.load_activity(id),
+        )
+    }
+
+    fn load_timer(&self, id: u64) -> Result<Option<TimerEntry>, SourceError> {
+        self.filed(&cairn_core::work::timer_key(id), "armed timer", id)
+    }
+
+    fn timers_of(&self, instance_id: &str) -> Result<Vec<(u64, TimerEntry)>, SourceError> {
+        self.filed_under(
+            &cairn_core::work::timer_instance_prefix(instance_id),
+            |id| self.load_timer(id),
+        )
+    }
+}
+
+impl StoreSource<'_> {
+    /// The pending work (`what`, number `id`) filed under `key` in the `work` table.
+    fn filed<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &str,
+        id: u64,
+    ) -> Result<Option<T>, SourceError> {
+        let bytes = self
+            .0
+            .get_work(key)
+            .map_err(|e| SourceError(e.to_string()))?;
+        bytes
+            .map(|b| {
+                postcard::from_bytes(&b).map_err(|e| {
+                    SourceError(format!(
+                        "{what} {id} in the checkpoint store is unreadable: {e}"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// The pending work whose ids are listed under `prefix`, each read with `load`.
+    fn filed_under<T>(
+        &self,
+        prefix: &[u8],
+        load: impl Fn(u64) -> Result<Option<T>, SourceError>,
+    ) -> Result<Vec<(u64, T)>, SourceError> {
         let mut ids = Vec::new();
         self.0
-            .scan_work(
-                &cairn_core::work::activity_instance_prefix(instance_id),
-                None,
-                &mut |key, _| {
-                    ids.extend(cairn_core::work::activity_id_of(key));
-                    true
-                },
-            )
+            .scan_work(prefix, None, &mut |key, _| {
+                ids.extend(cairn_core::work::activity_id_of(key));
+                true
+            })
             .map_err(|e| SourceError(e.to_string()))?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(item) = self.load_activity(id)? {
+            if let Some(item) = load(id)? {
                 out.push((id, item));
             }
         }
