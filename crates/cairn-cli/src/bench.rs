@@ -40,6 +40,9 @@ pub enum Scenario {
     /// `--hub-size` activities (fanned out by orchestrations that run here) that no worker
     /// runs: memory while they wait, restart, drain (not run by default).
     ActivityBacklog,
+    /// `--hub-size` orchestrations each waiting on a day-long timer: memory while they wait,
+    /// restart, and the timers firing when the day has passed (not run by default).
+    TimerBacklog,
 }
 
 impl Scenario {
@@ -57,6 +60,7 @@ impl Scenario {
             Scenario::LargeHub => "large-hub",
             Scenario::Backlog => "backlog",
             Scenario::ActivityBacklog => "activity-backlog",
+            Scenario::TimerBacklog => "timer-backlog",
         }
     }
 }
@@ -420,6 +424,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             // Work nobody here runs goes to (absent) remote workers.
             config.remote_workers = true;
         }
+        // The timer backlog's day passes on a clock the scenario moves.
+        let manual_clock = (s == Scenario::TimerBacklog).then(|| {
+            Arc::new(cairn_runtime::clock::ManualClock::starting_at(
+                cairn_runtime::clock::Clock::now_millis(&cairn_runtime::clock::SystemClock),
+            ))
+        });
+        if let Some(clock) = &manual_clock {
+            config.clock = Some(clock.clone());
+        }
         if s == Scenario::ChainUnderLoad {
             // A checkpoint of everything changed every second, whatever its size.
             config.checkpoint_interval = Duration::from_secs(1);
@@ -448,6 +461,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 .context("scenario backlog failed")?;
             bench = b;
             Ok(r)
+        } else if let Some(clock) = manual_clock {
+            let (b, r) = backlog::run_timers(bench, clock, n(args.hub_size), args.json)
+                .await
+                .context("scenario timer-backlog failed")?;
+            bench = b;
+            Ok(r)
         } else if s == Scenario::ActivityBacklog {
             let (b, r) = backlog::run_activities(bench, n(args.hub_size), args.json)
                 .await
@@ -469,7 +488,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 Scenario::EntityOps => entity_ops(&bench, n(100_000)).await,
                 Scenario::EntityCalls => entity_calls(&bench, n(2_000)).await,
                 Scenario::ChainUnderLoad => chain_under_load(&bench, n(30_000), args.scale).await,
-                Scenario::LargeHub | Scenario::Backlog | Scenario::ActivityBacklog => {
+                Scenario::LargeHub
+                | Scenario::Backlog
+                | Scenario::ActivityBacklog
+                | Scenario::TimerBacklog => {
                     unreachable!("run above")
                 }
             }

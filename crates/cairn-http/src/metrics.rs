@@ -53,6 +53,10 @@ fn describe() {
         "Instances with work to run (dispatched, or waiting in the store), by orchestration or entity name"
     );
     describe_gauge!(
+        "cairn_timers_armed",
+        "Armed durable timers (in memory, or waiting in the store)"
+    );
+    describe_gauge!(
         "cairn_activity_backlog",
         "Queued activities (running, or waiting in the store for a worker), by activity name"
     );
@@ -320,6 +324,8 @@ fn publish(state: &AppState) {
             .set(load(&s.cached_instances) as f64);
         gauge!("cairn_cache_bytes", "partition" => partition.clone())
             .set(load(&s.cache_bytes) as f64);
+        gauge!("cairn_timers_armed", "partition" => partition.clone())
+            .set(load(&s.timers_armed) as f64);
         counter!("cairn_cache_lookups_total", "partition" => partition.clone(), "result" => "hit")
             .absolute(load(&s.cache_hits));
         counter!("cairn_cache_lookups_total", "partition" => partition, "result" => "miss")
@@ -417,6 +423,7 @@ pub async fn stats_json(State(state): State<AppState>) -> Json<Value> {
         "backlogByName": backlog_by_name(&state),
         "activityBacklogByName": activity_backlog_by_name(&state),
         "dispatched": sum(&|s| load(&s.dispatched)),
+        "timersArmed": sum(&|s| load(&s.timers_armed)),
         "queues": queues,
         "cache": {
             "instances": sum(&|s| load(&s.cached_instances)),

@@ -38,6 +38,8 @@ pub struct LeaderStats {
     pub backlog: Mutex<Arc<BTreeMap<String, u64>>>,
     /// Queued activities (running, or waiting in the store for a worker), by activity name.
     pub activity_backlog: Mutex<Arc<BTreeMap<String, u64>>>,
+    /// Armed durable timers (in the timer wheel, or waiting in the store).
+    pub timers_armed: AtomicU64,
     /// Episodes and entity batches dispatched now (at most the dispatch window per name).
     pub dispatched: AtomicU64,
     /// Episodes waiting for an orchestration slot or a remote worker.

@@ -23,8 +23,20 @@ const RESIZE: &str = "resize";
 /// Activities each album fans out.
 const PHOTOS_PER_ALBUM: u64 = 1000;
 
-/// The activity backlog's orchestration: resizes `n` photos at once and sums the results.
+/// The timer backlog's orchestration: waits `minutes`, then answers them.
+const REMINDER: &str = "remind_later";
+const DAY_MINUTES: u64 = 24 * 60;
+
+/// The activity backlog's orchestration (resizes `n` photos at once and sums the results) and
+/// the timer backlog's.
 pub(super) fn orchestrations(registry: Registry) -> Registry {
+    let registry = registry.orchestration(
+        REMINDER,
+        |ctx: OrchestrationContext, minutes: u64| async move {
+            ctx.sleep(Duration::from_secs(minutes * 60)).await?;
+            Ok::<_, TaskError>(minutes)
+        },
+    );
     registry.orchestration(ALBUM, |ctx: OrchestrationContext, n: u64| async move {
         let tasks = (0..n)
             .map(|i| ctx.call_activity::<_, u64>(RESIZE, i))
@@ -35,6 +47,122 @@ pub(super) fn orchestrations(registry: Registry) -> Registry {
         }
         Ok::<_, TaskError>(sum)
     })
+}
+
+pub(super) async fn run_timers(
+    b: Bench,
+    clock: Arc<cairn_runtime::clock::ManualClock>,
+    size: u64,
+    json_out: bool,
+) -> Result<(Bench, BenchResult)> {
+    let client = b.engine.client().waiting_for_room();
+    let rss_empty = rss();
+    let armed = |engine: &Engine| sum(engine, |s| s.timers_armed.load(Ordering::Relaxed));
+    let fill_start = Instant::now();
+    let pb = start_many(size, "reminders", |i| {
+        let client = client.clone();
+        async move {
+            let options = StartOptions {
+                instance_id: Some(format!("r{i:08}")),
+                ..StartOptions::default()
+            };
+            client.start_with(REMINDER, &DAY_MINUTES, options).await?;
+            Ok(())
+        }
+    })
+    .await;
+    pb.finish_and_clear();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while armed(&b.engine) < size {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the reminders did not all arm a timer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fill_seconds = fill_start.elapsed().as_secs_f64();
+    b.engine.checkpoint().await?;
+    let rss_full = rss();
+
+    // A fresh `cairn serve` (its clock is the system's: none is due) holds its wheels.
+    let (b, serve_rss, _) = b
+        .reopen(move |dir| {
+            let port = free_port()?;
+            let mut child = serve(&dir, port)?;
+            let answered = answers(port, &mut child, "r00000000");
+            std::thread::sleep(Duration::from_secs(3));
+            let rss = rss_of(child.id());
+            child.kill()?;
+            child.wait()?;
+            answered.map(|()| rss)
+        })
+        .await?;
+    let (b, (), reopening) = b.reopen(|_| Ok(())).await?;
+    let first = b.engine.client().get_status("r00000000", false).await?;
+    let restart_seconds = reopening.elapsed().as_secs_f64();
+    anyhow::ensure!(first.is_some(), "r00000000 is missing after the restart");
+    anyhow::ensure!(
+        armed(&b.engine) == size,
+        "{} timers armed after the restart, not {size}",
+        armed(&b.engine)
+    );
+
+    // The day passes: every timer fires and every reminder completes.
+    clock.advance(Duration::from_secs((DAY_MINUTES + 1) * 60));
+    let fire_start = Instant::now();
+    let pb = bar(size, "timers firing");
+    while count(&b.engine, RuntimeStatus::Completed) < size {
+        pb.set_position(count(&b.engine, RuntimeStatus::Completed));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pb.finish_and_clear();
+    let fire_seconds = fire_start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        armed(&b.engine) == 0,
+        "timers left armed after they all fired"
+    );
+
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let report = json!({
+        "scenario": "timer-backlog",
+        "timers": size,
+        "armed_per_s": size as f64 / fill_seconds,
+        "rss_empty_bytes": rss_empty,
+        "rss_waiting_bytes": rss_full,
+        "rss_cairn_serve_bytes": serve_rss,
+        "restart_to_first_answer_seconds": restart_seconds,
+        "fired_per_s": size as f64 / fire_seconds,
+    });
+    if json_out {
+        println!("{report}");
+    } else {
+        println!("timer-backlog: {size} orchestrations each waiting on a day-long timer");
+        println!(
+            "  started and armed            {:.0}/s ({fill_seconds:.1} s)",
+            size as f64 / fill_seconds
+        );
+        println!(
+            "  RSS empty / waiting          {:.0} / {:.0} MiB (this process)",
+            mib(rss_empty),
+            mib(rss_full)
+        );
+        println!(
+            "  RSS of cairn serve with them {:.0} MiB (a fresh process, its wheels full)",
+            mib(serve_rss)
+        );
+        println!("  restart to first answer      {restart_seconds:.2} s");
+        println!(
+            "  the day passes: fired and completed {:.0}/s ({fire_seconds:.1} s)",
+            size as f64 / fire_seconds
+        );
+    }
+    let result = finish_summary(
+        Scenario::TimerBacklog,
+        size,
+        fire_seconds,
+        "timers fired and their orchestrations completed (details above)",
+    );
+    Ok((b, result))
 }
 
 pub(super) async fn run_activities(

@@ -231,6 +231,9 @@ impl Leader {
             .dispatched
             .store(self.dispatch.running_count() as u64, Ordering::Relaxed);
         self.stats
+            .timers_armed
+            .store(self.state.globals().timer_count, Ordering::Relaxed);
+        self.stats
             .cached_instances
             .store(self.state.loaded_count() as u64, Ordering::Relaxed);
         let (hits, misses) = self.state.cache_counters();
