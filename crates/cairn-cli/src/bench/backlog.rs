@@ -85,22 +85,7 @@ pub(super) async fn run_timers(
     let rss_full = rss();
 
     // A fresh `cairn serve` (its clock is the system's: none is due) holds its wheels.
-    let (b, serve_rss, _) = b
-        .reopen(move |dir| {
-            let port = free_port()?;
-            let mut child = serve(&dir, port)?;
-            let answered = answers(port, &mut child, "r00000000");
-            std::thread::sleep(Duration::from_secs(3));
-            let rss = rss_of(child.id());
-            child.kill()?;
-            child.wait()?;
-            answered.map(|()| rss)
-        })
-        .await?;
-    let (b, (), reopening) = b.reopen(|_| Ok(())).await?;
-    let first = b.engine.client().get_status("r00000000", false).await?;
-    let restart_seconds = reopening.elapsed().as_secs_f64();
-    anyhow::ensure!(first.is_some(), "r00000000 is missing after the restart");
+    let (b, serve_rss, restart_seconds) = serve_then_restart(b, "r00000000").await?;
     anyhow::ensure!(
         armed(&b.engine) == size,
         "{} timers armed after the restart, not {size}",
@@ -211,22 +196,7 @@ pub(super) async fn run_activities(
 
     // A fresh `cairn serve` on the hub: it hands out its windows of activities to its (absent)
     // workers and holds the rest on disk.
-    let (b, serve_rss, _) = b
-        .reopen(move |dir| {
-            let port = free_port()?;
-            let mut child = serve(&dir, port)?;
-            let answered = answers(port, &mut child, "album000000");
-            std::thread::sleep(Duration::from_secs(3));
-            let rss = rss_of(child.id());
-            child.kill()?;
-            child.wait()?;
-            answered.map(|()| rss)
-        })
-        .await?;
-    let (b, (), reopening) = b.reopen(|_| Ok(())).await?;
-    let first = b.engine.client().get_status("album000000", false).await?;
-    let restart_seconds = reopening.elapsed().as_secs_f64();
-    anyhow::ensure!(first.is_some(), "album000000 is missing after the restart");
+    let (b, serve_rss, restart_seconds) = serve_then_restart(b, "album000000").await?;
     anyhow::ensure!(
         queued(&b.engine) == size,
         "{} activities queued after the restart, not {size}",
@@ -309,6 +279,30 @@ pub(super) async fn run_activities(
     Ok((b, result))
 }
 
+/// Opens the hub in a fresh `cairn serve` (what a user runs; its memory owes nothing to this
+/// process's history) and takes its RSS three seconds after it first answers for `first_id`,
+/// its windows handed out; then reopens the hub here and times the first answer for
+/// `first_id`. Returns (the reopened bench, that RSS, seconds to the first answer).
+async fn serve_then_restart(b: Bench, first_id: &'static str) -> Result<(Bench, u64, f64)> {
+    let (b, serve_rss, _) = b
+        .reopen(move |dir| {
+            let port = free_port()?;
+            let mut child = serve(&dir, port)?;
+            let answered = answers(port, &mut child, first_id);
+            std::thread::sleep(Duration::from_secs(3));
+            let rss = rss_of(child.id());
+            child.kill()?;
+            child.wait()?;
+            answered.map(|()| rss)
+        })
+        .await?;
+    let (b, (), reopening) = b.reopen(|_| Ok(())).await?;
+    let first = b.engine.client().get_status(first_id, false).await?;
+    let restart_seconds = reopening.elapsed().as_secs_f64();
+    anyhow::ensure!(first.is_some(), "{first_id} is missing after the restart");
+    Ok((b, serve_rss, restart_seconds))
+}
+
 fn sum(engine: &Engine, f: impl Fn(&cairn_runtime::LeaderStats) -> u64) -> u64 {
     engine.stats().iter().map(|s| f(s)).sum()
 }
@@ -348,24 +342,7 @@ pub(super) async fn run(b: Bench, size: u64, json_out: bool) -> Result<(Bench, B
 
     // The same backlog served by a fresh `cairn serve` (what a user runs; its RSS owes nothing
     // to this process's history): its memory once it has handed out its windows.
-    let (b, serve_rss, _) = b
-        .reopen(|dir| {
-            let port = free_port()?;
-            let mut child = serve(&dir, port)?;
-            let answered = answers(port, &mut child, "b00000000");
-            std::thread::sleep(Duration::from_secs(3));
-            let rss = rss_of(child.id());
-            child.kill()?;
-            child.wait()?;
-            answered.map(|()| rss)
-        })
-        .await?;
-
-    // Restart with the backlog waiting: time to the first answered status read.
-    let (b, (), reopening) = b.reopen(|_| Ok(())).await?;
-    let first = b.engine.client().get_status("b00000000", false).await?;
-    let restart_seconds = reopening.elapsed().as_secs_f64();
-    anyhow::ensure!(first.is_some(), "b00000000 is missing after the restart");
+    let (b, serve_rss, restart_seconds) = serve_then_restart(b, "b00000000").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_restarted = rss();
 

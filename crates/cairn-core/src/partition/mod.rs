@@ -442,13 +442,19 @@ impl<T: Clone> Filed<T> {
         Ok(item)
     }
 
-    /// Whether something pending (in memory, or in the store's `stored` and not taken)
-    /// matches `is_it`.
-    fn any(&self, is_it: impl Fn(&T) -> bool, stored: &[(u64, T)]) -> bool {
-        self.queued.values().any(&is_it)
-            || stored
-                .iter()
-                .any(|(id, t)| !self.done.contains_key(id) && is_it(t))
+    /// Whether something pending matches `is_it`: in memory, or else (read only then) among
+    /// the store's `stored` not taken since.
+    fn any(
+        &self,
+        is_it: impl Fn(&T) -> bool,
+        stored: impl FnOnce() -> Result<Vec<(u64, T)>, SourceError>,
+    ) -> Result<bool, SourceError> {
+        if self.queued.values().any(&is_it) {
+            return Ok(true);
+        }
+        Ok(stored()?
+            .iter()
+            .any(|(id, t)| !self.done.contains_key(id) && is_it(t)))
     }
 
     /// Puts for everything added, deletes for everything taken (each under `keys`), taken.
@@ -648,10 +654,8 @@ impl PartitionState {
         let is_it = |a: &ActivityWorkItem| {
             a.instance_id == instance_id && a.execution_id == execution_id && a.task_id == task_id
         };
-        if self.activities.queued.values().any(is_it) {
-            return Ok(true);
-        }
-        Ok(self.activities.any(is_it, &src.activities_of(instance_id)?))
+        self.activities
+            .any(is_it, || src.activities_of(instance_id))
     }
 
     /// Timer `id` if it was armed since the last checkpoint (else it is in the store, or
@@ -683,10 +687,7 @@ impl PartitionState {
                 && t.execution_id == execution_id
                 && matches!(t.kind, TimerKind::Orchestration { task_id: tid, .. } if tid == task_id)
         };
-        if self.timers.queued.values().any(is_it) {
-            return Ok(true);
-        }
-        Ok(self.timers.any(is_it, &src.timers_of(instance_id)?))
+        self.timers.any(is_it, || src.timers_of(instance_id))
     }
 
     pub fn outbox(&self, to: u32) -> impl Iterator<Item = &(MessageId, Message)> {

@@ -34,60 +34,55 @@ impl InstanceSource for MemStore {
             .unwrap_or_default())
     }
     fn load_activity(&self, id: u64) -> Result<Option<ActivityWorkItem>, SourceError> {
-        Ok(self
-            .work
-            .get(&crate::work::activity_key(id))
-            .map(|b| postcard::from_bytes(b).unwrap()))
+        Ok(self.item(&crate::work::activity_key(id)))
     }
-    fn activities_of(
-        &self,
-        instance_id: &str,
-    ) -> Result<Vec<(u64, ActivityWorkItem)>, SourceError> {
-        let prefix = crate::work::activity_instance_prefix(instance_id);
-        let mut out = Vec::new();
-        for key in self.work.range(prefix.clone()..).map(|(k, _)| k) {
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let id = crate::work::activity_id_of(key).unwrap();
-            out.push((
-                id,
-                self.load_activity(id)?
-                    .expect("filed by instance and by id"),
-            ));
-        }
-        Ok(out)
+    fn activities_of(&self, instance: &str) -> Result<Vec<(u64, ActivityWorkItem)>, SourceError> {
+        Ok(self.filed(
+            &crate::work::activity_instance_prefix(instance),
+            crate::work::activity_key,
+        ))
     }
     fn load_timer(&self, id: u64) -> Result<Option<TimerEntry>, SourceError> {
-        Ok(self
-            .work
-            .get(&crate::work::timer_key(id))
-            .map(|b| postcard::from_bytes(b).unwrap()))
+        Ok(self.item(&crate::work::timer_key(id)))
     }
-    fn timers_of(&self, instance_id: &str) -> Result<Vec<(u64, TimerEntry)>, SourceError> {
-        let prefix = crate::work::timer_instance_prefix(instance_id);
-        let mut out = Vec::new();
-        for key in self.work.range(prefix.clone()..).map(|(k, _)| k) {
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let id = crate::work::activity_id_of(key).unwrap();
-            out.push((
-                id,
-                self.load_timer(id)?.expect("filed by instance and by id"),
-            ));
-        }
-        Ok(out)
+    fn timers_of(&self, instance: &str) -> Result<Vec<(u64, TimerEntry)>, SourceError> {
+        Ok(self.filed(
+            &crate::work::timer_instance_prefix(instance),
+            crate::work::timer_key,
+        ))
     }
 }
 
 impl MemStore {
-    /// The armed timers filed in the store, by id.
-    fn armed_timers(&self) -> BTreeMap<u64, TimerEntry> {
-        let prefix = crate::work::timer_key(0)[..1].to_vec();
+    fn item<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
+        self.work.get(key).map(|b| postcard::from_bytes(b).unwrap())
+    }
+
+    /// The work whose ids are listed under `prefix`, each read from its `key`.
+    fn filed<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        key: fn(u64) -> Vec<u8>,
+    ) -> Vec<(u64, T)> {
+        self.work
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| {
+                let id = crate::work::activity_id_of(k).unwrap();
+                (
+                    id,
+                    self.item(&key(id)).expect("filed under a list and by id"),
+                )
+            })
+            .collect()
+    }
+
+    /// Every work item whose own key starts like `key`'s, by id.
+    fn all<T: serde::de::DeserializeOwned>(&self, key: fn(u64) -> Vec<u8>) -> BTreeMap<u64, T> {
+        let kind = key(0)[..1].to_vec();
         self.work
             .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| k.starts_with(&kind))
             .map(|(k, v)| {
                 (
                     crate::work::activity_id_of(k).unwrap(),
@@ -97,19 +92,14 @@ impl MemStore {
             .collect()
     }
 
+    /// The armed timers filed in the store, by id.
+    fn armed_timers(&self) -> BTreeMap<u64, TimerEntry> {
+        self.all(crate::work::timer_key)
+    }
+
     /// The queued activities filed in the store, by id.
     fn queued_activities(&self) -> BTreeMap<u64, ActivityWorkItem> {
-        let prefix = crate::work::activity_key(0)[..1].to_vec();
-        self.work
-            .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, v)| {
-                (
-                    crate::work::activity_id_of(k).unwrap(),
-                    postcard::from_bytes(v).unwrap(),
-                )
-            })
-            .collect()
+        self.all(crate::work::activity_key)
     }
 
     fn write(&mut self, data: CheckpointData) {
