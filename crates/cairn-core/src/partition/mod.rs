@@ -1,9 +1,10 @@
 //! The partition state machine: `apply(state, record) -> effects`.
 //!
-//! A partition owns a set of instances (those whose id hashes to it) and the global tables that
-//! drive them: the activity queue, durable timers, the outbox towards other partitions, the
-//! dedup positions of messages received, and counts of the instances with work to do (the
-//! instances themselves are found through the store's backlog index, [`crate::index`]).
+//! A partition owns a set of instances (those whose id hashes to it) and what drives them: the
+//! queued activities and armed durable timers (in memory only until a checkpoint files them in
+//! the store, [`crate::work`]), the outbox towards other partitions, the dedup positions of
+//! messages received, and counts of the instances with work to do (the instances themselves
+//! are found through the store's backlog index, [`crate::index`]).
 //!
 //! **Purity.** Nothing here performs I/O, reads a clock or draws randomness. Instances that are
 //! not in memory are read through [`InstanceSource`], a read-only view of the last checkpoint:
