@@ -38,45 +38,55 @@ const TIMER: u8 = b't';
 const TIMER_DUE: u8 = b'd';
 const TIMER_BY_INSTANCE: u8 = b'k';
 
-/// The key that holds activity `id`'s work item.
-pub fn activity_key(id: u64) -> Vec<u8> {
+/// `tag` followed by `id`: the key that holds one piece of work.
+fn id_key(tag: u8, id: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(9);
-    key.push(ITEM);
+    key.push(tag);
     key.extend_from_slice(&id.to_be_bytes());
     key
 }
 
-/// The prefix of the queued activities of `name`, oldest first.
-pub fn activity_name_prefix(name: &str) -> Vec<u8> {
+/// `tag` followed by `name` (length-prefixed): the prefix of a list, ids to follow.
+fn list_prefix(tag: u8, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(3 + name.len() + 8);
-    key.push(BY_NAME);
+    key.push(tag);
     push_name(&mut key, name);
     key
 }
 
+/// `prefix` followed by `id`: an entry of a list.
+fn listed(mut prefix: Vec<u8>, id: u64) -> Vec<u8> {
+    prefix.extend_from_slice(&id.to_be_bytes());
+    prefix
+}
+
+/// The key that holds activity `id`'s work item.
+pub fn activity_key(id: u64) -> Vec<u8> {
+    id_key(ITEM, id)
+}
+
+/// The prefix of the queued activities of `name`, oldest first.
+pub fn activity_name_prefix(name: &str) -> Vec<u8> {
+    list_prefix(BY_NAME, name)
+}
+
 /// The prefix of the queued activities of instance `instance_id`.
 pub fn activity_instance_prefix(instance_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(3 + instance_id.len() + 8);
-    key.push(BY_INSTANCE);
-    push_name(&mut key, instance_id);
-    key
+    list_prefix(BY_INSTANCE, instance_id)
 }
 
 /// Every key activity `id` is filed under, the work item's own first.
 pub fn activity_keys(id: u64, item: &ActivityWorkItem) -> [Vec<u8>; 3] {
-    let mut by_name = activity_name_prefix(&item.name);
-    by_name.extend_from_slice(&id.to_be_bytes());
-    let mut by_instance = activity_instance_prefix(&item.instance_id);
-    by_instance.extend_from_slice(&id.to_be_bytes());
-    [activity_key(id), by_name, by_instance]
+    [
+        activity_key(id),
+        listed(activity_name_prefix(&item.name), id),
+        listed(activity_instance_prefix(&item.instance_id), id),
+    ]
 }
 
 /// The key that holds timer `id`'s entry.
 pub fn timer_key(id: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9);
-    key.push(TIMER);
-    key.extend_from_slice(&id.to_be_bytes());
-    key
+    id_key(TIMER, id)
 }
 
 /// The prefix of every armed timer by due time, soonest first.
@@ -86,11 +96,7 @@ pub fn timer_due_prefix() -> Vec<u8> {
 
 /// The key of timer `id`, due at `due`, in [`timer_due_prefix`].
 pub fn timer_due_key(due: Millis, id: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(17);
-    key.push(TIMER_DUE);
-    key.extend_from_slice(&due.to_be_bytes());
-    key.extend_from_slice(&id.to_be_bytes());
-    key
+    listed(id_key(TIMER_DUE, due), id)
 }
 
 /// (due, id) of a key of [`timer_due_prefix`].
@@ -103,21 +109,21 @@ pub fn timer_due_of(key: &[u8]) -> Option<(Millis, u64)> {
 
 /// The prefix of the armed timers of instance `instance_id`.
 pub fn timer_instance_prefix(instance_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(3 + instance_id.len() + 8);
-    key.push(TIMER_BY_INSTANCE);
-    push_name(&mut key, instance_id);
-    key
+    list_prefix(TIMER_BY_INSTANCE, instance_id)
 }
 
 /// Every key timer `id` is filed under, the entry's own first.
 pub fn timer_keys(id: u64, timer: &TimerEntry) -> [Vec<u8>; 3] {
-    let mut by_instance = timer_instance_prefix(&timer.instance_id);
-    by_instance.extend_from_slice(&id.to_be_bytes());
-    [timer_key(id), timer_due_key(timer.due, id), by_instance]
+    [
+        timer_key(id),
+        timer_due_key(timer.due, id),
+        listed(timer_instance_prefix(&timer.instance_id), id),
+    ]
 }
 
-/// The activity (or timer) id a work key ends with (None for a key too short to be one).
-pub fn activity_id_of(key: &[u8]) -> Option<u64> {
+/// The id (of an activity or a timer) a work key ends with; None for a key too short to be
+/// one.
+pub fn id_of(key: &[u8]) -> Option<u64> {
     let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
     Some(u64::from_be_bytes(tail.try_into().ok()?))
 }
@@ -147,11 +153,11 @@ mod tests {
         assert!(!ab[1].starts_with(&activity_name_prefix("a")));
         assert!(a[2].starts_with(&activity_instance_prefix("x")));
         for k in a.iter().chain(&a_later).chain(&ab) {
-            assert!(activity_id_of(k).is_some());
+            assert!(id_of(k).is_some());
         }
-        assert_eq!(activity_id_of(&a_later[0]), Some(300));
-        assert_eq!(activity_id_of(&a_later[1]), Some(300));
-        assert_eq!(activity_id_of(&ab[2]), Some(1));
-        assert_eq!(activity_id_of(b"short"), None);
+        assert_eq!(id_of(&a_later[0]), Some(300));
+        assert_eq!(id_of(&a_later[1]), Some(300));
+        assert_eq!(id_of(&ab[2]), Some(1));
+        assert_eq!(id_of(b"short"), None);
     }
 }

@@ -135,7 +135,7 @@ impl PartitionState {
 }
 
 /// Adds one to `key`'s count, or takes one away (dropping a count that reaches 0).
-fn count<K: Ord + Clone>(counts: &mut BTreeMap<K, u64>, key: &K, add: bool) {
+pub(super) fn count<K: Ord + Clone>(counts: &mut BTreeMap<K, u64>, key: &K, add: bool) {
     match counts.get_mut(key) {
         Some(n) if add => *n += 1,
         None if add => {

@@ -225,12 +225,7 @@ impl PartitionState {
     pub(super) fn queue_activity(&mut self, item: ActivityWorkItem, cx: &mut Apply) {
         let activity_id = self.globals.next_activity_id;
         self.globals.next_activity_id += 1;
-        match self.globals.activity_backlog.get_mut(&item.name) {
-            Some(n) => *n += 1,
-            None => {
-                self.globals.activity_backlog.insert(item.name.clone(), 1);
-            }
-        }
+        super::instances::count(&mut self.globals.activity_backlog, &item.name, true);
         self.activities.queued.insert(activity_id, item);
         cx.effects.push(Effect::StartActivity(activity_id));
     }

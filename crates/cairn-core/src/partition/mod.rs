@@ -320,7 +320,7 @@ impl GlobalsV4 {
     ) {
         let mut activity_backlog = BTreeMap::new();
         for item in self.activities.values() {
-            *activity_backlog.entry(item.name.clone()).or_default() += 1;
+            instances::count(&mut activity_backlog, &item.name, true);
         }
         let globals = Globals {
             partition: self.partition,
@@ -635,12 +635,7 @@ impl PartitionState {
         let Some(item) = self.activities.take(id, |id| src.load_activity(id))? else {
             return Ok(None);
         };
-        if let Some(n) = self.globals.activity_backlog.get_mut(&item.name) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.globals.activity_backlog.remove(&item.name);
-            }
-        }
+        instances::count(&mut self.globals.activity_backlog, &item.name, false);
         Ok(Some(item))
     }
 

@@ -68,7 +68,7 @@ impl MemStore {
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| {
-                let id = crate::work::activity_id_of(k).unwrap();
+                let id = crate::work::id_of(k).unwrap();
                 (
                     id,
                     self.item(&key(id)).expect("filed under a list and by id"),
@@ -85,7 +85,7 @@ impl MemStore {
             .filter(|(k, _)| k.starts_with(&kind))
             .map(|(k, v)| {
                 (
-                    crate::work::activity_id_of(k).unwrap(),
+                    crate::work::id_of(k).unwrap(),
                     postcard::from_bytes(v).unwrap(),
                 )
             })

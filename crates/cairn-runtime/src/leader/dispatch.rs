@@ -153,6 +153,9 @@ impl<K: Clone + Ord + std::hash::Hash> Dispatch<K> {
     }
 }
 
+/// What a refill found in the store: work to start, and whether that was all of it.
+type Filed<K> = (Vec<K>, bool);
+
 impl Leader {
     /// Slots per name (at least one, whatever the configuration says).
     pub(super) fn window(&self) -> usize {
@@ -167,103 +170,117 @@ impl Leader {
     /// Dispatches backlog into every window with room: overflowed work first, then the
     /// oldest of the store's (instances by their backlog index, activities by their work key).
     pub(super) fn refill(&mut self) {
+        let window = self.window();
+        self.refill_windows(
+            |l| &mut l.dispatch,
+            window,
+            |l, id: String| l.start_episode(&id),
+            Leader::filed_backlog,
+        );
+        let window = self.activity_window();
+        self.refill_windows(
+            |l| &mut l.activity_dispatch,
+            window,
+            Leader::start_activity,
+            Leader::filed_activities,
+        );
+    }
+
+    /// Refills the windows of one dispatcher (`dispatch`) that have room, starting work with
+    /// `start`: its overflow first, then what `filed` reads of the store (at most `want` of a
+    /// name that neither runs nor changed since the checkpoint, and whether that was all).
+    fn refill_windows<K: Clone + Ord + std::hash::Hash>(
+        &mut self,
+        dispatch: fn(&mut Leader) -> &mut Dispatch<K>,
+        window: usize,
+        start: fn(&mut Leader, K) -> bool,
+        filed: fn(&Leader, &str, usize) -> Result<Filed<K>, String>,
+    ) {
         if self.failed.is_some() {
             return;
         }
-        let window = self.window();
-        for name in self.dispatch.refillable(window) {
-            let (room, overflowed) = self.dispatch.room(&name, window);
+        for name in dispatch(self).refillable(window) {
+            let (room, overflowed) = dispatch(self).room(&name, window);
             let mut started = 0;
             let mut left = overflowed.into_iter();
             while started < room {
                 let Some(id) = left.next() else { break };
-                if self.start_episode(&id) {
+                if start(self, id) {
                     started += 1;
                 }
             }
-            let left: BTreeSet<String> = left.collect();
-            // The store's backlog, oldest first. Instances that run now, or changed since the
-            // checkpoint (the store's entry may be stale; memory has them), are skipped.
+            let left: BTreeSet<K> = left.collect();
             let want = if left.is_empty() { room - started } else { 0 };
-            let mut candidates = Vec::with_capacity(want);
             // Caught up only if a scan ran out (a window filled from overflow knows nothing of
             // the store).
-            let mut exhausted = want > 0;
-            if want > 0 {
-                let r = self.store.scan_index_desc(
-                    &cairn_core::index::backlog_prefix(&name),
-                    None,
-                    &mut |_, id| {
-                        if !self.dispatch.is_running(id) && !self.state.is_dirty(id) {
-                            candidates.push(id.to_string());
-                            if candidates.len() >= want {
-                                exhausted = false;
-                                return false;
-                            }
-                        }
-                        true
-                    },
-                );
-                if let Err(e) = r {
-                    self.fail(format!("reading the backlog of '{name}' failed: {e}"));
-                    return;
+            let (candidates, exhausted) = if want > 0 {
+                match filed(self, &name, want) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        self.fail(e);
+                        return;
+                    }
                 }
-            }
+            } else {
+                (Vec::new(), false)
+            };
             for id in candidates {
-                self.start_episode(&id);
+                start(self, id);
             }
-            self.dispatch.refilled(&name, left, exhausted);
+            dispatch(self).refilled(&name, left, exhausted);
         }
-        let window = self.activity_window();
-        for name in self.activity_dispatch.refillable(window) {
-            let (room, overflowed) = self.activity_dispatch.room(&name, window);
-            let mut started = 0;
-            let mut left = overflowed.into_iter();
-            while started < room {
-                let Some(id) = left.next() else { break };
-                if self.start_activity(id) {
-                    started += 1;
-                }
-            }
-            let left: BTreeSet<u64> = left.collect();
-            // Filed activities of the name, oldest first, but those that run now or completed
-            // since the checkpoint.
-            let want = if left.is_empty() { room - started } else { 0 };
-            let mut candidates = Vec::with_capacity(want);
-            // Caught up only if a scan ran out (a window filled from overflow knows nothing of
-            // the store).
-            let mut exhausted = want > 0;
-            if want > 0 {
-                let r = self.store.scan_work(
-                    &cairn_core::work::activity_name_prefix(&name),
-                    None,
-                    &mut |key, _| {
-                        let Some(id) = cairn_core::work::activity_id_of(key) else {
-                            return true;
-                        };
-                        if !self.activity_dispatch.is_running(&id) && !self.state.activity_done(id)
-                        {
-                            candidates.push(id);
-                            if candidates.len() >= want {
-                                exhausted = false;
-                                return false;
-                            }
+    }
+
+    /// The store's backlog of `name`, oldest first: at most `want` instances that do not run
+    /// now and did not change since the checkpoint (the store's entry may be stale; memory
+    /// has them), and whether that was all of them.
+    fn filed_backlog(&self, name: &str, want: usize) -> Result<Filed<String>, String> {
+        let mut candidates = Vec::with_capacity(want);
+        let mut exhausted = true;
+        self.store
+            .scan_index_desc(
+                &cairn_core::index::backlog_prefix(name),
+                None,
+                &mut |_, id| {
+                    if !self.dispatch.is_running(id) && !self.state.is_dirty(id) {
+                        candidates.push(id.to_string());
+                        if candidates.len() >= want {
+                            exhausted = false;
+                            return false;
                         }
-                        true
-                    },
-                );
-                if let Err(e) = r {
-                    self.fail(format!(
-                        "reading the queued activities '{name}' failed: {e}"
-                    ));
-                    return;
-                }
-            }
-            for id in candidates {
-                self.start_activity(id);
-            }
-            self.activity_dispatch.refilled(&name, left, exhausted);
-        }
+                    }
+                    true
+                },
+            )
+            .map_err(|e| format!("reading the backlog of '{name}' failed: {e}"))?;
+        Ok((candidates, exhausted))
+    }
+
+    /// The filed activities of `name`, oldest first: at most `want` that do not run now and
+    /// did not complete since the checkpoint, and whether that was all of them.
+    fn filed_activities(&self, name: &str, want: usize) -> Result<Filed<u64>, String> {
+        let mut candidates = Vec::with_capacity(want);
+        let mut exhausted = true;
+        self.store
+            .scan_work(
+                &cairn_core::work::activity_name_prefix(name),
+                None,
+                &mut |key, _| {
+                    let Some(id) = cairn_core::work::id_of(key) else {
+                        return true;
+                    };
+                    if !self.activity_dispatch.is_running(&id) && !self.state.activity_done(id) {
+                        candidates.push(id);
+                        if candidates.len() >= want {
+                            exhausted = false;
+                            return false;
+                        }
+                    }
+                    true
+                },
+            )
+            .map_err(|e| format!("reading the queued activities '{name}' failed: {e}"))?;
+        Ok((candidates, exhausted))
     }
 
     /// After recovery: every name with a backlog is behind, and the instances replayed from

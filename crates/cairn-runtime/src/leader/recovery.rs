@@ -231,7 +231,7 @@ impl StoreSource<'_> {
         let mut ids = Vec::new();
         self.0
             .scan_work(prefix, None, &mut |key, _| {
-                ids.extend(cairn_core::work::activity_id_of(key));
+                ids.extend(cairn_core::work::id_of(key));
                 true
             })
             .map_err(|e| SourceError(e.to_string()))?;
