@@ -86,7 +86,7 @@ pub enum StoreError {
 }
 
 /// A checkpoint to write atomically: everything the partition changed since the previous one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CheckpointBatch {
     /// Log position the checkpoint covers (records up to and including it are applied).
     pub position: u64,

@@ -174,6 +174,19 @@ pub enum LogError {
          {actual} (another writer appended, or this writer's view is stale); nothing was appended"
     )]
     Fenced { expected: u64, actual: u64 },
+    /// The service a remote log lives in (a JetStream stream) failed or could not be reached.
+    #[error(
+        "the partition log's service failed: {0}. Records acknowledged as durable are safe; \
+         check that the service is reachable, then restart the partition"
+    )]
+    Remote(String),
+    /// Another owner of the partition appended to a remote log after this one opened it: this
+    /// writer is stale and must step down without applying anything more.
+    #[error(
+        "another owner took over this partition's log ({0}); this node stopped writing to it \
+         and must not apply anything more"
+    )]
+    Superseded(String),
 }
 
 /// ENOSPC on Linux and the other Unixes Cairn runs on.

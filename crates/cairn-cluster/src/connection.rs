@@ -1,0 +1,229 @@
+//! # One node's connection to the NATS cluster
+//!
+//! [`Nats`] owns the NATS client and a small Tokio runtime of its own that the client's tasks
+//! and the partition logs' writer tasks run on. The storage seams are synchronous (an append
+//! returns at once, a flush blocks), and they are called from the engine's own runtime, so the
+//! JetStream side must not depend on which runtime (or none) its caller is on: [`Nats::run`]
+//! hands a future to this runtime and blocks the calling thread until it finishes.
+//!
+//! It owns the connection and nothing about partitions.
+
+use async_nats::jetstream;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+/// How a node reaches the NATS cluster and which task hub it serves.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:port`); the client fails over between them.
+    pub urls: Vec<String>,
+    /// The task hub's name: the prefix of every stream, bucket and subject Cairn uses.
+    pub hub: String,
+    /// This node's name (in epoch markers, leases and `cairn cluster status`).
+    pub node_id: String,
+    /// JetStream replicas of each partition's log (1 or 3; 3 needs a 3-node NATS cluster).
+    pub replicas: usize,
+    /// A NATS credentials file (`.creds`), for a server that requires one.
+    pub credentials: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for the server's TLS certificate; TLS is then required.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate and key (PEM) for servers that verify clients.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+}
+
+impl ClusterConfig {
+    /// A configuration with defaults for everything but where the servers are.
+    pub fn new(urls: Vec<String>, hub: &str, node_id: &str) -> ClusterConfig {
+        ClusterConfig {
+            urls,
+            hub: hub.to_string(),
+            node_id: node_id.to_string(),
+            replicas: 1,
+            credentials: None,
+            tls_ca: None,
+            tls_client: None,
+        }
+    }
+}
+
+/// What can go wrong talking to NATS.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    #[error(
+        "hub name {0:?} cannot name NATS streams: use letters, digits, '-' and '_' only (at most \
+         64 characters)"
+    )]
+    BadHubName(String),
+    #[error("cannot connect to NATS at {urls}: {detail}. Check that the servers are running and reachable, and the credentials and TLS settings")]
+    Connect { urls: String, detail: String },
+    #[error("JetStream is not available on the NATS servers at {urls}: {detail}. Start nats-server with JetStream enabled (-js)")]
+    NoJetStream { urls: String, detail: String },
+    #[error("the NATS client runtime has stopped")]
+    Stopped,
+}
+
+/// A connected node: the NATS client, its JetStream context and the runtime they run on.
+pub struct Nats {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    config: ClusterConfig,
+}
+
+impl std::fmt::Debug for Nats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nats")
+            .field("urls", &self.config.urls)
+            .field("hub", &self.config.hub)
+            .field("node_id", &self.config.node_id)
+            .finish()
+    }
+}
+
+fn valid_hub(hub: &str) -> bool {
+    !hub.is_empty()
+        && hub.len() <= 64
+        && hub
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Nats {
+    /// Connects and checks that JetStream answers. Blocks the calling thread.
+    pub fn connect(config: ClusterConfig) -> Result<Nats, ClusterError> {
+        if !valid_hub(&config.hub) {
+            return Err(ClusterError::BadHubName(config.hub.clone()));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cairn-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::Connect {
+                urls: config.urls.join(","),
+                detail: format!("cannot start the client's runtime: {e}"),
+            })?;
+        let handle = runtime.handle().clone();
+        let urls = config.urls.join(",");
+        let connect_config = config.clone();
+        let connected = run_on(&handle, async move {
+            let mut options = async_nats::ConnectOptions::new()
+                .name(format!("cairn {}", connect_config.node_id))
+                .connection_timeout(Duration::from_secs(5))
+                .max_reconnects(None::<usize>);
+            if let Some(path) = &connect_config.credentials {
+                options = options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|e| format!("credentials file {}: {e}", path.display()))?;
+            }
+            if let Some(ca) = &connect_config.tls_ca {
+                options = options.add_root_certificates(ca.clone()).require_tls(true);
+            }
+            if let Some((cert, key)) = &connect_config.tls_client {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+            let mut servers = Vec::new();
+            for url in &connect_config.urls {
+                let server: async_nats::ServerAddr = url
+                    .parse()
+                    .map_err(|e| format!("server URL {url:?}: {e}"))?;
+                servers.push(server);
+            }
+            let client = options.connect(servers).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(client)
+        })
+        .ok_or(ClusterError::Stopped)?;
+        let client = connected.map_err(|detail| ClusterError::Connect {
+            urls: urls.clone(),
+            detail,
+        })?;
+        // The context spawns its acknowledgement task on the runtime it is made in.
+        let jetstream = {
+            let _entered = handle.enter();
+            jetstream::new(client.clone())
+        };
+        let js = jetstream.clone();
+        // A cluster that just started may need a moment to elect its JetStream meta leader.
+        let ready = run_on(&handle, async move {
+            let mut last = String::new();
+            for _ in 0..100 {
+                // Short attempts: until a meta leader is elected, requests go unanswered for
+                // the client's whole request time-out.
+                match tokio::time::timeout(Duration::from_millis(500), js.query_account()).await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => last = "no answer within 500 ms".to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(last)
+        })
+        .ok_or(ClusterError::Stopped)?;
+        ready.map_err(|detail| ClusterError::NoJetStream {
+            urls: urls.clone(),
+            detail,
+        })?;
+        Ok(Nats {
+            runtime: Some(runtime),
+            handle,
+            client,
+            jetstream,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// The runtime the client runs on, for tasks that must live as long as the connection.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    /// Runs `future` on the connection's runtime and blocks until it finishes; `None` if the
+    /// runtime stopped first.
+    pub fn run<F>(&self, future: F) -> Option<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        run_on(&self.handle, future)
+    }
+}
+
+/// Spawns `future` on `handle` and blocks the calling thread (which may be another runtime's
+/// worker) until it finishes.
+fn run_on<F>(handle: &tokio::runtime::Handle, future: F) -> Option<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(future.await);
+    });
+    rx.recv().ok()
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics on another runtime's thread: let it wind down
+        // in the background instead.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

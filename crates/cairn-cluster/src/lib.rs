@@ -1,0 +1,27 @@
+//! # Cairn's cluster mode on NATS JetStream
+//!
+//! In cluster mode several `cairn serve` nodes share one task hub, and everything durable lives
+//! in JetStream, so any node can take over any partition (DESIGN §5). The partition state
+//! machine, the dedup/outbox protocol and speculation are the embedded engine's; this crate only
+//! provides other implementations behind the storage seams of `cairn-storage`:
+//!
+//! * [`connection`]: a node's NATS connection and the runtime its tasks run on;
+//! * [`log`]: a partition's log as a JetStream stream, fenced so that two owners can never
+//!   both commit ([`log::JetStreamLog`]);
+//! * [`checkpoint`]: a partition's checkpoints as a fenced stream of deltas in JetStream, with
+//!   a local cache for reads ([`checkpoint::JetStreamCheckpointStore`]);
+//! * [`frames`]: how records are packed into the stream's messages (pure);
+//! * [`nats_server`]: local `nats-server` processes for the tests and benches.
+//!
+//! It must never hold partition state of its own: what a partition knows is in its log and
+//! checkpoints, so a node can die at any moment and lose nothing.
+
+pub mod checkpoint;
+pub mod connection;
+pub mod frames;
+pub mod log;
+pub mod nats_server;
+
+pub use checkpoint::{JetStreamCheckpointStore, JetStreamCheckpointStores};
+pub use connection::{ClusterConfig, ClusterError, Nats};
+pub use log::{JetStreamLog, JetStreamLogs};

@@ -1,0 +1,110 @@
+//! The JetStream checkpoint store against a real `nats-server` started here: the storage
+//! conformance suite, once reopening with the node's local cache and once with no cache at all
+//! (a node taking the partition over rebuilds everything from JetStream), and the fencing of a
+//! stale owner's checkpoint.
+
+use cairn_cluster::checkpoint::JetStreamCheckpointStore;
+use cairn_cluster::nats_server::NatsCluster;
+use cairn_cluster::{ClusterConfig, Nats};
+use cairn_storage::conformance::{self, StoreHarness};
+use cairn_storage::seam::{CheckpointStore, StoreReads};
+use cairn_storage::store::CheckpointBatch;
+use std::sync::Arc;
+
+fn nats(cluster: &NatsCluster, hub: &str, node: &str) -> Arc<Nats> {
+    Arc::new(
+        Nats::connect(ClusterConfig::new(cluster.urls(), hub, node))
+            .expect("connect to the test NATS server"),
+    )
+}
+
+struct Harness {
+    nats: Arc<Nats>,
+    partition: u32,
+    cache: tempfile::TempDir,
+    /// Reopen on a new, empty cache directory: everything must come from JetStream.
+    forget_cache: bool,
+}
+
+impl Harness {
+    fn open(&self) -> Arc<dyn CheckpointStore> {
+        Arc::new(
+            JetStreamCheckpointStore::open(
+                self.nats.clone(),
+                self.partition,
+                self.cache.path(),
+                1 << 20,
+            )
+            .expect("open the JetStream checkpoint store"),
+        )
+    }
+}
+
+impl StoreHarness for Harness {
+    fn fresh(&mut self) -> Arc<dyn CheckpointStore> {
+        self.partition += 1;
+        self.cache = tempfile::tempdir().unwrap();
+        self.open()
+    }
+    fn reopen(&mut self) -> Arc<dyn CheckpointStore> {
+        if self.forget_cache {
+            self.cache = tempfile::tempdir().unwrap();
+        }
+        self.open()
+    }
+}
+
+#[test]
+fn jetstream_checkpoints_pass_the_store_conformance_suite_with_and_without_a_cache() {
+    let cluster = NatsCluster::single().expect("start nats-server");
+    for (hub, forget_cache) in [("cached", false), ("uncached", true)] {
+        let mut harness = Harness {
+            nats: nats(&cluster, hub, "node-a"),
+            partition: 0,
+            cache: tempfile::tempdir().unwrap(),
+            forget_cache,
+        };
+        conformance::run_store_checks(&mut harness);
+    }
+}
+
+fn batch(position: u64, id: &str) -> CheckpointBatch {
+    CheckpointBatch {
+        position,
+        globals: format!("globals at {position}").into_bytes(),
+        instance_puts: vec![(id.to_string(), b"state".to_vec())],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_stale_owners_checkpoint_is_refused_and_the_new_owner_sees_only_its_own() {
+    let cluster = NatsCluster::single().expect("start nats-server");
+    let (a, b) = (
+        nats(&cluster, "ckfence", "node-a"),
+        nats(&cluster, "ckfence", "node-b"),
+    );
+    let (cache_a, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old = JetStreamCheckpointStore::open(a, 3, cache_a.path(), 1 << 20).unwrap();
+    old.write_checkpoint(&batch(10, "i1")).unwrap();
+
+    let new = JetStreamCheckpointStore::open(b.clone(), 3, cache_b.path(), 1 << 20).unwrap();
+    assert_eq!(new.checkpoint_position().unwrap(), 10);
+    assert_eq!(new.get_instance("i1").unwrap(), Some(b"state".to_vec()));
+
+    let refused = old.write_checkpoint(&batch(20, "stale")).unwrap_err();
+    assert!(refused.to_string().contains("another owner"), "{refused}");
+    new.write_checkpoint(&batch(15, "i2")).unwrap();
+    drop((old, new));
+
+    // A third owner, from nothing but JetStream.
+    let cache_c = tempfile::tempdir().unwrap();
+    let third = JetStreamCheckpointStore::open(b, 3, cache_c.path(), 1 << 20).unwrap();
+    assert_eq!(third.checkpoint_position().unwrap(), 15);
+    assert!(third.get_instance("i2").unwrap().is_some());
+    assert_eq!(
+        third.get_instance("stale").unwrap(),
+        None,
+        "the stale write never landed"
+    );
+}
