@@ -62,6 +62,18 @@ pub enum ClusterError {
     NoJetStream { urls: String, detail: String },
     #[error("the NATS client runtime has stopped")]
     Stopped,
+    #[error("JetStream: {0}")]
+    Remote(String),
+    #[error(
+        "the task hub {hub:?} in JetStream has {has} partitions but {requested} were requested; \
+         the partition count is fixed when a hub is created: omit --partitions or use another \
+         --hub name"
+    )]
+    PartitionsDiffer {
+        hub: String,
+        has: u32,
+        requested: u32,
+    },
 }
 
 /// A connected node: the NATS client, its JetStream context and the runtime they run on.

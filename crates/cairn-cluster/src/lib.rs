@@ -11,6 +11,8 @@
 //! * [`checkpoint`]: a partition's checkpoints as a fenced stream of deltas in JetStream, with
 //!   a local cache for reads ([`checkpoint::JetStreamCheckpointStore`]);
 //! * [`frames`]: how records are packed into the stream's messages (pure);
+//! * [`hub`]: the hub's partition count, fixed in a JetStream KV bucket;
+//! * [`engine`]: an engine configuration whose partitions live in JetStream;
 //! * [`nats_server`]: local `nats-server` processes for the tests and benches.
 //!
 //! It must never hold partition state of its own: what a partition knows is in its log and
@@ -18,10 +20,13 @@
 
 pub mod checkpoint;
 pub mod connection;
+pub mod engine;
 pub mod frames;
+pub mod hub;
 pub mod log;
 pub mod nats_server;
 
 pub use checkpoint::{JetStreamCheckpointStore, JetStreamCheckpointStores};
 pub use connection::{ClusterConfig, ClusterError, Nats};
+pub use engine::cluster_config;
 pub use log::{JetStreamLog, JetStreamLogs};

@@ -9,7 +9,7 @@ use cairn_cluster::nats_server::NatsCluster;
 use cairn_cluster::{ClusterConfig, Nats};
 use cairn_storage::conformance::{self, LogHarness};
 use cairn_storage::log::LogError;
-use cairn_storage::seam::{OnDurable, OpenedLog, PartitionLog};
+use cairn_storage::seam::{OnDurable, OpenedLog};
 use std::sync::Arc;
 
 fn nats(cluster: &NatsCluster, hub: &str, node: &str, replicas: usize) -> Arc<Nats> {

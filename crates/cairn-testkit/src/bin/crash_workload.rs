@@ -49,6 +49,13 @@ pub struct CrashArgs {
     /// Client requests a partition queues before it answers "busy".
     #[arg(long, default_value_t = 10_000)]
     max_queued_requests: usize,
+    /// Keep the hub in NATS JetStream at these server URLs (comma-separated) instead of in
+    /// `--data`, which then holds only caches.
+    #[arg(long, value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// The hub's name in JetStream.
+    #[arg(long, default_value = "crash")]
+    hub: String,
 }
 
 const KINDS: [&str; 6] = [
@@ -198,6 +205,17 @@ async fn run(args: CrashArgs) -> Result<()> {
         checkpoint_every_records: args.checkpoint_every,
         max_queued_requests: args.max_queued_requests,
         ..EngineConfig::default()
+    };
+    let config = if args.cluster.is_empty() {
+        config
+    } else {
+        let cluster = cairn_cluster::ClusterConfig::new(args.cluster.clone(), &args.hub, "crash");
+        tokio::task::spawn_blocking(move || {
+            let nats = std::sync::Arc::new(cairn_cluster::Nats::connect(cluster)?);
+            cairn_cluster::cluster_config(nats, config)
+        })
+        .await?
+        .context("cannot reach the hub in JetStream")?
     };
     let engine = Engine::open(config, registry())
         .await

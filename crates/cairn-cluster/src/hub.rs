@@ -1,0 +1,78 @@
+//! # The task hub's identity in JetStream
+//!
+//! In cluster mode the hub is what JetStream holds, not a data directory: its partition count
+//! is fixed when the first node creates it, in the KV bucket `CAIRN_<hub>` (key `hub`), and
+//! every node that joins later reads it from there. The create is a compare-and-set on the key's
+//! absence, so two nodes starting at once agree on one count.
+//!
+//! It owns the hub record and nothing else.
+
+use crate::connection::{ClusterError, Nats};
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+
+/// The hub record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HubRecord {
+    pub partitions: u32,
+}
+
+/// The KV bucket of hub `hub`.
+pub fn bucket(hub: &str) -> String {
+    format!("CAIRN_{hub}")
+}
+
+/// The partition count of the connected hub: the one it was created with, or (creating it now)
+/// `requested`, else `default`. A `requested` count that differs from an existing hub's is an
+/// error, as with a local data directory.
+pub fn partitions(nats: &Nats, requested: Option<u32>, default: u32) -> Result<u32, ClusterError> {
+    let config = nats.config().clone();
+    let js = nats.jetstream().clone();
+    let wanted = HubRecord {
+        partitions: requested.unwrap_or(default),
+    };
+    let bucket_name = bucket(&config.hub);
+    let hub = config.hub.clone();
+    let found = nats
+        .run(async move {
+            let store = js
+                .create_or_update_key_value(kv::Config {
+                    bucket: bucket_name.clone(),
+                    history: 1,
+                    num_replicas: config.replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("creating the KV bucket {bucket_name}: {e}"))?;
+            let body = serde_json::to_vec(&wanted).map_err(|e| e.to_string())?;
+            match store.create("hub", body.into()).await {
+                Ok(_) => return Ok((wanted, true)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("creating the hub record: {e}")),
+            }
+            let bytes = store
+                .get("hub")
+                .await
+                .map_err(|e| format!("reading the hub record: {e}"))?
+                .ok_or("the hub record vanished after it was created")?;
+            let record: HubRecord = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("the hub record in {bucket_name} is damaged: {e}"))?;
+            Ok((record, false))
+        })
+        .ok_or(ClusterError::Stopped)?
+        .map_err(ClusterError::Remote)?;
+    let (record, created) = found;
+    if let Some(requested) = requested {
+        if !created && requested != record.partitions {
+            return Err(ClusterError::PartitionsDiffer {
+                hub,
+                has: record.partitions,
+                requested,
+            });
+        }
+    }
+    if created {
+        tracing::info!(hub = %hub, partitions = record.partitions, "created the task hub in JetStream");
+    }
+    Ok(record.partitions)
+}

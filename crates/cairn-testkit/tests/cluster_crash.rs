@@ -1,0 +1,85 @@
+//! The crash test of the cluster mode's storage: the crash workload keeps its task hub in NATS
+//! JetStream (a real `nats-server` started here) and is killed with SIGKILL at random moments,
+//! each time restarted as a node with a new, empty data directory, so everything it recovers
+//! comes from JetStream. Once, the NATS server itself is killed with SIGKILL and restarted
+//! under the running workload. At the end every acknowledged start must complete with the right
+//! output, and every activity, sub-orchestration, timer result and entity signal must have been
+//! applied exactly once.
+
+use rand::Rng;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use cairn_cluster::nats_server::NatsCluster;
+use common::{finish, kill_times, ledger_lines, run_then_kill};
+
+fn ledger_starts(ledger: &Path) -> usize {
+    ledger_lines(ledger, "started ")
+}
+
+#[test]
+fn sigkill_of_nodes_and_of_nats_loses_nothing_the_hub_lives_in_jetstream() {
+    let mut nats = NatsCluster::single().unwrap_or_else(|e| panic!("starting nats-server: {e}"));
+    let url = nats.urls().join(",");
+    let args = [
+        "--partitions",
+        "4",
+        "--checkpoint-every",
+        "1500",
+        "--cluster",
+        url.as_str(),
+        "--hub",
+        "crash",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let mut rng = kill_times("cluster crash test");
+    let kills = 12;
+    let nats_round = rng.random_range(3..kills - 2);
+    let mut progressed = 0;
+    for round in 0..kills {
+        let before = ledger_starts(&ledger);
+        let delay = Duration::from_millis(rng.random_range(300..1500));
+        // A node that never ran here: no cache, no local state.
+        let data = dir.path().join(format!("node-{round}"));
+        let started = Instant::now();
+        let mut nats_killed = false;
+        run_then_kill(
+            &data,
+            &ledger,
+            &args,
+            round,
+            delay,
+            Duration::from_millis(5),
+            |_| {
+                if round == nats_round && !nats_killed && started.elapsed() > delay / 2 {
+                    nats.servers[0].kill();
+                    nats.servers[0].start().expect("nats-server starts again");
+                    nats_killed = true;
+                }
+            },
+        );
+        if ledger_starts(&ledger) > before {
+            progressed += 1;
+        }
+    }
+    assert!(
+        progressed >= kills / 2,
+        "only {progressed} of {kills} rounds made progress"
+    );
+    let acknowledged = ledger_starts(&ledger);
+    assert!(
+        acknowledged >= 50,
+        "only {acknowledged} acknowledged starts: the workload barely ran"
+    );
+    let summary = finish(&dir.path().join("verifier"), &ledger, &args);
+    assert_eq!(summary["instances"].as_u64(), Some(acknowledged as u64));
+    assert_eq!(summary["ok"].as_u64(), Some(acknowledged as u64));
+    assert!(summary["activity_results_checked"].as_u64().unwrap_or(0) > acknowledged as u64);
+    let signals = summary["signals_acknowledged"].as_u64().unwrap_or(0);
+    assert!(signals >= 20, "only {signals} acknowledged entity signals");
+    assert!(summary["signals_applied"].as_u64().unwrap_or(0) >= signals);
+    eprintln!("after {kills} kills (NATS killed in round {nats_round}): {summary}");
+}
