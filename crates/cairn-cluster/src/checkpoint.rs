@@ -106,7 +106,7 @@ impl JetStreamCheckpointStore {
                 applied += 1;
             }
         }
-        tracing::info!(partition, applied, stream = %stream, "checkpoint cache up to date");
+        tracing::debug!(partition, applied, stream = %stream, "checkpoint cache up to date");
         Ok(JetStreamCheckpointStore {
             local,
             deltas: Mutex::new(deltas),

@@ -23,7 +23,8 @@ pub struct ClusterConfig {
     pub hub: String,
     /// This node's name (in epoch markers, leases and `cairn cluster status`).
     pub node_id: String,
-    /// JetStream replicas of each partition's log (1 or 3; 3 needs a 3-node NATS cluster).
+    /// JetStream replicas of each partition's streams (1 or 3; 3 needs a NATS cluster of at
+    /// least 3 servers). 0: 3 when the server this node connects to is part of a cluster, else 1.
     pub replicas: usize,
     /// A NATS credentials file (`.creds`), for a server that requires one.
     pub credentials: Option<PathBuf>,
@@ -40,7 +41,7 @@ impl ClusterConfig {
             urls,
             hub: hub.to_string(),
             node_id: node_id.to_string(),
-            replicas: 1,
+            replicas: 0,
             credentials: None,
             tls_ca: None,
             tls_client: None,
@@ -179,6 +180,14 @@ impl Nats {
             urls: urls.clone(),
             detail,
         })?;
+        let mut config = config;
+        if config.replicas == 0 {
+            config.replicas = if client.server_info().cluster.is_some() {
+                3
+            } else {
+                1
+            };
+        }
         Ok(Nats {
             runtime: Some(runtime),
             handle,

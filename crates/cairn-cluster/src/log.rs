@@ -250,7 +250,7 @@ impl JetStreamLog {
             epoch,
         };
         nats.handle().spawn(writer.run(rx));
-        tracing::info!(epoch, next, stream = %name, "took over the log");
+        tracing::debug!(epoch, next, stream = %name, "took over the log");
         Ok(OpenedLog {
             log: Box::new(JetStreamLog {
                 nats,

@@ -51,6 +51,8 @@ pub fn free_port() -> u16 {
 /// One nats-server process (or the memory of one, while it is down).
 #[derive(Debug)]
 pub struct NatsServer {
+    /// `sync_interval: always`: the server fsyncs every write before acknowledging it.
+    sync_always: bool,
     name: String,
     port: u16,
     cluster_port: u16,
@@ -93,6 +95,12 @@ impl NatsServer {
             .arg(&self.data)
             .arg("-l")
             .arg(self.data.join("server.log"));
+        if self.sync_always {
+            let conf = self.data.join("sync-always.conf");
+            std::fs::write(&conf, "jetstream { sync_interval: always }\n")
+                .map_err(|e| format!("{}: {e}", conf.display()))?;
+            command.arg("-c").arg(conf);
+        }
         if self.cluster_port != 0 {
             let routes: Vec<String> = self
                 .routes
@@ -169,6 +177,12 @@ impl NatsCluster {
 
     /// `n` servers routed to each other (`n` ≥ 3 for streams of three replicas).
     pub fn start(n: usize) -> Result<NatsCluster, String> {
+        NatsCluster::start_with(n, false)
+    }
+
+    /// [`NatsCluster::start`], with every server fsyncing each write before acknowledging it
+    /// when `sync_always` (JetStream's `sync_interval: always`).
+    pub fn start_with(n: usize, sync_always: bool) -> Result<NatsCluster, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
         let ports: Vec<(u16, u16)> = (0..n)
             .map(|_| (free_port(), if n > 1 { free_port() } else { 0 }))
@@ -178,6 +192,7 @@ impl NatsCluster {
             let data = dir.path().join(format!("n{i}"));
             std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
             servers.push(NatsServer {
+                sync_always,
                 name: format!("n{i}"),
                 port: *port,
                 cluster_port: *cluster_port,

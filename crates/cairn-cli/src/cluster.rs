@@ -1,0 +1,93 @@
+//! The flags that make `cairn serve` (and `cairn bench`) a node of a cluster whose task hub
+//! lives in NATS JetStream, and turning them into the engine's configuration.
+
+use anyhow::{Context, Result};
+use cairn_runtime::EngineConfig;
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args, Clone, Debug, Default)]
+pub struct ClusterArgs {
+    /// Keep the task hub in NATS JetStream instead of the data directory (which then holds
+    /// only caches): the NATS server URLs, comma-separated, e.g. nats://10.0.0.5:4222.
+    #[arg(long, value_delimiter = ',', env = "CAIRN_CLUSTER")]
+    pub cluster: Vec<String>,
+    /// The task hub's name in JetStream (letters, digits, '-' and '_').
+    #[arg(long, default_value = "default", env = "CAIRN_HUB")]
+    pub hub: String,
+    /// This node's name in the cluster (default: the host name and process id).
+    #[arg(long, env = "CAIRN_NODE_ID")]
+    pub node_id: Option<String>,
+    /// JetStream replicas of each partition's streams (default: 3 when the NATS servers form a
+    /// cluster, else 1).
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// A NATS credentials file (.creds) for servers that require one.
+    #[arg(long, env = "CAIRN_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// A CA certificate (PEM) to verify the NATS servers' TLS certificates; TLS is then
+    /// required.
+    #[arg(long)]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for NATS servers that verify clients (with --nats-tls-key).
+    #[arg(long, requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    pub fn enabled(&self) -> bool {
+        !self.cluster.is_empty()
+    }
+
+    fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "node".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// `config` with the hub in JetStream when `--cluster` is given; unchanged otherwise.
+    /// `hub` overrides `--hub` (the bench gives each scenario a hub of its own).
+    pub async fn attach(&self, config: EngineConfig, hub: Option<String>) -> Result<EngineConfig> {
+        if !self.enabled() {
+            return Ok(config);
+        }
+        let mut cluster = cairn_cluster::ClusterConfig::new(
+            self.cluster.clone(),
+            hub.as_deref().unwrap_or(&self.hub),
+            &self.node_id(),
+        );
+        cluster.replicas = self.replicas.unwrap_or(0);
+        cluster.credentials = self.nats_creds.clone();
+        cluster.tls_ca = self.nats_tls_ca.clone();
+        cluster.tls_client = self.nats_tls_cert.clone().zip(self.nats_tls_key.clone());
+        let urls = self.cluster.join(",");
+        let (nats, config) = tokio::task::spawn_blocking(move || {
+            let nats = Arc::new(cairn_cluster::Nats::connect(cluster)?);
+            let config = cairn_cluster::cluster_config(nats.clone(), config)?;
+            Ok::<_, cairn_cluster::ClusterError>((nats, config))
+        })
+        .await
+        .context("connecting to NATS panicked")?
+        .with_context(|| format!("cannot use the task hub in JetStream at {urls}"))?;
+        let settings = nats.config();
+        tracing::info!(
+            hub = %settings.hub,
+            node = %settings.node_id,
+            replicas = settings.replicas,
+            nats = %urls,
+            "cluster mode: the task hub lives in JetStream; this node runs every partition \
+             (ownership leases are not built yet: run one node per hub)"
+        );
+        Ok(config)
+    }
+}
