@@ -12,19 +12,60 @@
 //! only the deltas it lacks. Re-applying a delta is harmless, since a batch's puts and deletes
 //! are idempotent.
 //!
-//! Not yet: compaction of the delta stream into a snapshot in the JetStream object store, so
-//! that a new owner's catch-up is bounded by the state's size rather than its history.
+//! Every [`SNAPSHOT_EVERY`] checkpoints the owner compacts: it uploads its cache file, a
+//! consistent copy of the whole state, to the JetStream object store (bucket
+//! `CAIRN_<hub>_SNAP`, object `pNNN`, with the delta and checkpoint positions it covers), and
+//! purges the deltas it covers. A new owner whose cache is behind the snapshot downloads it and
+//! applies only the deltas after it, so taking a partition over costs the state's size plus at
+//! most [`SNAPSHOT_EVERY`] deltas, never the partition's whole history.
 //!
 //! It never interprets a batch beyond its log position.
 
 use crate::connection::Nats;
 use crate::log::JetStreamLog;
+use async_nats::jetstream::object_store;
 use cairn_storage::log::LogError;
 use cairn_storage::seam::{CheckpointStore, CheckpointStores, PartitionLog, StoreReads};
 use cairn_storage::store::{CheckpointBatch, PartitionStore, StoreError};
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Checkpoints between two snapshots of a partition's state.
+pub const SNAPSHOT_EVERY: u64 = 64;
+
+/// The object store bucket of hub `hub`'s partition snapshots.
+pub fn snapshot_bucket(hub: &str) -> String {
+    format!("CAIRN_{hub}_SNAP")
+}
+
+fn snapshot_object(partition: u32) -> String {
+    format!("p{partition:03}")
+}
+
+/// What a snapshot covers: every delta up to `delta` (a position in the delta stream), which
+/// brings the state to checkpoint `position` (a position in the partition's log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Covers {
+    delta: u64,
+    position: u64,
+}
+
+impl Covers {
+    fn describe(&self) -> String {
+        format!("delta {} position {}", self.delta, self.position)
+    }
+    fn parse(text: &str) -> Option<Covers> {
+        let mut words = text.split_whitespace();
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("delta"), Some(d), Some("position"), Some(p)) => Some(Covers {
+                delta: d.parse().ok()?,
+                position: p.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
 
 /// The stream holding partition `partition`'s checkpoint deltas in hub `hub`.
 pub fn deltas_stream(hub: &str, partition: u32) -> String {
@@ -46,6 +87,11 @@ pub struct JetStreamCheckpointStore {
     local: PartitionStore,
     deltas: Mutex<Box<dyn PartitionLog>>,
     stream: String,
+    nats: Arc<Nats>,
+    partition: u32,
+    path: PathBuf,
+    /// Checkpoints written since the last snapshot.
+    since_snapshot: Mutex<u64>,
 }
 
 impl std::fmt::Debug for JetStreamCheckpointStore {
@@ -85,14 +131,29 @@ impl JetStreamCheckpointStore {
         if std::fs::read_to_string(&stamp).ok().as_deref() != Some(incarnation.as_str()) {
             remove_if_present(&path)?;
         }
-        let local = PartitionStore::open_with_cache(&path, cache_bytes)?;
+        let mut local = PartitionStore::open_with_cache(&path, cache_bytes)?;
         write_stamp(&stamp, &incarnation)?;
-        let have = local.checkpoint_position()?;
-        let records = match deltas.read_from(1) {
-            Err(LogError::Truncated { first_lsn, .. }) => deltas.read_from(first_lsn),
-            other => other,
+        let mut have = local.checkpoint_position()?;
+        // A cache behind the latest snapshot is replaced by it: the deltas the snapshot covers
+        // may be gone from the stream.
+        let snapshot = snapshot_covers(&nats, partition)?;
+        if let Some(covers) = snapshot.filter(|c| c.position > have) {
+            drop(local);
+            download_snapshot(&nats, partition, &path)?;
+            local = PartitionStore::open_with_cache(&path, cache_bytes)?;
+            have = local.checkpoint_position()?;
+            if have != covers.position {
+                return Err(StoreError::Corrupt(format!(
+                    "the snapshot of partition {partition} says it covers checkpoint {} but holds \
+                     checkpoint {have}",
+                    covers.position
+                )));
+            }
         }
-        .map_err(|e| remote(&format!("reading the checkpoint stream {stream}"), e))?;
+        let from = snapshot.map_or(1, |c| c.delta + 1);
+        let records = deltas
+            .read_from(from)
+            .map_err(|e| remote(&format!("reading the checkpoint stream {stream}"), e))?;
         let mut applied = 0usize;
         for (position, bytes) in records {
             let batch: CheckpointBatch = postcard::from_bytes(&bytes).map_err(|e| {
@@ -111,8 +172,155 @@ impl JetStreamCheckpointStore {
             local,
             deltas: Mutex::new(deltas),
             stream,
+            nats,
+            partition,
+            path,
+            since_snapshot: Mutex::new(applied as u64),
         })
     }
+
+    /// Uploads the cache file as the partition's snapshot and purges the deltas it covers.
+    /// Called with the deltas lock held, so the file is between two checkpoints.
+    fn snapshot_now(&self, deltas: &dyn PartitionLog, position: u64) -> Result<(), StoreError> {
+        let covers = Covers {
+            delta: deltas.next_position() - 1,
+            position,
+        };
+        let copy = self.path.with_extension("snapshot");
+        std::fs::copy(&self.path, &copy).map_err(|e| {
+            StoreError::Io(format!(
+                "copying the checkpoint cache {} for a snapshot: {e}",
+                self.path.display()
+            ))
+        })?;
+        let (js, bucket, object) = self.snapshot_target();
+        let replicas = self.nats.config().replicas.max(1);
+        let upload = copy.clone();
+        let result = self
+            .nats
+            .run(async move {
+                let store = snapshot_store(&js, &bucket, replicas).await?;
+                let mut file = tokio::fs::File::open(&upload)
+                    .await
+                    .map_err(|e| format!("{}: {e}", upload.display()))?;
+                store
+                    .put(
+                        object_store::ObjectMetadata {
+                            name: object,
+                            description: Some(covers.describe()),
+                            ..Default::default()
+                        },
+                        &mut file,
+                    )
+                    .await
+                    .map_err(|e| format!("uploading the snapshot: {e}"))?;
+                Ok::<_, String>(())
+            })
+            .ok_or_else(|| StoreError::Io("the NATS client has stopped".into()))?;
+        let _ = std::fs::remove_file(&copy);
+        result.map_err(|e| {
+            StoreError::Io(format!("snapshot of partition {}: {e}", self.partition))
+        })?;
+        deltas
+            .truncate_below(covers.delta + 1)
+            .map_err(|e| remote("purging checkpoint deltas a snapshot covers", e))?;
+        tracing::debug!(
+            partition = self.partition,
+            delta = covers.delta,
+            position,
+            "snapshot written"
+        );
+        Ok(())
+    }
+
+    fn snapshot_target(&self) -> (async_nats::jetstream::Context, String, String) {
+        (
+            self.nats.jetstream().clone(),
+            snapshot_bucket(&self.nats.config().hub),
+            snapshot_object(self.partition),
+        )
+    }
+}
+
+async fn snapshot_store(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<object_store::ObjectStore, String> {
+    match js.get_object_store(bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: bucket.to_string(),
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("creating the object store {bucket}: {e}")),
+    }
+}
+
+/// What the partition's latest snapshot covers, if it has one.
+fn snapshot_covers(nats: &Nats, partition: u32) -> Result<Option<Covers>, StoreError> {
+    let js = nats.jetstream().clone();
+    let bucket = snapshot_bucket(&nats.config().hub);
+    let object = snapshot_object(partition);
+    nats.run(async move {
+        let Ok(store) = js.get_object_store(&bucket).await else {
+            return Ok(None);
+        };
+        match store.info(&object).await {
+            Ok(info) => {
+                let description = info.description.unwrap_or_default();
+                Covers::parse(&description).map(Some).ok_or_else(|| {
+                    format!(
+                        "the snapshot {bucket}/{object} has no valid description: {description:?}"
+                    )
+                })
+            }
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("reading the snapshot {bucket}/{object}: {e}")),
+        }
+    })
+    .ok_or_else(|| StoreError::Io("the NATS client has stopped".into()))?
+    .map_err(StoreError::Io)
+}
+
+/// Downloads the partition's snapshot to `path` (through a temporary file and a rename).
+fn download_snapshot(nats: &Nats, partition: u32, path: &Path) -> Result<(), StoreError> {
+    let js = nats.jetstream().clone();
+    let bucket = snapshot_bucket(&nats.config().hub);
+    let object = snapshot_object(partition);
+    let part = path.with_extension("download");
+    let target = part.clone();
+    nats.run(async move {
+        let store = js
+            .get_object_store(&bucket)
+            .await
+            .map_err(|e| format!("opening the object store {bucket}: {e}"))?;
+        let mut reader = store
+            .get(&object)
+            .await
+            .map_err(|e| format!("reading the snapshot {bucket}/{object}: {e}"))?;
+        let mut file = tokio::fs::File::create(&target)
+            .await
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+        tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(|e| format!("downloading the snapshot {bucket}/{object}: {e}"))?;
+        file.sync_all()
+            .await
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+        Ok::<_, String>(())
+    })
+    .ok_or_else(|| StoreError::Io("the NATS client has stopped".into()))?
+    .map_err(StoreError::Io)?;
+    std::fs::rename(&part, path).map_err(|e| {
+        StoreError::Io(format!(
+            "installing the downloaded snapshot as {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// What tells one life of a stream from another of the same name: its creation time.
@@ -158,14 +366,25 @@ impl CheckpointStore for JetStreamCheckpointStore {
         let bytes = postcard::to_allocvec(batch)
             .map_err(|e| StoreError::Io(format!("encoding a checkpoint: {e}")))?;
         // Held until the cache is written too, so that the cache applies deltas in the
-        // stream's order.
+        // stream's order, and a snapshot copies the cache between two checkpoints.
         let deltas = self.deltas.lock();
         let at = deltas.next_position();
         deltas
             .append(at, vec![bytes])
             .and_then(|_| deltas.flush())
             .map_err(|e| remote(&format!("writing a checkpoint to {}", self.stream), e))?;
-        self.local.write_checkpoint(batch)
+        self.local.write_checkpoint(batch)?;
+        let mut since = self.since_snapshot.lock();
+        *since += 1;
+        if *since >= SNAPSHOT_EVERY {
+            // The checkpoint is safe in the deltas whatever happens here: a failed snapshot
+            // only leaves more deltas for a new owner to apply, and is tried again next time.
+            match self.snapshot_now(&**deltas, batch.position) {
+                Ok(()) => *since = 0,
+                Err(e) => tracing::warn!(partition = self.partition, error = %e, "snapshot failed"),
+            }
+        }
+        Ok(())
     }
 }
 

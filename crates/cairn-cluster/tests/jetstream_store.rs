@@ -108,3 +108,50 @@ fn a_stale_owners_checkpoint_is_refused_and_the_new_owner_sees_only_its_own() {
         "the stale write never landed"
     );
 }
+
+#[test]
+fn snapshots_bound_the_deltas_a_new_owner_reads_and_lose_nothing() {
+    use cairn_cluster::checkpoint::{deltas_stream, SNAPSHOT_EVERY};
+    let cluster = NatsCluster::single().expect("start nats-server");
+    let node = nats(&cluster, "snap", "node-a");
+    let cache = tempfile::tempdir().unwrap();
+    let total = SNAPSHOT_EVERY * 2 + 5;
+    {
+        let store = JetStreamCheckpointStore::open(node.clone(), 0, cache.path(), 1 << 20).unwrap();
+        for i in 1..=total {
+            let mut b = batch(i * 10, &format!("i{i}"));
+            if i > 1 {
+                // Each checkpoint also deletes an instance an earlier one wrote.
+                b.instance_deletes = vec![format!("i{}", i - 1)];
+                b.instance_puts.push((format!("kept{i}"), b"kept".to_vec()));
+            }
+            store.write_checkpoint(&b).unwrap();
+        }
+    }
+    // The stream holds only the deltas after the last snapshot (and the owners' epoch markers).
+    let js = node.jetstream().clone();
+    let stream = deltas_stream("snap", 0);
+    let messages = node
+        .run(async move {
+            let mut s = js.get_stream(&stream).await.unwrap();
+            s.info().await.unwrap().state.messages
+        })
+        .unwrap();
+    assert!(
+        messages <= 5 + 2,
+        "{messages} messages left in the delta stream after {total} checkpoints"
+    );
+    // Whether it starts from nothing or from its own cache, an owner sees the same state.
+    let empty = tempfile::tempdir().unwrap();
+    for cache_dir in [empty.path(), cache.path()] {
+        let store = JetStreamCheckpointStore::open(node.clone(), 0, cache_dir, 1 << 20).unwrap();
+        assert_eq!(store.checkpoint_position().unwrap(), total * 10);
+        assert_eq!(store.instance_count().unwrap(), total);
+        assert!(store.get_instance(&format!("i{total}")).unwrap().is_some());
+        assert_eq!(
+            store.get_instance(&format!("i{}", total - 1)).unwrap(),
+            None
+        );
+        assert!(store.get_instance("kept2").unwrap().is_some());
+    }
+}

@@ -26,8 +26,10 @@ fn sigkill_of_nodes_and_of_nats_loses_nothing_the_hub_lives_in_jetstream() {
     let args = [
         "--partitions",
         "4",
+        // Frequent checkpoints, so that snapshots (every 64 checkpoints of a partition) and the
+        // purge of the deltas they cover happen under the kills too.
         "--checkpoint-every",
-        "1500",
+        "150",
         "--cluster",
         url.as_str(),
         "--hub",
@@ -81,5 +83,35 @@ fn sigkill_of_nodes_and_of_nats_loses_nothing_the_hub_lives_in_jetstream() {
     let signals = summary["signals_acknowledged"].as_u64().unwrap_or(0);
     assert!(signals >= 20, "only {signals} acknowledged entity signals");
     assert!(summary["signals_applied"].as_u64().unwrap_or(0) >= signals);
-    eprintln!("after {kills} kills (NATS killed in round {nats_round}): {summary}");
+    // Snapshots were taken (and the deltas under them purged) during the run, so recoveries
+    // went through them.
+    let client = cairn_cluster::Nats::connect(cairn_cluster::ClusterConfig::new(
+        nats.urls(),
+        "crash",
+        "auditor",
+    ))
+    .expect("connect");
+    let js = client.jetstream().clone();
+    let snapshots = client
+        .run(async move {
+            let Ok(store) = js
+                .get_object_store(cairn_cluster::checkpoint::snapshot_bucket("crash"))
+                .await
+            else {
+                return 0;
+            };
+            let mut found = 0;
+            for p in 0..4 {
+                if store.info(format!("p{p:03}")).await.is_ok() {
+                    found += 1;
+                }
+            }
+            found
+        })
+        .expect("runtime");
+    assert!(snapshots >= 1, "no partition was ever snapshotted");
+    eprintln!(
+        "after {kills} kills (NATS killed in round {nats_round}), {snapshots} of 4 partitions \
+         snapshotted: {summary}"
+    );
 }
