@@ -1,8 +1,11 @@
 """Fixtures: a real `cairn serve` process (started by the tests) and SDK workers/clients.
 
 The binary comes from $CAIRN_BIN (the Rust test that drives this suite sets it) or
-target/debug/cairn.
+target/debug/cairn. With $CAIRN_CLUSTER_NATS (NATS server URLs), every server runs in cluster
+mode with its hub in JetStream: one hub per data directory, so a restart on the same directory
+finds the same hub.
 """
+import hashlib
 import os
 import pathlib
 import socket
@@ -36,6 +39,10 @@ class CairnServer:
         self.http_port = free_port()
         self.http = f"http://127.0.0.1:{self.http_port}"
         self.extra = list(extra_args)
+        nats = os.environ.get("CAIRN_CLUSTER_NATS")
+        if nats:
+            hub = "py-" + hashlib.sha1(self.data.encode()).hexdigest()[:12]
+            self.extra += ["--cluster", nats, "--hub", hub]
         self.proc = None
         self.log_path = os.path.join(self.tmp.name, "serve.log")
 

@@ -10,6 +10,19 @@ use std::process::Command;
 
 #[test]
 fn official_python_sdk_runs_unchanged_on_cairn() {
+    run_suite(&[]);
+}
+
+/// The same suite with every `cairn serve` it starts in cluster mode, its hub in JetStream on a
+/// `nats-server` started here (the crash test's kill -9 and restart included).
+#[test]
+fn official_python_sdk_runs_unchanged_on_a_cluster_node() {
+    let nats = cairn_cluster::nats_server::NatsCluster::single()
+        .unwrap_or_else(|e| panic!("starting nats-server: {e}"));
+    run_suite(&[("CAIRN_CLUSTER_NATS", nats.urls().join(","))]);
+}
+
+fn run_suite(env: &[(&str, String)]) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let python = std::env::var("CAIRN_PYTHON")
         .map(PathBuf::from)
@@ -32,6 +45,7 @@ fn official_python_sdk_runs_unchanged_on_cairn() {
         ])
         .current_dir(&root)
         .env("CAIRN_BIN", env!("CARGO_BIN_EXE_cairn"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .status()
         .expect("pytest runs");
     assert!(

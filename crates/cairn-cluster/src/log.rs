@@ -385,6 +385,10 @@ struct Writer {
 
 impl Writer {
     async fn run(self, mut rx: UnboundedReceiver<Command>) {
+        // The local log's metrics, with the same meaning: records per durable batch, and how
+        // long the batch took to become durable (here, until JetStream acknowledged it).
+        let sync_seconds = metrics::histogram!("cairn_log_sync_seconds");
+        let batch_records = metrics::histogram!("cairn_log_batch_records");
         while let Some(first) = rx.recv().await {
             let mut commands = vec![first];
             while let Ok(more) = rx.try_recv() {
@@ -400,8 +404,13 @@ impl Writer {
             }
             if let Some(first) = start {
                 if self.shared.check().is_ok() {
-                    if let Err(why) = self.publish(first, &records).await {
-                        self.shared.stop(why);
+                    let started = std::time::Instant::now();
+                    match self.publish(first, &records).await {
+                        Ok(()) => {
+                            batch_records.record(records.len() as f64);
+                            sync_seconds.record(started.elapsed().as_secs_f64());
+                        }
+                        Err(why) => self.shared.stop(why),
                     }
                 }
             }
