@@ -481,7 +481,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             config.checkpoint_interval = Duration::from_secs(1);
             config.checkpoint_every_records = u64::MAX;
         }
-        let config = args
+        let (config, _) = args
             .cluster
             .attach(
                 config,

@@ -36,6 +36,10 @@ pub struct ClusterArgs {
     /// The client certificate's private key (PEM).
     #[arg(long, requires = "nats_tls_cert")]
     pub nats_tls_key: Option<PathBuf>,
+    /// How long the serving node may go without renewing the hub's lease before a standby
+    /// takes the hub over (the failover time is this plus the recovery).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub lease: std::time::Duration,
 }
 
 impl ClusterArgs {
@@ -55,11 +59,16 @@ impl ClusterArgs {
         })
     }
 
-    /// `config` with the hub in JetStream when `--cluster` is given; unchanged otherwise.
-    /// `hub` overrides `--hub` (the bench gives each scenario a hub of its own).
-    pub async fn attach(&self, config: EngineConfig, hub: Option<String>) -> Result<EngineConfig> {
+    /// `config` with the hub in JetStream when `--cluster` is given (and the connection);
+    /// unchanged otherwise. `hub` overrides `--hub` (the bench gives each scenario a hub of its
+    /// own).
+    pub async fn attach(
+        &self,
+        config: EngineConfig,
+        hub: Option<String>,
+    ) -> Result<(EngineConfig, Option<Arc<cairn_cluster::Nats>>)> {
         if !self.enabled() {
-            return Ok(config);
+            return Ok((config, None));
         }
         let mut cluster = cairn_cluster::ClusterConfig::new(
             self.cluster.clone(),
@@ -85,9 +94,29 @@ impl ClusterArgs {
             node = %settings.node_id,
             replicas = settings.replicas,
             nats = %urls,
-            "cluster mode: the task hub lives in JetStream; this node runs every partition \
-             (ownership leases are not built yet: run one node per hub)"
+            "cluster mode: the task hub lives in JetStream"
         );
-        Ok(config)
+        Ok((config, Some(nats)))
+    }
+
+    /// Waits until this node holds the hub's lease (another node may be serving it: this one
+    /// is then its standby).
+    pub async fn acquire(
+        &self,
+        nats: Arc<cairn_cluster::Nats>,
+    ) -> Result<cairn_cluster::lease::HubLease> {
+        let duration = self.lease.max(std::time::Duration::from_millis(200));
+        let lease = tokio::task::spawn_blocking(move || {
+            cairn_cluster::lease::HubLease::acquire(nats, duration, |holder| {
+                tracing::info!(
+                    "node {holder} serves this hub: standing by, to take over if it stops"
+                );
+            })
+        })
+        .await
+        .context("waiting for the hub's lease panicked")?
+        .context("cannot take the hub's lease")?;
+        tracing::info!("this node holds the hub's lease and serves every partition");
+        Ok(lease)
     }
 }

@@ -220,7 +220,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         remote_workers: true,
         ..args.engine.config()
     };
-    let config = args.engine.cluster.attach(config, None).await?;
+    let (config, nats) = args.engine.cluster.attach(config, None).await?;
+    let lease = match nats {
+        Some(nats) => Some(args.engine.cluster.acquire(nats).await?),
+        None => None,
+    };
     if !config.fsync {
         tracing::warn!("fsync is OFF: acknowledged work can be lost on power failure");
     }
@@ -343,6 +347,29 @@ async fn serve(args: ServeArgs) -> Result<()> {
             tracing::info!(grpc = %grpc_addr, "Cairn is running; Durable Task SDKs can connect to {grpc_addr}; press Ctrl-C to stop")
         }
     }
+    let lost = async {
+        match &lease {
+            Some(lease) => {
+                // A partition that stops in cluster mode (its log refused by a newer owner, or
+                // JetStream unreachable past the retries) stops the node: a standby, or this
+                // node restarted, recovers the hub whole, instead of this node serving the
+                // other partitions while one is dead.
+                let failed = async {
+                    loop {
+                        if let Some((p, why)) = engine.partition_failures().into_iter().next() {
+                            return format!("partition {p} stopped: {why}");
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                };
+                tokio::select! {
+                    why = lease.lost() => why,
+                    why = failed => why,
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = grpc => r.context("the gRPC server failed")?,
         r = http => r.context("the HTTP server failed")?,
@@ -350,9 +377,25 @@ async fn serve(args: ServeArgs) -> Result<()> {
             let _ = stop_tx.send(());
             let _ = http_stop_tx.send(());
         }
+        why = lost => {
+            // Another node serves the hub now (or will): stop at once, without a checkpoint
+            // or anything else that would write. Its epoch markers refuse this node's appends
+            // anyway; stopping is what keeps clients from waiting on a node that cannot commit.
+            if let Some(lease) = lease {
+                // If it is still ours, a standby need not wait for it to run out.
+                tokio::task::spawn_blocking(move || lease.release()).await.ok();
+            }
+            anyhow::bail!("stepped down: this node no longer serves the hub: {why}");
+        }
     }
     tracing::info!("stopping: flushing the log and writing checkpoints");
     engine.shutdown().await.context("clean shutdown failed")?;
+    if let Some(lease) = lease {
+        // A standby takes over at once instead of waiting for the lease to run out.
+        tokio::task::spawn_blocking(move || lease.release())
+            .await
+            .ok();
+    }
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! `cairn serve --cluster`: the task hub lives in NATS JetStream (a real `nats-server` started
-//! here), so a node killed with SIGKILL is replaced by one on another, empty data directory
-//! that serves every instance; and a node that another one took the hub from stops committing
-//! instead of writing beside it. Requests go over real sockets (curl against the HTTP API).
+//! here). A node killed with SIGKILL is replaced by one on another, empty data directory that
+//! serves every instance; a standby takes over by itself when the serving node dies or stops;
+//! and a frozen node whose lease moved on steps down without committing anything. Requests go
+//! over real sockets (curl against the HTTP API). At the end of each test, every partition's
+//! log is read back to check that no two owners' writes ever interleaved.
 
 use cairn_cluster::nats_server::{free_port, NatsCluster};
 use std::io::{BufRead, BufReader};
@@ -18,7 +20,39 @@ struct Node {
 }
 
 impl Node {
+    /// Starts a node and waits until it serves the hub.
     fn start(nats: &str, hub: &str, data: &Path, name: &str) -> Node {
+        let mut node = Node::spawn(nats, hub, data, name);
+        node.wait_for("Cairn is running", Duration::from_secs(60));
+        node
+    }
+
+    /// Starts a node and waits until it stands by (another node serves the hub).
+    fn standby(nats: &str, hub: &str, data: &Path, name: &str) -> Node {
+        let mut node = Node::spawn(nats, hub, data, name);
+        node.wait_for("standing by", Duration::from_secs(60));
+        node
+    }
+
+    /// Waits for a log line containing `text`; returns how long it took.
+    fn wait_for(&mut self, text: &str, within: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        let mut seen = String::new();
+        loop {
+            let left = within.saturating_sub(started.elapsed());
+            let line = self.log.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no {text:?} within {within:?}; the node logged:\n{seen}")
+            });
+            seen.push_str(&line);
+            seen.push('\n');
+            assert!(!line.contains("Error:"), "the node failed:\n{seen}");
+            if line.contains(text) {
+                return started.elapsed();
+            }
+        }
+    }
+
+    fn spawn(nats: &str, hub: &str, data: &Path, name: &str) -> Node {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .env("RUST_LOG", "info")
@@ -37,18 +71,6 @@ impl Node {
                 let _ = tx.send(line);
             }
         });
-        let mut seen = String::new();
-        loop {
-            let line = log
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("node {name} did not become ready:\n{seen}"));
-            seen.push_str(&line);
-            seen.push('\n');
-            assert!(!line.contains("Error:"), "node {name} failed:\n{seen}");
-            if line.contains("Cairn is running") {
-                break;
-            }
-        }
         Node {
             child,
             http: format!("http://127.0.0.1:{port}"),
@@ -79,6 +101,15 @@ impl Node {
 
     fn logged(&self) -> String {
         self.log.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{signal}");
     }
 }
 
@@ -128,22 +159,132 @@ fn a_killed_node_is_replaced_by_one_with_an_empty_data_directory_and_nothing_is_
     assert_eq!(code, 200, "{body}");
     assert_eq!(body.matches("\"instanceId\"").count(), 20, "{body}");
 
-    // A third node takes the hub over while the second still runs: from then on the second
-    // cannot commit anything, and what it was asked to do never appears in the hub.
-    let third = Node::start(&url, "web", &dir.path().join("third"), "third");
-    let (code, body) = second.call("POST", "orchestrators/nightly-report/late", Some("1"));
-    assert_ne!(
-        code, 202,
-        "the superseded node acknowledged a start: {body}"
-    );
-    eprintln!("the superseded node answered a start with {code}: {body}");
-    let (code, body) = third.call("GET", "instances/late", None);
-    assert_eq!(code, 404, "the superseded node's start landed: {body}");
-    let (code, body) = third.call("GET", "instances/order-7", None);
-    assert_eq!(code, 202, "{body}");
-    let logged = second.logged();
+    audit(&url, "web", 12);
+}
+
+/// Reads every partition's log of `hub` back (without taking it over): fails if the epochs of
+/// its writers ever go back, that is if two owners' writes interleaved.
+fn audit(url: &str, hub: &str, partitions: u32) {
+    let nats = cairn_cluster::Nats::connect(cairn_cluster::ClusterConfig::new(
+        url.split(',').map(String::from).collect(),
+        hub,
+        "auditor",
+    ))
+    .expect("connect");
+    for p in 0..partitions {
+        cairn_cluster::log::read_without_owning(&nats, p)
+            .unwrap_or_else(|e| panic!("partition {p} of {hub}: {e}"));
+    }
+}
+
+fn start_orders(node: &Node, from: usize, to: usize) {
+    for i in from..to {
+        let (code, body) = node.call(
+            "POST",
+            &format!("orchestrators/nightly-report/order-{i}"),
+            Some(&format!("{{\"order\":{i}}}")),
+        );
+        assert_eq!(code, 202, "start order-{i}: {body}");
+    }
+}
+
+fn check_orders(node: &Node, to: usize) {
+    for i in 0..to {
+        let (code, body) = node.call("GET", &format!("instances/order-{i}?showInput=true"), None);
+        assert_eq!(code, 202, "order-{i}: {body}");
+        assert!(
+            body.contains(&format!("\"order\":{i}")),
+            "order-{i}'s input: {body}"
+        );
+    }
+}
+
+#[test]
+fn a_standby_takes_over_when_the_serving_node_dies_or_stops() {
+    let nats = NatsCluster::single().unwrap_or_else(|e| panic!("starting nats-server: {e}"));
+    let url = nats.urls().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let active = Node::start(&url, "ha", &dir.path().join("a"), "a");
+    let mut standby = Node::standby(&url, "ha", &dir.path().join("b"), "b");
+    start_orders(&active, 0, 10);
+
+    // kill -9: the standby notices the lease is no longer renewed, takes the hub over and
+    // answers for everything the dead node acknowledged.
+    active.kill();
+    let failover = standby.wait_for("Cairn is running", Duration::from_secs(30));
+    eprintln!("failover after kill -9 (lease 2 s + recovery): {failover:?}");
+    check_orders(&standby, 10);
+    start_orders(&standby, 10, 20);
+
+    // A clean stop (SIGTERM) gives the lease up: a new standby takes over without waiting
+    // for it to run out.
+    let mut third = Node::standby(&url, "ha", &dir.path().join("c"), "c");
+    standby.signal("TERM");
+    let handover = third.wait_for("Cairn is running", Duration::from_secs(30));
+    eprintln!("handover after SIGTERM: {handover:?}");
     assert!(
-        logged.contains("another owner"),
-        "the second node says why it stopped:\n{logged}"
+        handover < Duration::from_millis(1900),
+        "a released lease was waited out: {handover:?}"
     );
+    check_orders(&third, 20);
+    audit(&url, "ha", 12);
+}
+
+#[test]
+fn a_frozen_owner_whose_lease_moved_steps_down_without_committing() {
+    let nats = NatsCluster::single().unwrap_or_else(|e| panic!("starting nats-server: {e}"));
+    let url = nats.urls().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let mut frozen = Node::start(&url, "fence", &dir.path().join("a"), "a");
+    let mut standby = Node::standby(&url, "fence", &dir.path().join("b"), "b");
+    start_orders(&frozen, 0, 5);
+
+    // Freeze the owner until its lease moves: the standby takes the hub over.
+    frozen.signal("STOP");
+    standby.wait_for("Cairn is running", Duration::from_secs(30));
+    // A request reaches the frozen node (it waits in the socket's queue), then the node wakes.
+    let late_node = frozen.http.clone();
+    let late = std::thread::spawn(move || {
+        Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "20",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                "POST",
+                "-d",
+                "1",
+            ])
+            .arg(format!(
+                "{late_node}/{API}/orchestrators/nightly-report/late"
+            ))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    frozen.signal("CONT");
+    let answer = late.join().unwrap();
+    assert!(
+        !answer.ends_with("202"),
+        "the frozen owner acknowledged a start after its lease moved: {answer}"
+    );
+    // It steps down: it exits, saying why, without a checkpoint or anything else.
+    let status = frozen.child.wait().expect("the old owner exits");
+    assert!(!status.success(), "the old owner exited as if all was well");
+    std::thread::sleep(Duration::from_millis(200));
+    let said = frozen.logged();
+    assert!(
+        said.contains("stepped down") || said.contains("another owner"),
+        "the old owner does not say why it stopped:\n{said}"
+    );
+    eprintln!("the frozen owner answered {answer:?} and exited with {status}");
+
+    // Nothing it was asked after the lease moved landed; all it acknowledged did.
+    let (code, body) = standby.call("GET", "instances/late", None);
+    assert_eq!(code, 404, "the stale owner's start landed: {body}");
+    check_orders(&standby, 5);
+    audit(&url, "fence", 12);
 }

@@ -6,9 +6,11 @@
 //! data directory holds only caches. Everything else about the engine is unchanged: the same
 //! partition state machine, speculation and recovery.
 //!
-//! This node opens every partition of the hub: ownership by leases, so that several nodes
-//! share the partitions, is not built yet. A second node started on the same hub takes every
-//! partition over, and the first one's partitions stop (their logs refuse its appends).
+//! A node opens every partition of the hub, once it holds the hub's lease
+//! ([`crate::lease::HubLease`]); other nodes wait as standbys. Leases per partition, so that
+//! several nodes share the partitions, are not built yet. Should two nodes ever both open the
+//! hub, the later one takes every partition over, and the earlier one's partitions stop (their
+//! logs refuse its appends).
 
 use crate::checkpoint::JetStreamCheckpointStores;
 use crate::connection::{ClusterError, Nats};

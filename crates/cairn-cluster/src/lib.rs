@@ -12,6 +12,7 @@
 //!   a local cache for reads ([`checkpoint::JetStreamCheckpointStore`]);
 //! * [`frames`]: how records are packed into the stream's messages (pure);
 //! * [`hub`]: the hub's partition count, fixed in a JetStream KV bucket;
+//! * [`lease`]: which node serves the hub (active/standby), a lease in the hub's KV bucket;
 //! * [`engine`]: an engine configuration whose partitions live in JetStream;
 //! * [`nats_server`]: local `nats-server` processes for the tests and benches.
 //!
@@ -23,6 +24,7 @@ pub mod connection;
 pub mod engine;
 pub mod frames;
 pub mod hub;
+pub mod lease;
 pub mod log;
 pub mod nats_server;
 

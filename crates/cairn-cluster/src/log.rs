@@ -659,6 +659,38 @@ impl PartitionLog for JetStreamLog {
     }
 }
 
+/// Every record still in partition `partition`'s log, read without taking the log over (no
+/// epoch marker is written): for audits and status. Fails if two owners' messages interleave
+/// (an epoch going back along the stream), which fencing must make impossible.
+pub fn read_without_owning(nats: &Nats, partition: u32) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+    let hub = nats.config().hub.clone();
+    let js = nats.jetstream().clone();
+    let (name, subject) = (stream_name(&hub, partition), subject(&hub, partition));
+    nats.run(async move {
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .map_err(|e| remote(&format!("opening stream {name}"), e))?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| remote(&format!("reading stream {name}"), e))?
+            .state
+            .clone();
+        settle("reading the partition log", LONG, || {
+            read_stream(
+                &stream,
+                &subject,
+                state.first_sequence,
+                state.last_sequence,
+                0,
+            )
+        })
+        .await?
+    })
+    .ok_or(LogError::Closed)?
+}
+
 /// Whether the stream's message at `sequence` is `body`: how a writer whose publish was refused
 /// tells its own earlier attempt (stored, acknowledgement lost) from another owner's message.
 /// Every message carries its writer's epoch, so another owner's can never be equal.

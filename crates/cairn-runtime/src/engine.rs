@@ -213,6 +213,16 @@ impl Engine {
         self.shared.stats.clone()
     }
 
+    /// The partitions that stopped accepting writes, and why.
+    pub fn partition_failures(&self) -> Vec<(u32, String)> {
+        self.shared
+            .stats
+            .iter()
+            .enumerate()
+            .filter_map(|(p, s)| s.failure.lock().clone().map(|why| (p as u32, why)))
+            .collect()
+    }
+
     /// Forces a checkpoint of every partition (tests, benchmarks, before backups).
     pub async fn checkpoint(&self) -> Result<(), EngineError> {
         for p in 0..self.shared.partition_count {

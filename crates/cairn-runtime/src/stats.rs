@@ -48,6 +48,8 @@ pub struct LeaderStats {
     pub activity_queue: Arc<WorkGauge>,
     /// Entity batches waiting for a slot or a remote worker.
     pub entity_queue: Arc<WorkGauge>,
+    /// Why the partition stopped accepting writes, once it has.
+    pub failure: Mutex<Option<String>>,
 }
 
 impl LeaderStats {

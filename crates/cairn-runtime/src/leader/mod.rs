@@ -398,11 +398,20 @@ impl Leader {
 
     /// Stops accepting writes: answers everything waiting with the error.
     fn fail(&mut self, message: String) {
-        let message = format!(
-            "{message}. The partition stopped accepting writes; acknowledged work is safe in the log \
-             and the last checkpoint: fix the cause (e.g. free disk space) and restart Cairn"
-        );
+        let message = if message.contains("another owner took over") {
+            format!(
+                "{message}. The partition stopped accepting writes on this node: another node \
+                 serves it now, with everything acknowledged here"
+            )
+        } else {
+            format!(
+                "{message}. The partition stopped accepting writes; acknowledged work is safe in \
+                 the log and the last checkpoint: fix the cause (e.g. free disk space) and \
+                 restart Cairn"
+            )
+        };
         tracing::error!(partition = self.partition, "{message}");
+        *self.stats.failure.lock() = Some(message.clone());
         self.failed = Some(message.clone());
         for (_, held) in self.held.drain(..) {
             let err = EngineError::Storage {
