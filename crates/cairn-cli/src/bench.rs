@@ -417,6 +417,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         _ => None,
     };
+    if args.cluster.enabled() {
+        let probe = args.cluster.probe().await?;
+        if args.json {
+            println!("{}", serde_json::json!({ "jetstream_probe": probe }));
+        } else {
+            println!(
+                "JetStream itself, same servers: fenced publish p50 {:.3} ms, p99 {:.3} ms (1 KiB, \
+                 one at a time); pipelined {:.0} msgs/s (1 KiB)",
+                probe.fenced_p50_ms, probe.fenced_p99_ms, probe.pipelined_per_s
+            );
+        }
+    }
     if args.cluster.enabled() && !args.json {
         println!(
             "Cairn bench on NATS JetStream at {}{} (replicas: {}); the log's durability is \
@@ -436,7 +448,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         println!(
             "Cairn bench: {} partitions, fsync {} ({} cores)",
             args.partitions,
-            if fsync {
+            if args.cluster.enabled() {
+                "n/a (the log is in JetStream)"
+            } else if fsync {
                 "ON (every commit batch is durable)"
             } else {
                 "OFF: NOT durable, for comparison only"

@@ -59,6 +59,17 @@ impl ClusterArgs {
         })
     }
 
+    /// How to reach NATS, for hub `hub`.
+    fn client_config(&self, hub: &str) -> cairn_cluster::ClusterConfig {
+        let mut cluster =
+            cairn_cluster::ClusterConfig::new(self.cluster.clone(), hub, &self.node_id());
+        cluster.replicas = self.replicas.unwrap_or(0);
+        cluster.credentials = self.nats_creds.clone();
+        cluster.tls_ca = self.nats_tls_ca.clone();
+        cluster.tls_client = self.nats_tls_cert.clone().zip(self.nats_tls_key.clone());
+        cluster
+    }
+
     /// `config` with the hub in JetStream when `--cluster` is given (and the connection);
     /// unchanged otherwise. `hub` overrides `--hub` (the bench gives each scenario a hub of its
     /// own).
@@ -70,15 +81,7 @@ impl ClusterArgs {
         if !self.enabled() {
             return Ok((config, None));
         }
-        let mut cluster = cairn_cluster::ClusterConfig::new(
-            self.cluster.clone(),
-            hub.as_deref().unwrap_or(&self.hub),
-            &self.node_id(),
-        );
-        cluster.replicas = self.replicas.unwrap_or(0);
-        cluster.credentials = self.nats_creds.clone();
-        cluster.tls_ca = self.nats_tls_ca.clone();
-        cluster.tls_client = self.nats_tls_cert.clone().zip(self.nats_tls_key.clone());
+        let cluster = self.client_config(hub.as_deref().unwrap_or(&self.hub));
         let urls = self.cluster.join(",");
         let (nats, config) = tokio::task::spawn_blocking(move || {
             let nats = Arc::new(cairn_cluster::Nats::connect(cluster)?);
@@ -97,6 +100,19 @@ impl ClusterArgs {
             "cluster mode: the task hub lives in JetStream"
         );
         Ok((config, Some(nats)))
+    }
+
+    /// JetStream's own figures on the `--cluster` servers (for the bench).
+    pub async fn probe(&self) -> Result<cairn_cluster::probe::Probe> {
+        let cluster = self.client_config(&format!("probe-{}", std::process::id()));
+        tokio::task::spawn_blocking(move || {
+            let nats = cairn_cluster::Nats::connect(cluster).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let replicas = nats.config().replicas;
+            cairn_cluster::probe::probe(&nats, replicas).map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .await
+        .context("the JetStream probe panicked")?
+        .context("measuring JetStream itself")
     }
 
     /// Waits until this node holds the hub's lease (another node may be serving it: this one

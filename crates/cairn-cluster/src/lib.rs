@@ -14,6 +14,7 @@
 //! * [`hub`]: the hub's partition count, fixed in a JetStream KV bucket;
 //! * [`lease`]: which node serves the hub (active/standby), a lease in the hub's KV bucket;
 //! * [`engine`]: an engine configuration whose partitions live in JetStream;
+//! * [`probe`]: JetStream's own latency and rate on the servers, for the benchmarks;
 //! * [`nats_server`]: local `nats-server` processes for the tests and benches.
 //!
 //! It must never hold partition state of its own: what a partition knows is in its log and
@@ -27,6 +28,7 @@ pub mod hub;
 pub mod lease;
 pub mod log;
 pub mod nats_server;
+pub mod probe;
 
 pub use checkpoint::{JetStreamCheckpointStore, JetStreamCheckpointStores};
 pub use connection::{ClusterConfig, ClusterError, Nats};

@@ -37,6 +37,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// Room left in each message for the headers the client adds (expected sequence and so on).
 const HEADER_ROOM: usize = 512;
+/// Messages of one batch a writer has unacknowledged at once.
+const PIPELINE: usize = 256;
 /// The largest message the writer builds, even where the server would take more: larger ones
 /// only delay the acknowledgement of the records at their front.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -457,8 +459,12 @@ impl Writer {
         let mut pause = Duration::from_millis(25);
         let mut done = 0;
         while done < messages.len() {
-            match self.publish_from(&messages, done).await {
-                Ok(()) => return Ok(()),
+            // At most a window of messages unacknowledged: the client's limit on them is
+            // shared by every partition, and a writer waiting for permits its own unawaited
+            // acknowledgements hold would wait forever.
+            let end = (done + PIPELINE).min(messages.len());
+            match self.publish_from(&messages[..end], done).await {
+                Ok(()) => done = end,
                 Err((_, Retry::Superseded(why))) => return Err(Stopped::Superseded(why)),
                 Err((acked, Retry::Transient(why))) => {
                     done = acked;
