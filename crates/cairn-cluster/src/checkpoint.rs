@@ -12,7 +12,7 @@
 //! only the deltas it lacks. Re-applying a delta is harmless, since a batch's puts and deletes
 //! are idempotent.
 //!
-//! Every [`SNAPSHOT_EVERY`] checkpoints the owner compacts: it uploads its cache file, a
+//! Every [`SNAPSHOT_EVERY`] checkpoints (by default) the owner compacts: it uploads its cache file, a
 //! consistent copy of the whole state, to the JetStream object store (bucket
 //! `CAIRN_<hub>_SNAP`, object `pNNN`, with the delta and checkpoint positions it covers), and
 //! purges the deltas it covers. A new owner whose cache is behind the snapshot downloads it and
@@ -31,7 +31,8 @@ use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Checkpoints between two snapshots of a partition's state.
+/// Checkpoints between two snapshots of a partition's state, by default
+/// ([`crate::ClusterConfig::snapshot_every`]).
 pub const SNAPSHOT_EVERY: u64 = 64;
 
 /// The object store bucket of hub `hub`'s partition snapshots.
@@ -376,7 +377,7 @@ impl CheckpointStore for JetStreamCheckpointStore {
         self.local.write_checkpoint(batch)?;
         let mut since = self.since_snapshot.lock();
         *since += 1;
-        if *since >= SNAPSHOT_EVERY {
+        if *since >= self.nats.config().snapshot_every.max(1) {
             // The checkpoint is safe in the deltas whatever happens here: a failed snapshot
             // only leaves more deltas for a new owner to apply, and is tried again next time.
             match self.snapshot_now(&**deltas, batch.position) {

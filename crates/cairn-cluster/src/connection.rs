@@ -32,6 +32,9 @@ pub struct ClusterConfig {
     pub tls_ca: Option<PathBuf>,
     /// A client certificate and key (PEM) for servers that verify clients.
     pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// Checkpoints of a partition between two snapshots of its state (see
+    /// [`crate::checkpoint`]).
+    pub snapshot_every: u64,
 }
 
 impl ClusterConfig {
@@ -45,6 +48,7 @@ impl ClusterConfig {
             credentials: None,
             tls_ca: None,
             tls_client: None,
+            snapshot_every: crate::checkpoint::SNAPSHOT_EVERY,
         }
     }
 }

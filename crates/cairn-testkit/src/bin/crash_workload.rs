@@ -56,6 +56,9 @@ pub struct CrashArgs {
     /// The hub's name in JetStream.
     #[arg(long, default_value = "crash")]
     hub: String,
+    /// With --cluster: checkpoints of a partition between two snapshots of its state.
+    #[arg(long, default_value_t = cairn_cluster::checkpoint::SNAPSHOT_EVERY)]
+    snapshot_every: u64,
 }
 
 const KINDS: [&str; 6] = [
@@ -209,7 +212,9 @@ async fn run(args: CrashArgs) -> Result<()> {
     let config = if args.cluster.is_empty() {
         config
     } else {
-        let cluster = cairn_cluster::ClusterConfig::new(args.cluster.clone(), &args.hub, "crash");
+        let mut cluster =
+            cairn_cluster::ClusterConfig::new(args.cluster.clone(), &args.hub, "crash");
+        cluster.snapshot_every = args.snapshot_every;
         tokio::task::spawn_blocking(move || {
             let nats = std::sync::Arc::new(cairn_cluster::Nats::connect(cluster)?);
             cairn_cluster::cluster_config(nats, config)

@@ -93,3 +93,34 @@ pub fn finish(data: &Path, ledger: &Path, args: &[&str]) -> serde_json::Value {
     );
     summary
 }
+
+/// What every kill test ends with: enough rounds made progress and enough starts were
+/// acknowledged (the run was not trivial), and the verification's `summary` found every
+/// acknowledged start completed with the right output and every acknowledged entity signal
+/// applied (exactly once: the verification checks each signal id).
+pub fn check_after_kills(
+    summary: &serde_json::Value,
+    kills: u32,
+    progressed: u32,
+    acknowledged: usize,
+    min_acknowledged: usize,
+    min_signals: u64,
+) {
+    assert!(
+        progressed >= kills / 2,
+        "only {progressed} of {kills} rounds made progress"
+    );
+    assert!(
+        acknowledged >= min_acknowledged,
+        "only {acknowledged} acknowledged starts: the workload barely ran"
+    );
+    assert_eq!(summary["instances"].as_u64(), Some(acknowledged as u64));
+    assert_eq!(summary["ok"].as_u64(), Some(acknowledged as u64));
+    assert!(summary["activity_results_checked"].as_u64().unwrap_or(0) > acknowledged as u64);
+    let signals = summary["signals_acknowledged"].as_u64().unwrap_or(0);
+    assert!(
+        signals >= min_signals,
+        "only {signals} acknowledged entity signals"
+    );
+    assert!(summary["signals_applied"].as_u64().unwrap_or(0) >= signals);
+}
