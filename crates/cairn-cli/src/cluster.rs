@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use cairn_runtime::EngineConfig;
-use clap::Args;
+use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -134,5 +134,85 @@ impl ClusterArgs {
         .context("cannot take the hub's lease")?;
         tracing::info!("this node holds the hub's lease and serves every partition");
         Ok(lease)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The hub's partitions, which node serves it, and each partition's log and checkpoints.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ClusterCommand {
+    pub async fn run(self) -> Result<()> {
+        match self {
+            ClusterCommand::Status(args) => {
+                if !args.cluster.enabled() {
+                    anyhow::bail!("give the NATS servers with --cluster nats://HOST:PORT");
+                }
+                let config = args.cluster.client_config(&args.cluster.hub);
+                let urls = args.cluster.cluster.join(",");
+                let status = tokio::task::spawn_blocking(move || {
+                    let nats = cairn_cluster::Nats::connect(config)?;
+                    cairn_cluster::status::hub_status(&nats)
+                })
+                .await
+                .context("reading the hub's status panicked")?
+                .with_context(|| format!("cannot read the hub's status from {urls}"))?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    print_status(&status);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn print_status(s: &cairn_cluster::status::HubStatus) {
+    println!(
+        "hub {}: {} partitions, {}",
+        s.hub,
+        s.partitions,
+        match &s.serving_node {
+            Some(node) => format!("served by node {node}"),
+            None => "served by no node".to_string(),
+        }
+    );
+    println!(
+        "{:>9} {:>13} {:>6} {:>9} {:>11} {:>7} {:>20}",
+        "partition",
+        "next position",
+        "epoch",
+        "log msgs",
+        "log bytes",
+        "deltas",
+        "snapshot at (bytes)"
+    );
+    for p in &s.partition_status {
+        let snapshot = match (p.snapshot_position, p.snapshot_bytes) {
+            (Some(at), Some(bytes)) => format!("{at} ({bytes})"),
+            _ => "-".to_string(),
+        };
+        println!(
+            "{:>9} {:>13} {:>6} {:>9} {:>11} {:>7} {:>20}",
+            p.partition,
+            p.next_position,
+            p.owner_epoch,
+            p.log_messages,
+            p.log_bytes,
+            p.checkpoint_deltas,
+            snapshot
+        );
     }
 }

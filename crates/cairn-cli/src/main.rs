@@ -22,6 +22,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run the built-in benchmark workloads in-process on a fresh data directory.
     Bench(Box<bench::BenchArgs>),
+    /// Look at a task hub in NATS JetStream (cluster mode).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 /// Engine settings shared by the commands.
@@ -206,6 +209,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
             Command::Bench(args) => bench::run(*args).await,
+            Command::Cluster(command) => command.run().await,
         }
     });
     // After an error, partition tasks may still be running: drop them without polling them

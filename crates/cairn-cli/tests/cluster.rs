@@ -174,6 +174,46 @@ fn a_killed_node_is_replaced_by_one_with_an_empty_data_directory_and_nothing_is_
     assert_eq!(code, 200, "{body}");
     assert_eq!(body.matches("\"instanceId\"").count(), 20, "{body}");
 
+    // `cairn cluster status` shows the hub as JetStream holds it: the serving node, and every
+    // partition taken over twice (epoch 2) with the records the starts wrote.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "cluster",
+            "status",
+            "--cluster",
+            &url,
+            "--hub",
+            "web",
+            "--json",
+        ])
+        .output()
+        .expect("cairn cluster status runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(status["partitions"], 12, "{status}");
+    assert_eq!(status["servingNode"], "second", "{status}");
+    let parts = status["partitionStatus"].as_array().expect("partitions");
+    assert_eq!(parts.len(), 12);
+    assert!(parts.iter().all(|p| p["ownerEpoch"] == 2), "{status}");
+    let records: u64 = parts
+        .iter()
+        .map(|p| p["nextPosition"].as_u64().unwrap_or(1) - 1)
+        .sum();
+    assert!(
+        records >= 21,
+        "20 starts and an event wrote at least 21 records: {status}"
+    );
+    let table = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["cluster", "status", "--cluster", &url, "--hub", "web"])
+        .output()
+        .expect("cairn cluster status runs");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("served by node second"), "{table}");
+    eprintln!("{table}");
     audit(&url, "web", 12);
 }
 

@@ -47,16 +47,16 @@ fn snapshot_object(partition: u32) -> String {
 /// What a snapshot covers: every delta up to `delta` (a position in the delta stream), which
 /// brings the state to checkpoint `position` (a position in the partition's log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Covers {
-    delta: u64,
-    position: u64,
+pub(crate) struct Covers {
+    pub(crate) delta: u64,
+    pub(crate) position: u64,
 }
 
 impl Covers {
     fn describe(&self) -> String {
         format!("delta {} position {}", self.delta, self.position)
     }
-    fn parse(text: &str) -> Option<Covers> {
+    pub(crate) fn parse(text: &str) -> Option<Covers> {
         let mut words = text.split_whitespace();
         match (words.next(), words.next(), words.next(), words.next()) {
             (Some("delta"), Some(d), Some("position"), Some(p)) => Some(Covers {

@@ -15,6 +15,7 @@
 //! * [`lease`]: which node serves the hub (active/standby), a lease in the hub's KV bucket;
 //! * [`engine`]: an engine configuration whose partitions live in JetStream;
 //! * [`probe`]: JetStream's own latency and rate on the servers, for the benchmarks;
+//! * [`status`]: what `cairn cluster status` shows (read-only);
 //! * [`nats_server`]: local `nats-server` processes for the tests and benches.
 //!
 //! It must never hold partition state of its own: what a partition knows is in its log and
@@ -29,6 +30,7 @@ pub mod lease;
 pub mod log;
 pub mod nats_server;
 pub mod probe;
+pub mod status;
 
 pub use checkpoint::{JetStreamCheckpointStore, JetStreamCheckpointStores};
 pub use connection::{ClusterConfig, ClusterError, Nats};

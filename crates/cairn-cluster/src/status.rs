@@ -1,0 +1,133 @@
+//! # What `cairn cluster status` shows
+//!
+//! A read-only look at a hub in JetStream: its partition count, which node holds its lease,
+//! and per partition the log's tail (next position, owner epoch, size), the checkpoint deltas
+//! not yet folded into a snapshot, and what the snapshot covers. It writes nothing: no epoch
+//! marker, no lease.
+
+use crate::checkpoint::{deltas_stream, snapshot_bucket, Covers};
+use crate::connection::{ClusterError, Nats};
+use crate::frames;
+use crate::log::stream_name;
+use async_nats::jetstream::{self, kv, object_store};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubStatus {
+    pub hub: String,
+    pub partitions: u32,
+    /// The node serving the hub (the lease's holder), if any.
+    pub serving_node: Option<String>,
+    pub partition_status: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionStatus {
+    pub partition: u32,
+    /// The position the log's next record gets.
+    pub next_position: u64,
+    /// The epoch of the owner that wrote the log's last message (one more per takeover).
+    pub owner_epoch: u64,
+    pub log_messages: u64,
+    pub log_bytes: u64,
+    /// Checkpoint deltas not yet covered by a snapshot.
+    pub checkpoint_deltas: u64,
+    /// The checkpoint (log position) the snapshot covers, and its size.
+    pub snapshot_position: Option<u64>,
+    pub snapshot_bytes: Option<usize>,
+}
+
+async fn stream_state(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<(jetstream::stream::Stream, jetstream::stream::State)>, String> {
+    let Ok(mut stream) = js.get_stream(name).await else {
+        return Ok(None);
+    };
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| format!("{name}: {e}"))?
+        .state
+        .clone();
+    Ok(Some((stream, state)))
+}
+
+/// Reads the status of the connected hub.
+pub fn hub_status(nats: &Nats) -> Result<HubStatus, ClusterError> {
+    let hub = nats.config().hub.clone();
+    let js = nats.jetstream().clone();
+    nats.run(async move {
+        let bucket = js
+            .get_key_value(crate::hub::bucket(&hub))
+            .await
+            .map_err(|_| format!("there is no hub {hub:?} on these NATS servers"))?;
+        let record = bucket
+            .get("hub")
+            .await
+            .map_err(|e| format!("reading the hub record: {e}"))?
+            .ok_or_else(|| format!("the hub {hub:?} has no record"))?;
+        let record: crate::hub::HubRecord =
+            serde_json::from_slice(&record).map_err(|e| format!("the hub record: {e}"))?;
+        let serving_node = match bucket.entry("owner").await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => String::from_utf8_lossy(&e.value)
+                .split(' ')
+                .next()
+                .map(str::to_string),
+            _ => None,
+        };
+        let snapshots: Option<object_store::ObjectStore> =
+            js.get_object_store(snapshot_bucket(&hub)).await.ok();
+        let mut partition_status = Vec::new();
+        for p in 0..record.partitions {
+            let (mut next_position, mut owner_epoch, mut log_messages, mut log_bytes) =
+                (1, 0, 0, 0);
+            if let Some((stream, state)) = stream_state(&js, &stream_name(&hub, p)).await? {
+                log_messages = state.messages;
+                log_bytes = state.bytes;
+                if state.last_sequence > 0 {
+                    if let Ok(last) = stream.get_raw_message(state.last_sequence).await {
+                        if let Ok(decoded) = frames::decode(&last.payload) {
+                            next_position = decoded.next_after().0;
+                            owner_epoch = decoded.epoch();
+                        }
+                    }
+                }
+            }
+            let checkpoint_deltas = stream_state(&js, &deltas_stream(&hub, p))
+                .await?
+                .map_or(0, |(_, s)| s.messages);
+            let (mut snapshot_position, mut snapshot_bytes) = (None, None);
+            if let Some(store) = &snapshots {
+                if let Ok(info) = store.info(format!("p{p:03}")).await {
+                    snapshot_bytes = Some(info.size);
+                    snapshot_position = info
+                        .description
+                        .as_deref()
+                        .and_then(Covers::parse)
+                        .map(|c| c.position);
+                }
+            }
+            partition_status.push(PartitionStatus {
+                partition: p,
+                next_position,
+                owner_epoch,
+                log_messages,
+                log_bytes,
+                checkpoint_deltas,
+                snapshot_position,
+                snapshot_bytes,
+            });
+        }
+        Ok::<_, String>(HubStatus {
+            hub,
+            partitions: record.partitions,
+            serving_node,
+            partition_status,
+        })
+    })
+    .ok_or(ClusterError::Stopped)?
+    .map_err(ClusterError::Remote)
+}
