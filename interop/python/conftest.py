@@ -85,8 +85,8 @@ class CairnServer:
             return ""
 
 
-def new_worker(address: str) -> worker.TaskHubGrpcWorker:
-    w = worker.TaskHubGrpcWorker(host_address=address)
+def new_worker(address: str, metadata: list[tuple[str, str]] | None = None) -> worker.TaskHubGrpcWorker:
+    w = worker.TaskHubGrpcWorker(host_address=address, metadata=metadata)
     for o in workflows.ORCHESTRATORS:
         w.add_orchestrator(o)
     for a in workflows.ACTIVITIES:

@@ -363,3 +363,29 @@ def test_rewind_through_the_sdk_client(dt):
     with pytest.raises(grpc.RpcError) as e:
         dt.rewind_orchestration(iid)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_bearer_token_guards_the_grpc_front():
+    """With --auth-token, every gRPC call needs `authorization: Bearer <token>` metadata: the
+    SDK's client and worker take it as `metadata=[...]` (the README shows it)."""
+    s = CairnServer("--auth-token", "t0k3n-for-grpc").start()
+    w = None
+    try:
+        for metadata in [None, [("authorization", "Bearer wrong")]]:
+            bare = client.TaskHubGrpcClient(host_address=s.address, metadata=metadata)
+            with pytest.raises(grpc.RpcError) as e:
+                bare.get_orchestration_state("nobody")
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "Bearer <token>" in e.value.details()
+        meta = [("authorization", "Bearer t0k3n-for-grpc")]
+        c = client.TaskHubGrpcClient(host_address=s.address, metadata=meta)
+        w = new_worker(s.address, metadata=meta)
+        w.start()
+        st = run(c, workflows.chaining)
+        assert st.runtime_status == client.OrchestrationStatus.COMPLETED
+        assert st.get_output() == ["Hello Tokyo!", "Hello Seattle!", "Hello London!"]
+        assert "t0k3n" not in s.log()
+    finally:
+        if w is not None:
+            w.stop()
+        s.stop()

@@ -172,9 +172,14 @@ struct ServeArgs {
     /// Do not serve HTTP (no management API, metrics or dashboard).
     #[arg(long)]
     no_http: bool,
-    /// Bearer token required on every HTTP management route (and /metrics).
+    /// Bearer token required on every HTTP management route (and /metrics) and on every gRPC
+    /// call (as `authorization: Bearer <token>` metadata).
     #[arg(long, env = "CAIRN_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
+    /// Serve on an address other machines can reach without --auth-token (on a network you
+    /// trust, or behind a proxy that authenticates). Without it, Cairn refuses to.
+    #[arg(long)]
+    allow_unauthenticated: bool,
     /// Base URL put in the management URLs the HTTP API hands out (default: from the request's
     /// Host header), e.g. https://cairn.example.com behind a proxy.
     #[arg(long, env = "CAIRN_PUBLIC_URL")]
@@ -239,6 +244,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
             anyhow::bail!("--auth-token is empty; give a secret token or leave the option out");
         }
     }
+    if args.auth_token.is_none() && !args.allow_unauthenticated {
+        let mut public = Vec::new();
+        if !reaches_only_this_machine(&args.grpc).await {
+            public.push(format!("--grpc {}", args.grpc));
+        }
+        if !args.no_http && !reaches_only_this_machine(&args.http).await {
+            public.push(format!("--http {}", args.http));
+        }
+        if !public.is_empty() {
+            anyhow::bail!(
+                "refusing to serve on {} without an auth token: other machines could start, \
+                 terminate and purge instances. Set --auth-token (or CAIRN_AUTH_TOKEN), bind to \
+                 127.0.0.1, or pass --allow-unauthenticated on a network you trust",
+                public.join(" and ")
+            );
+        }
+    }
     // Before the engine opens, so the log's histograms bind to it.
     let prometheus = if args.no_http {
         None
@@ -288,10 +310,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let grpc_addr = listener
         .local_addr()
         .context("the gRPC listener has no address")?;
-    if !grpc_addr.ip().is_loopback() {
+    if !grpc_addr.ip().is_loopback() && args.auth_token.is_none() {
         tracing::warn!(
-            "the gRPC front listens on {grpc_addr}, reachable from other machines: the Durable Task \
-             protocol has no authentication, so restrict access to it with a firewall or a private network"
+            "the gRPC front listens on {grpc_addr}, reachable from other machines, with NO auth \
+             token (--allow-unauthenticated): restrict access to it with a firewall or a private network"
         );
     }
     let http_listener = if args.no_http {
@@ -313,6 +335,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .work_item_lease
             .max(std::time::Duration::from_millis(100)),
         unserved_warning_after: args.unserved_warning_after,
+        auth_token: args.auth_token.clone(),
         // Leave room for protocol framing around the largest payload.
         max_message_bytes: (max_payload * 2).max(64 * 1024 * 1024),
     };
@@ -410,6 +433,15 @@ fn colour_logs() -> bool {
     use std::io::IsTerminal;
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     !no_color && std::io::stderr().is_terminal()
+}
+
+/// Whether every address `addr` (`HOST:PORT`) resolves to is a loopback one. An address that
+/// does not resolve counts as loopback here: binding it fails with its own clear error.
+async fn reaches_only_this_machine(addr: &str) -> bool {
+    match tokio::net::lookup_host(addr).await {
+        Ok(addrs) => addrs.into_iter().all(|a| a.ip().is_loopback()),
+        Err(_) => true,
+    }
 }
 
 /// Listens on `addr`, a `HOST:PORT` where HOST is an IP address or a name (`localhost`): the

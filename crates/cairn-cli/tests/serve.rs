@@ -194,10 +194,29 @@ fn bench_refuses_a_scale_that_runs_nothing() {
 }
 
 #[test]
-fn serve_warns_when_http_is_public_without_a_token() {
+fn serve_refuses_a_public_address_without_a_token_unless_told() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
-    let log = run_until_ready_then_interrupt(&data, &["--http", "0.0.0.0:0"]);
+    for (grpc, http) in [("127.0.0.1:0", "0.0.0.0:0"), ("0.0.0.0:0", "127.0.0.1:0")] {
+        let out = cairn()
+            .arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .args(["--grpc", grpc, "--http", http])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "--grpc {grpc} --http {http} served without a token"
+        );
+        assert!(
+            err.contains("without an auth token") && err.contains("--allow-unauthenticated"),
+            "{err}"
+        );
+    }
+    let log =
+        run_until_ready_then_interrupt(&data, &["--http", "0.0.0.0:0", "--allow-unauthenticated"]);
     assert!(log.contains("NO auth token"), "{log}");
     let log = run_until_ready_then_interrupt(
         &data,

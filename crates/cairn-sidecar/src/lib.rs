@@ -38,6 +38,9 @@ pub struct SidecarConfig {
     /// How long work waits for a worker that runs it before the log says that none does: long
     /// enough that workers reconnecting after a restart cause no warning.
     pub unserved_warning_after: Duration,
+    /// A bearer token every call must carry as `authorization: Bearer <token>` metadata (the
+    /// SDKs' `metadata` / `grpc.Metadata` settings); `None` accepts every call.
+    pub auth_token: Option<String>,
 }
 
 impl Default for SidecarConfig {
@@ -48,6 +51,7 @@ impl Default for SidecarConfig {
             max_message_bytes: 64 * 1024 * 1024,
             work_item_lease: Duration::from_secs(5 * 60),
             unserved_warning_after: Duration::from_secs(10),
+            auth_token: None,
         }
     }
 }
@@ -72,10 +76,47 @@ pub async fn serve(
     let svc = proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer::new(sidecar)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    let expected = config.auth_token.map(String::into_bytes);
+    let svc = tonic::service::interceptor::InterceptedService::new(svc, move |request| {
+        authorize(expected.as_deref(), &request)?;
+        Ok(request)
+    });
     tonic::transport::Server::builder()
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
+}
+
+/// Accepts a call carrying `authorization: Bearer <token>` (the scheme in any case, as HTTP
+/// has it) when a token is `expected`, every call otherwise. The token is compared in time
+/// independent of where a wrong one differs.
+fn authorize(expected: Option<&[u8]>, request: &tonic::Request<()>) -> Result<(), tonic::Status> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let given = request
+        .metadata()
+        .get("authorization")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let token = match given.iter().position(|b| *b == b' ') {
+        Some(at) if given[..at].eq_ignore_ascii_case(b"bearer") => &given[at + 1..],
+        _ => &[][..],
+    };
+    let same = token.len() == expected.len()
+        && token
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(tonic::Status::unauthenticated(
+            "this Cairn requires a bearer token: give the SDK client and worker the metadata \
+             ('authorization', 'Bearer <token>') with the token of `cairn serve --auth-token`",
+        ))
+    }
 }
 
 /// The accepted connections of `listener`, each set up for a request/response protocol.
