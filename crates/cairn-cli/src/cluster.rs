@@ -190,12 +190,13 @@ fn print_status(s: &cairn_cluster::status::HubStatus) {
         }
     );
     println!(
-        "{:>9} {:>13} {:>6} {:>9} {:>11} {:>7} {:>20}",
+        "{:>9} {:>13} {:>6} {:>9} {:>11} {:>13} {:>7} {:>20}",
         "partition",
         "next position",
         "epoch",
         "log msgs",
         "log bytes",
+        "checkpoint at",
         "deltas",
         "snapshot at (bytes)"
     );
@@ -204,13 +205,17 @@ fn print_status(s: &cairn_cluster::status::HubStatus) {
             (Some(at), Some(bytes)) => format!("{at} ({bytes})"),
             _ => "-".to_string(),
         };
+        let checkpoint = p
+            .checkpoint_position
+            .map_or("-".to_string(), |at| at.to_string());
         println!(
-            "{:>9} {:>13} {:>6} {:>9} {:>11} {:>7} {:>20}",
+            "{:>9} {:>13} {:>6} {:>9} {:>11} {:>13} {:>7} {:>20}",
             p.partition,
             p.next_position,
             p.owner_epoch,
             p.log_messages,
             p.log_bytes,
+            checkpoint,
             p.checkpoint_deltas,
             snapshot
         );

@@ -176,24 +176,7 @@ fn a_killed_node_is_replaced_by_one_with_an_empty_data_directory_and_nothing_is_
 
     // `cairn cluster status` shows the hub as JetStream holds it: the serving node, and every
     // partition taken over twice (epoch 2) with the records the starts wrote.
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args([
-            "cluster",
-            "status",
-            "--cluster",
-            &url,
-            "--hub",
-            "web",
-            "--json",
-        ])
-        .output()
-        .expect("cairn cluster status runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let status = status_json(&url, "web");
     assert_eq!(status["partitions"], 12, "{status}");
     assert_eq!(status["servingNode"], "second", "{status}");
     let parts = status["partitionStatus"].as_array().expect("partitions");
@@ -215,6 +198,28 @@ fn a_killed_node_is_replaced_by_one_with_an_empty_data_directory_and_nothing_is_
     assert!(table.contains("served by node second"), "{table}");
     eprintln!("{table}");
     audit(&url, "web", 12);
+}
+
+/// `cairn cluster status --json` of `hub`.
+fn status_json(url: &str, hub: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "cluster",
+            "status",
+            "--cluster",
+            url,
+            "--hub",
+            hub,
+            "--json",
+        ])
+        .output()
+        .expect("cairn cluster status runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
 /// Reads every partition's log of `hub` back (without taking it over): fails if the epochs of
@@ -281,6 +286,17 @@ fn a_standby_takes_over_when_the_serving_node_dies_or_stops() {
         "a released lease was waited out: {taken:?}"
     );
     check_orders(&third, 20);
+    // The clean stop checkpointed every partition: nothing is left to replay after the
+    // checkpoints, and the status says so.
+    let status = status_json(&url, "ha");
+    for p in status["partitionStatus"].as_array().expect("partitions") {
+        assert_eq!(p["recordsAfterCheckpoint"], 0, "{p}");
+        assert_eq!(
+            p["checkpointPosition"].as_u64(),
+            p["nextPosition"].as_u64().map(|n| n - 1),
+            "{p}"
+        );
+    }
     audit(&url, "ha", 12);
 }
 

@@ -34,6 +34,10 @@ pub struct PartitionStatus {
     pub log_bytes: u64,
     /// Checkpoint deltas not yet covered by a snapshot.
     pub checkpoint_deltas: u64,
+    /// The log position the latest checkpoint covers, and the records after it (what a new
+    /// owner replays): the partition's lag.
+    pub checkpoint_position: Option<u64>,
+    pub records_after_checkpoint: Option<u64>,
     /// The checkpoint (log position) the snapshot covers, and its size.
     pub snapshot_position: Option<u64>,
     pub snapshot_bytes: Option<usize>,
@@ -96,9 +100,11 @@ pub fn hub_status(nats: &Nats) -> Result<HubStatus, ClusterError> {
                     }
                 }
             }
-            let checkpoint_deltas = stream_state(&js, &deltas_stream(&hub, p))
-                .await?
-                .map_or(0, |(_, s)| s.messages);
+            let (mut checkpoint_deltas, mut checkpoint_position) = (0, None);
+            if let Some((stream, state)) = stream_state(&js, &deltas_stream(&hub, p)).await? {
+                checkpoint_deltas = state.messages;
+                checkpoint_position = latest_checkpoint(&stream, &state).await;
+            }
             let (mut snapshot_position, mut snapshot_bytes) = (None, None);
             if let Some(store) = &snapshots {
                 if let Ok(info) = store.info(format!("p{p:03}")).await {
@@ -110,7 +116,11 @@ pub fn hub_status(nats: &Nats) -> Result<HubStatus, ClusterError> {
                         .map(|c| c.position);
                 }
             }
+            let checkpoint_position = checkpoint_position.or(snapshot_position);
             partition_status.push(PartitionStatus {
+                records_after_checkpoint: checkpoint_position
+                    .map(|at| next_position.saturating_sub(1).saturating_sub(at)),
+                checkpoint_position,
                 partition: p,
                 next_position,
                 owner_epoch,
@@ -130,4 +140,28 @@ pub fn hub_status(nats: &Nats) -> Result<HubStatus, ClusterError> {
     })
     .ok_or(ClusterError::Stopped)?
     .map_err(ClusterError::Remote)
+}
+
+/// The log position of the newest checkpoint delta in the stream: its last message holding a
+/// whole delta (an owner's epoch marker may follow it).
+async fn latest_checkpoint(
+    stream: &jetstream::stream::Stream,
+    state: &jetstream::stream::State,
+) -> Option<u64> {
+    let mut sequence = state.last_sequence;
+    while sequence >= state.first_sequence.max(1) && state.last_sequence - sequence < 4 {
+        let message = stream.get_raw_message(sequence).await.ok()?;
+        if let Ok(frames::Decoded::Records { frames, .. }) = frames::decode(&message.payload) {
+            return match frames.as_slice() {
+                [.., last] if last.starts && last.ends => {
+                    postcard::from_bytes::<cairn_storage::store::CheckpointBatch>(last.bytes)
+                        .ok()
+                        .map(|batch| batch.position)
+                }
+                _ => None,
+            };
+        }
+        sequence -= 1;
+    }
+    None
 }
