@@ -77,6 +77,17 @@ fn deltas_subject(hub: &str, partition: u32) -> String {
     format!("cairn.{hub}.ckpt.{partition}")
 }
 
+/// Runs `future` on the NATS connection's runtime; its error, already worded, becomes a
+/// [`StoreError::Io`].
+fn on_nats<T: Send + 'static>(
+    nats: &Nats,
+    future: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, StoreError> {
+    nats.run(future)
+        .ok_or_else(|| StoreError::Io("the NATS client has stopped".into()))?
+        .map_err(StoreError::Io)
+}
+
 fn remote(what: &str, e: LogError) -> StoreError {
     StoreError::Io(format!(
         "{what}: {e}. Checkpoints already acknowledged are safe in JetStream"
@@ -197,31 +208,33 @@ impl JetStreamCheckpointStore {
         let (js, bucket, object) = self.snapshot_target();
         let replicas = self.nats.config().replicas.max(1);
         let upload = copy.clone();
-        let result = self
-            .nats
-            .run(async move {
-                let store = snapshot_store(&js, &bucket, replicas).await?;
-                let mut file = tokio::fs::File::open(&upload)
-                    .await
-                    .map_err(|e| format!("{}: {e}", upload.display()))?;
-                store
-                    .put(
-                        object_store::ObjectMetadata {
-                            name: object,
-                            description: Some(covers.describe()),
-                            ..Default::default()
-                        },
-                        &mut file,
-                    )
-                    .await
-                    .map_err(|e| format!("uploading the snapshot: {e}"))?;
-                Ok::<_, String>(())
-            })
-            .ok_or_else(|| StoreError::Io("the NATS client has stopped".into()))?;
+        let partition = self.partition;
+        let result = on_nats(&self.nats, async move {
+            let store = snapshot_store(&js, &bucket, replicas).await?;
+            let mut file = tokio::fs::File::open(&upload).await.map_err(|e| {
+                format!(
+                    "snapshot of partition {partition}: {}: {e}",
+                    upload.display()
+                )
+            })?;
+            store
+                .put(
+                    object_store::ObjectMetadata {
+                        name: object,
+                        description: Some(covers.describe()),
+                        ..Default::default()
+                    },
+                    &mut file,
+                )
+                .await
+                .map_err(|e| {
+                    format!("snapshot of partition {partition}: uploading the snapshot: {e}")
+                })?;
+            Ok(())
+        });
+        // The copy goes whatever happened, the runtime's stop included.
         let _ = std::fs::remove_file(&copy);
-        result.map_err(|e| {
-            StoreError::Io(format!("snapshot of partition {}: {e}", self.partition))
-        })?;
+        result?;
         deltas
             .truncate_below(covers.delta + 1)
             .map_err(|e| remote("purging checkpoint deltas a snapshot covers", e))?;
@@ -266,7 +279,7 @@ fn snapshot_covers(nats: &Nats, partition: u32) -> Result<Option<Covers>, StoreE
     let js = nats.jetstream().clone();
     let bucket = snapshot_bucket(&nats.config().hub);
     let object = snapshot_object(partition);
-    nats.run(async move {
+    on_nats(nats, async move {
         let Ok(store) = js.get_object_store(&bucket).await else {
             return Ok(None);
         };
@@ -283,8 +296,6 @@ fn snapshot_covers(nats: &Nats, partition: u32) -> Result<Option<Covers>, StoreE
             Err(e) => Err(format!("reading the snapshot {bucket}/{object}: {e}")),
         }
     })
-    .ok_or_else(|| StoreError::Io("the NATS client has stopped".into()))?
-    .map_err(StoreError::Io)
 }
 
 /// Downloads the partition's snapshot to `path` (through a temporary file and a rename).
@@ -294,7 +305,7 @@ fn download_snapshot(nats: &Nats, partition: u32, path: &Path) -> Result<(), Sto
     let object = snapshot_object(partition);
     let part = path.with_extension("download");
     let target = part.clone();
-    nats.run(async move {
+    on_nats(nats, async move {
         let store = js
             .get_object_store(&bucket)
             .await
@@ -312,10 +323,8 @@ fn download_snapshot(nats: &Nats, partition: u32, path: &Path) -> Result<(), Sto
         file.sync_all()
             .await
             .map_err(|e| format!("{}: {e}", target.display()))?;
-        Ok::<_, String>(())
-    })
-    .ok_or_else(|| StoreError::Io("the NATS client has stopped".into()))?
-    .map_err(StoreError::Io)?;
+        Ok(())
+    })?;
     std::fs::rename(&part, path).map_err(|e| {
         StoreError::Io(format!(
             "installing the downloaded snapshot as {}: {e}",
@@ -328,13 +337,15 @@ fn download_snapshot(nats: &Nats, partition: u32, path: &Path) -> Result<(), Sto
 fn stream_incarnation(nats: &Nats, stream: &str) -> Result<String, StoreError> {
     let js = nats.jetstream().clone();
     let name = stream.to_string();
-    nats.run(async move {
-        let mut stream = js.get_stream(&name).await.map_err(|e| e.to_string())?;
-        let info = stream.info().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(format!("{name} {}", info.created.unix_timestamp_nanos()))
+    on_nats(nats, async move {
+        let read = |e: String| format!("reading the checkpoint stream {name}: {e}");
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .map_err(|e| read(e.to_string()))?;
+        let info = stream.info().await.map_err(|e| read(e.to_string()))?;
+        Ok(format!("{name} {}", info.created.unix_timestamp_nanos()))
     })
-    .ok_or_else(|| StoreError::Io("the NATS client has stopped".into()))?
-    .map_err(|e| StoreError::Io(format!("reading the checkpoint stream {stream}: {e}")))
 }
 
 fn remove_if_present(path: &Path) -> Result<(), StoreError> {

@@ -30,7 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-const KEY: &str = "owner";
+/// The key of the hub's KV bucket the lease is.
+pub(crate) const KEY: &str = "owner";
 
 /// How long an owner's silence means it is gone.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
@@ -65,8 +66,8 @@ pub struct HubLease {
     nats: Arc<Nats>,
 }
 
-/// What the owner's key says.
-fn holder(value: &[u8]) -> String {
+/// The node named in the lease's value (its name, then the acquisition's nonce).
+pub(crate) fn holder(value: &[u8]) -> String {
     String::from_utf8_lossy(value)
         .split(' ')
         .next()

@@ -75,11 +75,10 @@ pub fn hub_status(nats: &Nats) -> Result<HubStatus, ClusterError> {
             .ok_or_else(|| format!("the hub {hub:?} has no record"))?;
         let record: crate::hub::HubRecord =
             serde_json::from_slice(&record).map_err(|e| format!("the hub record: {e}"))?;
-        let serving_node = match bucket.entry("owner").await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => String::from_utf8_lossy(&e.value)
-                .split(' ')
-                .next()
-                .map(str::to_string),
+        let serving_node = match bucket.entry(crate::lease::KEY).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                Some(crate::lease::holder(&e.value))
+            }
             _ => None,
         };
         let snapshots: Option<object_store::ObjectStore> =
