@@ -85,6 +85,24 @@ class CairnServer:
             return ""
 
 
+def make_certificates(directory: str) -> tuple[str, str, str]:
+    """A private CA and a server certificate it signed for localhost and 127.0.0.1, made with
+    the `openssl` tool: (CA certificate, server certificate, server key) paths."""
+    d = pathlib.Path(directory)
+    ca_key, ca, key, csr, cert, ext = (str(d / n) for n in
+                                       ["ca.key", "ca.pem", "key.pem", "req.csr", "cert.pem", "ext"])
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    quiet = {"check": True, "capture_output": True}
+    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2",
+                    "-subj", "/CN=Cairn interop CA"], **quiet)
+    subprocess.run(["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
+                   **quiet)
+    pathlib.Path(ext).write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+                    "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext], **quiet)
+    return ca, cert, key
+
+
 def new_worker(address: str, metadata: list[tuple[str, str]] | None = None) -> worker.TaskHubGrpcWorker:
     w = worker.TaskHubGrpcWorker(host_address=address, metadata=metadata)
     for o in workflows.ORCHESTRATORS:

@@ -11,7 +11,7 @@ from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as pb_grpc
 
 import workflows
-from conftest import CairnServer, new_worker
+from conftest import CairnServer, make_certificates, new_worker
 
 TIMEOUT = 60
 
@@ -385,6 +385,34 @@ def test_bearer_token_guards_the_grpc_front():
         assert st.runtime_status == client.OrchestrationStatus.COMPLETED
         assert st.get_output() == ["Hello Tokyo!", "Hello Seattle!", "Hello London!"]
         assert "t0k3n" not in s.log()
+    finally:
+        if w is not None:
+            w.stop()
+        s.stop()
+
+
+def test_tls_on_the_grpc_front(tmp_path, monkeypatch):
+    """With --tls-cert/--tls-key the SDK connects with `grpcs://host:port` (a private CA is
+    trusted through GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, as the README shows), and the whole
+    protocol (client calls, the worker's stream, completions) runs over TLS. A plaintext client
+    gets no answer."""
+    ca, cert, key = make_certificates(str(tmp_path))
+    monkeypatch.setenv("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", ca)
+    s = CairnServer("--tls-cert", cert, "--tls-key", key).start()
+    w = None
+    try:
+        secure = f"grpcs://localhost:{s.port}"
+        plain = client.TaskHubGrpcClient(host_address=s.address)
+        with pytest.raises(grpc.RpcError) as e:
+            plain.get_orchestration_state("nobody")
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        c = client.TaskHubGrpcClient(host_address=secure)
+        w = new_worker(secure)
+        w.start()
+        st = run(c, workflows.chaining)
+        assert st.runtime_status == client.OrchestrationStatus.COMPLETED
+        assert st.get_output() == ["Hello Tokyo!", "Hello Seattle!", "Hello London!"]
+        assert "grpcs://" in s.log()
     finally:
         if w is not None:
             w.stop()

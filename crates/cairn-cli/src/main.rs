@@ -180,6 +180,23 @@ struct ServeArgs {
     /// trust, or behind a proxy that authenticates). Without it, Cairn refuses to.
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// Serve gRPC and HTTP over TLS with this certificate (PEM: the server's certificate, then
+    /// any intermediates). Needs --tls-key.
+    #[arg(
+        long,
+        env = "CAIRN_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1, unencrypted).
+    #[arg(
+        long,
+        env = "CAIRN_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
     /// Base URL put in the management URLs the HTTP API hands out (default: from the request's
     /// Host header), e.g. https://cairn.example.com behind a proxy.
     #[arg(long, env = "CAIRN_PUBLIC_URL")]
@@ -229,16 +246,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         remote_workers: true,
         ..args.engine.config()
     };
-    let (config, nats) = args.engine.cluster.attach(config, None).await?;
-    let lease = match nats {
-        Some(nats) => Some(args.engine.cluster.acquire(nats).await?),
-        None => None,
-    };
-    if !config.fsync {
-        tracing::warn!("fsync is OFF: acknowledged work can be lost on power failure");
-    }
-    let dir = config.data_dir.clone();
-    let max_payload = config.max_payload_bytes;
+    // The options are checked before the hub is touched: a mistake costs nothing.
     if let Some(t) = &args.auth_token {
         if t.trim().is_empty() {
             anyhow::bail!("--auth-token is empty; give a secret token or leave the option out");
@@ -261,6 +269,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
             );
         }
     }
+    // A wrong file is an error before anything is opened or written.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(cairn_http::tls::TlsIdentity::load(cert, key)?),
+        _ => None,
+    };
+    let (config, nats) = args.engine.cluster.attach(config, None).await?;
+    let lease = match nats {
+        Some(nats) => Some(args.engine.cluster.acquire(nats).await?),
+        None => None,
+    };
+    if !config.fsync {
+        tracing::warn!("fsync is OFF: acknowledged work can be lost on power failure");
+    }
+    let dir = config.data_dir.clone();
+    let max_payload = config.max_payload_bytes;
     // Before the engine opens, so the log's histograms bind to it.
     let prometheus = if args.no_http {
         None
@@ -316,6 +339,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
              token (--allow-unauthenticated): restrict access to it with a firewall or a private network"
         );
     }
+    if !grpc_addr.ip().is_loopback() && args.auth_token.is_some() && tls.is_none() {
+        tracing::warn!(
+            "the fronts listen on {grpc_addr} without TLS: the auth token and every payload cross \
+             the network in clear text. Give --tls-cert and --tls-key, or put a TLS-terminating \
+             proxy in front"
+        );
+    }
     let http_listener = if args.no_http {
         None
     } else {
@@ -336,6 +366,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .max(std::time::Duration::from_millis(100)),
         unserved_warning_after: args.unserved_warning_after,
         auth_token: args.auth_token.clone(),
+        tls: tls
+            .as_ref()
+            .map(|t| cairn_sidecar::Identity::from_pem(t.cert_pem(), t.key_pem())),
         // Leave room for protocol framing around the largest payload.
         max_message_bytes: (max_payload * 2).max(64 * 1024 * 1024),
     };
@@ -351,6 +384,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                     auth_token: args.auth_token.clone(),
                     public_url: args.public_url.clone(),
                     max_body_bytes: max_payload + 64 * 1024,
+                    tls: tls.clone(),
                 };
                 cairn_http::serve(&engine, config, prometheus, l, async {
                     let _ = http_stop_rx.await;
@@ -368,10 +402,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
                      (or CAIRN_AUTH_TOKEN), or bind to 127.0.0.1"
                 );
             }
-            tracing::info!(grpc = %grpc_addr, http = %addr, "Cairn is running; Durable Task SDKs can connect to {grpc_addr}; dashboard and HTTP API at http://{addr}/; press Ctrl-C to stop");
+            let (https, grpcs) = if tls.is_some() {
+                ("https", "grpcs://")
+            } else {
+                ("http", "")
+            };
+            tracing::info!(grpc = %grpc_addr, http = %addr, "Cairn is running; Durable Task SDKs can connect to {grpcs}{grpc_addr}; dashboard and HTTP API at {https}://{addr}/; press Ctrl-C to stop");
         }
         None => {
-            tracing::info!(grpc = %grpc_addr, "Cairn is running; Durable Task SDKs can connect to {grpc_addr}; press Ctrl-C to stop")
+            let grpcs = if tls.is_some() { "grpcs://" } else { "" };
+            tracing::info!(grpc = %grpc_addr, "Cairn is running; Durable Task SDKs can connect to {grpcs}{grpc_addr}; press Ctrl-C to stop")
         }
     }
     let lost = async {

@@ -13,56 +13,86 @@ fn cairn() -> Command {
 }
 
 fn run_until_ready_then_interrupt(data: &std::path::Path, extra: &[&str]) -> String {
-    let mut child = cairn()
-        .arg("serve")
-        .arg("--data")
-        .arg(data)
-        .args(if extra.contains(&"--grpc") {
-            &[][..]
-        } else {
-            &["--grpc", "127.0.0.1:0"][..]
-        })
-        .args(if extra.contains(&"--http") {
-            &[][..]
-        } else {
-            &["--http", "127.0.0.1:0"][..]
-        })
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+    Running::start(data, extra).interrupt()
+}
+
+/// A `cairn serve` that has said it is running, with its log so far.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: String,
+}
+
+impl Running {
+    fn start(data: &std::path::Path, extra: &[&str]) -> Running {
+        let mut child = cairn()
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .args(if extra.contains(&"--grpc") {
+                &[][..]
+            } else {
+                &["--grpc", "127.0.0.1:0"][..]
+            })
+            .args(if extra.contains(&"--http") {
+                &[][..]
+            } else {
+                &["--http", "127.0.0.1:0"][..]
+            })
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut log = String::new();
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("cairn serve became ready:\n{log}"));
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("Cairn is running") {
+                break;
+            }
         }
-    });
-    let mut log = String::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("cairn serve became ready");
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("Cairn is running") {
-            break;
+        Running { child, lines, log }
+    }
+
+    /// The address logged after `field=` on the ready line.
+    fn address(&self, field: &str) -> String {
+        let ready = self
+            .log
+            .lines()
+            .find(|l| l.contains("Cairn is running"))
+            .unwrap();
+        let at = ready.find(&format!("{field}=")).unwrap() + field.len() + 1;
+        ready[at..].split_whitespace().next().unwrap().to_string()
+    }
+
+    /// SIGINT, then the whole log once it exited cleanly.
+    fn interrupt(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.log.push_str(&line);
+            self.log.push('\n');
         }
+        let log = std::mem::take(&mut self.log);
+        assert!(status.success(), "serve did not exit cleanly:\n{log}");
+        assert!(log.contains("stopped cleanly"), "{log}");
+        log
     }
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = child.wait().unwrap();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
-        log.push_str(&line);
-        log.push('\n');
-    }
-    assert!(status.success(), "serve did not exit cleanly:\n{log}");
-    assert!(log.contains("stopped cleanly"), "{log}");
-    log
 }
 
 #[test]
@@ -230,6 +260,174 @@ fn serve_refuses_a_public_address_without_a_token_unless_told() {
     // Loopback (the default) needs no token.
     let log = run_until_ready_then_interrupt(&data, &[]);
     assert!(!log.contains("NO auth token"), "{log}");
+}
+
+impl Drop for Running {
+    /// A test that failed half-way leaves no server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `curl` of `url` with `args`: (HTTP status, body), or (0, curl's error) when no HTTP answer
+/// came.
+fn curl(url: &str, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "20", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    match code.trim().parse().unwrap_or(0) {
+        0 => (0, String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        code => (code, body.to_string()),
+    }
+}
+
+/// A CA and a certificate it signed for localhost and 127.0.0.1, as PEM files in `dir`:
+/// (CA certificate, server certificate, server key).
+fn certificates(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Cairn test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut server =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = server.signed_by(&key, &issuer).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().to_string()
+    };
+    (
+        write("ca.pem", ca_cert.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+/// With --tls-cert/--tls-key both fronts speak TLS only: HTTPS answers a client that trusts
+/// the CA (and hands out https:// management URLs), plain HTTP gets nothing; the gRPC port
+/// completes a TLS handshake with h2 (the Python suite runs the SDK over it). Files that are
+/// wrong stop `serve` with a message naming them, before a data directory exists.
+#[test]
+fn serve_speaks_tls_on_both_fronts_with_the_given_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let data = dir.path().join("d");
+
+    let out = cairn()
+        .arg("serve")
+        .arg("--data")
+        .arg(&data)
+        .args(["--tls-cert", &key, "--tls-key", &key])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("holds no PEM certificate") && err.contains("key.pem"),
+        "{err}"
+    );
+    assert!(!data.exists(), "a refused start created {}", data.display());
+    let out = cairn()
+        .arg("serve")
+        .arg("--data")
+        .arg(&data)
+        .args(["--tls-cert", &cert])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tls-key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let running = Running::start(
+        &data,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--auth-token",
+            "tls-t0ken",
+        ],
+    );
+    assert!(running.log.contains("https://"), "{}", running.log);
+    let http = running.address("http");
+    let grpc = running.address("grpc");
+    let port = http.rsplit(':').next().unwrap();
+    let https = format!("https://localhost:{port}");
+    let trusted = ["--cacert", ca.as_str()];
+
+    assert_eq!(
+        curl(&format!("{https}/healthz"), &trusted),
+        (200, "ok".into())
+    );
+    let (code, _) = curl(&format!("{https}/api/stats"), &trusted);
+    assert_eq!(code, 401, "the token is still needed over TLS");
+    let auth = [
+        "--cacert",
+        ca.as_str(),
+        "-H",
+        "authorization: Bearer tls-t0ken",
+    ];
+    let (code, body) = curl(
+        &format!("{https}/runtime/webhooks/durabletask/orchestrators/Nobody"),
+        &[&auth[..], &["-X", "POST"]].concat(),
+    );
+    assert_eq!(code, 202, "{body}");
+    assert!(
+        body.contains(&format!("\"statusQueryGetUri\":\"{https}/")),
+        "management URLs must be https: {body}"
+    );
+    // Not trusted without the CA, and no answer in plain HTTP.
+    let (code, error) = curl(&format!("{https}/healthz"), &[]);
+    assert_eq!(code, 0);
+    assert!(error.contains("certificate"), "{error}");
+    assert_eq!(curl(&format!("http://{http}/healthz"), &[]).0, 0);
+    // The gRPC port negotiates h2 over TLS with the same certificate.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "20",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+        ])
+        .args([
+            "--cacert",
+            &ca,
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/grpc",
+        ])
+        .arg(format!(
+            "https://localhost:{}/TaskHubSidecarService/Hello",
+            grpc.rsplit(':').next().unwrap()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2", "{out:?}");
+    let log = running.interrupt();
+    assert!(!log.contains("tls-t0ken"), "{log}");
 }
 
 #[test]

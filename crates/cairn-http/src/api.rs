@@ -93,7 +93,8 @@ fn json_body(body: &Bytes, what: &str) -> Result<Option<String>, ApiError> {
     Ok(Some(text.to_string()))
 }
 
-/// `http://host` from the configured public URL or the request's `Host`.
+/// `http://host` (`https://` when this front serves TLS) from the configured public URL or the
+/// request's `Host`.
 fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(u) = &state.config.public_url {
         return u.trim_end_matches('/').to_string();
@@ -102,7 +103,12 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    format!("http://{host}")
+    let scheme = if state.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}")
 }
 
 fn instance_url(base: &str, id: &str) -> String {

@@ -9,7 +9,8 @@
 //! * `/openapi.json`, the description of all of the above (tested against the real routes).
 //!
 //! When an auth token is configured, every route except the dashboard's static files,
-//! `/healthz` and `/openapi.json` needs `Authorization: Bearer <token>`.
+//! `/healthz` and `/openapi.json` needs `Authorization: Bearer <token>`. With a certificate
+//! ([`tls`]) the front serves HTTPS only.
 //!
 //! This crate only translates HTTP to [`cairn_runtime::Client`] calls: it never decides what
 //! happens to an instance.
@@ -20,6 +21,7 @@ mod error;
 pub mod json;
 pub mod metrics;
 mod params;
+pub mod tls;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
@@ -40,6 +42,8 @@ pub struct HttpConfig {
     pub public_url: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Serve HTTPS with this certificate (None: plain HTTP).
+    pub tls: Option<tls::TlsIdentity>,
 }
 
 /// What every handler can reach.
@@ -179,10 +183,20 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = config.tls.clone();
     let app = router(engine, config, prometheus);
-    axum::serve(listener_without_delay(listener), app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    match tls {
+        Some(identity) => {
+            axum::serve(identity.listener(listener)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener_without_delay(listener), app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 /// `listener` with `TCP_NODELAY` set on every accepted connection: answers are small, and

@@ -21,6 +21,8 @@ pub mod proto {
 
 use std::net::SocketAddr;
 use std::time::Duration;
+/// A TLS certificate chain and key for [`SidecarConfig::tls`].
+pub use tonic::transport::Identity;
 
 /// Settings of the gRPC front.
 #[derive(Debug, Clone)]
@@ -41,6 +43,9 @@ pub struct SidecarConfig {
     /// A bearer token every call must carry as `authorization: Bearer <token>` metadata (the
     /// SDKs' `metadata` / `grpc.Metadata` settings); `None` accepts every call.
     pub auth_token: Option<String>,
+    /// Serve the protocol over TLS with this certificate and key (None: plaintext h2c, which is
+    /// what the SDKs speak unless told `grpcs://` / `useTLS`).
+    pub tls: Option<tonic::transport::Identity>,
 }
 
 impl Default for SidecarConfig {
@@ -52,6 +57,7 @@ impl Default for SidecarConfig {
             work_item_lease: Duration::from_secs(5 * 60),
             unserved_warning_after: Duration::from_secs(10),
             auth_token: None,
+            tls: None,
         }
     }
 }
@@ -81,7 +87,11 @@ pub async fn serve(
         authorize(expected.as_deref(), &request)?;
         Ok(request)
     });
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(identity) = config.tls {
+        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    server
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
