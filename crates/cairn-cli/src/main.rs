@@ -206,6 +206,14 @@ struct ServeArgs {
     /// activity that runs longer than this is dispatched a second time.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "CAIRN_WORK_ITEM_LEASE")]
     work_item_lease: std::time::Duration,
+    /// Backlog (instances with work plus queued activities) one SDK worker process is expected
+    /// to carry: /api/scale recommends backlog / this many workers.
+    #[arg(long, default_value_t = 100, env = "CAIRN_SCALE_BACKLOG_PER_WORKER")]
+    scale_backlog_per_worker: u64,
+    /// Work that waited longer than this for a worker makes /api/scale ask for one worker more
+    /// than are connected (they are saturated).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "CAIRN_SCALE_MAX_WAIT")]
+    scale_max_wait: std::time::Duration,
     /// How long work waits for a connected worker that runs it before the log says none does.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
     unserved_warning_after: std::time::Duration,
@@ -275,10 +283,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
         _ => None,
     };
     let (config, nats) = args.engine.cluster.attach(config, None).await?;
-    let lease = match nats {
-        Some(nats) => Some(args.engine.cluster.acquire(nats).await?),
+    let lease = match &nats {
+        Some(nats) => Some(args.engine.cluster.acquire(nats.clone()).await?),
         None => None,
     };
+    // What the dashboard and /api/cluster show of the cluster: read on demand, never written.
+    let cluster_view = nats.map(|nats| cairn_http::ClusterView {
+        node: nats.config().node_id.clone(),
+        status: std::sync::Arc::new(move || {
+            let status = cairn_cluster::status::hub_status(&nats).map_err(|e| e.to_string())?;
+            serde_json::to_value(status).map_err(|e| e.to_string())
+        }),
+    });
     if !config.fsync {
         tracing::warn!("fsync is OFF: acknowledged work can be lost on power failure");
     }
@@ -385,6 +401,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
                     public_url: args.public_url.clone(),
                     max_body_bytes: max_payload + 64 * 1024,
                     tls: tls.clone(),
+                    scale: cairn_runtime::scale::ScalePolicy {
+                        backlog_per_worker: args.scale_backlog_per_worker.max(1),
+                        max_wait: args.scale_max_wait,
+                    },
+                    cluster: cluster_view.clone(),
                 };
                 cairn_http::serve(&engine, config, prometheus, l, async {
                     let _ = http_stop_rx.await;

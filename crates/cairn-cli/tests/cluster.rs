@@ -88,15 +88,20 @@ impl Node {
         }
     }
 
-    /// (HTTP status, body) of a request.
+    /// (HTTP status, body) of a request to the management API.
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        self.request(method, &format!("{API}/{path}"), body)
+    }
+
+    /// (HTTP status, body) of a request to `path` (from the server's root, no leading slash).
+    fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let mut curl = Command::new("curl");
         curl.args(["-s", "-m", "30", "-w", "\n%{http_code}", "-X", method]);
         if let Some(body) = body {
             curl.args(["-H", "content-type: application/json", "-d", body]);
         }
         let out = curl
-            .arg(format!("{}/{API}/{path}", self.http))
+            .arg(format!("{}/{path}", self.http))
             .output()
             .expect("curl runs");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -265,6 +270,11 @@ fn a_standby_takes_over_when_the_serving_node_dies_or_stops() {
     let active = Node::start(&url, "ha", &dir.path().join("a"), "a");
     let mut standby = Node::standby(&url, "ha", &dir.path().join("b"), "b");
     start_orders(&active, 0, 10);
+    // A retention policy set while running is the hub's, not the node's: it lives in the hub's
+    // KV bucket and the node that takes over enforces it.
+    let policy = r#"{"hub":{"completed":"7d"},"byName":{"nightly":{"failed":"30d"}}}"#;
+    let (code, body) = active.request("PUT", "api/retention", Some(policy));
+    assert_eq!(code, 200, "{body}");
 
     // kill -9: the standby notices the lease is no longer renewed, takes the hub over and
     // answers for everything the dead node acknowledged.
@@ -272,6 +282,20 @@ fn a_standby_takes_over_when_the_serving_node_dies_or_stops() {
     let failover = standby.wait_for("Cairn is running", Duration::from_secs(30));
     eprintln!("failover after kill -9 (lease 2 s + recovery): {failover:?}");
     check_orders(&standby, 10);
+    let (code, body) = standby.request("GET", "api/retention", None);
+    assert_eq!(code, 200, "{body}");
+    let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        shown["hub"],
+        serde_json::json!({"completed": "7d", "failed": null, "terminated": null}),
+        "{body}"
+    );
+    assert_eq!(
+        shown["byName"],
+        serde_json::json!({"nightly": {"completed": null, "failed": "30d", "terminated": null}}),
+        "{body}"
+    );
+    assert!(!dir.path().join("b/retention.json").exists());
     start_orders(&standby, 10, 20);
 
     // A clean stop (SIGTERM) gives the lease up: a new standby takes over without waiting

@@ -2,8 +2,9 @@
 //!
 //! [`cluster_config`] turns an embedded [`EngineConfig`] into a cluster node's: the partition
 //! count comes from the hub record in JetStream, each partition's log is a [`JetStreamLogs`]
-//! stream and its checkpoints a [`JetStreamCheckpointStores`] delta stream, and the engine's
-//! data directory holds only caches. Everything else about the engine is unchanged: the same
+//! stream and its checkpoints a [`JetStreamCheckpointStores`] delta stream, the hub's settings
+//! (the retention policy) are in its KV bucket, and the engine's data directory holds only
+//! caches. Everything else about the engine is unchanged: the same
 //! partition state machine, speculation and recovery.
 //!
 //! A node opens every partition of the hub, once it holds the hub's lease
@@ -32,6 +33,7 @@ pub fn cluster_config(nats: Arc<Nats>, config: EngineConfig) -> Result<EngineCon
     Ok(EngineConfig {
         partitions: Some(partitions),
         logs: Some(Arc::new(JetStreamLogs::new(nats.clone()))),
+        settings: Some(Arc::new(crate::hub::KvSettings::new(nats.clone()))),
         checkpoints: Some(Arc::new(JetStreamCheckpointStores {
             nats,
             cache_dir: config.data_dir.join(CACHE_DIR),

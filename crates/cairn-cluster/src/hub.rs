@@ -5,7 +5,8 @@
 //! every node that joins later reads it from there. The create is a compare-and-set on the key's
 //! absence, so two nodes starting at once agree on one count.
 //!
-//! It owns the hub record and nothing else.
+//! It owns the hub record and the hub's settings ([`KvSettings`]: the retention policy set
+//! while running, under `settings.<key>` in the same bucket), nothing else.
 
 use crate::connection::{ClusterError, Nats};
 use async_nats::jetstream::kv;
@@ -75,4 +76,72 @@ pub fn partitions(nats: &Nats, requested: Option<u32>, default: u32) -> Result<u
         tracing::info!(hub = %hub, partitions = record.partitions, "created the task hub in JetStream");
     }
     Ok(record.partitions)
+}
+
+/// The hub's settings ([`HubSettings`]) in its KV bucket, key `settings.<key>`: a policy set
+/// through one node is the policy of whichever node serves the hub next.
+#[derive(Debug, Clone)]
+pub struct KvSettings {
+    nats: std::sync::Arc<Nats>,
+}
+
+impl KvSettings {
+    /// The settings of the connected hub (its bucket exists once [`partitions`] has run).
+    pub fn new(nats: std::sync::Arc<Nats>) -> KvSettings {
+        KvSettings { nats }
+    }
+
+    fn key(key: &str) -> String {
+        format!("settings.{key}")
+    }
+}
+
+impl cairn_storage::settings::HubSettings for KvSettings {
+    fn load(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let js = self.nats.jetstream().clone();
+        let bucket_name = bucket(&self.nats.config().hub);
+        let key = Self::key(key);
+        self.nats
+            .run(async move {
+                let store = js
+                    .get_key_value(&bucket_name)
+                    .await
+                    .map_err(|e| format!("opening the KV bucket {bucket_name}: {e}"))?;
+                let value = store
+                    .get(&key)
+                    .await
+                    .map_err(|e| format!("reading {key} in {bucket_name}: {e}"))?;
+                Ok(value.map(|v| v.to_vec()))
+            })
+            .ok_or_else(|| ClusterError::Stopped.to_string())?
+    }
+
+    fn store(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        let js = self.nats.jetstream().clone();
+        let bucket_name = bucket(&self.nats.config().hub);
+        let key = Self::key(key);
+        let value = bytes::Bytes::copy_from_slice(value);
+        self.nats
+            .run(async move {
+                let store = js
+                    .get_key_value(&bucket_name)
+                    .await
+                    .map_err(|e| format!("opening the KV bucket {bucket_name}: {e}"))?;
+                // A put is acknowledged once JetStream has stored it (on a majority, R3).
+                store
+                    .put(&key, value)
+                    .await
+                    .map_err(|e| format!("writing {key} in {bucket_name}: {e}"))?;
+                Ok(())
+            })
+            .ok_or_else(|| ClusterError::Stopped.to_string())?
+    }
+
+    fn location(&self, key: &str) -> String {
+        format!(
+            "the key {} of the KV bucket {} in JetStream",
+            Self::key(key),
+            bucket(&self.nats.config().hub)
+        )
+    }
 }

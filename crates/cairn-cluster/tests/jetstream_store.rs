@@ -1,7 +1,7 @@
 //! The JetStream checkpoint store against a real `nats-server` started here: the storage
 //! conformance suite, once reopening with the node's local cache and once with no cache at all
 //! (a node taking the partition over rebuilds everything from JetStream), and the fencing of a
-//! stale owner's checkpoint.
+//! stale owner's checkpoint; and the hub's settings in its KV bucket.
 
 use cairn_cluster::checkpoint::JetStreamCheckpointStore;
 use cairn_cluster::nats_server::NatsCluster;
@@ -154,4 +154,24 @@ fn snapshots_bound_the_deltas_a_new_owner_reads_and_lose_nothing() {
         );
         assert!(store.get_instance("kept2").unwrap().is_some());
     }
+}
+
+/// The hub's settings in its KV bucket behave as the file-backed ones do, and a node that
+/// connects later (a standby taking over) reads what another node stored.
+#[test]
+fn kv_settings_pass_the_settings_checks_across_nodes() {
+    let cluster = NatsCluster::single().expect("start nats-server");
+    let first = nats(&cluster, "settings", "node-a");
+    // The bucket is created with the hub record.
+    cairn_cluster::hub::partitions(&first, Some(2), 12).unwrap();
+    let settings = cairn_cluster::hub::KvSettings::new(first);
+    cairn_storage::settings::check_settings(&settings, &|| {
+        Box::new(cairn_cluster::hub::KvSettings::new(nats(
+            &cluster, "settings", "node-b",
+        )))
+    });
+    use cairn_storage::settings::HubSettings;
+    assert!(settings
+        .location("retention")
+        .contains("settings.retention"));
 }

@@ -1,5 +1,6 @@
 // Cairn dashboard: a small single-page application in plain JavaScript.
-// Pages (hash routing): #/ instances, #/instances/<id> one instance, #/entities entities.
+// Pages (hash routing): #/ instances, #/instances/<id> one instance, #/entities entities,
+// #/cluster where the hub lives and the scale recommendation.
 // Everything it shows comes from the Durable Task HTTP API of the same server and /api/stats.
 (function () {
   "use strict";
@@ -296,6 +297,9 @@
         /* keep it raw */
       }
       renderInstancePage(main, id);
+    } else if (hash === "/cluster") {
+      setNav("cluster");
+      renderClusterPage(main);
     } else if (hash === "/entities" || hash.startsWith("/entities/")) {
       setNav("entities");
       renderEntitiesPage(main);
@@ -314,7 +318,7 @@
     for (const a of document.querySelectorAll("[data-nav]")) {
       a.classList.toggle("active", a.dataset.nav === name);
     }
-    document.title = name === "entities" ? "Entities · Cairn" : "Cairn";
+    document.title = name === "entities" ? "Entities · Cairn" : name === "cluster" ? "Cluster · Cairn" : "Cairn";
   }
 
   function instanceHref(id) {
@@ -1647,6 +1651,87 @@
   // ------------------------------------------------------------------ entities page
 
   const entityState = { name: "", previous: [], current: null, next: null };
+
+  // ------------------------------------------------------------------ cluster page (/api/cluster, /api/scale)
+
+  // Where the hub lives (embedded files, or JetStream with a serving node and each partition's
+  // log and checkpoint lag) and what an autoscaler is told to run.
+  function renderClusterPage(main) {
+    const errorBox = h("div", { class: "inline-error", "data-testid": "cluster-error", hidden: true });
+    const scaleTiles = h("div", { class: "tiles", "data-testid": "scale-tiles" });
+    const scaleReasons = h("div", { class: "stats-details muted", "data-testid": "scale-reasons" });
+    const hubFacts = h("div", { class: "stats-details", "data-testid": "hub-facts" });
+    const tbody = h("tbody", { "data-testid": "partition-rows" });
+    const table = h("div", { class: "table-wrap" },
+      h("table", { class: "table", "data-testid": "partitions-table" },
+        h("thead", null, h("tr", null,
+          h("th", null, "Partition"), h("th", null, "Next position"), h("th", null, "Owner epoch"),
+          h("th", null, "Log"), h("th", null, "Checkpoint at"), h("th", null, "Lag (records)"),
+          h("th", null, "Snapshot"))),
+        tbody));
+    table.hidden = true;
+    main.append(
+      h("section", { class: "card", "data-testid": "scale-card" },
+        h("div", { class: "card-head" }, h("h1", { "data-testid": "page-title" }, "Cluster"),
+          h("span", { class: "muted small" }, "GET /api/scale · /api/cluster")),
+        scaleTiles, scaleReasons),
+      h("section", { class: "card", "data-testid": "hub-card" },
+        h("div", { class: "card-head" }, h("h2", null, "Task hub")),
+        errorBox, hubFacts, table));
+
+    const tile = (label, value, testid) => h("div", { class: "tile tile-total", "data-testid": testid },
+      h("span", { class: "tile-value" }, fmtNumber(value)), h("span", { class: "tile-label" }, label));
+    const renderScale = (scale) => {
+      const backlog = scale.backlog || {};
+      scaleTiles.replaceChildren(
+        tile("Workers recommended", scale.workers && scale.workers.recommended, "scale-workers"),
+        tile("Workers connected", scale.workers && scale.workers.connected, "scale-connected"),
+        tile("Nodes recommended", scale.nodes && scale.nodes.recommended, "scale-nodes"),
+        tile("Backlog", (Number(backlog.instances) || 0) + (Number(backlog.activities) || 0), "scale-backlog"));
+      scaleReasons.replaceChildren(
+        h("span", null, `Workers: ${(scale.workers && scale.workers.reason) || "–"}`),
+        h("span", null, `Nodes: ${(scale.nodes && scale.nodes.reason) || "–"}`),
+        h("span", null, `Oldest wait for a worker: ${fmtDuration((Number(backlog.oldestWaitSeconds) || 0) * 1000)}`));
+    };
+    const fact = (label, value, testid) => h("span", { "data-testid": testid }, h("span", { class: "muted" }, `${label}: `), value);
+    const renderHub = (hub) => {
+      if (hub.mode !== "cluster") {
+        hubFacts.replaceChildren(
+          fact("Mode", "embedded (local files, one node)", "hub-mode"),
+          fact("Partitions", fmtNumber(hub.partitions), "hub-partitions"));
+        table.hidden = true;
+        return;
+      }
+      hubFacts.replaceChildren(
+        fact("Mode", "cluster (NATS JetStream)", "hub-mode"),
+        fact("Hub", hub.hub, "hub-name"),
+        fact("This node", hub.node, "hub-node"),
+        fact("Serving node", hub.servingNode || "none (a standby takes the lease)", "hub-serving"),
+        fact("Partitions", fmtNumber(hub.partitions), "hub-partitions"));
+      const rows = Array.isArray(hub.partitionStatus) ? hub.partitionStatus : [];
+      const or = (v, f) => (v === null || v === undefined ? "–" : f(v));
+      tbody.replaceChildren(...rows.map((p) => h("tr", { "data-testid": "partition-row" },
+        h("td", null, String(p.partition)),
+        h("td", null, fmtNumber(p.nextPosition)),
+        h("td", null, fmtNumber(p.ownerEpoch)),
+        h("td", null, `${fmtNumber(p.logMessages)} msgs, ${fmtBytes(p.logBytes)}`),
+        h("td", null, or(p.checkpointPosition, fmtNumber)),
+        h("td", { "data-testid": "partition-lag" }, or(p.recordsAfterCheckpoint, fmtNumber)),
+        h("td", null, or(p.snapshotPosition, (v) => `at ${fmtNumber(v)}, ${fmtBytes(p.snapshotBytes)}`)))));
+      table.hidden = false;
+    };
+    loop(async () => {
+      try {
+        const [scale, hub] = await Promise.all([api("GET", "/api/scale"), api("GET", "/api/cluster")]);
+        errorBox.hidden = true;
+        renderScale(scale.data || {});
+        renderHub(hub.data || {});
+      } catch (err) {
+        errorBox.hidden = false;
+        errorBox.textContent = err.message;
+      }
+    }, 3000);
+  }
 
   function renderEntitiesPage(main) {
     const tbody = h("tbody", { "data-testid": "entity-rows" });

@@ -4,7 +4,8 @@
 //! * the Durable Functions management API under `/runtime/webhooks/durabletask/` ([`api`]):
 //!   start, status (202 while running, 200 when done), query, raise event, terminate,
 //!   suspend, resume, rewind, restart, purge, and the entity routes;
-//! * `/metrics` in Prometheus text format and `/api/stats` for the dashboard ([`metrics`]);
+//! * `/metrics` in Prometheus text format, `/api/stats` for the dashboard and `/api/scale` for
+//!   autoscalers ([`metrics`]);
 //! * the web dashboard at `/`, built into the binary ([`dashboard`]);
 //! * `/openapi.json`, the description of all of the above (tested against the real routes).
 //!
@@ -44,6 +45,26 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Serve HTTPS with this certificate (None: plain HTTP).
     pub tls: Option<tls::TlsIdentity>,
+    /// How `/api/scale` turns the backlog into a worker count.
+    pub scale: cairn_runtime::scale::ScalePolicy,
+    /// The cluster this node serves a hub of (None: an embedded hub).
+    pub cluster: Option<ClusterView>,
+}
+
+/// How the HTTP front sees the cluster: this node's name and a way to read the hub's status
+/// from JetStream (blocking; run off the async threads). Shown at `/api/cluster`.
+#[derive(Clone)]
+pub struct ClusterView {
+    pub node: String,
+    pub status: Arc<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for ClusterView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterView")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What every handler can reach.
@@ -96,6 +117,8 @@ pub fn router(
         .route("/metrics", get(metrics::prometheus))
         .route("/api/stats", get(metrics::stats_json))
         .route("/api/workers", get(metrics::workers_json))
+        .route("/api/scale", get(metrics::scale_json))
+        .route("/api/cluster", get(metrics::cluster_json))
         .route(
             "/api/retention",
             get(metrics::retention_json).put(metrics::set_retention),

@@ -53,6 +53,23 @@ fn describe() {
         "Instances with work to run (dispatched, or waiting in the store), by orchestration or entity name"
     );
     describe_gauge!(
+        "cairn_scale_recommended_workers",
+        "SDK worker processes the hub's work needs now (KEDA: prometheus scaler, threshold 1)"
+    );
+    describe_gauge!(
+        "cairn_scale_recommended_nodes",
+        "Cairn nodes the hub needs now: 0 when idle, 2 in cluster mode (one serves, one stands by)"
+    );
+    describe_gauge!(
+        "cairn_scale_backlog",
+        "Instances with work plus queued activities, the backlog the worker recommendation follows"
+    );
+    describe_gauge!(
+        "cairn_scale_oldest_wait_seconds",
+        Unit::Seconds,
+        "How long the oldest work item has waited for a worker"
+    );
+    describe_gauge!(
         "cairn_timers_armed",
         "Armed durable timers (in memory, or waiting in the store)"
     );
@@ -291,9 +308,96 @@ fn publish_by_name(
     *published = counts.into_keys().collect();
 }
 
+/// The figures `/api/scale` decides on, summed over the partitions.
+fn scale_inputs(state: &AppState) -> cairn_runtime::scale::ScaleInputs {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let queues = || {
+        state
+            .stats
+            .iter()
+            .flat_map(|s| [&s.orchestrator_queue, &s.activity_queue, &s.entity_queue])
+    };
+    cairn_runtime::scale::ScaleInputs {
+        instances_with_work: backlog_by_name(state).values().sum(),
+        activities: activity_backlog_by_name(state).values().sum(),
+        waiting: queues().map(|q| q.len() as u64).sum(),
+        oldest_wait: queues().map(|q| q.oldest_age()).max().unwrap_or_default(),
+        connected_workers: state
+            .remote
+            .as_ref()
+            .map_or(0, |q| q.workers().len() as u64),
+        timers_armed: state.stats.iter().map(|s| load(&s.timers_armed)).sum(),
+        cluster: state.config.cluster.is_some(),
+    }
+}
+
+/// `GET /api/cluster`: where the hub lives. Embedded: this node and its partitions' queues.
+/// Cluster: this node, the hub's serving node, and per partition its log, owner epoch and
+/// checkpoint lag, read from JetStream (`cairn cluster status`).
+pub async fn cluster_json(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let Some(view) = state.config.cluster.clone() else {
+        return Ok(Json(json!({
+            "mode": "embedded",
+            "partitions": state.stats.len(),
+        })));
+    };
+    let read = view.status.clone();
+    let status = tokio::task::spawn_blocking(move || read())
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("reading the cluster's status failed: {e}")))?
+        .map_err(|e| {
+            ApiError::Unavailable(format!(
+                "cannot read the cluster's status from JetStream: {e}"
+            ))
+        })?;
+    let mut body = json!({ "mode": "cluster", "node": view.node });
+    if let (Some(body), Some(status)) = (body.as_object_mut(), status.as_object()) {
+        body.extend(status.clone());
+    }
+    Ok(Json(body))
+}
+
+/// `GET /api/scale`: how many SDK workers and Cairn nodes the hub needs now, with the figures
+/// behind it (see [`cairn_runtime::scale`]). KEDA's metrics-api scaler reads
+/// `workers.recommended` or `nodes.recommended` with `targetValue: 1`.
+pub async fn scale_json(State(state): State<AppState>) -> Json<Value> {
+    let inputs = scale_inputs(&state);
+    let policy = &state.config.scale;
+    let r = cairn_runtime::scale::recommend(&inputs, policy);
+    Json(json!({
+        "workers": {
+            "recommended": r.workers,
+            "connected": inputs.connected_workers,
+            "reason": r.workers_reason,
+        },
+        "nodes": {
+            "recommended": r.nodes,
+            "reason": r.nodes_reason,
+        },
+        "idle": r.idle,
+        "backlog": {
+            "instances": inputs.instances_with_work,
+            "activities": inputs.activities,
+            "waiting": inputs.waiting,
+            "oldestWaitSeconds": inputs.oldest_wait.as_secs_f64(),
+        },
+        "timersArmed": inputs.timers_armed,
+        "policy": {
+            "backlogPerWorker": policy.backlog_per_worker,
+            "maxWaitSeconds": policy.max_wait.as_secs_f64(),
+        },
+    }))
+}
+
 /// Copies the partitions' figures into the recorder.
 fn publish(state: &AppState) {
     publish_workers(state);
+    let scale = scale_inputs(state);
+    let r = cairn_runtime::scale::recommend(&scale, &state.config.scale);
+    gauge!("cairn_scale_recommended_workers").set(r.workers as f64);
+    gauge!("cairn_scale_recommended_nodes").set(r.nodes as f64);
+    gauge!("cairn_scale_backlog").set((scale.instances_with_work + scale.activities) as f64);
+    gauge!("cairn_scale_oldest_wait_seconds").set(scale.oldest_wait.as_secs_f64());
     let (mut hits, mut misses) = (0u64, 0u64);
     for (p, s) in state.stats.iter().enumerate() {
         let partition = p.to_string();

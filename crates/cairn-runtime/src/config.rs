@@ -59,6 +59,9 @@ pub struct EngineConfig {
     pub logs: Option<Arc<dyn cairn_storage::seam::PartitionLogs>>,
     /// Where the partitions' checkpoint stores live; `None` is local redb files in `data_dir`.
     pub checkpoints: Option<Arc<dyn cairn_storage::seam::CheckpointStores>>,
+    /// Where hub-wide settings changed while running (the retention policy) are kept; `None`
+    /// is files in `data_dir`. The cluster keeps them in its KV bucket.
+    pub settings: Option<Arc<dyn cairn_storage::settings::HubSettings>>,
     /// The wall clock the shell stamps records with; `None` is the system clock.
     pub clock: Option<Arc<dyn crate::clock::Clock>>,
     /// Where new ids come from; `None` is random.
@@ -101,6 +104,7 @@ impl Default for EngineConfig {
             max_queued_requests: 10_000,
             logs: None,
             checkpoints: None,
+            settings: None,
             clock: None,
             ids: None,
             router: None,

@@ -45,7 +45,11 @@ impl Engine {
         let dir = config.data_dir.clone();
         let opened = crate::hub::open(&dir, config.partitions)?;
         let hub = opened.meta.clone();
-        let retention = crate::retention::Retention::open(&dir, &config.retention)
+        let settings = config.settings.clone().unwrap_or_else(|| {
+            Arc::new(cairn_storage::settings::FileSettings::new(&dir))
+                as Arc<dyn cairn_storage::settings::HubSettings>
+        });
+        let retention = crate::retention::Retention::open(settings, &config.retention)
             .map_err(|e| crate::hub::data_dir_error(&dir, e))?;
         let count = hub.partitions;
         let mut senders = Vec::new();

@@ -39,6 +39,7 @@ mod leader;
 pub mod remote;
 pub mod retention;
 pub mod router;
+pub mod scale;
 mod shared;
 pub mod stats;
 pub mod status;

@@ -11,6 +11,7 @@
 use crate::client::Client;
 use crate::clock::Clock;
 use cairn_core::{Millis, RuntimeStatus};
+use cairn_storage::settings::HubSettings;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -144,50 +145,44 @@ pub(crate) async fn run(
     }
 }
 
-/// The file in a hub's directory that keeps the policy set while Cairn runs.
-const POLICY_FILE: &str = "retention.json";
+/// The key the policy is kept under in the hub's settings (`retention.json` in a hub's
+/// directory; the cluster's KV bucket in cluster mode).
+const POLICY_KEY: &str = "retention";
 
 /// The policy in force, changeable while Cairn runs ([`crate::Engine::retention`]) and kept in
-/// the hub's directory so that it outlives the process. A policy given in the configuration
-/// (`cairn serve --retain-…`) replaces the kept one when the engine opens.
+/// the hub's settings ([`HubSettings`]) so that it outlives the process, and in cluster mode the
+/// node. A policy given in the configuration (`cairn serve --retain-…`) replaces the kept one
+/// when the engine opens.
 #[derive(Clone)]
 pub struct Retention {
     policy: Arc<parking_lot::Mutex<Arc<RetentionPolicy>>>,
-    file: std::path::PathBuf,
+    settings: Arc<dyn HubSettings>,
     sweeps: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Retention {
-    /// The policy for the hub in `dir`: `configured` if it says anything (and then kept),
-    /// else the one kept there, else none.
+    /// The policy for the hub whose settings are `settings`: `configured` if it says anything
+    /// (and then kept), else the one kept there, else none.
     pub(crate) fn open(
-        dir: &std::path::Path,
+        settings: Arc<dyn HubSettings>,
         configured: &RetentionPolicy,
     ) -> Result<Retention, String> {
-        let file = dir.join(POLICY_FILE);
         let retention = Retention {
             policy: Arc::default(),
-            file,
+            settings,
             sweeps: Arc::default(),
         };
         if !configured.is_empty() {
             retention.set(configured.clone())?;
             return Ok(retention);
         }
-        match std::fs::read_to_string(&retention.file) {
-            Ok(text) => {
-                let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                    format!(
-                        "{} is not valid JSON ({e}); fix or delete it",
-                        retention.file.display()
-                    )
-                })?;
-                let policy = RetentionPolicy::from_json(&json)
-                    .map_err(|e| format!("{}: {e}; fix or delete it", retention.file.display()))?;
-                *retention.policy.lock() = Arc::new(policy);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", retention.file.display())),
+        if let Some(bytes) = retention.settings.load(POLICY_KEY)? {
+            let place = retention.settings.location(POLICY_KEY);
+            let json: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{place} is not valid JSON ({e}); fix or delete it"))?;
+            let policy = RetentionPolicy::from_json(&json)
+                .map_err(|e| format!("{place}: {e}; fix or delete it"))?;
+            *retention.policy.lock() = Arc::new(policy);
         }
         Ok(retention)
     }
@@ -203,29 +198,14 @@ impl Retention {
         self.policy.lock().clone()
     }
 
-    /// Replaces the policy: kept in the hub's directory first (written aside, then renamed
-    /// over), then in force from the next sweep.
+    /// Replaces the policy: kept in the hub's settings first, then in force from the next
+    /// sweep.
     pub fn set(&self, policy: RetentionPolicy) -> Result<(), String> {
         let text = serde_json::to_string_pretty(&policy.to_json())
             .map_err(|e| format!("cannot encode the retention policy: {e}"))?;
-        let aside = self.file.with_extension("json.new");
-        let keep = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&aside)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&aside, &self.file)?;
-            if let Some(dir) = self.file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        keep().map_err(|e| {
-            format!(
-                "cannot keep the retention policy in {}: {e}",
-                self.file.display()
-            )
-        })?;
+        self.settings
+            .store(POLICY_KEY, text.as_bytes())
+            .map_err(|e| format!("cannot keep the retention policy: {e}"))?;
         *self.policy.lock() = Arc::new(policy);
         Ok(())
     }

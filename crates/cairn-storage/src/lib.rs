@@ -20,6 +20,7 @@
 pub mod conformance;
 pub mod log;
 pub mod seam;
+pub mod settings;
 pub mod store;
 
 pub use log::{
