@@ -329,7 +329,8 @@ def test_bearer_token_guards_every_management_route():
 def test_scale_recommendation_follows_the_backlog():
     """`/api/scale` (and its gauges in /metrics) asks for no worker and no node while the hub is
     idle, one worker per `--scale-backlog-per-worker` of backlog while work waits for a worker,
-    and nothing again once the backlog is gone; a cluster node keeps a standby."""
+    and nothing again once the backlog is gone; a cluster node keeps a standby. Instances
+    terminated while waiting for a worker leave the work queue at once."""
     s = CairnServer("--scale-backlog-per-worker", "40").start()
     nodes_when_busy = 2 if os.environ.get("CAIRN_CLUSTER_NATS") else 1
     try:
@@ -354,14 +355,22 @@ def test_scale_recommendation_follows_the_backlog():
         assert "cairn_scale_recommended_workers 3" in metrics, metrics
         assert f"cairn_scale_recommended_nodes {nodes_when_busy}" in metrics
         assert "cairn_scale_backlog 100" in metrics
+        assert call(s, "GET", "/api/workers").json()["unserved"][0]["waiting"] == 100
         for iid in ids:
             assert call(s, "POST", f"{BASE}/instances/{iid}/terminate").status == 202
+        # Terminated while they waited for a worker: their episodes are withdrawn from the
+        # queue, so nothing waits any more and no worker will be handed them.
         deadline = time.time() + 30
         while time.time() < deadline:
             scale = call(s, "GET", "/api/scale").json()
-            if scale["idle"]:
+            if scale["idle"] and scale["backlog"]["waiting"] == 0:
                 break
             time.sleep(0.05)
         assert scale["idle"] and scale["workers"]["recommended"] == 0, scale
+        assert scale["backlog"]["waiting"] == 0, scale
+        assert call(s, "GET", "/api/workers").json()["unserved"] == []
+        queued = [line for line in call(s, "GET", "/metrics").body.decode().splitlines()
+                  if line.startswith("cairn_work_queue_length")]
+        assert queued and all(line.endswith(" 0") for line in queued), queued
     finally:
         s.stop()

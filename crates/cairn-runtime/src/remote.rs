@@ -229,7 +229,7 @@ impl Room {
 
 /// Items of one kind, name and version wait in one lane.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct LaneKey {
+pub(crate) struct LaneKey {
     kind: WorkKind,
     name: String,
     version: Option<String>,
@@ -341,7 +341,8 @@ struct QueueInner {
     changed: Notify,
 }
 
-fn lane_key(work: &RemoteWork) -> LaneKey {
+/// The lane `work` waits in.
+pub(crate) fn lane_key(work: &RemoteWork) -> LaneKey {
     LaneKey {
         kind: work.kind(),
         name: work.name().to_string(),
@@ -367,6 +368,21 @@ impl RemoteQueue {
                 });
         }
         self.inner.changed.notify_waiters();
+    }
+
+    /// Notes that an item of `lane` was withdrawn (its answer dropped: the instance ended while
+    /// it waited). Abandoned items would be skipped when taken anyway; this sweeps them out of
+    /// the lane now, with their places in the gauges. A lane holds at most the dispatch
+    /// windows' worth of items of one name, so even terminating every instance of a large
+    /// backlog costs little.
+    pub(crate) fn withdrawn(&self, lane: &LaneKey) {
+        let mut state = self.inner.state.lock();
+        if let Some(items) = state.lanes.get_mut(lane) {
+            items.retain(|q| !q.work.is_abandoned());
+            if items.is_empty() {
+                state.lanes.remove(lane);
+            }
+        }
     }
 
     /// Drops every queued item (the engine shuts down): whoever waits for one is told it will
@@ -455,7 +471,7 @@ impl RemoteQueue {
                     kind: key.kind,
                     name: key.name.clone(),
                     version: key.version.clone(),
-                    waiting: lane.len(),
+                    waiting: lane.iter().filter(|q| !q.work.is_abandoned()).count(),
                     oldest_seconds: oldest.elapsed().as_secs_f64(),
                     instances: first
                         .iter()
@@ -629,6 +645,45 @@ mod tests {
         drop(all);
         drop(worker);
         assert!(q.workers().is_empty());
+        drop(answers);
+    }
+
+    /// An item whose answer was dropped (its instance ended while it waited) leaves the lane and
+    /// the queue gauge when withdrawn, is not counted as unserved, and is never handed out.
+    #[tokio::test]
+    async fn withdrawn_items_leave_the_lane_and_the_gauge() {
+        let q = RemoteQueue::default();
+        let gauge = std::sync::Arc::new(crate::stats::WorkGauge::default());
+        let mut answers = Vec::new();
+        let mut lane = None;
+        for id in ["1", "2", "3"] {
+            let (w, rx) = activity("a", id);
+            lane = Some(lane_key(&w));
+            q.push(w, Some(gauge.enter()));
+            answers.push(rx);
+        }
+        let lane = lane.unwrap();
+        assert_eq!((gauge.len(), q.unserved()[0].waiting), (3, 3));
+        // "2" ends while it waits: its answer is dropped, then it is withdrawn.
+        drop(answers.remove(1));
+        assert_eq!(
+            q.unserved()[0].waiting,
+            2,
+            "an abandoned item is not waiting"
+        );
+        q.withdrawn(&lane);
+        assert_eq!(gauge.len(), 2);
+        assert_eq!(q.unserved()[0].instances, vec!["1", "3"]);
+        let worker = q.connect("w", WorkFilter::everything());
+        assert_eq!(worker.recv(Room::ALL).await.work.instance_id(), "1");
+        assert_eq!(worker.recv(Room::ALL).await.work.instance_id(), "3");
+        // Withdrawing a lane's last item removes the lane.
+        let (w, rx) = activity("a", "4");
+        q.push(w, Some(gauge.enter()));
+        assert_eq!((q.len(), gauge.len()), (1, 1));
+        drop(rx);
+        q.withdrawn(&lane);
+        assert_eq!((q.len(), gauge.len()), (0, 0));
         drop(answers);
     }
 }

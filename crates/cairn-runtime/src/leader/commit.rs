@@ -80,6 +80,7 @@ impl Leader {
                 }
             }
             Effect::InstanceChanged(id) => {
+                self.withdraw_if_ended(&id);
                 if self.waiters.contains_key(&id) {
                     if let Some(status) = self.snapshot(&id) {
                         self.held.push_back((batch_end, Held::Changed(status)));

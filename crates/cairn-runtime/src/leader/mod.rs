@@ -103,6 +103,10 @@ pub(crate) struct Leader {
     dispatch: dispatch::Dispatch<String>,
     activity_dispatch: dispatch::Dispatch<u64>,
     cursors: HashMap<String, Cursor>,
+    /// Episodes handed to remote workers and not answered yet, each with the means to withdraw
+    /// it: an instance that ends (terminated, purged) while its episode waits for a worker
+    /// frees its place in the queue and in the dispatch window.
+    remote_episodes: HashMap<String, oneshot::Sender<()>>,
     timers: timers::TimerWheel,
     waiters: HashMap<String, Vec<Waiter>>,
     sent_up_to: HashMap<u32, MessageId>,
@@ -301,6 +305,7 @@ impl Leader {
                     cursor,
                 } => {
                     self.dispatch.finished(&instance_id);
+                    self.remote_episodes.remove(&instance_id);
                     // A cursor continues an execution; one that ended (completed, failed or
                     // continued as new) never runs again, so it is not worth keeping.
                     let ended = result.as_ref().is_some_and(|r| {

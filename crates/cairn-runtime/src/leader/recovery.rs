@@ -103,6 +103,7 @@ impl Leader {
             dispatch: Default::default(),
             activity_dispatch: Default::default(),
             cursors: HashMap::new(),
+            remote_episodes: HashMap::new(),
             timers,
             waiters: HashMap::new(),
             sent_up_to: HashMap::new(),

@@ -68,6 +68,7 @@ impl Leader {
                             actions: Vec::new(),
                         }
                     },
+                    None,
                 )
                 .await;
                 let Some(out) = out else {
@@ -138,8 +139,33 @@ impl Leader {
             new_events,
         };
         let ticket = self.stats.orchestrator_queue.enter();
-        tokio::spawn(work.run(cursor, remote, ticket));
+        let withdraw = remote.is_some().then(|| {
+            let (withdraw, withdrawn) = oneshot::channel();
+            self.remote_episodes.insert(id.to_string(), withdraw);
+            withdrawn
+        });
+        tokio::spawn(work.run(cursor, remote, ticket, withdraw));
         true
+    }
+
+    /// Withdraws the remote episode of `id` if the instance has ended (or is gone) while the
+    /// episode waits: its answer could only be ignored. Ending is speculative here (not yet
+    /// durable), which is fine: a withdrawn episode is reported as not run, and an instance
+    /// that turns out not to have ended after all (a crash lost the change) is dispatched
+    /// again by recovery.
+    pub(super) fn withdraw_if_ended(&mut self, id: &str) {
+        if !self.remote_episodes.contains_key(id) || !self.state.is_resident(id) {
+            return;
+        }
+        let ended = self
+            .state
+            .loaded(id)
+            .is_none_or(|i| i.state.status.is_terminal());
+        if ended {
+            if let Some(withdraw) = self.remote_episodes.remove(id) {
+                let _ = withdraw.send(());
+            }
+        }
     }
 
     /// Starts queued activity `activity_id` if it is not running yet and its name's window
@@ -219,6 +245,7 @@ impl Leader {
                 },
                 |r| r,
                 |item| Err(shared.registry.activity_not_found(&item.name)),
+                None,
             )
             .await;
             // The queue dropped it (shutdown): recovery will run it again.
@@ -289,6 +316,7 @@ async fn execute<L, I, R, A, Fut>(
     remote_item: impl FnOnce(I, oneshot::Sender<A>) -> RemoteWork,
     from_remote: impl FnOnce(A) -> R,
     missing: impl FnOnce(I) -> R,
+    withdrawn: Option<oneshot::Receiver<()>>,
 ) -> Option<R>
 where
     Fut: std::future::Future<Output = R>,
@@ -301,8 +329,31 @@ where
         }
         Placement::Remote(queue) => {
             let (reply, answer) = oneshot::channel();
-            queue.push(remote_item(input, reply), Some(ticket));
-            answer.await.ok().map(from_remote)
+            let item = remote_item(input, reply);
+            let lane = crate::remote::lane_key(&item);
+            queue.push(item, Some(ticket));
+            let Some(withdrawn) = withdrawn else {
+                return answer.await.ok().map(from_remote);
+            };
+            // Only an explicit withdrawal counts: a dropped sender (the leader gone) is not one.
+            let withdrawn = async {
+                if withdrawn.await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            };
+            let answered = tokio::select! {
+                answer = answer => Some(answer),
+                () = withdrawn => None,
+            };
+            match answered {
+                Some(answer) => answer.ok().map(from_remote),
+                None => {
+                    // `answer` is dropped by now, which abandons the item; the queue sheds it
+                    // (and its place in the gauges) without waiting for a worker to come along.
+                    queue.withdrawn(&lane);
+                    None
+                }
+            }
         }
         Placement::Missing => {
             drop(ticket);
@@ -329,7 +380,13 @@ struct EpisodeWork {
 impl EpisodeWork {
     /// Runs the episode (locally with a cursor, or on a remote worker) and reports the result
     /// to the leader.
-    async fn run(self, cursor: Option<Cursor>, remote: Option<RemoteQueue>, ticket: WorkTicket) {
+    async fn run(
+        self,
+        cursor: Option<Cursor>,
+        remote: Option<RemoteQueue>,
+        ticket: WorkTicket,
+        withdrawn: Option<oneshot::Receiver<()>>,
+    ) {
         let fail = |f: FailureDetails| vec![Action::Complete(Completion::Failed { failure: f })];
         let retry_later = |tx: &mpsc::UnboundedSender<Input>, instance_id: String| {
             let _ = tx.send(Input::EpisodeDone {
@@ -426,6 +483,7 @@ impl EpisodeWork {
                     None,
                 )
             },
+            withdrawn,
         )
         .await;
         let Some((started_at, actions, custom_status, cursor)) = decided else {
