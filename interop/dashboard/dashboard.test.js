@@ -578,6 +578,8 @@ test("cluster page: a hub in JetStream shows its serving node and each partition
       assert.ok((await page.locator('[data-testid="hub-name"]').innerText()).includes("dashboard"));
       assert.ok((await page.locator('[data-testid="hub-node"]').innerText()).includes("dash-node"));
       assert.ok((await page.locator('[data-testid="hub-serving"]').innerText()).includes("dash-node"));
+      const live = await page.locator('[data-testid="hub-nodes"]').innerText();
+      assert.ok(live.includes("dash-node (serving, gRPC 127.0.0.1:"), `live nodes: ${live}`);
       await page.locator('[data-testid="partition-row"]').nth(3).waitFor();
       assert.equal(await page.locator('[data-testid="partition-row"]').count(), 4);
       const epochs = await page.locator('[data-testid="partition-row"] td:nth-child(3)').allInnerTexts();

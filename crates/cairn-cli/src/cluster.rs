@@ -189,6 +189,21 @@ fn print_status(s: &cairn_cluster::status::HubStatus) {
             None => "served by no node".to_string(),
         }
     );
+    if s.nodes.is_empty() {
+        println!("no live node");
+    }
+    for n in &s.nodes {
+        let role = match n.role {
+            cairn_cluster::nodes::Role::Serving => "serving",
+            cairn_cluster::nodes::Role::Standby => "standby",
+        };
+        let fronts = match (&n.grpc, &n.http) {
+            (Some(g), Some(h)) => format!(" gRPC {g}, HTTP {h}"),
+            (Some(g), None) => format!(" gRPC {g}"),
+            _ => String::new(),
+        };
+        println!("node {} ({role}, Cairn {}){fronts}", n.node, n.version);
+    }
     println!(
         "{:>9} {:>13} {:>6} {:>9} {:>11} {:>13} {:>7} {:>20}",
         "partition",

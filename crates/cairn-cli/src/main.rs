@@ -283,6 +283,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
         _ => None,
     };
     let (config, nats) = args.engine.cluster.attach(config, None).await?;
+    // This node's record in the hub's list of live nodes: standing by until it holds the lease.
+    let beat = match &nats {
+        Some(nats) => {
+            let nats = nats.clone();
+            let beat = tokio::task::spawn_blocking(move || {
+                let record = cairn_cluster::nodes::NodeRecord::standby(&nats.config().node_id);
+                cairn_cluster::nodes::NodeBeat::start(nats, record)
+            })
+            .await
+            .context("registering this node panicked")?
+            .context("cannot register this node in the hub's list of nodes")?;
+            Some(beat)
+        }
+        None => None,
+    };
     let lease = match &nats {
         Some(nats) => Some(args.engine.cluster.acquire(nats.clone()).await?),
         None => None,
@@ -371,6 +386,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Some(l) => Some(l.local_addr().context("the HTTP listener has no address")?),
         None => None,
     };
+    if let Some(beat) = &beat {
+        beat.update(|r| {
+            r.role = cairn_cluster::nodes::Role::Serving;
+            r.grpc = Some(grpc_addr.to_string());
+            r.http = http_addr.map(|a| a.to_string());
+        });
+    }
     // Install the handlers before saying we run, so an early Ctrl-C is not lost.
     let signal = wait_for_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -473,6 +495,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 // If it is still ours, a standby need not wait for it to run out.
                 tokio::task::spawn_blocking(move || lease.release()).await.ok();
             }
+            if let Some(beat) = beat {
+                tokio::task::spawn_blocking(move || beat.stop()).await.ok();
+            }
             anyhow::bail!("stepped down: this node no longer serves the hub: {why}");
         }
     }
@@ -483,6 +508,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tokio::task::spawn_blocking(move || lease.release())
             .await
             .ok();
+    }
+    if let Some(beat) = beat {
+        tokio::task::spawn_blocking(move || beat.stop()).await.ok();
     }
     tracing::info!("stopped cleanly");
     Ok(())

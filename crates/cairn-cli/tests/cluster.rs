@@ -227,6 +227,41 @@ fn status_json(url: &str, hub: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
+/// The live nodes `cairn cluster status` lists for `hub`: (name, role).
+fn live_nodes(url: &str, hub: &str) -> Vec<(String, String)> {
+    status_json(url, hub)["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap_or_default().to_string(),
+                n["role"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Polls [`live_nodes`] until it equals `expected` (a killed node's record expires on its own).
+fn wait_for_nodes(url: &str, hub: &str, expected: &[(&str, &str)], within: Duration) {
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(n, r)| (n.to_string(), r.to_string()))
+        .collect();
+    let started = std::time::Instant::now();
+    loop {
+        let seen = live_nodes(url, hub);
+        if seen == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "live nodes {seen:?}, expected {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Reads every partition's log of `hub` back (without taking it over): fails if the epochs of
 /// its writers ever go back, that is if two owners' writes interleaved.
 fn audit(url: &str, hub: &str, partitions: u32) {
@@ -275,6 +310,19 @@ fn a_standby_takes_over_when_the_serving_node_dies_or_stops() {
     let policy = r#"{"hub":{"completed":"7d"},"byName":{"nightly":{"failed":"30d"}}}"#;
     let (code, body) = active.request("PUT", "api/retention", Some(policy));
     assert_eq!(code, 200, "{body}");
+    // Both nodes are listed, with their roles; the serving one with its fronts.
+    wait_for_nodes(
+        &url,
+        "ha",
+        &[("a", "serving"), ("b", "standby")],
+        Duration::ZERO,
+    );
+    let listed = status_json(&url, "ha")["nodes"][0].clone();
+    assert_eq!(
+        listed["http"].as_str().map(|h| format!("http://{h}")),
+        Some(active.http.clone()),
+        "{listed}"
+    );
 
     // kill -9: the standby notices the lease is no longer renewed, takes the hub over and
     // answers for everything the dead node acknowledged.
@@ -297,6 +345,13 @@ fn a_standby_takes_over_when_the_serving_node_dies_or_stops() {
     );
     assert!(!dir.path().join("b/retention.json").exists());
     start_orders(&standby, 10, 20);
+    // The killed node's record expires by itself; the one that took over now serves.
+    wait_for_nodes(
+        &url,
+        "ha",
+        &[("b", "serving")],
+        cairn_cluster::nodes::NODE_TTL + Duration::from_secs(5),
+    );
 
     // A clean stop (SIGTERM) gives the lease up: a new standby takes over without waiting
     // for it to run out (this standby would wait 10 s for a lease that is not released).
@@ -310,6 +365,8 @@ fn a_standby_takes_over_when_the_serving_node_dies_or_stops() {
         "a released lease was waited out: {taken:?}"
     );
     check_orders(&third, 20);
+    // A clean stop deletes the node's record at once.
+    wait_for_nodes(&url, "ha", &[("c", "serving")], Duration::from_secs(2));
     // The clean stop checkpointed every partition: nothing is left to replay after the
     // checkpoints, and the status says so.
     let status = status_json(&url, "ha");

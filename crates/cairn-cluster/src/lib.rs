@@ -29,6 +29,7 @@ pub mod hub;
 pub mod lease;
 pub mod log;
 pub mod nats_server;
+pub mod nodes;
 pub mod probe;
 pub mod status;
 

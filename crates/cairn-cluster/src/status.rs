@@ -1,9 +1,9 @@
 //! # What `cairn cluster status` shows
 //!
-//! A read-only look at a hub in JetStream: its partition count, which node holds its lease,
-//! and per partition the log's tail (next position, owner epoch, size), the checkpoint deltas
-//! not yet folded into a snapshot, and what the snapshot covers. It writes nothing: no epoch
-//! marker, no lease.
+//! A read-only look at a hub in JetStream: its partition count, its live nodes, which one
+//! holds its lease, and per partition the log's tail (next position, owner epoch, size), the
+//! checkpoint deltas not yet folded into a snapshot, and what the snapshot covers. It writes
+//! nothing: no epoch marker, no lease.
 
 use crate::checkpoint::{deltas_stream, snapshot_bucket, Covers};
 use crate::connection::{ClusterError, Nats};
@@ -19,6 +19,8 @@ pub struct HubStatus {
     pub partitions: u32,
     /// The node serving the hub (the lease's holder), if any.
     pub serving_node: Option<String>,
+    /// The live nodes, serving and standing by.
+    pub nodes: Vec<crate::nodes::NodeRecord>,
     pub partition_status: Vec<PartitionStatus>,
 }
 
@@ -81,6 +83,7 @@ pub fn hub_status(nats: &Nats) -> Result<HubStatus, ClusterError> {
             }
             _ => None,
         };
+        let nodes = crate::nodes::live_nodes(&js, &hub).await?;
         let snapshots: Option<object_store::ObjectStore> =
             js.get_object_store(snapshot_bucket(&hub)).await.ok();
         let mut partition_status = Vec::new();
@@ -134,6 +137,7 @@ pub fn hub_status(nats: &Nats) -> Result<HubStatus, ClusterError> {
             hub,
             partitions: record.partitions,
             serving_node,
+            nodes,
             partition_status,
         })
     })

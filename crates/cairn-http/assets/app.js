@@ -1707,7 +1707,9 @@
         fact("Hub", hub.hub, "hub-name"),
         fact("This node", hub.node, "hub-node"),
         fact("Serving node", hub.servingNode || "none (a standby takes the lease)", "hub-serving"),
-        fact("Partitions", fmtNumber(hub.partitions), "hub-partitions"));
+        fact("Partitions", fmtNumber(hub.partitions), "hub-partitions"),
+        fact("Live nodes", (Array.isArray(hub.nodes) ? hub.nodes : [])
+          .map((n) => `${n.node} (${n.role}${n.grpc ? `, gRPC ${n.grpc}` : ""})`).join(", ") || "none", "hub-nodes"));
       const rows = Array.isArray(hub.partitionStatus) ? hub.partitionStatus : [];
       const or = (v, f) => (v === null || v === undefined ? "–" : f(v));
       tbody.replaceChildren(...rows.map((p) => h("tr", { "data-testid": "partition-row" },
