@@ -96,8 +96,17 @@ impl KvSettings {
     }
 }
 
-impl cairn_storage::settings::HubSettings for KvSettings {
-    fn load(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+impl KvSettings {
+    /// Runs `op` on the hub's bucket and `key`'s name in it; blocks.
+    fn on_bucket<T, F>(
+        &self,
+        key: &str,
+        op: impl FnOnce(kv::Store, String) -> F + Send + 'static,
+    ) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, String>> + Send,
+    {
         let js = self.nats.jetstream().clone();
         let bucket_name = bucket(&self.nats.config().hub);
         let key = Self::key(key);
@@ -107,34 +116,35 @@ impl cairn_storage::settings::HubSettings for KvSettings {
                     .get_key_value(&bucket_name)
                     .await
                     .map_err(|e| format!("opening the KV bucket {bucket_name}: {e}"))?;
-                let value = store
-                    .get(&key)
+                op(store, key)
                     .await
-                    .map_err(|e| format!("reading {key} in {bucket_name}: {e}"))?;
-                Ok(value.map(|v| v.to_vec()))
+                    .map_err(|e| format!("{e} in the KV bucket {bucket_name}"))
             })
             .ok_or_else(|| ClusterError::Stopped.to_string())?
     }
+}
+
+impl cairn_storage::settings::HubSettings for KvSettings {
+    fn load(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.on_bucket(key, |store, key| async move {
+            let value = store
+                .get(&key)
+                .await
+                .map_err(|e| format!("reading {key}: {e}"))?;
+            Ok(value.map(|v| v.to_vec()))
+        })
+    }
 
     fn store(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        let js = self.nats.jetstream().clone();
-        let bucket_name = bucket(&self.nats.config().hub);
-        let key = Self::key(key);
         let value = bytes::Bytes::copy_from_slice(value);
-        self.nats
-            .run(async move {
-                let store = js
-                    .get_key_value(&bucket_name)
-                    .await
-                    .map_err(|e| format!("opening the KV bucket {bucket_name}: {e}"))?;
-                // A put is acknowledged once JetStream has stored it (on a majority, R3).
-                store
-                    .put(&key, value)
-                    .await
-                    .map_err(|e| format!("writing {key} in {bucket_name}: {e}"))?;
-                Ok(())
-            })
-            .ok_or_else(|| ClusterError::Stopped.to_string())?
+        self.on_bucket(key, |store, key| async move {
+            // A put is acknowledged once JetStream has stored it (on a majority, R3).
+            store
+                .put(&key, value)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("writing {key}: {e}"))
+        })
     }
 
     fn location(&self, key: &str) -> String {
