@@ -433,7 +433,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         println!(
             "Cairn bench on NATS JetStream at {}{} (replicas: {}); the log's durability is \
              JetStream's acknowledgement, --no-fsync does not apply",
-            args.cluster.cluster.join(","),
+            args.cluster
+                .cluster
+                .iter()
+                .map(|u| cairn_cluster::connection::redacted(u))
+                .collect::<Vec<_>>()
+                .join(","),
             if args.nats_sync_always {
                 ", sync_interval: always"
             } else {

@@ -82,7 +82,7 @@ impl ClusterArgs {
             return Ok((config, None));
         }
         let cluster = self.client_config(hub.as_deref().unwrap_or(&self.hub));
-        let urls = self.cluster.join(",");
+        let urls = cluster.urls_for_people();
         let (nats, config) = tokio::task::spawn_blocking(move || {
             let nats = Arc::new(cairn_cluster::Nats::connect(cluster)?);
             let config = cairn_cluster::cluster_config(nats.clone(), config)?;
@@ -160,7 +160,7 @@ impl ClusterCommand {
                     anyhow::bail!("give the NATS servers with --cluster nats://HOST:PORT");
                 }
                 let config = args.cluster.client_config(&args.cluster.hub);
-                let urls = args.cluster.cluster.join(",");
+                let urls = config.urls_for_people();
                 let status = tokio::task::spawn_blocking(move || {
                     let nats = cairn_cluster::Nats::connect(config)?;
                     cairn_cluster::status::hub_status(&nats)

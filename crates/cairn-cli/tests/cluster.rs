@@ -5,6 +5,8 @@
 //! over real sockets (curl against the HTTP API). At the end of each test, every partition's
 //! log is read back to check that no two owners' writes ever interleaved.
 
+mod common;
+
 use cairn_cluster::nats_server::{free_port, NatsCluster};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -17,6 +19,8 @@ struct Node {
     child: Child,
     http: String,
     log: std::sync::mpsc::Receiver<String>,
+    /// Every line [`Node::wait_for`] has read so far.
+    seen: String,
 }
 
 impl Node {
@@ -50,6 +54,8 @@ impl Node {
             });
             seen.push_str(&line);
             seen.push('\n');
+            self.seen.push_str(&line);
+            self.seen.push('\n');
             assert!(!line.contains("Error:"), "the node failed:\n{seen}");
             if line.contains(text) {
                 return started.elapsed();
@@ -85,6 +91,7 @@ impl Node {
             child,
             http: format!("http://127.0.0.1:{port}"),
             log,
+            seen: String::new(),
         }
     }
 
@@ -114,8 +121,13 @@ impl Node {
         let _ = self.child.wait();
     }
 
-    fn logged(&self) -> String {
-        self.log.try_iter().collect::<Vec<_>>().join("\n")
+    /// Everything the node has logged so far (what [`Node::wait_for`] read, and the rest).
+    fn logged(&mut self) -> String {
+        for line in self.log.try_iter() {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+        self.seen.clone()
     }
 
     fn signal(&self, signal: &str) {
@@ -207,6 +219,11 @@ fn a_killed_node_is_replaced_by_one_with_an_empty_data_directory_and_nothing_is_
 
 /// `cairn cluster status --json` of `hub`.
 fn status_json(url: &str, hub: &str) -> serde_json::Value {
+    status_json_with(url, hub, &[])
+}
+
+/// [`status_json`] with more flags (how to reach NATS).
+fn status_json_with(url: &str, hub: &str, extra: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args([
             "cluster",
@@ -217,6 +234,7 @@ fn status_json(url: &str, hub: &str) -> serde_json::Value {
             hub,
             "--json",
         ])
+        .args(extra)
         .output()
         .expect("cairn cluster status runs");
     assert!(
@@ -436,4 +454,80 @@ fn a_frozen_owner_whose_lease_moved_steps_down_without_committing() {
     assert_eq!(code, 404, "the stale owner's start landed: {body}");
     check_orders(&standby, 5);
     audit(&url, "fence", 12);
+}
+
+/// A node reaches NATS the way a deployment on a network does: TLS with a private CA, and a
+/// user and password. Without the CA, or with a wrong password, `serve` stops with a message
+/// that says which; with both it serves, and `cairn cluster status` reads the hub the same way.
+#[test]
+fn a_node_reaches_nats_over_tls_with_a_user_and_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::certificates(dir.path());
+    let port = free_port();
+    let binary = cairn_cluster::nats_server::binary().expect("nats-server");
+    let mut server = Command::new(binary)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.path().join("jetstream"))
+        .args(["--tls", "--tlscert", &cert, "--tlskey", &key])
+        .args(["--user", "cairn", "--pass", "s3cret-nats"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("tls://cairn:s3cret-nats@localhost:{port}");
+    let refused = |url: &str, extra: &[&str]| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["serve", "--cluster", url, "--hub", "secure"])
+            .arg("--data")
+            .arg(dir.path().join("refused"))
+            .args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(extra)
+            .output()
+            .expect("cairn serve runs");
+        assert!(!out.status.success(), "served without a usable connection");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = refused(&url, &[]);
+    assert!(
+        err.contains("cannot use the task hub in JetStream") && err.contains("certificate"),
+        "{err}"
+    );
+    let wrong = format!("tls://cairn:wrong-pass@localhost:{port}");
+    let err = refused(&wrong, &["--nats-tls-ca", &ca]);
+    assert!(err.to_lowercase().contains("authorization"), "{err}");
+    // Passwords never reach the logs or messages.
+    assert!(
+        !err.contains("wrong-pass") && err.contains("tls://cairn:***@localhost"),
+        "{err}"
+    );
+
+    let mut node = Node::spawn_with(
+        &url,
+        "secure",
+        &dir.path().join("a"),
+        "a",
+        &["--nats-tls-ca", &ca],
+    );
+    node.wait_for("Cairn is running", Duration::from_secs(60));
+    start_orders(&node, 0, 3);
+    check_orders(&node, 3);
+    let status = status_json_with(&url, "secure", &["--nats-tls-ca", &ca]);
+    assert_eq!(status["servingNode"], "a", "{status}");
+    node.signal("TERM");
+    node.wait_for("stopped cleanly", Duration::from_secs(30));
+    let logged = node.logged();
+    assert!(
+        logged.contains("cairn:***@localhost") && !logged.contains("s3cret-nats"),
+        "{logged}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
 }

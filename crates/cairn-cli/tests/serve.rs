@@ -1,6 +1,8 @@
 //! `cairn serve` on the embedded default: starts, creates its data directory, reports recovery,
 //! and stops cleanly on Ctrl-C (SIGINT); bad arguments get clear errors.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -287,36 +289,6 @@ fn curl(url: &str, args: &[&str]) -> (u16, String) {
     }
 }
 
-/// A CA and a certificate it signed for localhost and 127.0.0.1, as PEM files in `dir`:
-/// (CA certificate, server certificate, server key).
-fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "Cairn test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut server =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let cert = server.signed_by(&key, &issuer).unwrap();
-    let write = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_string_lossy().to_string()
-    };
-    (
-        write("ca.pem", ca_cert.pem()),
-        write("cert.pem", cert.pem()),
-        write("key.pem", key.serialize_pem()),
-    )
-}
-
 /// With --tls-cert/--tls-key both fronts speak TLS only: HTTPS answers a client that trusts
 /// the CA (and hands out https:// management URLs), plain HTTP gets nothing; the gRPC port
 /// completes a TLS handshake with h2 (the Python suite runs the SDK over it). Files that are
@@ -324,7 +296,7 @@ fn certificates(dir: &std::path::Path) -> (String, String, String) {
 #[test]
 fn serve_speaks_tls_on_both_fronts_with_the_given_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let (ca, cert, key) = common::certificates(dir.path());
     let data = dir.path().join("d");
 
     let out = cairn()

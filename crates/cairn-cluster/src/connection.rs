@@ -17,7 +17,9 @@ use thiserror::Error;
 /// How a node reaches the NATS cluster and which task hub it serves.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// NATS server URLs (`nats://host:port`); the client fails over between them.
+    /// NATS server URLs (`nats://host:port`, `tls://` to require TLS); the client fails over
+    /// between them. A user and password (`nats://user:password@host:port`) or a token
+    /// (`nats://token@host:port`) in a URL authenticate the connection.
     pub urls: Vec<String>,
     /// The task hub's name: the prefix of every stream, bucket and subject Cairn uses.
     pub hub: String,
@@ -37,7 +39,30 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
 }
 
+/// `url` with any password or token in it masked, for logs and messages.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
 impl ClusterConfig {
+    /// The server URLs, comma-separated, with passwords and tokens masked.
+    pub fn urls_for_people(&self) -> String {
+        self.urls
+            .iter()
+            .map(|u| redacted(u))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// A configuration with defaults for everything but where the servers are.
     pub fn new(urls: Vec<String>, hub: &str, node_id: &str) -> ClusterConfig {
         ClusterConfig {
@@ -93,7 +118,7 @@ pub struct Nats {
 impl std::fmt::Debug for Nats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Nats")
-            .field("urls", &self.config.urls)
+            .field("urls", &self.config.urls_for_people())
             .field("hub", &self.config.hub)
             .field("node_id", &self.config.node_id)
             .finish()
@@ -120,11 +145,11 @@ impl Nats {
             .enable_all()
             .build()
             .map_err(|e| ClusterError::Connect {
-                urls: config.urls.join(","),
+                urls: config.urls_for_people(),
                 detail: format!("cannot start the client's runtime: {e}"),
             })?;
         let handle = runtime.handle().clone();
-        let urls = config.urls.join(",");
+        let urls = config.urls_for_people();
         let connect_config = config.clone();
         let connected = run_on(&handle, async move {
             let mut options = async_nats::ConnectOptions::new()
@@ -147,7 +172,17 @@ impl Nats {
             for url in &connect_config.urls {
                 let server: async_nats::ServerAddr = url
                     .parse()
-                    .map_err(|e| format!("server URL {url:?}: {e}"))?;
+                    .map_err(|e| format!("server URL {}: {e}", redacted(url)))?;
+                // The client does not take credentials from the URL by itself.
+                if server.has_user_pass() {
+                    options = match (server.username(), server.password()) {
+                        (Some(user), Some(password)) => {
+                            options.user_and_password(user.to_string(), password.to_string())
+                        }
+                        (Some(token), None) => options.token(token.to_string()),
+                        _ => options,
+                    };
+                }
                 servers.push(server);
             }
             let client = options.connect(servers).await.map_err(|e| e.to_string())?;
@@ -250,5 +285,21 @@ impl Drop for Nats {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn secrets_in_urls_are_masked() {
+        assert_eq!(redacted("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            redacted("tls://cairn:s3cret@nats.internal:4222"),
+            "tls://cairn:***@nats.internal:4222"
+        );
+        assert_eq!(redacted("nats://t0ken@host:4222"), "nats://***@host:4222");
+        assert_eq!(redacted("host:4222"), "host:4222");
     }
 }
