@@ -456,9 +456,10 @@ fn a_frozen_owner_whose_lease_moved_steps_down_without_committing() {
     audit(&url, "fence", 12);
 }
 
-/// A node reaches NATS the way a deployment on a network does: TLS with a private CA, and a
-/// user and password. Without the CA, or with a wrong password, `serve` stops with a message
-/// that says which; with both it serves, and `cairn cluster status` reads the hub the same way.
+/// A node reaches NATS the way a deployment on a network does: TLS with a private CA, a client
+/// certificate the server verifies, and a user and password. Without the CA, the client
+/// certificate or the right password, `serve` stops with a message that says which; with all
+/// of them it serves, and `cairn cluster status` reads the hub the same way.
 #[test]
 fn a_node_reaches_nats_over_tls_with_a_user_and_password() {
     let dir = tempfile::tempdir().unwrap();
@@ -468,7 +469,15 @@ fn a_node_reaches_nats_over_tls_with_a_user_and_password() {
     let mut server = Command::new(binary)
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(dir.path().join("jetstream"))
-        .args(["--tls", "--tlscert", &cert, "--tlskey", &key])
+        .args([
+            "--tlsverify",
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+            "--tlscacert",
+            &ca,
+        ])
         .args(["--user", "cairn", "--pass", "s3cret-nats"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -500,8 +509,20 @@ fn a_node_reaches_nats_over_tls_with_a_user_and_password() {
         err.contains("cannot use the task hub in JetStream") && err.contains("certificate"),
         "{err}"
     );
+    // The server verifies clients: the CA alone is not enough. (The server's own certificate
+    // serves as this client's: the CA signed it.)
+    let err = refused(&url, &["--nats-tls-ca", &ca]);
+    assert!(err.contains("CertificateRequired"), "{err}");
+    let tls = [
+        "--nats-tls-ca",
+        &ca,
+        "--nats-tls-cert",
+        &cert,
+        "--nats-tls-key",
+        &key,
+    ];
     let wrong = format!("tls://cairn:wrong-pass@localhost:{port}");
-    let err = refused(&wrong, &["--nats-tls-ca", &ca]);
+    let err = refused(&wrong, &tls);
     assert!(err.to_lowercase().contains("authorization"), "{err}");
     // Passwords never reach the logs or messages.
     assert!(
@@ -509,17 +530,11 @@ fn a_node_reaches_nats_over_tls_with_a_user_and_password() {
         "{err}"
     );
 
-    let mut node = Node::spawn_with(
-        &url,
-        "secure",
-        &dir.path().join("a"),
-        "a",
-        &["--nats-tls-ca", &ca],
-    );
+    let mut node = Node::spawn_with(&url, "secure", &dir.path().join("a"), "a", &tls);
     node.wait_for("Cairn is running", Duration::from_secs(60));
     start_orders(&node, 0, 3);
     check_orders(&node, 3);
-    let status = status_json_with(&url, "secure", &["--nats-tls-ca", &ca]);
+    let status = status_json_with(&url, "secure", &tls);
     assert_eq!(status["servingNode"], "a", "{status}");
     node.signal("TERM");
     node.wait_for("stopped cleanly", Duration::from_secs(30));
