@@ -43,6 +43,10 @@ pub enum Scenario {
     /// `--hub-size` orchestrations each waiting on a day-long timer: memory while they wait,
     /// restart, and the timers firing when the day has passed (not run by default).
     TimerBacklog,
+    /// Two `cairn serve --cluster` nodes, serving and standby; `--kills` times kill -9 of the
+    /// serving one, timing until the other answers for every acknowledged instance (needs
+    /// --start-nats or --cluster; not run by default).
+    Failover,
 }
 
 impl Scenario {
@@ -61,6 +65,7 @@ impl Scenario {
             Scenario::Backlog => "backlog",
             Scenario::ActivityBacklog => "activity-backlog",
             Scenario::TimerBacklog => "timer-backlog",
+            Scenario::Failover => "failover",
         }
     }
 }
@@ -94,6 +99,9 @@ pub struct BenchArgs {
     /// (multiplied by `--scale`).
     #[arg(long, default_value_t = 1_000_000)]
     hub_size: u64,
+    /// How many times the `failover` scenario kills the serving node.
+    #[arg(long, default_value_t = 20)]
+    kills: u64,
     /// Episodes a partition hands out at once per orchestration name; to compare windows.
     #[arg(long, default_value_t = EngineConfig::default().dispatch_window)]
     dispatch_window: usize,
@@ -251,6 +259,7 @@ struct Bench {
 }
 
 mod backlog;
+mod failover;
 mod large_hub;
 
 impl Bench {
@@ -468,6 +477,30 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     for s in scenarios {
         let base = args.data.clone().unwrap_or_else(std::env::temp_dir);
+        if s == Scenario::Failover {
+            anyhow::ensure!(
+                args.cluster.enabled(),
+                "the failover scenario runs cluster nodes: give --start-nats 1 (or 3), or \
+                 --cluster nats://HOST:PORT"
+            );
+            let urls = args.cluster.cluster.join(",");
+            let settings = failover::Settings {
+                partitions: args.partitions,
+                lease: args.cluster.lease,
+            };
+            let (kills, json) = (args.kills.max(1), args.json);
+            let result = tokio::task::spawn_blocking(move || {
+                failover::run(&urls, &settings, kills, &base, json)
+            })
+            .await
+            .context("the failover scenario panicked")?
+            .context("scenario failover failed")?;
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            }
+            results.push(result);
+            continue;
+        }
         let dir = base.join(format!("cairn-bench-{}-{}", std::process::id(), s.name()));
         let _ = std::fs::remove_dir_all(&dir);
         let progress = Arc::new(AtomicU64::new(0));
@@ -560,7 +593,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 Scenario::LargeHub
                 | Scenario::Backlog
                 | Scenario::ActivityBacklog
-                | Scenario::TimerBacklog => {
+                | Scenario::TimerBacklog
+                | Scenario::Failover => {
                     unreachable!("run above")
                 }
             }

@@ -546,3 +546,29 @@ fn a_node_reaches_nats_over_tls_with_a_user_and_password() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// `cairn bench failover` kills the serving node of a real two-node cluster and reports how
+/// long until the standby answers for every acknowledged instance (it fails if one is lost).
+#[test]
+fn bench_failover_reports_the_time_to_answer_again() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["bench", "failover", "--start-nats", "1", "--kills", "2"])
+        .args(["--partitions", "2", "--lease", "1s", "--json"])
+        .output()
+        .expect("cairn bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["scenario"] == "failover")
+        .unwrap_or_else(|| panic!("no failover row in {stdout}"));
+    assert_eq!(row["ops"], 2, "{row}");
+    let p99 = row["p99_ms"].as_f64().expect("p99");
+    // A 1 s lease: a standby takes over after about a second, never before it.
+    assert!((900.0..30_000.0).contains(&p99), "{row}");
+}
