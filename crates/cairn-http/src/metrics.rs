@@ -342,14 +342,23 @@ pub async fn cluster_json(State(state): State<AppState>) -> Result<Json<Value>, 
         })));
     };
     let read = view.status.clone();
-    let status = tokio::task::spawn_blocking(move || read())
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("reading the cluster's status failed: {e}")))?
-        .map_err(|e| {
-            ApiError::Unavailable(format!(
-                "cannot read the cluster's status from JetStream: {e}"
-            ))
-        })?;
+    // A JetStream that does not answer must not leave the dashboard waiting on every poll.
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || read()),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::Unavailable(
+            "JetStream did not answer within 5 s: the cluster's status cannot be read now".into(),
+        )
+    })?
+    .map_err(|e| ApiError::Unavailable(format!("reading the cluster's status failed: {e}")))?
+    .map_err(|e| {
+        ApiError::Unavailable(format!(
+            "cannot read the cluster's status from JetStream: {e}"
+        ))
+    })?;
     let mut body = json!({ "mode": "cluster", "node": view.node });
     if let (Some(body), Some(status)) = (body.as_object_mut(), status.as_object()) {
         body.extend(status.clone());
