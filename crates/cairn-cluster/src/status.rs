@@ -86,53 +86,12 @@ pub fn hub_status(nats: &Nats) -> Result<HubStatus, ClusterError> {
         let nodes = crate::nodes::live_nodes(&js, &hub).await?;
         let snapshots: Option<object_store::ObjectStore> =
             js.get_object_store(snapshot_bucket(&hub)).await.ok();
-        let mut partition_status = Vec::new();
-        for p in 0..record.partitions {
-            let (mut next_position, mut owner_epoch, mut log_messages, mut log_bytes) =
-                (1, 0, 0, 0);
-            if let Some((stream, state)) = stream_state(&js, &stream_name(&hub, p)).await? {
-                log_messages = state.messages;
-                log_bytes = state.bytes;
-                if state.last_sequence > 0 {
-                    if let Ok(last) = stream.get_raw_message(state.last_sequence).await {
-                        if let Ok(decoded) = frames::decode(&last.payload) {
-                            next_position = decoded.next_after().0;
-                            owner_epoch = decoded.epoch();
-                        }
-                    }
-                }
-            }
-            let (mut checkpoint_deltas, mut checkpoint_position) = (0, None);
-            if let Some((stream, state)) = stream_state(&js, &deltas_stream(&hub, p)).await? {
-                checkpoint_deltas = state.messages;
-                checkpoint_position = latest_checkpoint(&stream, &state).await;
-            }
-            let (mut snapshot_position, mut snapshot_bytes) = (None, None);
-            if let Some(store) = &snapshots {
-                if let Ok(info) = store.info(format!("p{p:03}")).await {
-                    snapshot_bytes = Some(info.size);
-                    snapshot_position = info
-                        .description
-                        .as_deref()
-                        .and_then(Covers::parse)
-                        .map(|c| c.position);
-                }
-            }
-            let checkpoint_position = checkpoint_position.or(snapshot_position);
-            partition_status.push(PartitionStatus {
-                records_after_checkpoint: checkpoint_position
-                    .map(|at| next_position.saturating_sub(1).saturating_sub(at)),
-                checkpoint_position,
-                partition: p,
-                next_position,
-                owner_epoch,
-                log_messages,
-                log_bytes,
-                checkpoint_deltas,
-                snapshot_position,
-                snapshot_bytes,
-            });
-        }
+        // Every partition's streams are read at once: a hub of many partitions answers in
+        // a few round trips, not a few per partition.
+        let partition_status = futures::future::try_join_all(
+            (0..record.partitions).map(|p| partition_status(&js, &hub, p, snapshots.as_ref())),
+        )
+        .await?;
         Ok::<_, String>(HubStatus {
             hub,
             partitions: record.partitions,
@@ -143,6 +102,58 @@ pub fn hub_status(nats: &Nats) -> Result<HubStatus, ClusterError> {
     })
     .ok_or(ClusterError::Stopped)?
     .map_err(ClusterError::Remote)
+}
+
+/// The status of partition `p` of `hub` (see [`PartitionStatus`]).
+async fn partition_status(
+    js: &jetstream::Context,
+    hub: &str,
+    p: u32,
+    snapshots: Option<&object_store::ObjectStore>,
+) -> Result<PartitionStatus, String> {
+    let (mut next_position, mut owner_epoch, mut log_messages, mut log_bytes) = (1, 0, 0, 0);
+    if let Some((stream, state)) = stream_state(js, &stream_name(hub, p)).await? {
+        log_messages = state.messages;
+        log_bytes = state.bytes;
+        if state.last_sequence > 0 {
+            if let Ok(last) = stream.get_raw_message(state.last_sequence).await {
+                if let Ok(decoded) = frames::decode(&last.payload) {
+                    next_position = decoded.next_after().0;
+                    owner_epoch = decoded.epoch();
+                }
+            }
+        }
+    }
+    let (mut checkpoint_deltas, mut checkpoint_position) = (0, None);
+    if let Some((stream, state)) = stream_state(js, &deltas_stream(hub, p)).await? {
+        checkpoint_deltas = state.messages;
+        checkpoint_position = latest_checkpoint(&stream, &state).await;
+    }
+    let (mut snapshot_position, mut snapshot_bytes) = (None, None);
+    if let Some(store) = snapshots {
+        if let Ok(info) = store.info(format!("p{p:03}")).await {
+            snapshot_bytes = Some(info.size);
+            snapshot_position = info
+                .description
+                .as_deref()
+                .and_then(Covers::parse)
+                .map(|c| c.position);
+        }
+    }
+    let checkpoint_position = checkpoint_position.or(snapshot_position);
+    Ok(PartitionStatus {
+        records_after_checkpoint: checkpoint_position
+            .map(|at| next_position.saturating_sub(1).saturating_sub(at)),
+        checkpoint_position,
+        partition: p,
+        next_position,
+        owner_epoch,
+        log_messages,
+        log_bytes,
+        checkpoint_deltas,
+        snapshot_position,
+        snapshot_bytes,
+    })
 }
 
 /// The log position of the newest checkpoint delta in the stream: its last message holding a
