@@ -466,23 +466,33 @@ fn a_node_reaches_nats_over_tls_with_a_user_and_password() {
     let (ca, cert, key) = common::certificates(dir.path());
     let port = free_port();
     let binary = cairn_cluster::nats_server::binary().expect("nats-server");
-    let mut server = Command::new(binary)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.path().join("jetstream"))
-        .args([
-            "--tlsverify",
-            "--tlscert",
-            &cert,
-            "--tlskey",
-            &key,
-            "--tlscacert",
-            &ca,
-        ])
-        .args(["--user", "cairn", "--pass", "s3cret-nats"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server starts");
+    /// Kills the server when the test ends, passed or failed.
+    struct Server(Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Server(
+        Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path().join("jetstream"))
+            .args([
+                "--tlsverify",
+                "--tlscert",
+                &cert,
+                "--tlskey",
+                &key,
+                "--tlscacert",
+                &ca,
+            ])
+            .args(["--user", "cairn", "--pass", "s3cret-nats"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts"),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -543,8 +553,6 @@ fn a_node_reaches_nats_over_tls_with_a_user_and_password() {
         logged.contains("cairn:***@localhost") && !logged.contains("s3cret-nats"),
         "{logged}"
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 /// `cairn bench failover` kills the serving node of a real two-node cluster and reports how
