@@ -436,6 +436,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         }
     };
+    let grpcs = if tls.is_some() { "grpcs://" } else { "" };
     match &http_addr {
         Some(addr) => {
             if !addr.ip().is_loopback() && args.auth_token.is_none() {
@@ -445,15 +446,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
                      (or CAIRN_AUTH_TOKEN), or bind to 127.0.0.1"
                 );
             }
-            let (https, grpcs) = if tls.is_some() {
-                ("https", "grpcs://")
-            } else {
-                ("http", "")
-            };
+            let https = if tls.is_some() { "https" } else { "http" };
             tracing::info!(grpc = %grpc_addr, http = %addr, "Cairn is running; Durable Task SDKs can connect to {grpcs}{grpc_addr}; dashboard and HTTP API at {https}://{addr}/; press Ctrl-C to stop");
         }
         None => {
-            let grpcs = if tls.is_some() { "grpcs://" } else { "" };
             tracing::info!(grpc = %grpc_addr, "Cairn is running; Durable Task SDKs can connect to {grpcs}{grpc_addr}; press Ctrl-C to stop")
         }
     }
@@ -491,27 +487,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
             // Another node serves the hub now (or will): stop at once, without a checkpoint
             // or anything else that would write. Its epoch markers refuse this node's appends
             // anyway; stopping is what keeps clients from waiting on a node that cannot commit.
-            if let Some(lease) = lease {
-                // If it is still ours, a standby need not wait for it to run out.
-                tokio::task::spawn_blocking(move || lease.release()).await.ok();
-            }
-            if let Some(beat) = beat {
-                tokio::task::spawn_blocking(move || beat.stop()).await.ok();
-            }
+            leave_cluster(lease, beat).await;
             anyhow::bail!("stepped down: this node no longer serves the hub: {why}");
         }
     }
     tracing::info!("stopping: flushing the log and writing checkpoints");
     engine.shutdown().await.context("clean shutdown failed")?;
-    if let Some(lease) = lease {
-        // A standby takes over at once instead of waiting for the lease to run out.
-        tokio::task::spawn_blocking(move || lease.release())
-            .await
-            .ok();
-    }
-    if let Some(beat) = beat {
-        tokio::task::spawn_blocking(move || beat.stop()).await.ok();
-    }
+    leave_cluster(lease, beat).await;
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -522,6 +504,25 @@ fn colour_logs() -> bool {
     use std::io::IsTerminal;
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     !no_color && std::io::stderr().is_terminal()
+}
+
+/// Gives up this node's place in the cluster, if it has one: the hub's lease, so that a standby
+/// takes over at once instead of waiting for it to run out (if it is still ours), then its
+/// record in the list of live nodes.
+async fn leave_cluster(
+    lease: Option<cairn_cluster::lease::HubLease>,
+    beat: Option<cairn_cluster::nodes::NodeBeat>,
+) {
+    tokio::task::spawn_blocking(move || {
+        if let Some(lease) = lease {
+            lease.release();
+        }
+        if let Some(beat) = beat {
+            beat.stop();
+        }
+    })
+    .await
+    .ok();
 }
 
 /// Whether every address `addr` (`HOST:PORT`) resolves to is a loopback one. An address that

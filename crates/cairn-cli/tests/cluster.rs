@@ -102,18 +102,11 @@ impl Node {
 
     /// (HTTP status, body) of a request to `path` (from the server's root, no leading slash).
     fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let mut curl = Command::new("curl");
-        curl.args(["-s", "-m", "30", "-w", "\n%{http_code}", "-X", method]);
+        let mut args = vec!["-X", method];
         if let Some(body) = body {
-            curl.args(["-H", "content-type: application/json", "-d", body]);
+            args.extend(["-H", "content-type: application/json", "-d", body]);
         }
-        let out = curl
-            .arg(format!("{}/{path}", self.http))
-            .output()
-            .expect("curl runs");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        common::curl(&format!("{}/{path}", self.http), 30, &args)
     }
 
     fn kill(mut self) {
@@ -412,31 +405,18 @@ fn a_frozen_owner_whose_lease_moved_steps_down_without_committing() {
     // A request reaches the frozen node (it waits in the socket's queue), then the node wakes.
     let late_node = frozen.http.clone();
     let late = std::thread::spawn(move || {
-        Command::new("curl")
-            .args([
-                "-s",
-                "-m",
-                "20",
-                "-w",
-                "\n%{http_code}",
-                "-X",
-                "POST",
-                "-d",
-                "1",
-            ])
-            .arg(format!(
-                "{late_node}/{API}/orchestrators/nightly-report/late"
-            ))
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default()
+        common::curl(
+            &format!("{late_node}/{API}/orchestrators/nightly-report/late"),
+            20,
+            &["-X", "POST", "-d", "1"],
+        )
     });
     std::thread::sleep(Duration::from_millis(300));
     frozen.signal("CONT");
     let answer = late.join().unwrap();
     assert!(
-        !answer.ends_with("202"),
-        "the frozen owner acknowledged a start after its lease moved: {answer}"
+        answer.0 != 202,
+        "the frozen owner acknowledged a start after its lease moved: {answer:?}"
     );
     // It steps down: it exits, saying why, without a checkpoint or anything else.
     let status = frozen.child.wait().expect("the old owner exits");

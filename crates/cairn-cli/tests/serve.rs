@@ -272,21 +272,9 @@ impl Drop for Running {
     }
 }
 
-/// `curl` of `url` with `args`: (HTTP status, body), or (0, curl's error) when no HTTP answer
-/// came.
+/// `curl` of `url` with `args`, 20 s at most (see [`common::curl`]).
 fn curl(url: &str, args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-m", "20", "-w", "\n%{http_code}"])
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    match code.trim().parse().unwrap_or(0) {
-        0 => (0, String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        code => (code, body.to_string()),
-    }
+    common::curl(url, 20, args)
 }
 
 /// With --tls-cert/--tls-key both fronts speak TLS only: HTTPS answers a client that trusts

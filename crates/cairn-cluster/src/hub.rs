@@ -23,6 +23,28 @@ pub fn bucket(hub: &str) -> String {
     format!("CAIRN_{hub}")
 }
 
+/// The hub's KV bucket (hub record, lease, settings), created with `replicas` replicas if it
+/// does not exist yet; an existing bucket is used as it is.
+pub(crate) async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    hub: &str,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    let name = bucket(hub);
+    match js.get_key_value(&name).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_or_update_key_value(kv::Config {
+                bucket: name.clone(),
+                history: 1,
+                num_replicas: replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("creating the KV bucket {name}: {e}")),
+    }
+}
+
 /// The partition count of the connected hub: the one it was created with, or (creating it now)
 /// `requested`, else `default`. A `requested` count that differs from an existing hub's is an
 /// error, as with a local data directory.
@@ -36,15 +58,7 @@ pub fn partitions(nats: &Nats, requested: Option<u32>, default: u32) -> Result<u
     let hub = config.hub.clone();
     let found = nats
         .run(async move {
-            let store = js
-                .create_or_update_key_value(kv::Config {
-                    bucket: bucket_name.clone(),
-                    history: 1,
-                    num_replicas: config.replicas.max(1),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("creating the KV bucket {bucket_name}: {e}"))?;
+            let store = open_bucket(&js, &config.hub, config.replicas).await?;
             let body = serde_json::to_vec(&wanted).map_err(|e| e.to_string())?;
             match store.create("hub", body.into()).await {
                 Ok(_) => return Ok((wanted, true)),
@@ -86,7 +100,7 @@ pub struct KvSettings {
 }
 
 impl KvSettings {
-    /// The settings of the connected hub (its bucket exists once [`partitions`] has run).
+    /// The settings of the connected hub.
     pub fn new(nats: std::sync::Arc<Nats>) -> KvSettings {
         KvSettings { nats }
     }
@@ -94,9 +108,7 @@ impl KvSettings {
     fn key(key: &str) -> String {
         format!("settings.{key}")
     }
-}
 
-impl KvSettings {
     /// Runs `op` on the hub's bucket and `key`'s name in it; blocks.
     fn on_bucket<T, F>(
         &self,
@@ -108,14 +120,12 @@ impl KvSettings {
         F: std::future::Future<Output = Result<T, String>> + Send,
     {
         let js = self.nats.jetstream().clone();
-        let bucket_name = bucket(&self.nats.config().hub);
+        let config = self.nats.config().clone();
+        let bucket_name = bucket(&config.hub);
         let key = Self::key(key);
         self.nats
             .run(async move {
-                let store = js
-                    .get_key_value(&bucket_name)
-                    .await
-                    .map_err(|e| format!("opening the KV bucket {bucket_name}: {e}"))?;
+                let store = open_bucket(&js, &config.hub, config.replicas).await?;
                 op(store, key)
                     .await
                     .map_err(|e| format!("{e} in the KV bucket {bucket_name}"))

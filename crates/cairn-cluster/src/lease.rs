@@ -36,26 +36,6 @@ pub(crate) const KEY: &str = "owner";
 /// How long an owner's silence means it is gone.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
 
-async fn bucket(
-    nats_js: &async_nats::jetstream::Context,
-    hub: &str,
-    replicas: usize,
-) -> Result<kv::Store, String> {
-    let name = crate::hub::bucket(hub);
-    match nats_js.get_key_value(&name).await {
-        Ok(store) => Ok(store),
-        Err(_) => nats_js
-            .create_or_update_key_value(kv::Config {
-                bucket: name.clone(),
-                history: 1,
-                num_replicas: replicas.max(1),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("creating the KV bucket {name}: {e}")),
-    }
-}
-
 /// The hub's lease, held by this node until [`HubLease::lost`] says otherwise.
 pub struct HubLease {
     lost: watch::Receiver<Option<String>>,
@@ -90,7 +70,7 @@ impl HubLease {
         let (store, revision) = nats
             .run(async move {
                 let me = claim;
-                let store = bucket(&js, &config.hub, config.replicas).await?;
+                let store = crate::hub::open_bucket(&js, &config.hub, config.replicas).await?;
                 let mut waiting = Some(waiting);
                 // The revision a holder was last seen at, and since when (on this clock).
                 let mut seen: Option<(u64, tokio::time::Instant)> = None;

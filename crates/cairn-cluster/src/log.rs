@@ -38,7 +38,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 /// Room left in each message for the headers the client adds (expected sequence and so on).
 const HEADER_ROOM: usize = 512;
 /// Messages of one batch a writer has unacknowledged at once.
-const PIPELINE: usize = 256;
+pub(crate) const PIPELINE: usize = 256;
 /// The largest message the writer builds, even where the server would take more: larger ones
 /// only delay the acknowledgement of the records at their front.
 const MAX_MESSAGE: usize = 1 << 20;

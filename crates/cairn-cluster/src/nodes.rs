@@ -60,9 +60,7 @@ impl NodeRecord {
             role: Role::Standby,
             grpc: None,
             http: None,
-            started_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            started_at: cairn_runtime::clock::Clock::now_millis(&cairn_runtime::clock::SystemClock),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }

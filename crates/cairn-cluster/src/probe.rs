@@ -16,7 +16,7 @@ pub struct Probe {
     /// 1 KiB publishes, one at a time, each fenced on the previous sequence.
     pub fenced_p50_ms: f64,
     pub fenced_p99_ms: f64,
-    /// 1 KiB publishes, pipelined (up to 256 unacknowledged).
+    /// 1 KiB publishes, pipelined (as many unacknowledged as a partition's writer allows).
     pub pipelined_per_s: f64,
 }
 
@@ -75,8 +75,8 @@ pub fn probe(nats: &Nats, replicas: usize) -> Result<Probe, String> {
         }
         fenced.sort();
         let count = 20_000;
-        // The client allows only so many unacknowledged publishes: keep a window in flight.
-        let window = 256;
+        // As many unacknowledged publishes as a partition's writer keeps in flight.
+        let window = crate::log::PIPELINE;
         let started = Instant::now();
         let mut acks = std::collections::VecDeque::with_capacity(window);
         for _ in 0..count {

@@ -176,11 +176,9 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once(' '))
-                // The scheme name is case-insensitive (RFC 7235).
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, token)| token.trim());
-            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+                .and_then(|v| cairn_runtime::auth::bearer_token(v.as_bytes()))
+                .map(|token| token.trim_ascii());
+            if !given.is_some_and(|g| cairn_runtime::auth::constant_time_eq(g, token.as_bytes())) {
                 return ApiError::Unauthorized(
                     "this route needs 'Authorization: Bearer <token>' with the token given to \
                      cairn serve (--auth-token or CAIRN_AUTH_TOKEN)"
@@ -191,11 +189,6 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         }
     }
     next.run(request).await
-}
-
-/// Compares without an early exit, so response timing does not reveal how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serves the HTTP front until `shutdown` resolves.

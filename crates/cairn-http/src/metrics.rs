@@ -308,8 +308,14 @@ fn publish_by_name(
     *published = counts.into_keys().collect();
 }
 
-/// The figures `/api/scale` decides on, summed over the partitions.
-fn scale_inputs(state: &AppState) -> cairn_runtime::scale::ScaleInputs {
+/// The figures `/api/scale` decides on, summed over the partitions, with the backlogs by name
+/// (instances with work, queued activities) as [`backlog_by_name`] and
+/// [`activity_backlog_by_name`] give them.
+fn scale_inputs(
+    state: &AppState,
+    backlog: &std::collections::BTreeMap<String, u64>,
+    activity_backlog: &std::collections::BTreeMap<String, u64>,
+) -> cairn_runtime::scale::ScaleInputs {
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let queues = || {
         state
@@ -318,8 +324,8 @@ fn scale_inputs(state: &AppState) -> cairn_runtime::scale::ScaleInputs {
             .flat_map(|s| [&s.orchestrator_queue, &s.activity_queue, &s.entity_queue])
     };
     cairn_runtime::scale::ScaleInputs {
-        instances_with_work: backlog_by_name(state).values().sum(),
-        activities: activity_backlog_by_name(state).values().sum(),
+        instances_with_work: backlog.values().sum(),
+        activities: activity_backlog.values().sum(),
         waiting: queues().map(|q| q.len() as u64).sum(),
         oldest_wait: queues().map(|q| q.oldest_age()).max().unwrap_or_default(),
         connected_workers: state
@@ -370,7 +376,11 @@ pub async fn cluster_json(State(state): State<AppState>) -> Result<Json<Value>, 
 /// behind it (see [`cairn_runtime::scale`]). KEDA's metrics-api scaler reads
 /// `workers.recommended` or `nodes.recommended` with `targetValue: 1`.
 pub async fn scale_json(State(state): State<AppState>) -> Json<Value> {
-    let inputs = scale_inputs(&state);
+    let inputs = scale_inputs(
+        &state,
+        &backlog_by_name(&state),
+        &activity_backlog_by_name(&state),
+    );
     let policy = &state.config.scale;
     let r = cairn_runtime::scale::recommend(&inputs, policy);
     Json(json!({
@@ -401,7 +411,9 @@ pub async fn scale_json(State(state): State<AppState>) -> Json<Value> {
 /// Copies the partitions' figures into the recorder.
 fn publish(state: &AppState) {
     publish_workers(state);
-    let scale = scale_inputs(state);
+    let backlog = backlog_by_name(state);
+    let activity_backlog = activity_backlog_by_name(state);
+    let scale = scale_inputs(state, &backlog, &activity_backlog);
     let r = cairn_runtime::scale::recommend(&scale, &state.config.scale);
     gauge!("cairn_scale_recommended_workers").set(r.workers as f64);
     gauge!("cairn_scale_recommended_nodes").set(r.nodes as f64);
@@ -460,14 +472,10 @@ fn publish(state: &AppState) {
         instances_by_name(state),
         &state.published_names,
     );
-    publish_by_name(
-        "cairn_backlog",
-        backlog_by_name(state),
-        &state.published_backlog,
-    );
+    publish_by_name("cairn_backlog", backlog, &state.published_backlog);
     publish_by_name(
         "cairn_activity_backlog",
-        activity_backlog_by_name(state),
+        activity_backlog,
         &state.published_activity_backlog,
     );
     if hits + misses > 0 {

@@ -389,20 +389,9 @@ fn data_present(dir: &Path, pdir: &Path, name: &str, restore: &str) -> Result<()
 
 /// Writes `value` as JSON to `path` atomically (a temporary file, fsynced, then renamed).
 fn write_json<T: Serialize>(dir: &Path, path: &Path, value: &T) -> Result<(), EngineError> {
-    use std::io::Write;
     let text = serde_json::to_vec_pretty(value)?;
-    let tmp = path.with_extension("json.tmp");
-    let written = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent() {
-            File::open(parent)?.sync_all()?;
-        }
-        Ok::<(), std::io::Error>(())
-    })();
-    written.map_err(|e| data_dir_error(dir, format!("cannot write {}: {e}", path.display())))
+    cairn_storage::settings::write_file_atomically(path, &text)
+        .map_err(|e| data_dir_error(dir, format!("cannot write {}: {e}", path.display())))
 }
 
 /// A hub id: random (not a secret; it only has to differ between hubs).

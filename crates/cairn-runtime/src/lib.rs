@@ -27,6 +27,7 @@
 
 pub use cairn_sdk::{entity, orchestration, registry, replay};
 
+pub mod auth;
 mod blocking;
 pub mod client;
 pub mod clock;

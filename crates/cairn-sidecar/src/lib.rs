@@ -109,17 +109,8 @@ fn authorize(expected: Option<&[u8]>, request: &tonic::Request<()>) -> Result<()
         .get("authorization")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    let token = match given.iter().position(|b| *b == b' ') {
-        Some(at) if given[..at].eq_ignore_ascii_case(b"bearer") => &given[at + 1..],
-        _ => &[][..],
-    };
-    let same = token.len() == expected.len()
-        && token
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
+    let token = cairn_runtime::auth::bearer_token(given).unwrap_or_default();
+    if cairn_runtime::auth::constant_time_eq(token, expected) {
         Ok(())
     } else {
         Err(tonic::Status::unauthenticated(

@@ -18,8 +18,25 @@ pub trait HubSettings: Send + Sync + std::fmt::Debug {
     fn location(&self, key: &str) -> String;
 }
 
-/// Each value in `<dir>/<key>.json`, replaced atomically (written aside, fsynced, renamed over,
-/// directory fsynced).
+/// Replaces the file at `path` with `bytes` so that a crash leaves the old content or the new,
+/// never a mix, and the new one survives once this returns: written aside, fsynced, renamed
+/// over, the directory fsynced.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".tmp");
+    let aside = PathBuf::from(aside);
+    let mut f = std::fs::File::create(&aside)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&aside, path)?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Each value in `<dir>/<key>.json`, replaced with [`write_file_atomically`].
 #[derive(Debug, Clone)]
 pub struct FileSettings {
     dir: PathBuf,
@@ -49,16 +66,8 @@ impl HubSettings for FileSettings {
 
     fn store(&self, key: &str, value: &[u8]) -> Result<(), String> {
         let file = self.file(key);
-        let aside = file.with_extension("json.new");
-        let keep = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&aside)?;
-            f.write_all(value)?;
-            f.sync_all()?;
-            std::fs::rename(&aside, &file)?;
-            std::fs::File::open(&self.dir)?.sync_all()
-        };
-        keep().map_err(|e| format!("cannot write {}: {e}", file.display()))
+        write_file_atomically(&file, value)
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))
     }
 
     fn location(&self, key: &str) -> String {
@@ -102,6 +111,6 @@ mod tests {
             Box::new(FileSettings::new(&path))
         });
         assert!(path.join("conformance-a.json").exists());
-        assert!(!path.join("conformance-a.json.new").exists());
+        assert!(!path.join("conformance-a.json.tmp").exists());
     }
 }

@@ -6,9 +6,10 @@
 //! Reported: the time to answer again, p50 and p99 over the kills, and that every instance
 //! acknowledged before a kill is still there after it.
 
+use super::large_hub::{free_port, http};
 use super::{finish, histogram, record, BenchResult, Scenario};
 use anyhow::{Context, Result};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ struct Node {
 
 impl Node {
     fn spawn(urls: &str, hub: &str, name: &str, data: &Path, settings: &Settings) -> Result<Node> {
-        let http = cairn_cluster::nats_server::free_port();
+        let http = free_port()?;
         let mut child = Command::new(std::env::current_exe().context("finding this binary")?)
             .args(["serve", "--cluster", urls, "--hub", hub, "--node-id", name])
             .arg("--data")
@@ -90,27 +91,6 @@ impl Drop for Node {
     }
 }
 
-/// The status code of an HTTP/1.1 request to 127.0.0.1:`port` (0 when nothing answered).
-fn http(port: u16, method: &str, path: &str) -> u16 {
-    let attempt = || -> std::io::Result<u16> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.set_nodelay(true)?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head)?;
-        let code = std::str::from_utf8(&head[9..12])
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok(code)
-    };
-    attempt().unwrap_or(0)
-}
-
 /// How the nodes run.
 pub struct Settings {
     pub partitions: u32,
@@ -148,7 +128,9 @@ pub fn run(
                 serving.http,
                 "POST",
                 &format!("{API}/orchestrators/Probe/{id}"),
-            );
+                "",
+            )
+            .unwrap_or(0);
             anyhow::ensure!(
                 code == 202,
                 "starting {id} on node {} answered {code}",
@@ -167,7 +149,10 @@ pub fn run(
                 standby.name,
                 pending.len()
             );
-            pending.retain(|id| http(standby.http, "GET", &format!("{API}/instances/{id}")) != 202);
+            // Nothing answers (0) until the standby serves.
+            pending.retain(|id| {
+                http(standby.http, "GET", &format!("{API}/instances/{id}"), "").unwrap_or(0) != 202
+            });
             if !pending.is_empty() {
                 std::thread::sleep(Duration::from_millis(10));
             }

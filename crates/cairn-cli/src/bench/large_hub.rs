@@ -463,7 +463,7 @@ pub(super) fn free_port() -> Result<u16> {
 }
 
 /// One HTTP/1.1 request on a new connection; the status code.
-fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<u16> {
+pub(super) fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<u16> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_nodelay(true)?;

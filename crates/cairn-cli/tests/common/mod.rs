@@ -29,3 +29,20 @@ pub fn certificates(dir: &std::path::Path) -> (String, String, String) {
         write("key.pem", key.serialize_pem()),
     )
 }
+
+/// `curl` of `url` with `args`, given `seconds` at most: (HTTP status, body), or (0, curl's
+/// error) when no HTTP answer came.
+pub fn curl(url: &str, seconds: u32, args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-m", &seconds.to_string(), "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    match code.trim().parse().unwrap_or(0) {
+        0 => (0, String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        code => (code, body.to_string()),
+    }
+}
