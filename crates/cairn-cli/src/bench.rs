@@ -43,8 +43,8 @@ pub enum Scenario {
     /// `--hub-size` orchestrations each waiting on a day-long timer: memory while they wait,
     /// restart, and the timers firing when the day has passed (not run by default).
     TimerBacklog,
-    /// Two `cairn serve --cluster` nodes, serving and standby; `--kills` times kill -9 of the
-    /// serving one, timing until the other answers for every acknowledged instance (needs
+    /// Two `cairn serve --cluster` nodes sharing a hub's partitions; `--kills` times kill -9 of
+    /// one of them, timing until the other answers for every acknowledged instance (needs
     /// --start-nats or --cluster; not run by default).
     Failover,
 }
@@ -99,7 +99,7 @@ pub struct BenchArgs {
     /// (multiplied by `--scale`).
     #[arg(long, default_value_t = 1_000_000)]
     hub_size: u64,
-    /// How many times the `failover` scenario kills the serving node.
+    /// How many times the `failover` scenario kills a node.
     #[arg(long, default_value_t = 20)]
     kills: u64,
     /// Episodes a partition hands out at once per orchestration name; to compare windows.
@@ -123,6 +123,11 @@ pub struct BenchArgs {
     /// `sync_interval: always`), to measure what that durability costs.
     #[arg(long, requires = "start_nats")]
     nats_sync_always: bool,
+    /// With --cluster or --start-nats: run each scenario on this many Cairn nodes sharing the
+    /// hub's partitions (this process and NODES-1 more it starts), so that requests, messages
+    /// between partitions and work cross nodes. 1: this process runs every partition.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
 }
 
 #[derive(Serialize, Debug)]
@@ -261,6 +266,7 @@ struct Bench {
 mod backlog;
 mod failover;
 mod large_hub;
+pub mod nodes;
 
 impl Bench {
     /// Shuts the engine down, runs `closed` on the hub's directory while no engine has it
@@ -426,6 +432,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         _ => None,
     };
+    anyhow::ensure!(
+        args.nodes <= 1 || args.cluster.enabled(),
+        "--nodes shares a hub in NATS JetStream between nodes: give --start-nats 3 (or 1), or \
+         --cluster nats://HOST:PORT"
+    );
     if args.cluster.enabled() {
         let probe = args.cluster.probe().await?;
         if args.json {
@@ -533,16 +544,46 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             config.checkpoint_interval = Duration::from_secs(1);
             config.checkpoint_every_records = u64::MAX;
         }
-        let (config, _) = args
-            .cluster
-            .attach(
-                config,
-                Some(format!("bench-{}-{}", std::process::id(), s.name())),
-            )
-            .await?;
+        let hub = format!("bench-{}-{}", std::process::id(), s.name());
+        let (config, nats) = args.cluster.attach(config, Some(hub.clone())).await?;
+        let (config, shared) = match nats.filter(|_| args.nodes > 1) {
+            Some(nats) => {
+                anyhow::ensure!(
+                    !matches!(
+                        s,
+                        Scenario::LargeHub
+                            | Scenario::Backlog
+                            | Scenario::ActivityBacklog
+                            | Scenario::TimerBacklog
+                    ),
+                    "--nodes runs the standard scenarios, not {}",
+                    s.name()
+                );
+                let (config, routers) = cairn_cluster::shared_config(nats.clone(), config);
+                (config, Some((nats, routers)))
+            }
+            None => (config, None),
+        };
         let engine = Engine::open(config.clone(), registry(progress.clone(), stamps.clone()))
             .await
             .with_context(|| format!("cannot open a benchmark hub in {}", dir.display()))?;
+        let lease = args.cluster.lease_duration();
+        let cluster_nodes = match shared {
+            Some((nats, routers)) => {
+                let member = nodes::Member::join(nats, &engine, &routers, lease).await?;
+                let helpers = nodes::Helpers::start(
+                    &args.cluster.cluster,
+                    &hub,
+                    args.partitions,
+                    args.nodes - 1,
+                    lease,
+                    &engine.client(),
+                )
+                .await?;
+                Some((member, helpers))
+            }
+            None => None,
+        };
         let mut bench = Bench {
             engine,
             config,
@@ -600,6 +641,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             }
         };
         let Bench { engine, dir, .. } = bench;
+        if let Some((member, helpers)) = cluster_nodes {
+            tokio::task::spawn_blocking(move || helpers.stop())
+                .await
+                .context("stopping the bench nodes panicked")?;
+            member.leave().await;
+        }
         engine
             .shutdown()
             .await
@@ -684,6 +731,11 @@ async fn sequence(b: &Bench, n: u64) -> Result<BenchResult> {
     let stamps = b.stamps.take();
     for w in stamps.windows(2) {
         record(&mut h, w[1] - w[0]);
+    }
+    if stamps.len() < 2 {
+        // The instance ran on another node (`--nodes`), whose activity stamps this process
+        // does not see: the mean step is what is known.
+        record(&mut h, elapsed / n.max(1) as u32);
     }
     Ok(finish(
         Scenario::Sequence,

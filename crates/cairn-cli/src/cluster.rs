@@ -36,8 +36,8 @@ pub struct ClusterArgs {
     /// The client certificate's private key (PEM).
     #[arg(long, requires = "nats_tls_cert")]
     pub nats_tls_key: Option<PathBuf>,
-    /// How long the serving node may go without renewing the hub's lease before a standby
-    /// takes the hub over (the failover time is this plus the recovery).
+    /// How long a node may go without renewing its record before the other nodes take its
+    /// partitions over (the failover time is this plus the recovery).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub lease: std::time::Duration,
 }
@@ -115,31 +115,16 @@ impl ClusterArgs {
         .context("measuring JetStream itself")
     }
 
-    /// Waits until this node holds the hub's lease (another node may be serving it: this one
-    /// is then its standby).
-    pub async fn acquire(
-        &self,
-        nats: Arc<cairn_cluster::Nats>,
-    ) -> Result<cairn_cluster::lease::HubLease> {
-        let duration = self.lease.max(std::time::Duration::from_millis(200));
-        let lease = tokio::task::spawn_blocking(move || {
-            cairn_cluster::lease::HubLease::acquire(nats, duration, |holder| {
-                tracing::info!(
-                    "node {holder} serves this hub: standing by, to take over if it stops"
-                );
-            })
-        })
-        .await
-        .context("waiting for the hub's lease panicked")?
-        .context("cannot take the hub's lease")?;
-        tracing::info!("this node holds the hub's lease and serves every partition");
-        Ok(lease)
+    /// How long a node's silence means it is gone (its partitions then move).
+    pub fn lease_duration(&self) -> std::time::Duration {
+        self.lease.max(std::time::Duration::from_millis(200))
     }
 }
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
-    /// The hub's partitions, which node serves it, and each partition's log and checkpoints.
+    /// The hub's nodes, which node runs each partition, and each partition's log and
+    /// checkpoints.
     Status(StatusArgs),
 }
 
@@ -180,33 +165,34 @@ impl ClusterCommand {
 }
 
 fn print_status(s: &cairn_cluster::status::HubStatus) {
-    println!(
-        "hub {}: {} partitions, {}",
-        s.hub,
-        s.partitions,
-        match &s.serving_node {
-            Some(node) => format!("served by node {node}"),
-            None => "served by no node".to_string(),
-        }
-    );
+    println!("hub {}: {} partitions", s.hub, s.partitions);
     if s.nodes.is_empty() {
         println!("no live node");
     }
     for n in &s.nodes {
         let role = match n.role {
             cairn_cluster::nodes::Role::Serving => "serving",
-            cairn_cluster::nodes::Role::Standby => "standby",
+            cairn_cluster::nodes::Role::Starting => "starting",
         };
         let fronts = match (&n.grpc, &n.http) {
             (Some(g), Some(h)) => format!(" gRPC {g}, HTTP {h}"),
             (Some(g), None) => format!(" gRPC {g}"),
             _ => String::new(),
         };
-        println!("node {} ({role}, Cairn {}){fronts}", n.node, n.version);
+        let runs = s
+            .partition_status
+            .iter()
+            .filter(|p| p.owner.as_deref() == Some(n.node.as_str()))
+            .count();
+        println!(
+            "node {} ({role}, Cairn {}){fronts}, runs {runs} partitions",
+            n.node, n.version
+        );
     }
     println!(
-        "{:>9} {:>13} {:>6} {:>9} {:>11} {:>13} {:>7} {:>20}",
+        "{:>9} {:>12} {:>13} {:>6} {:>9} {:>11} {:>13} {:>7} {:>20}",
         "partition",
+        "owner",
         "next position",
         "epoch",
         "log msgs",
@@ -224,8 +210,9 @@ fn print_status(s: &cairn_cluster::status::HubStatus) {
             .checkpoint_position
             .map_or("-".to_string(), |at| at.to_string());
         println!(
-            "{:>9} {:>13} {:>6} {:>9} {:>11} {:>13} {:>7} {:>20}",
+            "{:>9} {:>12} {:>13} {:>6} {:>9} {:>11} {:>13} {:>7} {:>20}",
             p.partition,
+            p.owner.as_deref().unwrap_or("-"),
             p.next_position,
             p.owner_epoch,
             p.log_messages,

@@ -22,6 +22,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run the built-in benchmark workloads in-process on a fresh data directory.
     Bench(Box<bench::BenchArgs>),
+    /// A node of a multi-node `cairn bench --nodes` run (started by the bench itself).
+    #[command(hide = true)]
+    BenchNode(Box<bench::nodes::NodeArgs>),
     /// Look at a task hub in NATS JetStream (cluster mode).
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -239,6 +242,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
             Command::Bench(args) => bench::run(*args).await,
+            Command::BenchNode(args) => bench::nodes::run_node(*args).await,
             Command::Cluster(command) => command.run().await,
         }
     });
@@ -283,13 +287,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
         _ => None,
     };
     let (config, nats) = args.engine.cluster.attach(config, None).await?;
-    // This node's record in the hub's list of live nodes: standing by until it holds the lease.
+    // In a cluster, this node shares the hub's partitions with the others: it runs those the
+    // balance gives it, and forwards requests for the rest.
+    let (config, routers) = match &nats {
+        Some(nats) => {
+            let (config, routers) = cairn_cluster::shared_config(nats.clone(), config);
+            (config, Some(routers))
+        }
+        None => (config, None),
+    };
+    let lease = args.engine.cluster.lease_duration();
+    // This node's record in the hub's list of live nodes, renewed four times per lease: the
+    // other nodes count it alive while it changes.
     let beat = match &nats {
         Some(nats) => {
             let nats = nats.clone();
             let beat = tokio::task::spawn_blocking(move || {
-                let record = cairn_cluster::nodes::NodeRecord::standby(&nats.config().node_id);
-                cairn_cluster::nodes::NodeBeat::start(nats, record)
+                let record = cairn_cluster::nodes::NodeRecord::starting(&nats.config().node_id);
+                cairn_cluster::nodes::NodeBeat::start(nats, record, lease / 4)
             })
             .await
             .context("registering this node panicked")?
@@ -298,12 +313,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
-    let lease = match &nats {
-        Some(nats) => Some(args.engine.cluster.acquire(nats.clone()).await?),
-        None => None,
-    };
     // What the dashboard and /api/cluster show of the cluster: read on demand, never written.
-    let cluster_view = nats.map(|nats| cairn_http::ClusterView {
+    let cluster_view = nats.clone().map(|nats| cairn_http::ClusterView {
         node: nats.config().node_id.clone(),
         status: std::sync::Arc::new(move || {
             let status = cairn_cluster::status::hub_status(&nats).map_err(|e| e.to_string())?;
@@ -346,7 +357,43 @@ async fn serve(args: ServeArgs) -> Result<()> {
              so nothing acknowledged is lost)"
         );
     }
-    if engine.created {
+    let ownership = match (&nats, routers.and_then(|r| r.router())) {
+        (Some(nats), Some(router)) => Some(
+            cairn_cluster::ownership::Ownership::start(
+                nats.clone(),
+                engine.partitions(),
+                engine.partition_count(),
+                router,
+                lease,
+            )
+            .await
+            .context("cannot take part in the hub's partitions")?,
+        ),
+        _ => None,
+    };
+    // SDK workers connected here run work queued on the other nodes too.
+    let _work_sharing = match (&nats, &ownership, engine.remote_queue()) {
+        (Some(nats), Some(ownership), Some(queue)) => Some(
+            cairn_cluster::work_sharing::WorkSharing::start(
+                nats.clone(),
+                queue,
+                ownership.live_nodes(),
+                args.work_item_lease
+                    .max(std::time::Duration::from_millis(100)),
+            )
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("cannot share work with the hub's other nodes")?,
+        ),
+        _ => None,
+    };
+    if ownership.is_some() {
+        tracing::info!(
+            partitions = engine.partition_count(),
+            "joined the hub: this node takes its share of the partitions and forwards requests \
+             for the others to the nodes that run them"
+        );
+    } else if engine.created {
         tracing::info!(
             data = %dir.display(),
             partitions = engine.partition_count(),
@@ -453,29 +500,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
             tracing::info!(grpc = %grpc_addr, "Cairn is running; Durable Task SDKs can connect to {grpcs}{grpc_addr}; press Ctrl-C to stop")
         }
     }
-    let lost = async {
-        match &lease {
-            Some(lease) => {
-                // A partition that stops in cluster mode (its log refused by a newer owner, or
-                // JetStream unreachable past the retries) stops the node: a standby, or this
-                // node restarted, recovers the hub whole, instead of this node serving the
-                // other partitions while one is dead.
-                let failed = async {
-                    loop {
-                        if let Some((p, why)) = engine.partition_failures().into_iter().next() {
-                            return format!("partition {p} stopped: {why}");
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
-                };
-                tokio::select! {
-                    why = lease.lost() => why,
-                    why = failed => why,
-                }
-            }
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         r = grpc => r.context("the gRPC server failed")?,
         r = http => r.context("the HTTP server failed")?,
@@ -483,17 +507,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
             let _ = stop_tx.send(());
             let _ = http_stop_tx.send(());
         }
-        why = lost => {
-            // Another node serves the hub now (or will): stop at once, without a checkpoint
-            // or anything else that would write. Its epoch markers refuse this node's appends
-            // anyway; stopping is what keeps clients from waiting on a node that cannot commit.
-            leave_cluster(lease, beat).await;
-            anyhow::bail!("stepped down: this node no longer serves the hub: {why}");
-        }
+    }
+    if let Some(ownership) = ownership {
+        tracing::info!("stopping: handing this node's partitions over to the other nodes");
+        ownership.stop().await;
     }
     tracing::info!("stopping: flushing the log and writing checkpoints");
     engine.shutdown().await.context("clean shutdown failed")?;
-    leave_cluster(lease, beat).await;
+    leave_cluster(beat).await;
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -506,23 +527,11 @@ fn colour_logs() -> bool {
     !no_color && std::io::stderr().is_terminal()
 }
 
-/// Gives up this node's place in the cluster, if it has one: the hub's lease, so that a standby
-/// takes over at once instead of waiting for it to run out (if it is still ours), then its
-/// record in the list of live nodes.
-async fn leave_cluster(
-    lease: Option<cairn_cluster::lease::HubLease>,
-    beat: Option<cairn_cluster::nodes::NodeBeat>,
-) {
-    tokio::task::spawn_blocking(move || {
-        if let Some(lease) = lease {
-            lease.release();
-        }
-        if let Some(beat) = beat {
-            beat.stop();
-        }
-    })
-    .await
-    .ok();
+/// Takes this node out of the hub's list of live nodes, if it is in one.
+async fn leave_cluster(beat: Option<cairn_cluster::nodes::NodeBeat>) {
+    if let Some(beat) = beat {
+        tokio::task::spawn_blocking(move || beat.stop()).await.ok();
+    }
 }
 
 /// Whether every address `addr` (`HOST:PORT`) resolves to is a loopback one. An address that

@@ -1,9 +1,11 @@
 //! `cairn serve --cluster`: the task hub lives in NATS JetStream (a real `nats-server` started
-//! here). A node killed with SIGKILL is replaced by one on another, empty data directory that
-//! serves every instance; a standby takes over by itself when the serving node dies or stops;
-//! and a frozen node whose lease moved on steps down without committing anything. Requests go
-//! over real sockets (curl against the HTTP API). At the end of each test, every partition's
-//! log is read back to check that no two owners' writes ever interleaved.
+//! here) and its nodes share its partitions. A node killed with SIGKILL is replaced by one on
+//! another, empty data directory that serves every instance; every node answers for every
+//! instance; the others take a dead node's partitions over by themselves, and a stopping
+//! node's at once; and a frozen node whose partitions moved on steps down without committing
+//! anything. Requests go over real sockets (curl against the HTTP API). At the end of each
+//! test, every partition's log is read back to check that no two owners' writes ever
+//! interleaved.
 
 mod common;
 
@@ -28,18 +30,6 @@ impl Node {
     fn start(nats: &str, hub: &str, data: &Path, name: &str) -> Node {
         let mut node = Node::spawn(nats, hub, data, name);
         node.wait_for("Cairn is running", Duration::from_secs(60));
-        node
-    }
-
-    /// Starts a node and waits until it stands by (another node serves the hub).
-    fn standby(nats: &str, hub: &str, data: &Path, name: &str) -> Node {
-        Node::standby_with(nats, hub, data, name, &[])
-    }
-
-    /// [`Node::standby`] with more flags.
-    fn standby_with(nats: &str, hub: &str, data: &Path, name: &str, extra: &[&str]) -> Node {
-        let mut node = Node::spawn_with(nats, hub, data, name, extra);
-        node.wait_for("standing by", Duration::from_secs(60));
         node
     }
 
@@ -184,13 +174,13 @@ fn a_killed_node_is_replaced_by_one_with_an_empty_data_directory_and_nothing_is_
     assert_eq!(code, 200, "{body}");
     assert_eq!(body.matches("\"instanceId\"").count(), 20, "{body}");
 
-    // `cairn cluster status` shows the hub as JetStream holds it: the serving node, and every
-    // partition taken over twice (epoch 2) with the records the starts wrote.
+    // `cairn cluster status` shows the hub as JetStream holds it: every partition run by the
+    // new node, taken over twice (epoch 2), with the records the starts wrote.
     let status = status_json(&url, "web");
     assert_eq!(status["partitions"], 12, "{status}");
-    assert_eq!(status["servingNode"], "second", "{status}");
     let parts = status["partitionStatus"].as_array().expect("partitions");
     assert_eq!(parts.len(), 12);
+    assert!(parts.iter().all(|p| p["owner"] == "second"), "{status}");
     assert!(parts.iter().all(|p| p["ownerEpoch"] == 2), "{status}");
     let records: u64 = parts
         .iter()
@@ -205,7 +195,10 @@ fn a_killed_node_is_replaced_by_one_with_an_empty_data_directory_and_nothing_is_
         .output()
         .expect("cairn cluster status runs");
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("served by node second"), "{table}");
+    assert!(
+        table.contains("node second (serving") && table.contains("runs 12 partitions"),
+        "{table}"
+    );
     eprintln!("{table}");
     audit(&url, "web", 12);
 }
@@ -310,38 +303,78 @@ fn check_orders(node: &Node, to: usize) {
     }
 }
 
+/// The owner of every partition of `hub`, by `cairn cluster status` ("" for none).
+fn owners(url: &str, hub: &str) -> Vec<String> {
+    status_json(url, hub)["partitionStatus"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["owner"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Waits until `hub`'s partitions are run by the nodes `expected` names, `n` each; returns
+/// how long it took.
+fn wait_for_owners(url: &str, hub: &str, expected: &[(&str, usize)], within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let now = owners(url, hub);
+        let matches = expected
+            .iter()
+            .all(|(node, n)| now.iter().filter(|o| o == node).count() == *n)
+            && now.len() == expected.iter().map(|(_, n)| n).sum::<usize>();
+        if matches {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "the partitions are run by {now:?}, not {expected:?}, after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
-fn a_standby_takes_over_when_the_serving_node_dies_or_stops() {
+fn nodes_share_the_hub_and_take_over_a_dead_or_stopping_nodes_partitions() {
     let (_nats, url, dir) = setup();
-    let active = Node::start(&url, "ha", &dir.path().join("a"), "a");
-    let mut standby = Node::standby(&url, "ha", &dir.path().join("b"), "b");
-    start_orders(&active, 0, 10);
+    let a = Node::start(&url, "ha", &dir.path().join("a"), "a");
+    let b = Node::start(&url, "ha", &dir.path().join("b"), "b");
+    // The second node takes half the partitions: the first hands them over.
+    wait_for_owners(&url, "ha", &[("a", 6), ("b", 6)], Duration::from_secs(20));
+    // Every node is a front door: starts through a reach the partitions b runs, and b
+    // answers for every instance, wherever it lives.
+    start_orders(&a, 0, 10);
+    check_orders(&b, 10);
+    check_orders(&a, 10);
+    let (code, body) = b.call("GET", "instances?top=100", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body.matches("\"instanceId\"").count(), 10, "{body}");
     // A retention policy set while running is the hub's, not the node's: it lives in the hub's
     // KV bucket and the node that takes over enforces it.
     let policy = r#"{"hub":{"completed":"7d"},"byName":{"nightly":{"failed":"30d"}}}"#;
-    let (code, body) = active.request("PUT", "api/retention", Some(policy));
+    let (code, body) = a.request("PUT", "api/retention", Some(policy));
     assert_eq!(code, 200, "{body}");
-    // Both nodes are listed, with their roles; the serving one with its fronts.
+    // Both nodes are listed, with their fronts.
     wait_for_nodes(
         &url,
         "ha",
-        &[("a", "serving"), ("b", "standby")],
+        &[("a", "serving"), ("b", "serving")],
         Duration::from_secs(5),
     );
     let listed = status_json(&url, "ha")["nodes"][0].clone();
     assert_eq!(
         listed["http"].as_str().map(|h| format!("http://{h}")),
-        Some(active.http.clone()),
+        Some(a.http.clone()),
         "{listed}"
     );
 
-    // kill -9: the standby notices the lease is no longer renewed, takes the hub over and
-    // answers for everything the dead node acknowledged.
-    active.kill();
-    let failover = standby.wait_for("Cairn is running", Duration::from_secs(30));
-    eprintln!("failover after kill -9 (lease 2 s + recovery): {failover:?}");
-    check_orders(&standby, 10);
-    let (code, body) = standby.request("GET", "api/retention", None);
+    // kill -9: b notices a's record no longer changes, takes a's partitions over and answers
+    // for everything a acknowledged.
+    a.kill();
+    let failover = wait_for_owners(&url, "ha", &[("b", 12)], Duration::from_secs(30));
+    eprintln!("a's partitions moved to b {failover:?} after kill -9 (lease 2 s)");
+    check_orders(&b, 10);
+    let (code, body) = b.request("GET", "api/retention", None);
     assert_eq!(code, 200, "{body}");
     let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -355,8 +388,8 @@ fn a_standby_takes_over_when_the_serving_node_dies_or_stops() {
         "{body}"
     );
     assert!(!dir.path().join("b/retention.json").exists());
-    start_orders(&standby, 10, 20);
-    // The killed node's record expires by itself; the one that took over now serves.
+    start_orders(&b, 10, 20);
+    // The killed node's record expires by itself.
     wait_for_nodes(
         &url,
         "ha",
@@ -364,25 +397,30 @@ fn a_standby_takes_over_when_the_serving_node_dies_or_stops() {
         cairn_cluster::nodes::NODE_TTL + Duration::from_secs(5),
     );
 
-    // A clean stop (SIGTERM) gives the lease up: a new standby takes over without waiting
-    // for it to run out (this standby would wait 10 s for a lease that is not released).
-    let mut third = Node::standby_with(&url, "ha", &dir.path().join("c"), "c", &["--lease", "10s"]);
-    standby.signal("TERM");
-    let taken = third.wait_for("holds the hub's lease", Duration::from_secs(30));
-    let handover = taken + third.wait_for("Cairn is running", Duration::from_secs(30));
-    eprintln!("handover after SIGTERM: lease taken after {taken:?}, serving after {handover:?}");
+    // A node that joins takes its share; a clean stop (SIGTERM) hands the stopping node's
+    // partitions over at once: c waits 10 s before it counts a silent node as dead, so only
+    // the handover can give it b's partitions quickly.
+    let mut c = Node::spawn_with(&url, "ha", &dir.path().join("c"), "c", &["--lease", "10s"]);
+    c.wait_for("Cairn is running", Duration::from_secs(60));
+    wait_for_owners(&url, "ha", &[("b", 6), ("c", 6)], Duration::from_secs(30));
+    b.signal("TERM");
+    let handover = wait_for_owners(&url, "ha", &[("c", 12)], Duration::from_secs(30));
+    eprintln!("b's partitions moved to c {handover:?} after SIGTERM");
     assert!(
-        taken < Duration::from_secs(8),
-        "a released lease was waited out: {taken:?}"
+        handover < Duration::from_secs(8),
+        "a stopping node's partitions waited for its lease to run out: {handover:?}"
     );
-    check_orders(&third, 20);
+    check_orders(&c, 20);
     // A clean stop deletes the node's record at once.
     wait_for_nodes(&url, "ha", &[("c", "serving")], Duration::from_secs(5));
-    // The clean stop checkpointed every partition: nothing is left to replay after the
-    // checkpoints, and the status says so.
+    // The last node's clean stop checkpoints every partition: nothing is left to replay
+    // after the checkpoints, and no partition has an owner.
+    c.signal("TERM");
+    c.wait_for("stopped cleanly", Duration::from_secs(30));
     let status = status_json(&url, "ha");
     for p in status["partitionStatus"].as_array().expect("partitions") {
         assert_eq!(p["recordsAfterCheckpoint"], 0, "{p}");
+        assert_eq!(p["owner"], serde_json::Value::Null, "{p}");
         assert_eq!(
             p["checkpointPosition"].as_u64(),
             p["nextPosition"].as_u64().map(|n| n - 1),
@@ -393,15 +431,22 @@ fn a_standby_takes_over_when_the_serving_node_dies_or_stops() {
 }
 
 #[test]
-fn a_frozen_owner_whose_lease_moved_steps_down_without_committing() {
+fn a_frozen_owner_whose_partitions_moved_steps_down_without_committing() {
     let (_nats, url, dir) = setup();
     let mut frozen = Node::start(&url, "fence", &dir.path().join("a"), "a");
-    let mut standby = Node::standby(&url, "fence", &dir.path().join("b"), "b");
+    wait_for_owners(&url, "fence", &[("a", 12)], Duration::from_secs(20));
+    let b = Node::start(&url, "fence", &dir.path().join("b"), "b");
+    wait_for_owners(
+        &url,
+        "fence",
+        &[("a", 6), ("b", 6)],
+        Duration::from_secs(20),
+    );
     start_orders(&frozen, 0, 5);
 
-    // Freeze the owner until its lease moves: the standby takes the hub over.
+    // Freeze a until its partitions move: b takes them all.
     frozen.signal("STOP");
-    standby.wait_for("Cairn is running", Duration::from_secs(30));
+    wait_for_owners(&url, "fence", &[("b", 12)], Duration::from_secs(30));
     // A request reaches the frozen node (it waits in the socket's queue), then the node wakes.
     let late_node = frozen.http.clone();
     let late = std::thread::spawn(move || {
@@ -414,25 +459,27 @@ fn a_frozen_owner_whose_lease_moved_steps_down_without_committing() {
     std::thread::sleep(Duration::from_millis(300));
     frozen.signal("CONT");
     let answer = late.join().unwrap();
-    assert!(
-        answer.0 != 202,
-        "the frozen owner acknowledged a start after its lease moved: {answer:?}"
+    // It steps down from the partitions it ran, writing nothing: its log appends are refused
+    // (b's epoch marker) or it finds b's keys first.
+    frozen.wait_for("without writing", Duration::from_secs(30));
+    eprintln!("the frozen owner answered {answer:?} and stepped down");
+    // The late start either failed, or went through a to the partition's owner now, b: then
+    // b has it. Nothing a acknowledged is lost.
+    let (code, body) = b.call("GET", "instances/late", None);
+    if answer.0 == 202 {
+        assert_eq!(code, 202, "an acknowledged start is missing: {body}");
+    } else {
+        assert_eq!(code, 404, "a refused start landed: {body}");
+    }
+    check_orders(&b, 5);
+    // a is alive and a member again: it takes its share back, and answers for everything.
+    wait_for_owners(
+        &url,
+        "fence",
+        &[("a", 6), ("b", 6)],
+        Duration::from_secs(30),
     );
-    // It steps down: it exits, saying why, without a checkpoint or anything else.
-    let status = frozen.child.wait().expect("the old owner exits");
-    assert!(!status.success(), "the old owner exited as if all was well");
-    std::thread::sleep(Duration::from_millis(200));
-    let said = frozen.logged();
-    assert!(
-        said.contains("stepped down") || said.contains("another owner"),
-        "the old owner does not say why it stopped:\n{said}"
-    );
-    eprintln!("the frozen owner answered {answer:?} and exited with {status}");
-
-    // Nothing it was asked after the lease moved landed; all it acknowledged did.
-    let (code, body) = standby.call("GET", "instances/late", None);
-    assert_eq!(code, 404, "the stale owner's start landed: {body}");
-    check_orders(&standby, 5);
+    check_orders(&frozen, 5);
     audit(&url, "fence", 12);
 }
 
@@ -525,7 +572,8 @@ fn a_node_reaches_nats_over_tls_with_a_user_and_password() {
     start_orders(&node, 0, 3);
     check_orders(&node, 3);
     let status = status_json_with(&url, "secure", &tls);
-    assert_eq!(status["servingNode"], "a", "{status}");
+    let parts = status["partitionStatus"].as_array().expect("partitions");
+    assert!(parts.iter().all(|p| p["owner"] == "a"), "{status}");
     node.signal("TERM");
     node.wait_for("stopped cleanly", Duration::from_secs(30));
     let logged = node.logged();
@@ -535,8 +583,8 @@ fn a_node_reaches_nats_over_tls_with_a_user_and_password() {
     );
 }
 
-/// `cairn bench failover` kills the serving node of a real two-node cluster and reports how
-/// long until the standby answers for every acknowledged instance (it fails if one is lost).
+/// `cairn bench failover` kills a node of a real two-node cluster and reports how long until
+/// the other answers for every acknowledged instance (it fails if one is lost).
 #[test]
 fn bench_failover_reports_the_time_to_answer_again() {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
@@ -557,8 +605,8 @@ fn bench_failover_reports_the_time_to_answer_again() {
         .unwrap_or_else(|| panic!("no failover row in {stdout}"));
     assert_eq!(row["ops"], 2, "{row}");
     let p99 = row["p99_ms"].as_f64().expect("p99");
-    // A 1 s lease: a standby takes over once the lease has gone unrenewed for a second on its
-    // own clock, counted from the last renewal it saw (up to a quarter lease and one poll
-    // before the kill), so never within half a second.
+    // A 1 s lease: the survivor takes the dead node's partitions once its record has gone
+    // unrenewed for a second on the survivor's own clock, counted from the last renewal it saw
+    // (up to a quarter lease before the kill), so never within half a second.
     assert!((500.0..30_000.0).contains(&p99), "{row}");
 }

@@ -264,6 +264,31 @@ impl Nats {
     }
 }
 
+/// Runs `op` until it succeeds, for up to 30 s: what a node does when it starts or joins, so
+/// that a NATS cluster still electing its JetStream leader, or a server restarting, delays it
+/// instead of stopping it. The last error is returned if it never succeeds.
+pub(crate) async fn patiently<T, F, Fut>(what: &str, mut op: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), op()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if tokio::time::Instant::now() > deadline => return Err(e),
+            Err(_) if tokio::time::Instant::now() > deadline => {
+                return Err(format!("{what}: no answer from JetStream"))
+            }
+            Ok(Err(e)) => tracing::debug!("{what} (retried): {e}"),
+            Err(_) => tracing::debug!("{what} (retried): no answer"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(500));
+    }
+}
+
 /// Spawns `future` on `handle` and blocks the calling thread (which may be another runtime's
 /// worker) until it finishes.
 fn run_on<F>(handle: &tokio::runtime::Handle, future: F) -> Option<F::Output>

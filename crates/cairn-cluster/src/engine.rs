@@ -7,11 +7,13 @@
 //! caches. Everything else about the engine is unchanged: the same
 //! partition state machine, speculation and recovery.
 //!
-//! A node opens every partition of the hub, once it holds the hub's lease
-//! ([`crate::lease::HubLease`]); other nodes wait as standbys. Leases per partition, so that
-//! several nodes share the partitions, are not built yet. Should two nodes ever both open the
-//! hub, the later one takes every partition over, and the earlier one's partitions stop (their
-//! logs refuse its appends).
+//! [`cluster_config`] alone makes an engine that runs every partition of the hub (a single
+//! process on JetStream storage: the crash workload, the bench). [`shared_config`] makes one
+//! that shares the hub with other nodes: it opens no partition by itself, messages between
+//! partitions go through JetStream ([`crate::routing`]) and requests for partitions that run
+//! elsewhere are forwarded ([`crate::forwarding`]); [`crate::ownership::Ownership`] then
+//! decides which partitions run here. Should two engines ever run one partition, the later
+//! one's epoch marker makes the earlier one's appends fail: it stops without applying them.
 
 use crate::checkpoint::JetStreamCheckpointStores;
 use crate::connection::{ClusterError, Nats};
@@ -41,4 +43,19 @@ pub fn cluster_config(nats: Arc<Nats>, config: EngineConfig) -> Result<EngineCon
         })),
         ..config
     })
+}
+
+/// `config` (a [`cluster_config`]) for a node that shares the hub's partitions with others:
+/// the router to hand to [`crate::ownership::Ownership::start`] once the engine is open.
+pub fn shared_config(
+    nats: Arc<Nats>,
+    config: EngineConfig,
+) -> (EngineConfig, crate::routing::JetStreamRouters) {
+    let routers = crate::routing::JetStreamRouters::new(nats.clone());
+    let config = EngineConfig {
+        router: Some(Arc::new(routers.clone())),
+        forwarder: Some(Arc::new(crate::forwarding::NatsForwarder::new(nats))),
+        ..config
+    };
+    (config, routers)
 }

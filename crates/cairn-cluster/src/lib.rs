@@ -12,7 +12,11 @@
 //!   a local cache for reads ([`checkpoint::JetStreamCheckpointStore`]);
 //! * [`frames`]: how records are packed into the stream's messages (pure);
 //! * [`hub`]: the hub's partition count, fixed in a JetStream KV bucket;
-//! * [`lease`]: which node serves the hub (active/standby), a lease in the hub's KV bucket;
+//! * [`ownership`]: which node runs which partition (keys in the hub's KV bucket, balanced over
+//!   the live nodes);
+//! * [`routing`]: messages between partitions, through the hub's input stream;
+//! * [`forwarding`]: client requests for partitions another node runs, as NATS requests;
+//! * [`work_sharing`]: SDK workers connected to one node run work queued on the others;
 //! * [`engine`]: an engine configuration whose partitions live in JetStream;
 //! * [`probe`]: JetStream's own latency and rate on the servers, for the benchmarks;
 //! * [`status`]: what `cairn cluster status` shows (read-only);
@@ -24,16 +28,19 @@
 pub mod checkpoint;
 pub mod connection;
 pub mod engine;
+pub mod forwarding;
 pub mod frames;
 pub mod hub;
-pub mod lease;
 pub mod log;
 pub mod nats_server;
 pub mod nodes;
+pub mod ownership;
 pub mod probe;
+pub mod routing;
 pub mod status;
+pub mod work_sharing;
 
 pub use checkpoint::{JetStreamCheckpointStore, JetStreamCheckpointStores};
 pub use connection::{ClusterConfig, ClusterError, Nats};
-pub use engine::cluster_config;
+pub use engine::{cluster_config, shared_config};
 pub use log::{JetStreamLog, JetStreamLogs};

@@ -1,14 +1,15 @@
 //! # Which nodes of a hub are alive
 //!
-//! Every node of a hub, serving or standing by, keeps a record under its name in the KV bucket
+//! Every node of a hub keeps a record under its name in the KV bucket
 //! `CAIRN_<hub>_NODES`. The bucket's entries expire [`NODE_TTL`] after they were last written,
 //! and each node rewrites its own every [`BEAT`]: a node that dies (`kill -9`, a lost machine)
 //! drops out of the list by itself, with no clock compared between machines; one that stops
 //! cleanly deletes its record at once.
 //!
 //! What it owns: the node records, for people (`cairn cluster status`, `/api/cluster`, the
-//! dashboard) to see which nodes stand by to take a hub over. Nothing here decides who serves:
-//! that is the lease's job ([`crate::lease`]), and the fenced logs'.
+//! dashboard) to see the hub's nodes and their fronts, and for [`crate::ownership`] to tell
+//! the live nodes from the dead (a record that stops changing). Nothing here decides which
+//! node runs a partition: that is the ownership's job, and the fenced logs'.
 
 use crate::connection::{ClusterError, Nats};
 use async_nats::jetstream::{self, kv};
@@ -31,9 +32,9 @@ pub fn bucket(hub: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Waits for the hub's lease, to take the hub over if its serving node stops.
-    Standby,
-    /// Holds the lease and serves every partition.
+    /// Starting: its fronts do not listen yet.
+    Starting,
+    /// Its fronts listen: it answers for every instance and runs its share of the partitions.
     Serving,
 }
 
@@ -53,11 +54,11 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
-    /// A record for node `node`, standing by, started now.
-    pub fn standby(node: &str) -> NodeRecord {
+    /// A record for node `node`, starting now.
+    pub fn starting(node: &str) -> NodeRecord {
         NodeRecord {
             node: node.to_string(),
-            role: Role::Standby,
+            role: Role::Starting,
             grpc: None,
             http: None,
             started_at: cairn_runtime::clock::Clock::now_millis(&cairn_runtime::clock::SystemClock),
@@ -92,16 +93,25 @@ pub struct NodeBeat {
 }
 
 impl NodeBeat {
-    /// Writes `record` and keeps renewing it. Blocks until the first write is acknowledged.
-    pub fn start(nats: Arc<Nats>, record: NodeRecord) -> Result<NodeBeat, ClusterError> {
+    /// Writes `record` and keeps renewing it, every `every` (at most [`BEAT`]). Blocks until
+    /// the first write is acknowledged.
+    pub fn start(
+        nats: Arc<Nats>,
+        record: NodeRecord,
+        every: Duration,
+    ) -> Result<NodeBeat, ClusterError> {
+        let every = every.clamp(Duration::from_millis(50), BEAT);
         let js = nats.jetstream().clone();
         let config = nats.config().clone();
         let first = record.clone();
         let store = nats
             .run(async move {
-                let store = open_bucket(&js, &config.hub, config.replicas).await?;
-                put(&store, &first).await?;
-                Ok::<_, String>(store)
+                crate::connection::patiently("registering this node", || async {
+                    let store = open_bucket(&js, &config.hub, config.replicas).await?;
+                    put(&store, &first).await?;
+                    Ok(store)
+                })
+                .await
             })
             .ok_or(ClusterError::Stopped)?
             .map_err(ClusterError::Remote)?;
@@ -110,7 +120,7 @@ impl NodeBeat {
         let renewing = nats.handle().spawn(async move {
             loop {
                 // A change (the node starts serving) is written at once, else every beat.
-                let _ = tokio::time::timeout(BEAT, rx.changed()).await;
+                let _ = tokio::time::timeout(every, rx.changed()).await;
                 let record = rx.borrow_and_update().clone();
                 if let Err(e) = put(&renew, &record).await {
                     tracing::debug!("renewing this node's record failed (retried): {e}");

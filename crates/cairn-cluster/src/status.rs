@@ -1,9 +1,9 @@
 //! # What `cairn cluster status` shows
 //!
-//! A read-only look at a hub in JetStream: its partition count, its live nodes, which one
-//! holds its lease, and per partition the log's tail (next position, owner epoch, size), the
+//! A read-only look at a hub in JetStream: its partition count, its live nodes, and per
+//! partition the node that runs it, the log's tail (next position, owner epoch, size), the
 //! checkpoint deltas not yet folded into a snapshot, and what the snapshot covers. It writes
-//! nothing: no epoch marker, no lease.
+//! nothing: no epoch marker, no owner key.
 
 use crate::checkpoint::{deltas_stream, snapshot_bucket, Covers};
 use crate::connection::{ClusterError, Nats};
@@ -17,8 +17,6 @@ use serde::Serialize;
 pub struct HubStatus {
     pub hub: String,
     pub partitions: u32,
-    /// The node serving the hub (the lease's holder), if any.
-    pub serving_node: Option<String>,
     /// The live nodes, serving and standing by.
     pub nodes: Vec<crate::nodes::NodeRecord>,
     pub partition_status: Vec<PartitionStatus>,
@@ -28,6 +26,8 @@ pub struct HubStatus {
 #[serde(rename_all = "camelCase")]
 pub struct PartitionStatus {
     pub partition: u32,
+    /// The node that runs it (its key's holder), if any.
+    pub owner: Option<String>,
     /// The position the log's next record gets.
     pub next_position: u64,
     /// The epoch of the owner that wrote the log's last message (one more per takeover).
@@ -77,25 +77,26 @@ pub fn hub_status(nats: &Nats) -> Result<HubStatus, ClusterError> {
             .ok_or_else(|| format!("the hub {hub:?} has no record"))?;
         let record: crate::hub::HubRecord =
             serde_json::from_slice(&record).map_err(|e| format!("the hub record: {e}"))?;
-        let serving_node = match bucket.entry(crate::lease::KEY).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                Some(crate::lease::holder(&e.value))
-            }
-            _ => None,
-        };
         let nodes = crate::nodes::live_nodes(&js, &hub).await?;
         let snapshots: Option<object_store::ObjectStore> =
             js.get_object_store(snapshot_bucket(&hub)).await.ok();
         // Every partition's streams are read at once: a hub of many partitions answers in
         // a few round trips, not a few per partition.
-        let partition_status = futures::future::try_join_all(
+        let mut partition_status = futures::future::try_join_all(
             (0..record.partitions).map(|p| partition_status(&js, &hub, p, snapshots.as_ref())),
         )
         .await?;
+        for p in partition_status.iter_mut() {
+            p.owner = match bucket.entry(format!("part.{}", p.partition)).await {
+                Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                    Some(crate::ownership::holder(&e.value))
+                }
+                _ => None,
+            };
+        }
         Ok::<_, String>(HubStatus {
             hub,
             partitions: record.partitions,
-            serving_node,
             nodes,
             partition_status,
         })
@@ -142,6 +143,7 @@ async fn partition_status(
     }
     let checkpoint_position = checkpoint_position.or(snapshot_position);
     Ok(PartitionStatus {
+        owner: None,
         records_after_checkpoint: checkpoint_position
             .map(|at| next_position.saturating_sub(1).saturating_sub(at)),
         checkpoint_position,

@@ -1665,7 +1665,7 @@
     const table = h("div", { class: "table-wrap" },
       h("table", { class: "table", "data-testid": "partitions-table" },
         h("thead", null, h("tr", null,
-          h("th", null, "Partition"), h("th", null, "Next position"), h("th", null, "Owner epoch"),
+          h("th", null, "Partition"), h("th", null, "Next position"), h("th", null, "Owner epoch"), h("th", null, "Run by"),
           h("th", null, "Log"), h("th", null, "Checkpoint at"), h("th", null, "Lag (records)"),
           h("th", null, "Snapshot"))),
         tbody));
@@ -1706,7 +1706,14 @@
         fact("Mode", "cluster (NATS JetStream)", "hub-mode"),
         fact("Hub", hub.hub, "hub-name"),
         fact("This node", hub.node, "hub-node"),
-        fact("Serving node", hub.servingNode || "none (a standby takes the lease)", "hub-serving"),
+        fact("Partitions run by", (() => {
+          const runs = {};
+          for (const p of (Array.isArray(hub.partitionStatus) ? hub.partitionStatus : [])) {
+            const owner = p.owner || "no node";
+            runs[owner] = (runs[owner] || 0) + 1;
+          }
+          return Object.entries(runs).map(([node, n]) => `${node}: ${n}`).join(", ") || "no node";
+        })(), "hub-owners"),
         fact("Partitions", fmtNumber(hub.partitions), "hub-partitions"),
         fact("Live nodes", (Array.isArray(hub.nodes) ? hub.nodes : [])
           .map((n) => `${n.node} (${n.role}${n.grpc ? `, gRPC ${n.grpc}` : ""})`).join(", ") || "none", "hub-nodes"));
@@ -1716,6 +1723,7 @@
         h("td", null, String(p.partition)),
         h("td", null, fmtNumber(p.nextPosition)),
         h("td", null, fmtNumber(p.ownerEpoch)),
+        h("td", { "data-testid": "partition-owner" }, p.owner || "–"),
         h("td", null, `${fmtNumber(p.logMessages)} msgs, ${fmtBytes(p.logBytes)}`),
         h("td", null, or(p.checkpointPosition, fmtNumber)),
         h("td", { "data-testid": "partition-lag" }, or(p.recordsAfterCheckpoint, fmtNumber)),

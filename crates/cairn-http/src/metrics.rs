@@ -220,8 +220,14 @@ pub async fn workers_json(State(state): State<AppState>) -> Json<Value> {
 
 /// `/api/retention`: how long ended orchestrations are kept (hub-wide and per name; null:
 /// forever) and how many were purged through this process.
-pub async fn retention_json(State(state): State<AppState>) -> Json<Value> {
-    Json(retention_body(&state))
+pub async fn retention_json(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    // Read afresh: in a cluster another node may have changed it.
+    let retention = state.retention.clone();
+    tokio::task::spawn_blocking(move || retention.reload())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Internal)?;
+    Ok(Json(retention_body(&state)))
 }
 
 /// `PUT /api/retention`: replaces the policy (the body has the shape `GET` shows; a missing
@@ -328,10 +334,11 @@ fn scale_inputs(
         activities: activity_backlog.values().sum(),
         waiting: queues().map(|q| q.len() as u64).sum(),
         oldest_wait: queues().map(|q| q.oldest_age()).max().unwrap_or_default(),
+        // Other nodes taking work for their workers are not workers of this node.
         connected_workers: state
             .remote
             .as_ref()
-            .map_or(0, |q| q.workers().len() as u64),
+            .map_or(0, |q| q.workers().iter().filter(|w| !w.peer).count() as u64),
         timers_armed: state.stats.iter().map(|s| load(&s.timers_armed)).sum(),
         cluster: state.config.cluster.is_some(),
     }

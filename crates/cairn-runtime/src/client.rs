@@ -653,7 +653,8 @@ impl Client {
     }
 
     /// Purges the ended orchestrations with `status` (of `name`, or any) completed at or
-    /// before `completed_by`, in batches of [`PURGE_BATCH`]: what a retention policy does.
+    /// before `completed_by`, in batches of [`PURGE_BATCH`], in the partitions running in this
+    /// process: what a retention policy does (each node of a cluster sweeps its own).
     pub(crate) async fn purge_expired(
         &self,
         status: RuntimeStatus,
@@ -661,7 +662,8 @@ impl Client {
         completed_by: Millis,
     ) -> Result<u64, EngineError> {
         let mut total = 0;
-        for p in 0..self.shared.partition_count {
+        // Each node of a cluster sweeps the partitions it runs (embedded: all of them).
+        for p in self.shared.slots.running() {
             loop {
                 let ids = match self
                     .read(

@@ -68,6 +68,11 @@ pub struct EngineConfig {
     pub ids: Option<Arc<dyn crate::clock::IdGen>>,
     /// How messages travel between partitions; `None` is in-process channels.
     pub router: Option<Arc<dyn crate::router::Routers>>,
+    /// Where client requests for partitions that do not run in this process go. With one,
+    /// the engine opens no partition by itself: its owner (a cluster node) opens and closes
+    /// them ([`Engine::open_partitions`](crate::Engine::open_partitions)); `None` opens every
+    /// partition of the hub.
+    pub forwarder: Option<Arc<dyn crate::forward::Forwarder>>,
     /// Write periodic checkpoints on the partition's own task, stalling it meanwhile, instead
     /// of in the background (for comparison only).
     pub checkpoints_in_place: bool,
@@ -108,6 +113,7 @@ impl Default for EngineConfig {
             clock: None,
             ids: None,
             router: None,
+            forwarder: None,
             checkpoints_in_place: false,
             reads_on_loop: false,
             retention: crate::retention::RetentionPolicy::default(),

@@ -21,10 +21,149 @@ pub use crate::hub::{HubMeta, DEFAULT_PARTITIONS, MAX_PARTITIONS};
 pub use crate::config::EngineConfig;
 pub use crate::leader::RecoveryReport;
 
+type Leaders = Arc<parking_lot::Mutex<std::collections::HashMap<u32, tokio::task::JoinHandle<()>>>>;
+
+/// The partitions of an engine, to open and close one by one (see [`Engine::partitions`]).
+#[derive(Clone)]
+pub struct Partitions {
+    shared: Arc<Shared>,
+    leaders: Leaders,
+}
+
+impl Partitions {
+    /// Recovers `partitions` from their checkpoints and logs (in parallel, on blocking
+    /// threads) and starts running them here. Either all open or none does: on an error the
+    /// ones already recovered are closed again without running. Partitions that already run
+    /// here are left as they are.
+    pub async fn open(&self, partitions: &[u32]) -> Result<Vec<RecoveryReport>, EngineError> {
+        let queued = self.shared.config.max_queued_requests.max(1);
+        // On a current-thread runtime (the simulator) one after the other, on this thread.
+        let inline = crate::blocking::single_threaded();
+        let mut recovering = Vec::new();
+        for &p in partitions {
+            if p >= self.shared.partition_count || self.shared.slots.get(p).is_some() {
+                continue;
+            }
+            let (input, rx) = mpsc::unbounded_channel();
+            let (inbox, inbox_rx) = mpsc::channel(queued);
+            let queues = crate::shared::PartitionQueues {
+                input: input.clone(),
+                inbox,
+            };
+            let shared = self.shared.clone();
+            let recover = move || leader::Leader::recover(p, shared, input, rx, inbox_rx);
+            let recovery = if inline {
+                futures::future::ready(Ok(recover())).boxed()
+            } else {
+                tokio::task::spawn_blocking(recover).boxed()
+            };
+            recovering.push((p, queues, recovery));
+        }
+        let mut leaders = Vec::new();
+        let mut reports = Vec::new();
+        let mut first_error = None;
+        for (p, queues, recovery) in recovering {
+            match recovery.await {
+                Ok(Ok((leader, report))) => {
+                    reports.push(report);
+                    leaders.push((p, queues, leader));
+                }
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(join) => {
+                    first_error.get_or_insert(EngineError::Storage {
+                        partition: p,
+                        message: format!("recovery task failed: {join}"),
+                    });
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            for (_, _, l) in leaders {
+                l.abandon();
+            }
+            return Err(e);
+        }
+        // Every slot is filled before any leader runs: a leader's first act is to send its
+        // unacknowledged outbox, and in-process delivery to a partition whose slot is still
+        // empty would drop it.
+        for (p, queues, _) in &leaders {
+            self.shared.stats[*p as usize].failure.lock().take();
+            self.shared.slots.set(*p, Some(queues.clone()));
+        }
+        let mut running = self.leaders.lock();
+        for (p, _, leader) in leaders {
+            running.insert(p, tokio::spawn(leader.run()));
+        }
+        Ok(reports)
+    }
+
+    /// Stops running `partition` here, cleanly: what it holds is made durable and
+    /// checkpointed, so that the node that runs it next recovers it quickly. Requests for it
+    /// are forwarded from the moment this is called.
+    pub async fn close(&self, partition: u32) {
+        let Some(queues) = self.shared.slots.set(partition, None) else {
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        if queues.input.send(Input::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.leaders.lock().remove(&partition);
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+        self.forget(partition);
+    }
+
+    /// Stops running `partition` here at once, writing nothing more: another node owns it now
+    /// (its log refuses this node's appends anyway).
+    pub fn abandon(&self, partition: u32) {
+        self.shared.slots.set(partition, None);
+        if let Some(h) = self.leaders.lock().remove(&partition) {
+            h.abort();
+        }
+        self.forget(partition);
+    }
+
+    /// What this node published about a partition that no longer runs here. (Work it handed
+    /// to remote workers stays queued: a worker may still run it, and its answer goes
+    /// nowhere; the partition's new owner hands the work out again.)
+    fn forget(&self, partition: u32) {
+        if let Some(stats) = self.shared.stats.get(partition as usize) {
+            stats.clear();
+        }
+    }
+
+    /// The partitions running here that stopped accepting writes, and why.
+    pub fn failures(&self) -> Vec<(u32, String)> {
+        self.running()
+            .into_iter()
+            .filter_map(|p| {
+                let why = self.shared.stats.get(p as usize)?.failure.lock().clone()?;
+                Some((p, why))
+            })
+            .collect()
+    }
+
+    /// The partitions running in this process.
+    pub fn running(&self) -> Vec<u32> {
+        self.shared.slots.running()
+    }
+
+    /// Answers a client request another node forwarded to `partition` (see
+    /// [`crate::forward`]): the bytes to send back.
+    pub async fn answer(&self, partition: u32, request: &[u8]) -> Vec<u8> {
+        crate::forward::answer(&self.shared, partition, request).await
+    }
+}
+
 /// A running Cairn engine on one data directory.
 pub struct Engine {
     shared: Arc<Shared>,
-    leaders: Vec<tokio::task::JoinHandle<()>>,
+    /// The leaders of the partitions running here.
+    leaders: Leaders,
     /// The retention policy in force (changeable while running) and its sweeper.
     retention: crate::retention::Retention,
     sweeper: tokio::task::JoinHandle<()>,
@@ -52,21 +191,12 @@ impl Engine {
         let retention = crate::retention::Retention::open(settings, &config.retention)
             .map_err(|e| crate::hub::data_dir_error(&dir, e))?;
         let count = hub.partitions;
-        let mut senders = Vec::new();
-        let mut receivers = Vec::new();
-        let mut inboxes = Vec::new();
-        let queued = config.max_queued_requests.max(1);
-        for _ in 0..count {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let (inbox, inbox_rx) = mpsc::channel(queued);
-            senders.push(tx);
-            inboxes.push(inbox);
-            receivers.push((rx, inbox_rx));
-        }
+        let slots = Arc::new(crate::shared::Slots::new(count));
         let stats: Vec<Arc<LeaderStats>> = (0..count)
             .map(|_| Arc::new(LeaderStats::default()))
             .collect();
         let config_remote = config.remote_workers;
+        let config_forwarder = config.forwarder.clone();
         let clock = config
             .clock
             .clone()
@@ -95,7 +225,7 @@ impl Engine {
                 },
             }),
         };
-        let local = crate::router::LocalPartitions::new(senders.clone());
+        let local = crate::router::LocalPartitions::new(slots.clone());
         let router = match &config.router {
             Some(r) => r.open(local),
             None => crate::router::InProcessRouters.open(local),
@@ -114,8 +244,8 @@ impl Engine {
             config,
             registry,
             partition_count: count,
-            partitions: senders,
-            client_inbox: inboxes,
+            slots,
+            forwarder: config_forwarder,
             stats,
             remote: config_remote.then(RemoteQueue::default),
             logs,
@@ -124,46 +254,6 @@ impl Engine {
             ids,
             router,
         });
-        // Recover partitions in parallel on blocking threads (disk reads), then start leaders.
-        // On a current-thread runtime (the simulator) one after the other, on this thread.
-        let inline = crate::blocking::single_threaded();
-        let mut recovering = Vec::new();
-        for (p, rx) in receivers.into_iter().enumerate() {
-            let shared = shared.clone();
-            let recover = move || leader::Leader::recover(p as u32, shared, rx.0, rx.1);
-            recovering.push(if inline {
-                futures::future::ready(Ok(recover())).boxed()
-            } else {
-                tokio::task::spawn_blocking(recover).boxed()
-            });
-        }
-        let mut leaders = Vec::new();
-        let mut recovery = Vec::new();
-        let mut first_error = None;
-        for r in recovering {
-            match r.await {
-                Ok(Ok((leader, report))) => {
-                    recovery.push(report);
-                    leaders.push(leader);
-                }
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(join) => {
-                    first_error.get_or_insert(EngineError::Storage {
-                        partition: u32::MAX,
-                        message: format!("recovery task failed: {join}"),
-                    });
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            for l in leaders {
-                l.abandon();
-            }
-            return Err(e);
-        }
-        let handles = leaders.into_iter().map(|l| tokio::spawn(l.run())).collect();
         let stats = shared.stats.clone();
         let sweeper = tokio::spawn(crate::retention::run(
             Client::new(shared.clone()),
@@ -177,16 +267,45 @@ impl Engine {
                     .collect()
             },
         ));
-        Ok(Engine {
+        let mut engine = Engine {
             shared,
-            leaders: handles,
+            leaders: Leaders::default(),
             retention,
             sweeper,
-            recovery,
+            recovery: Vec::new(),
             hub,
             created: opened.created,
             _hub: opened,
-        })
+        };
+        // Embedded, every partition runs here; in a cluster, the node decides which do.
+        if engine.shared.forwarder.is_none() {
+            let all: Vec<u32> = (0..count).collect();
+            match engine.open_partitions(&all).await {
+                Ok(reports) => engine.recovery = reports,
+                Err(e) => {
+                    engine.sweeper.abort();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Opens, closes and answers for single partitions: what a cluster node uses to run its
+    /// share of the hub.
+    pub fn partitions(&self) -> Partitions {
+        Partitions {
+            shared: self.shared.clone(),
+            leaders: self.leaders.clone(),
+        }
+    }
+
+    /// See [`Partitions::open`].
+    pub async fn open_partitions(
+        &self,
+        partitions: &[u32],
+    ) -> Result<Vec<RecoveryReport>, EngineError> {
+        self.partitions().open(partitions).await
     }
 
     pub fn client(&self) -> Client {
@@ -227,9 +346,10 @@ impl Engine {
             .collect()
     }
 
-    /// Forces a checkpoint of every partition (tests, benchmarks, before backups).
+    /// Forces a checkpoint of every partition running here (tests, benchmarks, before
+    /// backups).
     pub async fn checkpoint(&self) -> Result<(), EngineError> {
-        for p in 0..self.shared.partition_count {
+        for p in self.shared.slots.running() {
             let (tx, rx) = oneshot::channel();
             self.shared.send(p, Input::Checkpoint(tx))?;
             rx.await.map_err(|_| EngineError::ShuttingDown)??;
@@ -241,16 +361,18 @@ impl Engine {
     pub async fn shutdown(self) -> Result<(), EngineError> {
         self.sweeper.abort();
         let mut waits = Vec::new();
-        for p in 0..self.shared.partition_count {
+        for p in self.shared.slots.running() {
             let (tx, rx) = oneshot::channel();
             if self.shared.send(p, Input::Shutdown(tx)).is_ok() {
                 waits.push(rx);
             }
+            self.shared.slots.set(p, None);
         }
         for w in waits {
             let _ = w.await;
         }
-        for h in self.leaders {
+        let handles: Vec<_> = self.leaders.lock().drain().map(|(_, h)| h).collect();
+        for h in handles {
             let _ = h.await;
         }
         if let Some(queue) = &self.shared.remote {

@@ -34,9 +34,11 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod forward;
 pub mod hub;
 mod inbox;
 mod leader;
+pub mod lending;
 pub mod remote;
 pub mod retention;
 pub mod router;
@@ -50,7 +52,7 @@ pub use client::{
     CleanResult, Client, EntityPage, EntityQuery, EntityStatus, InstanceQuery, InstanceStatus,
     QueryFilter, QueryPage, StartOptions,
 };
-pub use engine::{Engine, EngineConfig, RecoveryReport};
+pub use engine::{Engine, EngineConfig, Partitions, RecoveryReport};
 pub use entity::{Entity, EntityContext};
 pub use error::{EngineError, TaskError};
 pub use futures::future::Either;

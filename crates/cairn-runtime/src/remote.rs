@@ -149,7 +149,7 @@ impl WorkKind {
 }
 
 /// One name a worker runs, with the versions it accepts (none listed: any version).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NameFilter {
     pub name: String,
     pub versions: Vec<String>,
@@ -157,7 +157,7 @@ pub struct NameFilter {
 
 /// What a connected worker runs. `None` for a kind means every name of that kind (a worker
 /// that sends no filters receives everything, as with the reference backend).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkFilter {
     pub orchestrations: Option<Vec<NameFilter>>,
     pub activities: Option<Vec<NameFilter>>,
@@ -204,7 +204,7 @@ impl WorkFilter {
 }
 
 /// Kinds a worker has room for right now (its concurrency limits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Room {
     pub orchestrations: bool,
     pub activities: bool,
@@ -242,6 +242,8 @@ struct Queued {
     since: Instant,
     work: RemoteWork,
     _ticket: Option<WorkTicket>,
+    /// Borrowed from another node's queue (see [`crate::lending`]): never lent on again.
+    borrowed: bool,
 }
 
 /// A connected worker as the queue knows it.
@@ -256,6 +258,8 @@ pub struct WorkerInfo {
     pub filter: WorkFilter,
     /// Items it has taken since it connected.
     pub taken: u64,
+    /// Another node of the cluster, taking work for its own workers (see [`crate::lending`]).
+    pub peer: bool,
 }
 
 /// Work that waits because no connected worker runs it.
@@ -277,6 +281,8 @@ struct QueueState {
     next_seq: u64,
     next_worker: u64,
     workers: BTreeMap<u64, WorkerInfo>,
+    /// Workers (not peers) waiting for an item now, with the room they have.
+    waiting: BTreeMap<u64, Room>,
 }
 
 impl QueueState {
@@ -287,8 +293,12 @@ impl QueueState {
         })
     }
 
-    /// Takes the oldest live item among the lanes `filter` and `room` allow.
-    fn take(&mut self, filter: &WorkFilter, room: Room) -> Option<Queued> {
+    /// Takes the oldest live item among the lanes `filter` and `room` allow (for a peer, the
+    /// oldest not itself borrowed).
+    fn take(&mut self, filter: &WorkFilter, room: Room, peer: bool) -> Option<Queued> {
+        if peer {
+            return self.take_lendable(filter, room);
+        }
         let mut best: Option<(u64, LaneKey)> = None;
         let mut emptied = Vec::new();
         for (key, lane) in self.lanes.iter_mut() {
@@ -319,6 +329,45 @@ impl QueueState {
         }
         item
     }
+
+    /// What a peer may take: never an item borrowed itself, and nothing a worker connected
+    /// here waits for (the node's own workers come first).
+    fn take_lendable(&mut self, filter: &WorkFilter, room: Room) -> Option<Queued> {
+        let mut best: Option<(u64, LaneKey, usize)> = None;
+        for (key, lane) in self.lanes.iter() {
+            if !room.allows(key.kind)
+                || !filter.matches(key.kind, &key.name, key.version.as_deref())
+            {
+                continue;
+            }
+            let wanted_here = self.waiting.iter().any(|(id, r)| {
+                r.allows(key.kind)
+                    && self.workers.get(id).is_some_and(|w| {
+                        w.filter
+                            .matches(key.kind, &key.name, key.version.as_deref())
+                    })
+            });
+            if wanted_here {
+                continue;
+            }
+            if let Some((at, q)) = lane
+                .iter()
+                .enumerate()
+                .find(|(_, q)| !q.borrowed && !q.work.is_abandoned())
+            {
+                if best.as_ref().is_none_or(|(s, _, _)| q.seq < *s) {
+                    best = Some((q.seq, key.clone(), at));
+                }
+            }
+        }
+        let (_, key, at) = best?;
+        let lane = self.lanes.get_mut(&key)?;
+        let item = lane.remove(at);
+        if lane.is_empty() {
+            self.lanes.remove(&key);
+        }
+        item
+    }
 }
 
 /// An item a worker took: give it back with [`RemoteQueue::requeue`] if it is not answered.
@@ -326,6 +375,18 @@ impl QueueState {
 pub struct Taken {
     seq: u64,
     pub work: RemoteWork,
+    borrowed: bool,
+}
+
+impl Taken {
+    /// An item lent to another node and given back: it returns to its place in line.
+    pub(crate) fn again(work: RemoteWork) -> Taken {
+        Taken {
+            seq: 0,
+            work,
+            borrowed: false,
+        }
+    }
 }
 
 /// The queue of remote work (one per engine), shared by the engine and the fronts.
@@ -352,6 +413,15 @@ pub(crate) fn lane_key(work: &RemoteWork) -> LaneKey {
 
 impl RemoteQueue {
     pub(crate) fn push(&self, work: RemoteWork, ticket: Option<WorkTicket>) {
+        self.push_item(work, ticket, false);
+    }
+
+    /// Queues an item borrowed from another node, for the workers connected here.
+    pub(crate) fn push_borrowed(&self, work: RemoteWork) {
+        self.push_item(work, None, true);
+    }
+
+    fn push_item(&self, work: RemoteWork, ticket: Option<WorkTicket>, borrowed: bool) {
         {
             let mut state = self.inner.state.lock();
             let seq = state.next_seq;
@@ -365,6 +435,7 @@ impl RemoteQueue {
                     since: Instant::now(),
                     work,
                     _ticket: ticket,
+                    borrowed,
                 });
         }
         self.inner.changed.notify_waiters();
@@ -410,6 +481,7 @@ impl RemoteQueue {
                     since: Instant::now(),
                     work: taken.work,
                     _ticket: None,
+                    borrowed: taken.borrowed,
                 },
             );
         }
@@ -419,6 +491,15 @@ impl RemoteQueue {
     /// Registers a worker that runs what `filter` names; it takes work with
     /// [`WorkerHandle::recv`] and is forgotten when the handle is dropped.
     pub fn connect(&self, label: impl Into<String>, filter: WorkFilter) -> WorkerHandle {
+        self.connect_as(label, filter, false)
+    }
+
+    /// Registers another node taking work for its workers (see [`crate::lending`]).
+    pub(crate) fn connect_peer(&self, node: &str, filter: WorkFilter) -> WorkerHandle {
+        self.connect_as(format!("node {node}"), filter, true)
+    }
+
+    fn connect_as(&self, label: impl Into<String>, filter: WorkFilter, peer: bool) -> WorkerHandle {
         let id = {
             let mut state = self.inner.state.lock();
             let id = state.next_worker;
@@ -435,6 +516,7 @@ impl RemoteQueue {
                     connected_at,
                     filter: filter.clone(),
                     taken: 0,
+                    peer,
                 },
             );
             id
@@ -443,7 +525,23 @@ impl RemoteQueue {
             queue: self.clone(),
             id,
             filter,
+            peer,
         }
+    }
+
+    /// The workers (not peers) waiting for an item now: what they run and have room for.
+    pub fn demand(&self) -> Vec<(u64, WorkFilter, Room)> {
+        let state = self.inner.state.lock();
+        state
+            .waiting
+            .iter()
+            .filter_map(|(id, room)| Some((*id, state.workers.get(id)?.filter.clone(), *room)))
+            .collect()
+    }
+
+    /// Resolves when items arrive or a worker starts waiting.
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await
     }
 
     /// The workers connected now.
@@ -503,12 +601,23 @@ pub struct WorkerHandle {
     queue: RemoteQueue,
     id: u64,
     filter: WorkFilter,
+    peer: bool,
+}
+
+/// Marks a worker as waiting while it is in [`WorkerHandle::recv`].
+struct Waiting<'a>(&'a WorkerHandle);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.queue.inner.state.lock().waiting.remove(&self.0.id);
+    }
 }
 
 impl WorkerHandle {
     /// The oldest item this worker runs and has `room` for, waiting for one.
     pub async fn recv(&self, room: Room) -> Taken {
         let inner = &self.queue.inner;
+        let mut waiting = None;
         loop {
             // Registered before looking, so an item pushed in between is not missed.
             let changed = inner.changed.notified();
@@ -516,14 +625,21 @@ impl WorkerHandle {
             changed.as_mut().enable();
             {
                 let mut state = inner.state.lock();
-                if let Some(q) = state.take(&self.filter, room) {
+                if let Some(q) = state.take(&self.filter, room, self.peer) {
                     if let Some(w) = state.workers.get_mut(&self.id) {
                         w.taken += 1;
                     }
                     return Taken {
                         seq: q.seq,
                         work: q.work,
+                        borrowed: q.borrowed,
                     };
+                }
+                if !self.peer && waiting.is_none() {
+                    state.waiting.insert(self.id, room);
+                    waiting = Some(Waiting(self));
+                    // Peers' lenders learn that a worker here waits.
+                    inner.changed.notify_waiters();
                 }
             }
             changed.await;

@@ -132,7 +132,13 @@ pub(crate) async fn run(
 ) {
     loop {
         tokio::time::sleep(interval).await;
-        let policy = retention.policy();
+        let policy = match crate::blocking::blocking(|| retention.reload()) {
+            Ok(policy) => policy,
+            Err(e) => {
+                tracing::warn!("cannot read the retention policy (the last one read applies): {e}");
+                retention.policy()
+            }
+        };
         if !policy.is_empty() {
             let purged = sweep(&client, &policy, clock.now_millis(), names()).await;
             if purged > 0 {
@@ -176,15 +182,22 @@ impl Retention {
             retention.set(configured.clone())?;
             return Ok(retention);
         }
-        if let Some(bytes) = retention.settings.load(POLICY_KEY)? {
-            let place = retention.settings.location(POLICY_KEY);
+        retention.reload()?;
+        Ok(retention)
+    }
+
+    /// Makes the policy kept in the hub's settings the one in force (in a cluster, another
+    /// node may have changed it) and returns it. Blocking: it reads the settings.
+    pub fn reload(&self) -> Result<Arc<RetentionPolicy>, String> {
+        if let Some(bytes) = self.settings.load(POLICY_KEY)? {
+            let place = self.settings.location(POLICY_KEY);
             let json: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| format!("{place} is not valid JSON ({e}); fix or delete it"))?;
             let policy = RetentionPolicy::from_json(&json)
                 .map_err(|e| format!("{place}: {e}; fix or delete it"))?;
-            *retention.policy.lock() = Arc::new(policy);
+            *self.policy.lock() = Arc::new(policy);
         }
-        Ok(retention)
+        Ok(self.policy())
     }
 
     /// How many sweeps have finished since the engine opened (one that starts after a change,

@@ -20,7 +20,6 @@
 use crate::inbox::Input;
 use cairn_core::{Message, MessageId};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// What travels between partitions.
 #[derive(Debug, Clone)]
@@ -45,22 +44,28 @@ pub trait Routers: Send + Sync + std::fmt::Debug {
     fn open(&self, local: LocalPartitions) -> Arc<dyn Router>;
 }
 
-/// The inputs of the partitions running in this process.
+/// The inputs of the partitions running in this process (which can change while the engine
+/// runs, in cluster mode).
 #[derive(Clone)]
 pub struct LocalPartitions {
-    inputs: Vec<mpsc::UnboundedSender<Input>>,
+    slots: Arc<crate::shared::Slots>,
 }
 
 impl LocalPartitions {
-    pub(crate) fn new(inputs: Vec<mpsc::UnboundedSender<Input>>) -> LocalPartitions {
-        LocalPartitions { inputs }
+    pub(crate) fn new(slots: Arc<crate::shared::Slots>) -> LocalPartitions {
+        LocalPartitions { slots }
     }
 
     /// Hands `envelope` to partition `to`; false if it does not run here (or has stopped).
     pub fn deliver(&self, to: u32, envelope: Envelope) -> bool {
-        self.inputs
-            .get(to as usize)
-            .is_some_and(|tx| tx.send(Input::Routed(envelope)).is_ok())
+        self.slots
+            .get(to)
+            .is_some_and(|q| q.input.send(Input::Routed(envelope)).is_ok())
+    }
+
+    /// Whether partition `p` runs in this process now.
+    pub fn runs_here(&self, p: u32) -> bool {
+        self.slots.get(p).is_some()
     }
 }
 

@@ -4,7 +4,8 @@
 //! Compute lives in the SDK workers, not in Cairn: a worker process runs the orchestrations,
 //! activities and entities a partition hands out. So the worker count follows the backlog
 //! (instances with work, queued activities) and how long work has waited for a worker; the
-//! node count follows whether the hub needs a node at all, and in cluster mode keeps a standby.
+//! node count follows whether the hub needs a node at all, and in cluster mode keeps two, so
+//! that either takes the other's partitions over if it dies.
 //!
 //! Pure: [`recommend`] turns figures the partitions already keep ([`ScaleInputs`]) into a
 //! [`Recommendation`]. It reads no clock and owns no state, so the same figures always give
@@ -46,7 +47,7 @@ pub struct ScaleInputs {
     pub connected_workers: u64,
     /// Armed durable timers: the hub needs a node to fire them even with nothing else to do.
     pub timers_armed: u64,
-    /// Whether this node serves a cluster hub (a standby is then worth keeping).
+    /// Whether this node is one of a cluster's (a second node is then worth keeping).
     pub cluster: bool,
 }
 
@@ -104,12 +105,14 @@ pub fn recommend(inputs: &ScaleInputs, policy: &ScalePolicy) -> Recommendation {
     } else if inputs.cluster {
         (
             2,
-            "one node serves the hub and one stands by to take it over within seconds".to_string(),
+            "two nodes share the hub's partitions: either takes the other's over within seconds \
+             if it dies"
+                .to_string(),
         )
     } else {
         (
             1,
-            "an embedded hub is served by one node (cluster mode adds a standby)".to_string(),
+            "an embedded hub is served by one node (a cluster keeps two)".to_string(),
         )
     };
     Recommendation {
@@ -167,7 +170,7 @@ mod tests {
             },
             &ScalePolicy::default(),
         );
-        assert_eq!(r.nodes, 2, "a cluster keeps a standby");
+        assert_eq!(r.nodes, 2, "a cluster keeps a second node");
     }
 
     #[test]

@@ -53,6 +53,26 @@ pub struct LeaderStats {
 }
 
 impl LeaderStats {
+    /// Forgets what describes the partition's current state (counts, backlogs, cache), when
+    /// it stops running here: the node that runs it now publishes them. Counters of what this
+    /// process did stay.
+    pub fn clear(&self) {
+        for slot in &self.status_counts {
+            slot.store(0, Ordering::Relaxed);
+        }
+        for map in [&self.name_counts, &self.backlog, &self.activity_backlog] {
+            *map.lock() = Arc::default();
+        }
+        for gauge in [
+            &self.timers_armed,
+            &self.dispatched,
+            &self.cached_instances,
+            &self.cache_bytes,
+        ] {
+            gauge.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// (status, count) for every status.
     pub fn instances_by_status(&self) -> Vec<(RuntimeStatus, u64)> {
         RuntimeStatus::ALL

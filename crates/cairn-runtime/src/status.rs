@@ -6,12 +6,12 @@
 use crate::error::EngineError;
 use cairn_core::*;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 /// What a status query returns about an instance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     pub instance_id: String,
     pub name: String,
@@ -75,7 +75,7 @@ impl InstanceStatus {
 }
 
 /// What Cairn knows about an entity.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntityStatus {
     pub entity_id: String,
     pub name: String,
@@ -180,7 +180,7 @@ impl StartOptions {
 }
 
 /// Filter of [`Client::query`] and [`Client::purge_by_filter`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct QueryFilter {
     /// Statuses to include (empty = all).
     pub statuses: Vec<RuntimeStatus>,
@@ -214,7 +214,7 @@ impl QueryFilter {
 }
 
 /// Where a query's next page starts: just after this instance in the query's order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum QueryPosition {
     /// Newest first: after the instance created at `created` with id `id` (ties by id, descending).
     Newest { created: Millis, id: String },
@@ -352,7 +352,7 @@ pub struct QueryPage {
     pub continuation_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WaitFor {
     Start,
     Completion,
@@ -367,6 +367,7 @@ impl WaitFor {
     }
 }
 
+#[derive(Serialize, Deserialize)]
 pub(crate) enum ReadRequest {
     Status {
         instance_id: String,
@@ -396,6 +397,7 @@ pub(crate) enum ReadRequest {
     },
 }
 
+#[derive(Serialize, Deserialize)]
 pub(crate) enum ReadResponse {
     Status(Option<Box<InstanceStatus>>),
     Page(Vec<InstanceStatus>),

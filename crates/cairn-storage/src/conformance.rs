@@ -96,6 +96,12 @@ pub fn durability_is_reported_in_order(h: &mut dyn LogHarness) {
     }
     assert_eq!(log.flush().unwrap(), 50);
     assert_eq!(log.durable_position(), 50);
+    // The callback runs on the writer's side and may trail `flush`'s return by a moment (the
+    // seam promises it, not when): wait for it, boundedly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while seen.load(Ordering::SeqCst) < 50 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     assert_eq!(seen.load(Ordering::SeqCst), 50, "the callback saw the end");
     assert_eq!(
         ordered.load(Ordering::SeqCst),

@@ -1,10 +1,11 @@
-//! `cairn bench failover`: how long a cluster hub stops answering when its serving node is
-//! killed. Two `cairn serve --cluster` processes of this binary share a hub in JetStream, one
-//! serving and one standing by; the serving one gets `kill -9`, and the clock runs until the
-//! other answers a status request for every instance started before the kill (over real HTTP).
-//! The killed node comes back as the new standby, and the next kill hits the new serving node.
-//! Reported: the time to answer again, p50 and p99 over the kills, and that every instance
-//! acknowledged before a kill is still there after it.
+//! `cairn bench failover`: how long a cluster hub's partitions stop answering when the node
+//! that runs them is killed. Two `cairn serve --cluster` processes of this binary share a hub
+//! in JetStream, each running half its partitions; one gets `kill -9`, and the clock runs until
+//! the other answers a status request for every instance started before the kill (over real
+//! HTTP), half of which live on the dead node's partitions. The killed node comes back and
+//! takes its share again, and the next kill hits the other node. Reported: the time to answer
+//! again, p50 and p99 over the kills, and that every instance acknowledged before a kill is
+//! still there after it.
 
 use super::large_hub::{free_port, http};
 use super::{finish, histogram, record, BenchResult, Scenario};
@@ -94,7 +95,7 @@ impl Drop for Node {
 /// How the nodes run.
 pub struct Settings {
     pub partitions: u32,
-    /// The hub lease: a standby takes over once the lease has gone unrenewed this long.
+    /// How long a node's silence means it is gone (`--lease`).
     pub lease: Duration,
 }
 
@@ -111,10 +112,11 @@ pub fn run(
     let dir: PathBuf = base.join(format!("cairn-bench-{}-failover", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = |name: &str| dir.join(name);
-    let mut serving = Node::spawn(urls, &hub, "a", &data("a"), settings)?;
-    serving.wait_for("Cairn is running", Duration::from_secs(60))?;
-    let mut standby = Node::spawn(urls, &hub, "b", &data("b"), settings)?;
-    standby.wait_for("standing by", Duration::from_secs(60))?;
+    let mut victim = Node::spawn(urls, &hub, "a", &data("a"), settings)?;
+    victim.wait_for("took partitions over", Duration::from_secs(60))?;
+    // The survivor of each kill: it runs the other half of the partitions.
+    let mut survivor = Node::spawn(urls, &hub, "b", &data("b"), settings)?;
+    survivor.wait_for("took partitions over", Duration::from_secs(60))?;
     let mut ids: Vec<String> = Vec::new();
     let mut h = histogram();
     let mut worst = Duration::ZERO;
@@ -125,7 +127,7 @@ pub fn run(
         for i in 0..partitions.max(4) {
             let id = format!("k{kill}-{i}");
             let code = http(
-                serving.http,
+                victim.http,
                 "POST",
                 &format!("{API}/orchestrators/Probe/{id}"),
                 "",
@@ -134,24 +136,24 @@ pub fn run(
             anyhow::ensure!(
                 code == 202,
                 "starting {id} on node {} answered {code}",
-                serving.name
+                victim.name
             );
             ids.push(id);
         }
-        serving.kill();
+        victim.kill();
         let killed_at = Instant::now();
-        // Answering again: every instance acknowledged so far has a status on the standby.
+        // Answering again: every instance acknowledged so far has a status on the survivor.
         let mut pending: Vec<&String> = ids.iter().collect();
         while !pending.is_empty() {
             anyhow::ensure!(
                 killed_at.elapsed() < Duration::from_secs(60),
                 "node {} did not answer for {} instances within 60 s of the kill",
-                standby.name,
+                survivor.name,
                 pending.len()
             );
-            // Nothing answers (0) until the standby serves.
+            // The dead node's partitions answer nothing (404, 5xx) until they move.
             pending.retain(|id| {
-                http(standby.http, "GET", &format!("{API}/instances/{id}"), "").unwrap_or(0) != 202
+                http(survivor.http, "GET", &format!("{API}/instances/{id}"), "").unwrap_or(0) != 202
             });
             if !pending.is_empty() {
                 std::thread::sleep(Duration::from_millis(10));
@@ -164,26 +166,27 @@ pub fn run(
             eprintln!(
                 "kill {}/{kills}: node {} killed, node {} answered for all {} instances after {:.2} s",
                 kill + 1,
-                serving.name,
-                standby.name,
+                victim.name,
+                survivor.name,
                 ids.len(),
                 took.as_secs_f64()
             );
         }
-        // The killed node comes back (on its old directory) as the new standby.
-        let name = serving.name.clone();
+        // The killed node comes back (on its old directory) and takes its share again; the
+        // next kill hits the other node.
+        let name = victim.name.clone();
         let back = Node::spawn(urls, &hub, &name, &data(&name), settings)?;
-        serving = std::mem::replace(&mut standby, back);
-        standby.wait_for("standing by", Duration::from_secs(60))?;
+        victim = std::mem::replace(&mut survivor, back);
+        survivor.wait_for("took partitions over", Duration::from_secs(60))?;
     }
     let elapsed = started.elapsed();
-    drop(serving);
-    drop(standby);
+    drop(victim);
+    drop(survivor);
     let _ = std::fs::remove_dir_all(&dir);
     if !json {
         println!(
-            "failover: {kills} kill -9 of the serving node (lease {:?}); the standby answered for \
-             every acknowledged instance after p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+            "failover: {kills} kill -9 of a node running half the partitions (lease {:?}); the \
+             other node answered for every acknowledged instance after p50 {:.2} s, p99 {:.2} s, max {:.2} s",
             settings.lease,
             h.value_at_quantile(0.5) as f64 / 1e6,
             h.value_at_quantile(0.99) as f64 / 1e6,

@@ -28,7 +28,7 @@ impl Leader {
         self.overlay
             .set(Some(Arc::new(Overlay::new(batch.clone()))));
         let base = self.overlay.base();
-        let tx = self.shared.partitions[self.partition as usize].clone();
+        let tx = self.me.clone();
         if crate::blocking::single_threaded() {
             // One thread (the simulator): write now, but finish through the same input as a
             // writer thread would, so reads still go through the overlay until then.

@@ -85,6 +85,9 @@ const MIN_DIRTY_LIMIT: usize = 1000;
 pub(crate) struct Leader {
     partition: u32,
     shared: Arc<Shared>,
+    /// Its own input, for the work it starts to report back on. Each opening of a partition
+    /// has its own: work started by an earlier one reports to a closed queue, not to this.
+    me: mpsc::UnboundedSender<Input>,
     rx: mpsc::UnboundedReceiver<Input>,
     /// Client requests (bounded: a full queue answers "busy" to the client).
     inbox: mpsc::Receiver<Input>,

@@ -145,7 +145,7 @@ impl Leader {
         let durable = position <= self.durable;
         let counted = InFlight::enter(&self.reads_in_flight);
         let permits = self.shared.read_permits.clone();
-        let tx = self.shared.partitions[self.partition as usize].clone();
+        let tx = self.me.clone();
         let partition = self.partition;
         tokio::spawn(async move {
             let result = match permits.acquire_owned().await {

@@ -20,6 +20,7 @@ impl Leader {
     pub(crate) fn recover(
         partition: u32,
         shared: Arc<Shared>,
+        me: mpsc::UnboundedSender<Input>,
         rx: mpsc::UnboundedReceiver<Input>,
         inbox: mpsc::Receiver<Input>,
     ) -> Result<(Leader, RecoveryReport), EngineError> {
@@ -40,7 +41,7 @@ impl Leader {
             None => PartitionState::new(partition, shared.partition_count),
         };
         upgrade_older_format(partition, &*store, &mut state, checkpoint).map_err(storage_err)?;
-        let tx = shared.partitions[partition as usize].clone();
+        let tx = me.clone();
         let opened = shared
             .logs
             .open(
@@ -89,6 +90,7 @@ impl Leader {
         let leader = Leader {
             partition,
             shared,
+            me,
             rx,
             inbox,
             state,

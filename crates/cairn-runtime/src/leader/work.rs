@@ -34,7 +34,7 @@ impl Leader {
                 entity.eligible(self.shared.config.max_entity_batch.max(1));
             self.stats.episodes.fetch_add(1, Ordering::Relaxed);
             let shared = self.shared.clone();
-            let tx = self.shared.partitions[self.partition as usize].clone();
+            let tx = self.me.clone();
             let entity_id = id.to_string();
             let ticket = self.stats.entity_queue.enter();
             tokio::spawn(async move {
@@ -128,7 +128,7 @@ impl Leader {
         let work = EpisodeWork {
             shared: self.shared.clone(),
             store: StoreLease::new(store, &self.store_users),
-            tx: self.shared.partitions[self.partition as usize].clone(),
+            tx: self.me.clone(),
             instance_id: id.to_string(),
             execution_id,
             name,
@@ -207,7 +207,7 @@ impl Leader {
         };
         self.stats.activities.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
-        let tx = self.shared.partitions[self.partition as usize].clone();
+        let tx = self.me.clone();
         let ticket = self.stats.activity_queue.enter();
         tokio::spawn(async move {
             let placement = place(shared.registry.get_activity(&item.name), &shared.remote);

@@ -59,6 +59,18 @@ pub struct CrashArgs {
     /// With --cluster: checkpoints of a partition between two snapshots of its state.
     #[arg(long, default_value_t = cairn_cluster::checkpoint::SNAPSHOT_EVERY)]
     snapshot_every: u64,
+    /// With --cluster: share the hub's partitions with the other processes run with
+    /// `--share` (each with its own --node-id), as `cairn serve --cluster` nodes do, instead
+    /// of running every partition. Requests that fail because a node died mid-request are
+    /// then not acknowledged (not in the ledger) and the workload goes on.
+    #[arg(long, requires = "cluster")]
+    share: bool,
+    /// This process's node name in the cluster.
+    #[arg(long, default_value = "crash")]
+    node_id: String,
+    /// With --share: how long a node's silence means it is gone.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    lease: Duration,
 }
 
 const KINDS: [&str; 6] = [
@@ -209,22 +221,53 @@ async fn run(args: CrashArgs) -> Result<()> {
         max_queued_requests: args.max_queued_requests,
         ..EngineConfig::default()
     };
-    let config = if args.cluster.is_empty() {
-        config
+    let (config, nats) = if args.cluster.is_empty() {
+        (config, None)
     } else {
         let mut cluster =
-            cairn_cluster::ClusterConfig::new(args.cluster.clone(), &args.hub, "crash");
+            cairn_cluster::ClusterConfig::new(args.cluster.clone(), &args.hub, &args.node_id);
         cluster.snapshot_every = args.snapshot_every;
         tokio::task::spawn_blocking(move || {
             let nats = std::sync::Arc::new(cairn_cluster::Nats::connect(cluster)?);
-            cairn_cluster::cluster_config(nats, config)
+            let config = cairn_cluster::cluster_config(nats.clone(), config)?;
+            Ok::<_, cairn_cluster::ClusterError>((config, Some(nats)))
         })
         .await?
         .context("cannot reach the hub in JetStream")?
     };
+    let (config, routers) = match (&nats, args.share) {
+        (Some(nats), true) => {
+            let (config, routers) = cairn_cluster::shared_config(nats.clone(), config);
+            (config, Some(routers))
+        }
+        _ => (config, None),
+    };
     let engine = Engine::open(config, registry())
         .await
         .context("cannot open the task hub")?;
+    let shared = match (nats, routers.and_then(|r| r.router())) {
+        (Some(nats), Some(router)) => {
+            let beat_nats = nats.clone();
+            let lease = args.lease;
+            let beat = tokio::task::spawn_blocking(move || {
+                let record =
+                    cairn_cluster::nodes::NodeRecord::starting(&beat_nats.config().node_id);
+                cairn_cluster::nodes::NodeBeat::start(beat_nats, record, lease / 4)
+            })
+            .await??;
+            let ownership = cairn_cluster::ownership::Ownership::start(
+                nats,
+                engine.partitions(),
+                engine.partition_count(),
+                router,
+                args.lease,
+            )
+            .await?;
+            Some((ownership, beat))
+        }
+        _ => None,
+    };
+    let sharing = shared.is_some();
     // The steady workload and the verification wait for room; only the flood is refused.
     let flood_client = engine.client();
     let client = flood_client.waiting_for_room();
@@ -232,13 +275,23 @@ async fn run(args: CrashArgs) -> Result<()> {
     // Finish what a kill interrupted: events not yet all raised.
     for (id, kind) in &started {
         if kind == "w_events" && !raised.contains(id) {
-            raise_all(&client, id).await?;
+            // Sharing, a raise forwarded to a node that dies mid-request fails: raise again.
+            while let Err(e) = raise_all(&client, id).await {
+                if !sharing {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
     if args.finish {
         let mut summary = verify(&client, &started).await?;
         verify_signals(&client, &signaled, &mut summary).await?;
         println!("{}", serde_json::to_string(&summary)?);
+        if let Some((ownership, beat)) = shared {
+            ownership.stop().await;
+            tokio::task::spawn_blocking(move || beat.stop()).await?;
+        }
         engine.shutdown().await?;
         if !summary.problems.is_empty() {
             anyhow::bail!("{} problems found", summary.problems.len());
@@ -277,15 +330,31 @@ async fn run(args: CrashArgs) -> Result<()> {
                 } else {
                     "null".into()
                 });
-                client
+                let started = client
                     .start_raw(kind, input, StartOptions::with_id(id.clone()))
-                    .await?;
+                    .await;
+                match started {
+                    Ok(_) => {}
+                    // The node that runs the partition died mid-request: not acknowledged.
+                    Err(e) if sharing => {
+                        tracing::info!("start of {id} not acknowledged: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 ledger
                     .lock()
                     .await
                     .append(&format!("started {id} {kind}"))?;
                 if kind == "w_events" {
-                    raise_all(&client, &id).await?;
+                    // Raising again is harmless: the orchestration counts three events.
+                    while let Err(e) = raise_all(&client, &id).await {
+                        if !sharing {
+                            return Err(e);
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                     ledger.lock().await.append(&format!("raised {id}"))?;
                 }
             }
@@ -345,10 +414,15 @@ async fn run(args: CrashArgs) -> Result<()> {
             let process = std::process::id();
             for i in 0u64.. {
                 let id = format!("{process}-{i}");
-                client
+                match client
                     .signal_entity("tally", "t", "record", &id, None)
-                    .await?;
-                ledger.lock().await.append(&format!("signaled {id}"))?;
+                    .await
+                {
+                    Ok(_) => ledger.lock().await.append(&format!("signaled {id}"))?,
+                    // Not acknowledged, and never sent again under this id.
+                    Err(e) if sharing => tracing::info!("signal {id} not acknowledged: {e}"),
+                    Err(e) => return Err(e.into()),
+                }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             Ok::<(), anyhow::Error>(())
