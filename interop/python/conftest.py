@@ -30,7 +30,7 @@ def free_port() -> int:
 class CairnServer:
     """A `cairn serve` child process on a free port and a fresh data directory."""
 
-    def __init__(self, *extra_args: str, data_dir: str | None = None):
+    def __init__(self, *extra_args: str, data_dir: str | None = None, hub: str | None = None):
         self.bin = os.environ.get("CAIRN_BIN", str(ROOT / "target" / "debug" / "cairn"))
         self.tmp = tempfile.TemporaryDirectory(prefix="cairn-interop-")
         self.data = data_dir or os.path.join(self.tmp.name, "data")
@@ -41,7 +41,8 @@ class CairnServer:
         self.extra = list(extra_args)
         nats = os.environ.get("CAIRN_CLUSTER_NATS")
         if nats:
-            hub = "py-" + hashlib.sha1(self.data.encode()).hexdigest()[:12]
+            # Servers given the same `hub` are nodes of one hub, sharing its partitions.
+            hub = hub or "py-" + hashlib.sha1(self.data.encode()).hexdigest()[:12]
             self.extra += ["--cluster", nats, "--hub", hub]
         self.proc = None
         self.log_path = os.path.join(self.tmp.name, "serve.log")
