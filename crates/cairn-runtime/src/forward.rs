@@ -236,38 +236,59 @@ pub(crate) fn forward(
     partition: u32,
     input: Input,
 ) -> Result<(), EngineError> {
-    enum Back {
-        Client(Reply<ClientResponse>),
-        Read(Reply<ReadResponse>),
-        Wait(Reply<InstanceStatus>),
-    }
-    let (request, kind, back) = match input {
-        Input::Client { kind, reply } => (
-            WireRequest::Client(kind),
-            ForwardedKind::Write,
-            Back::Client(reply),
+    let asked = |request: WireRequest, kind| (forwarder, partition, encode(&request), kind);
+    match input {
+        Input::Client { kind, reply } => spawn_forward(
+            asked(WireRequest::Client(kind), ForwardedKind::Write),
+            reply,
+            |a| match a {
+                WireAnswer::Client(r) => Some(r),
+                _ => None,
+            },
         ),
-        Input::Read { request, reply } => (
-            WireRequest::Read(request),
-            ForwardedKind::Read,
-            Back::Read(reply),
+        Input::Read { request, reply } => spawn_forward(
+            asked(WireRequest::Read(request), ForwardedKind::Read),
+            reply,
+            |a| match a {
+                WireAnswer::Read(r) => Some(r),
+                _ => None,
+            },
         ),
         Input::Wait {
             instance_id,
             until,
             reply,
-        } => (
-            WireRequest::Wait { instance_id, until },
-            ForwardedKind::Wait,
-            Back::Wait(reply),
+        } => spawn_forward(
+            asked(
+                WireRequest::Wait { instance_id, until },
+                ForwardedKind::Wait,
+            ),
+            reply,
+            |a| match a {
+                WireAnswer::Wait(r) => Some(*r),
+                _ => None,
+            },
         ),
         _ => return Err(EngineError::ShuttingDown),
-    };
-    let bytes = encode(&request);
+    }
+    Ok(())
+}
+
+/// Sends the request and answers `reply` with what `pick` finds in the owner's answer. Gives
+/// up as soon as nobody waits for the reply any more (a client's wait that timed out must not
+/// keep asking the owner).
+fn spawn_forward<T: Send + 'static>(
+    (forwarder, partition, bytes, kind): (Arc<dyn Forwarder>, u32, Vec<u8>, ForwardedKind),
+    mut reply: Reply<T>,
+    pick: fn(WireAnswer) -> Option<T>,
+) {
     tokio::spawn(async move {
-        let answer = forwarder
-            .forward(partition, Forwarded { bytes, kind })
-            .await
+        let asked = forwarder.forward(partition, Forwarded { bytes, kind });
+        let answer = tokio::select! {
+            answer = asked => answer,
+            _ = reply.closed() => return,
+        };
+        let answer = answer
             .and_then(|bytes| {
                 decode::<Result<WireAnswer, WireError>>(&bytes).map_err(|why| {
                     EngineError::Storage {
@@ -275,38 +296,16 @@ pub(crate) fn forward(
                         message: format!("the owner's answer cannot be read: {why}"),
                     }
                 })
+            })
+            .and_then(|a| a.map_err(|e| e.into_engine(partition)))
+            .and_then(|a| {
+                pick(a).ok_or_else(|| EngineError::Storage {
+                    partition,
+                    message: "the owner answered another kind of request".into(),
+                })
             });
-        let mismatch = || EngineError::Storage {
-            partition,
-            message: "the owner answered another kind of request".into(),
-        };
-        let answer = match answer {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(e)) => Err(e.into_engine(partition)),
-            Err(e) => Err(e),
-        };
-        match back {
-            Back::Client(reply) => {
-                let _ = reply.send(answer.and_then(|a| match a {
-                    WireAnswer::Client(r) => Ok(r),
-                    _ => Err(mismatch()),
-                }));
-            }
-            Back::Read(reply) => {
-                let _ = reply.send(answer.and_then(|a| match a {
-                    WireAnswer::Read(r) => Ok(r),
-                    _ => Err(mismatch()),
-                }));
-            }
-            Back::Wait(reply) => {
-                let _ = reply.send(answer.and_then(|a| match a {
-                    WireAnswer::Wait(r) => Ok(*r),
-                    _ => Err(mismatch()),
-                }));
-            }
-        }
+        let _ = reply.send(answer);
     });
-    Ok(())
 }
 
 /// Answers a request forwarded to `partition` on this node: queues it to the partition, if it
