@@ -35,9 +35,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+/// Names a fragment of a batch too large for one message: `i/n`, the i-th of n (from 1).
+const FRAGMENT_HEADER: &str = "Cairn-Fragment";
+/// Room left for the headers in a message of the largest size the servers take.
+const FRAGMENT_HEADROOM: usize = 4 * 1024;
+/// The smallest fragment, whatever the servers say.
+const MIN_FRAGMENT: usize = 32 * 1024;
+
 /// Batches queued for one receiver are merged into one published message up to this size, well
-/// under NATS's default `max_payload` of 1 MiB. (A single batch is never split: a message
-/// between partitions larger than the servers' `max_payload` cannot be sent; see the README.)
+/// under NATS's default `max_payload` of 1 MiB. (A larger batch
+/// goes as fragments.)
 const MERGE_BYTES: usize = 256 * 1024;
 
 fn encoded_len(batch: &[(MessageId, Message)]) -> usize {
@@ -241,7 +248,28 @@ impl JetStreamRouter {
                 let Ok(body) = postcard::to_allocvec(&WireBatch { from, batch }) else {
                     continue;
                 };
-                let sequence = publish_until_stored(&nats, &subject, &id, body.into()).await;
+                // A batch larger than the servers take in one message goes as consecutive
+                // fragments of the subject, which the reader joins again.
+                let limit = nats
+                    .client()
+                    .server_info()
+                    .max_payload
+                    .saturating_sub(FRAGMENT_HEADROOM)
+                    .max(MIN_FRAGMENT);
+                let body = Bytes::from(body);
+                let count = body.len().div_ceil(limit).max(1);
+                let mut sequence = 0;
+                for i in 0..count {
+                    let chunk = body.slice(i * limit..((i + 1) * limit).min(body.len()));
+                    let fragment = (count > 1).then(|| format!("{}/{count}", i + 1));
+                    let id = match &fragment {
+                        Some(_) => format!("{id}-f{}", i + 1),
+                        None => id.clone(),
+                    };
+                    sequence =
+                        publish_until_stored(&nats, &subject, &id, fragment.as_deref(), chunk)
+                            .await;
+                }
                 published
                     .lock()
                     .entry((to, from))
@@ -297,12 +325,21 @@ async fn input_stream(
 }
 
 /// Publishes until JetStream has stored the batch (or says it already had it); its sequence.
-async fn publish_until_stored(nats: &Nats, subject: &str, id: &str, body: Bytes) -> u64 {
+async fn publish_until_stored(
+    nats: &Nats,
+    subject: &str,
+    id: &str,
+    fragment: Option<&str>,
+    body: Bytes,
+) -> u64 {
     let mut pause = Duration::from_millis(20);
     let mut failures = 0u64;
     loop {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        if let Some(fragment) = fragment {
+            headers.insert(FRAGMENT_HEADER, fragment);
+        }
         let attempt = async {
             nats.jetstream()
                 .publish_with_headers(subject.to_string(), headers, body.clone())
@@ -356,11 +393,53 @@ async fn read_inputs(nats: Arc<Nats>, local: LocalPartitions, p: u32) {
                 continue;
             }
         };
+        // Per subject (sender): the fragments of a large batch read so far, and the next one
+        // expected. A run of fragments cut short (its publisher died) is dropped; the sender's
+        // recovered owner sends the batch again.
+        let mut partial: HashMap<String, (usize, usize, Vec<u8>)> = HashMap::new();
         while let Some(message) = messages.next().await {
             let Ok(message) = message else {
                 break;
             };
-            let batch: WireBatch = match postcard::from_bytes(&message.payload) {
+            let fragment = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(FRAGMENT_HEADER))
+                .and_then(|v| {
+                    let (i, n) = v.as_str().split_once('/')?;
+                    Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?))
+                });
+            let subject = message.subject.to_string();
+            let whole: Bytes = match fragment {
+                None => {
+                    partial.remove(&subject);
+                    message.payload.clone()
+                }
+                Some((i, n)) => {
+                    if i == 1 {
+                        partial.insert(subject.clone(), (2, n, message.payload.to_vec()));
+                    } else {
+                        match partial.get_mut(&subject) {
+                            Some((next, count, bytes)) if *next == i && *count == n => {
+                                bytes.extend_from_slice(&message.payload);
+                                *next += 1;
+                            }
+                            _ => {
+                                partial.remove(&subject);
+                                continue;
+                            }
+                        }
+                    }
+                    if i < n {
+                        continue;
+                    }
+                    match partial.remove(&subject) {
+                        Some((_, _, bytes)) => Bytes::from(bytes),
+                        None => continue,
+                    }
+                }
+            };
+            let batch: WireBatch = match postcard::from_bytes(&whole) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(
