@@ -24,10 +24,10 @@ use crate::remote::{
     RemoteWork, Room, Taken, WorkFilter, WorkerHandle,
 };
 use cairn_core::{Action, EntityAction, EntityOperation, HistoryEvent, TaskResult};
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -271,13 +271,9 @@ impl Lender {
 /// Queues the item in a lender's answer (`answer`) for the workers here. `None` if the lender
 /// had nothing. Otherwise the future resolves, once a worker here answers the item (or it is
 /// dropped unanswered), with the settlement to send back to the lender.
-pub fn borrow(
-    queue: &RemoteQueue,
-    answer: &[u8],
-) -> Option<impl Future<Output = Vec<u8>> + Send + 'static> {
+pub fn borrow(queue: &RemoteQueue, answer: &[u8]) -> Option<BoxFuture<'static, Vec<u8>>> {
     let (token, work) = decode::<Option<(u64, WireWork)>>(answer).ok()??;
-    let settled = move |outcome: Option<WireOutcome>| encode(&Settlement { token, outcome });
-    match work {
+    Some(match work {
         WireWork::Orchestrator {
             instance_id,
             execution_id,
@@ -285,26 +281,25 @@ pub fn borrow(
             version,
             past_events,
             new_events,
-        } => {
-            let (reply, rx) = oneshot::channel();
-            queue.push_borrowed(RemoteWork::Orchestrator(OrchestratorWork {
-                instance_id,
-                execution_id,
-                name,
-                version,
-                past_events,
-                new_events,
-                reply,
-            }));
-            Some(futures::future::Either::Left(
-                futures::future::Either::Left(async move {
-                    settled(rx.await.ok().map(|e| WireOutcome::Episode {
-                        actions: e.actions,
-                        custom_status: e.custom_status,
-                    }))
-                }),
-            ))
-        }
+        } => queue_borrowed(
+            queue,
+            token,
+            |reply| {
+                RemoteWork::Orchestrator(OrchestratorWork {
+                    instance_id,
+                    execution_id,
+                    name,
+                    version,
+                    past_events,
+                    new_events,
+                    reply,
+                })
+            },
+            |e| WireOutcome::Episode {
+                actions: e.actions,
+                custom_status: e.custom_status,
+            },
+        ),
         WireWork::Activity {
             instance_id,
             execution_id,
@@ -312,44 +307,62 @@ pub fn borrow(
             version,
             task_id,
             input,
-        } => {
-            let (reply, rx) = oneshot::channel();
-            queue.push_borrowed(RemoteWork::Activity(ActivityWork {
-                instance_id,
-                execution_id,
-                name,
-                version,
-                task_id,
-                input,
-                reply,
-            }));
-            Some(futures::future::Either::Left(
-                futures::future::Either::Right(async move {
-                    settled(rx.await.ok().map(WireOutcome::Activity))
-                }),
-            ))
-        }
+        } => queue_borrowed(
+            queue,
+            token,
+            |reply| {
+                RemoteWork::Activity(ActivityWork {
+                    instance_id,
+                    execution_id,
+                    name,
+                    version,
+                    task_id,
+                    input,
+                    reply,
+                })
+            },
+            WireOutcome::Activity,
+        ),
         WireWork::Entity {
             entity_id,
             name,
             state,
             operations,
-        } => {
-            let (reply, rx) = oneshot::channel();
-            queue.push_borrowed(RemoteWork::Entity(EntityWork {
-                entity_id,
-                name,
-                state,
-                operations,
-                reply,
-            }));
-            Some(futures::future::Either::Right(async move {
-                settled(rx.await.ok().map(|o| WireOutcome::Entity {
-                    state: o.state,
-                    results: o.results,
-                    actions: o.actions,
-                }))
-            }))
-        }
-    }
+        } => queue_borrowed(
+            queue,
+            token,
+            |reply| {
+                RemoteWork::Entity(EntityWork {
+                    entity_id,
+                    name,
+                    state,
+                    operations,
+                    reply,
+                })
+            },
+            |o| WireOutcome::Entity {
+                state: o.state,
+                results: o.results,
+                actions: o.actions,
+            },
+        ),
+    })
+}
+
+/// Queues the work `make` builds around a fresh reply for the workers here; resolves, once a
+/// worker answers it (or it is dropped unanswered), with the settlement for token `token`.
+fn queue_borrowed<T: Send + 'static>(
+    queue: &RemoteQueue,
+    token: u64,
+    make: impl FnOnce(oneshot::Sender<T>) -> RemoteWork,
+    outcome: fn(T) -> WireOutcome,
+) -> BoxFuture<'static, Vec<u8>> {
+    let (reply, answered) = oneshot::channel();
+    queue.push_borrowed(make(reply));
+    Box::pin(async move {
+        encode(&Settlement {
+            token,
+            outcome: answered.await.ok().map(outcome),
+        })
+    })
 }
