@@ -264,29 +264,35 @@ impl Nats {
     }
 }
 
-/// Runs `op` until it succeeds, for up to 30 s: what a node does when it starts or joins, so
-/// that a NATS cluster still electing its JetStream leader, or a server restarting, delays it
-/// instead of stopping it. The last error is returned if it never succeeds.
-pub(crate) async fn patiently<T, F, Fut>(what: &str, mut op: F) -> Result<T, String>
+/// How long a node keeps retrying an operation JetStream cannot answer yet before it gives
+/// up: longer than a stream leader election after a server's death takes.
+pub(crate) const SETTLE_FOR: Duration = Duration::from_secs(30);
+
+/// Retries `op` while JetStream is still settling, for up to [`SETTLE_FOR`] (a new R3 stream may answer
+/// "no responders" for a moment; a leader election after a server's death takes a few
+/// seconds; a NATS cluster that has just started may not have elected its JetStream leader).
+/// Each attempt may take at most `attempt`. The last error is returned if it never succeeds.
+/// What a node does when it starts, joins or opens a partition's streams goes through here, so
+/// that a restarting server delays it instead of stopping it.
+pub(crate) async fn patiently<T, E, F, Fut>(attempt: Duration, mut op: F) -> Result<T, String>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
+    Fut: Future<Output = Result<T, E>>,
 {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut pause = std::time::Duration::from_millis(50);
-    loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(10), op()).await {
+    let deadline = tokio::time::Instant::now() + SETTLE_FOR;
+    let mut last = String::new();
+    let mut pause = Duration::from_millis(25);
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(attempt, op()).await {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) if tokio::time::Instant::now() > deadline => return Err(e),
-            Err(_) if tokio::time::Instant::now() > deadline => {
-                return Err(format!("{what}: no answer from JetStream"))
-            }
-            Ok(Err(e)) => tracing::debug!("{what} (retried): {e}"),
-            Err(_) => tracing::debug!("{what} (retried): no answer"),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("no answer within {attempt:?}"),
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(std::time::Duration::from_millis(500));
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
+    Err(last)
 }
 
 /// Spawns `future` on `handle` and blocks the calling thread (which may be another runtime's

@@ -59,37 +59,28 @@ pub fn partitions(nats: &Nats, requested: Option<u32>, default: u32) -> Result<u
     let found = nats
         .run(async move {
             // A NATS cluster that has just started may not have elected its JetStream leader
-            // yet ("no responders"): what fails for that is tried again for a while.
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-            loop {
-                let attempt = async {
-                    let store = open_bucket(&js, &config.hub, config.replicas).await?;
-                    let body = serde_json::to_vec(&wanted).map_err(|e| e.to_string())?;
-                    match store.create("hub", body.into()).await {
-                        Ok(_) => return Ok((wanted.clone(), true)),
-                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(format!("creating the hub record: {e}")),
-                    }
-                    let bytes = store
-                        .get("hub")
-                        .await
-                        .map_err(|e| format!("reading the hub record: {e}"))?
-                        .ok_or("the hub record vanished after it was created")?;
-                    let record: HubRecord = serde_json::from_slice(&bytes)
-                        .map_err(|e| format!("the hub record in {bucket_name} is damaged: {e}"))?;
-                    Ok((record, false))
-                };
-                match attempt.await {
-                    Ok(found) => return Ok(found),
-                    Err(e) if e.contains("damaged") || tokio::time::Instant::now() > deadline => {
-                        return Err(e)
-                    }
-                    Err(e) => {
-                        tracing::debug!("opening the hub in JetStream (retried): {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                    }
+            // yet ("no responders"): what fails for that is tried again for a while. A damaged
+            // record is not: it is the inner error, returned at once.
+            let attempt = || async {
+                let store = open_bucket(&js, &config.hub, config.replicas).await?;
+                let body = serde_json::to_vec(&wanted).map_err(|e| e.to_string())?;
+                match store.create("hub", body.into()).await {
+                    Ok(_) => return Ok(Ok((wanted.clone(), true))),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(format!("creating the hub record: {e}")),
                 }
-            }
+                let bytes = store
+                    .get("hub")
+                    .await
+                    .map_err(|e| format!("reading the hub record: {e}"))?
+                    .ok_or("the hub record vanished after it was created")?;
+                Ok(serde_json::from_slice::<HubRecord>(&bytes)
+                    .map(|record| (record, false))
+                    .map_err(|e| format!("the hub record in {bucket_name} is damaged: {e}")))
+            };
+            crate::connection::patiently(std::time::Duration::from_secs(10), attempt)
+                .await
+                .and_then(|found| found)
         })
         .ok_or(ClusterError::Stopped)?
         .map_err(ClusterError::Remote)?;

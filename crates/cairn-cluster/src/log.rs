@@ -152,9 +152,7 @@ fn remote(what: &str, e: impl std::fmt::Display) -> LogError {
     LogError::Remote(format!("{what}: {e}"))
 }
 
-/// How long the log keeps retrying an operation JetStream cannot answer yet before it gives
-/// up: longer than a stream leader election after a server's death takes.
-const SETTLE_FOR: Duration = Duration::from_secs(30);
+use crate::connection::SETTLE_FOR;
 /// How long one attempt at a small request may take: until a leader is elected, requests go
 /// unanswered for the client's whole request time-out, so shorter attempts notice the new
 /// leader sooner.
@@ -162,31 +160,20 @@ const SHORT: Duration = Duration::from_secs(2);
 /// The same for a read of the log, which may move a lot of data.
 const LONG: Duration = Duration::from_secs(60);
 
-/// Retries `op` while JetStream is still settling (a new R3 stream may answer "no responders"
-/// for a moment; a leader election after a server's death takes a few seconds). Each attempt
-/// may take at most `attempt`.
+/// Retries `op` while JetStream is still settling ([`crate::connection::patiently`]); the
+/// error names `what`.
 async fn settle<T, E: std::fmt::Display, F, Fut>(
     what: &str,
     attempt: Duration,
-    mut op: F,
+    op: F,
 ) -> Result<T, LogError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let deadline = tokio::time::Instant::now() + SETTLE_FOR;
-    let mut last = String::new();
-    let mut pause = Duration::from_millis(25);
-    while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout(attempt, op()).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) => last = e.to_string(),
-            Err(_) => last = format!("no answer within {attempt:?}"),
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
-    }
-    Err(remote(what, last))
+    crate::connection::patiently(attempt, op)
+        .await
+        .map_err(|last| remote(what, last))
 }
 
 impl JetStreamLog {

@@ -106,12 +106,13 @@ impl NodeBeat {
         let first = record.clone();
         let store = nats
             .run(async move {
-                crate::connection::patiently("registering this node", || async {
+                crate::connection::patiently(Duration::from_secs(10), || async {
                     let store = open_bucket(&js, &config.hub, config.replicas).await?;
                     put(&store, &first).await?;
-                    Ok(store)
+                    Ok::<_, String>(store)
                 })
                 .await
+                .map_err(|e| format!("registering this node: {e}"))
             })
             .ok_or(ClusterError::Stopped)?
             .map_err(ClusterError::Remote)?;

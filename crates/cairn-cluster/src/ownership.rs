@@ -129,7 +129,6 @@ impl Liveness {
 pub struct Ownership {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    owned: Arc<Mutex<BTreeMap<u32, u64>>>,
     live: Arc<Mutex<Vec<String>>>,
 }
 
@@ -145,7 +144,7 @@ struct Node {
     store: kv::Store,
     lease: Duration,
     /// The partitions this node runs, with the revision of its key.
-    owned: Arc<Mutex<BTreeMap<u32, u64>>>,
+    owned: Mutex<BTreeMap<u32, u64>>,
     /// The live nodes, as of the last round.
     live: Arc<Mutex<Vec<String>>>,
 }
@@ -162,16 +161,15 @@ impl Ownership {
     ) -> Result<Ownership, ClusterError> {
         let config = nats.config().clone();
         let js = nats.jetstream().clone();
-        let store = crate::connection::patiently("opening the hub's KV bucket", || {
+        let store = crate::connection::patiently(Duration::from_secs(10), || {
             crate::hub::open_bucket(&js, &config.hub, config.replicas)
         })
         .await
-        .map_err(ClusterError::Remote)?;
+        .map_err(|e| ClusterError::Remote(format!("opening the hub's KV bucket: {e}")))?;
         let prepare = router.clone();
         tokio::task::spawn_blocking(move || prepare.prepare())
             .await
             .map_err(|e| ClusterError::Remote(e.to_string()))??;
-        let owned: Arc<Mutex<BTreeMap<u32, u64>>> = Arc::default();
         let live: Arc<Mutex<Vec<String>>> = Arc::default();
         let node = Node {
             live: live.clone(),
@@ -184,26 +182,16 @@ impl Ownership {
             router,
             store,
             lease,
-            owned: owned.clone(),
+            owned: Mutex::default(),
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(node.run(stopped));
-        Ok(Ownership {
-            stop,
-            task,
-            owned,
-            live,
-        })
+        Ok(Ownership { stop, task, live })
     }
 
     /// The live nodes' names (this one included), kept up to date.
     pub fn live_nodes(&self) -> Arc<Mutex<Vec<String>>> {
         self.live.clone()
-    }
-
-    /// The partitions this node runs now.
-    pub fn owned(&self) -> Vec<u32> {
-        self.owned.lock().keys().copied().collect()
     }
 
     /// Hands every partition over: each is drained (made durable and checkpointed) and its

@@ -167,7 +167,7 @@ impl JetStreamRouter {
         let config = self.nats.config().clone();
         self.nats
             .run(async move {
-                crate::connection::patiently("creating the hub's input stream", || {
+                crate::connection::patiently(Duration::from_secs(10), || {
                     input_stream(&js, &config.hub, config.replicas)
                 })
                 .await
@@ -466,6 +466,7 @@ async fn read_inputs(nats: Arc<Nats>, local: LocalPartitions, p: u32) {
 /// the input stream.
 async fn receive_acks(nats: Arc<Nats>, local: LocalPartitions, published: Unacknowledged) {
     let hub = nats.config().hub.clone();
+    let mut input: Option<stream::Stream> = None;
     loop {
         let mut acks = match nats.client().subscribe(format!("cairn.{hub}.ack.*")).await {
             Ok(s) => s,
@@ -498,14 +499,16 @@ async fn receive_acks(nats: Arc<Nats>, local: LocalPartitions, published: Unackn
                 below
             };
             if let Some(sequence) = purge_below {
-                let js = nats.jetstream().clone();
-                let subject = input_subject(&hub, ack.from, to);
-                let name = stream_name(&hub);
-                tokio::spawn(async move {
-                    if let Ok(stream) = js.get_stream(&name).await {
+                // The stream is looked up once, not per purge.
+                if input.is_none() {
+                    input = nats.jetstream().get_stream(stream_name(&hub)).await.ok();
+                }
+                if let Some(stream) = input.clone() {
+                    let subject = input_subject(&hub, ack.from, to);
+                    tokio::spawn(async move {
                         let _ = stream.purge().filter(subject).sequence(sequence).await;
-                    }
-                });
+                    });
+                }
             }
             local.deliver(
                 to,

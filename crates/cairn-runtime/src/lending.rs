@@ -261,11 +261,6 @@ impl Lender {
             .lock()
             .retain(|_, (_, used)| now.duration_since(*used) < PEER_IDLE);
     }
-
-    /// Items lent and not answered yet.
-    pub fn outstanding(&self) -> usize {
-        self.lent.lock().len()
-    }
 }
 
 /// Queues the item in a lender's answer (`answer`) for the workers here. `None` if the lender

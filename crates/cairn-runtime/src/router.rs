@@ -62,11 +62,6 @@ impl LocalPartitions {
             .get(to)
             .is_some_and(|q| q.input.send(Input::Routed(envelope)).is_ok())
     }
-
-    /// Whether partition `p` runs in this process now.
-    pub fn runs_here(&self, p: u32) -> bool {
-        self.slots.get(p).is_some()
-    }
 }
 
 /// Every partition in this process: envelopes go straight into the receiver's input queue
