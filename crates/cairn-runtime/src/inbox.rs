@@ -47,6 +47,14 @@ pub(crate) enum Input {
         reply: Reply<ReadResponse>,
         result: Result<ReadResponse, EngineError>,
     },
+    /// A client request whose stored instances were read ahead, off the partition's task, while
+    /// the stored state read `evictions` evictions (see `leader::read_ahead`).
+    ReadAhead {
+        evictions: u64,
+        instances: Vec<(String, Option<InstanceState>)>,
+        kind: ClientRequestKind,
+        reply: Reply<ClientResponse>,
+    },
     Durable(u64),
     /// A checkpoint written in the background has reached the store (or failed).
     CheckpointWritten {

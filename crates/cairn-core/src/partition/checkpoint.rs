@@ -12,7 +12,8 @@ impl PartitionState {
             globals: self.globals.encode()?,
             ..CheckpointData::default()
         };
-        let mut dirty: Vec<String> = self.dirty.drain().collect();
+        self.dirty_live = DirtySet::new();
+        let mut dirty: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
         dirty.sort();
         for id in dirty {
             match self.instances.get_mut(&id) {

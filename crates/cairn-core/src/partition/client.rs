@@ -142,7 +142,7 @@ impl PartitionState {
                     if let Some(inst) = self.take(id, src)? {
                         if inst.state.status.is_terminal() {
                             // The slot is now Absent; mark dirty so the checkpoint deletes it.
-                            self.dirty.insert(id.clone());
+                            self.mark_gone(id);
                             count += 1;
                             cx.effects.push(Effect::InstanceChanged(id.clone()));
                         } else {

@@ -177,7 +177,7 @@ impl PartitionState {
             .is_some_and(|e| e.state.is_none() && e.queue.is_empty() && e.locked_by.is_none());
         if empty {
             let id = inst.state.instance_id.clone();
-            self.dirty.insert(id.clone());
+            self.mark_gone(&id);
             self.instances.insert(id, Slot::Absent);
         } else {
             self.put(inst);

@@ -48,6 +48,18 @@ impl PartitionState {
         self.dirty.iter()
     }
 
+    /// The instances changed since the last checkpoint that exist now (a subset of
+    /// [`Self::dirty_ids`]: what is not here was deleted).
+    pub fn changed_live_ids(&self) -> impl Iterator<Item = &String> {
+        self.dirty_live.iter()
+    }
+
+    /// The instances changed since the last checkpoint, as they are now: a copy that costs
+    /// O(1), for a read to take off the partition's task.
+    pub fn dirty_set(&self) -> DirtySet {
+        self.dirty.clone()
+    }
+
     pub fn dirty_count(&self) -> usize {
         self.dirty.len()
     }
@@ -68,7 +80,54 @@ impl PartitionState {
         if self.dirty.contains(id) {
             return false;
         }
-        self.instances.remove(id);
+        if self.instances.remove(id).is_some() {
+            self.evictions += 1;
+        }
+        true
+    }
+
+    /// Takes out of memory every clean instance that `leave` picks, and returns them, for the
+    /// caller to free where it costs least (freeing thousands of instances took milliseconds).
+    /// `leave` sees every instance in memory (None: known absent) with its rough footprint and
+    /// whether it has unsaved changes (such an instance stays, whatever `leave` says).
+    pub fn evict_where(
+        &mut self,
+        mut leave: impl FnMut(&str, Option<&Instance>, usize, bool) -> bool,
+    ) -> Evicted {
+        let dirty = &self.dirty;
+        let gone: Vec<(String, Slot)> = self
+            .instances
+            .extract_if(|id, slot| {
+                let inst = match slot {
+                    Slot::Live(i) => Some(&**i),
+                    Slot::Absent => None,
+                };
+                let size = inst.map_or(0, |i| i.approx_size());
+                let is_dirty = dirty.contains(id);
+                leave(id, inst, size, is_dirty) && !is_dirty
+            })
+            .collect();
+        self.evictions += gone.len() as u64;
+        Evicted(gone)
+    }
+
+    /// How many instances have left memory so far: while it does not change, an instance that
+    /// is not resident now was not resident at any time since, so its stored state did not
+    /// change either (only checkpoints of changed, resident instances write it).
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Puts an instance read from the checkpoint source into memory ahead of the record that
+    /// needs it, so that applying the record does not wait for the read: `state` must be what
+    /// the source held while [`Self::evictions`] read `evictions_then`, and the instance is
+    /// taken only if it is still not resident and nothing left memory since. Returns whether it
+    /// was taken. Memory is a cache of the source, so this changes no outcome of any record.
+    pub fn warm(&mut self, id: &str, state: Option<InstanceState>, evictions_then: u64) -> bool {
+        if self.evictions != evictions_then || self.instances.contains_key(id) {
+            return false;
+        }
+        self.instances.insert(id.to_string(), Slot::stored(state));
         true
     }
 
@@ -77,14 +136,7 @@ impl PartitionState {
             self.cache_hits += 1;
         } else {
             self.cache_misses += 1;
-            let slot = match src.load(id)? {
-                Some(state) => Slot::Live(Box::new(Instance {
-                    state,
-                    tail: Vec::new(),
-                    reset: false,
-                })),
-                None => Slot::Absent,
-            };
+            let slot = Slot::stored(src.load(id)?);
             self.instances.insert(id.to_string(), slot);
         }
         Ok(())
@@ -109,8 +161,15 @@ impl PartitionState {
     pub(super) fn put(&mut self, inst: Box<Instance>) {
         let id = inst.state.instance_id.clone();
         self.dirty.insert(id.clone());
+        self.dirty_live.insert(id.clone());
         self.count_status(&inst.state, true);
         self.instances.insert(id, Slot::Live(inst));
+    }
+
+    /// Marks an instance deleted since the last checkpoint (its slot is absent).
+    pub(super) fn mark_gone(&mut self, id: &str) {
+        self.dirty.insert(id.to_string());
+        self.dirty_live.remove(id);
     }
 
     /// Puts back an instance that was only inspected, not changed.
@@ -131,6 +190,33 @@ impl PartitionState {
         }
         count(&mut self.globals.status_counts, &s.status, add);
         count(&mut self.globals.name_counts, &s.name, add);
+    }
+}
+
+/// Instances taken out of memory by [`PartitionState::evict_where`], to be dropped.
+pub struct Evicted(Vec<(String, Slot)>);
+
+impl Evicted {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Slot {
+    /// The slot of an instance as the checkpoint source holds it (None: absent).
+    fn stored(state: Option<InstanceState>) -> Slot {
+        match state {
+            Some(state) => Slot::Live(Box::new(Instance {
+                state,
+                tail: Vec::new(),
+                reset: false,
+            })),
+            None => Slot::Absent,
+        }
     }
 }
 

@@ -35,6 +35,7 @@ mod episode;
 mod instances;
 mod lifecycle;
 mod messages;
+pub use instances::Evicted;
 
 /// Read-only access to instances as of the last checkpoint.
 pub trait InstanceSource {
@@ -484,16 +485,25 @@ impl<T: Clone> Filed<T> {
     }
 }
 
+/// A set of instance ids that is copied in O(1) and shares what the copies do not change.
+pub type DirtySet = imbl::HashSet<String>;
+
 pub struct PartitionState {
     globals: Globals,
     activities: Filed<ActivityWorkItem>,
     timers: Filed<TimerEntry>,
     instances: HashMap<String, Slot>,
-    /// Instances changed (or deleted) since the last checkpoint.
-    dirty: HashSet<String>,
+    /// Instances changed (or deleted) since the last checkpoint. A persistent set: reads take
+    /// a copy of it in O(1) (see [`PartitionState::dirty_set`]).
+    dirty: DirtySet,
+    /// Those of them that still exist (a purge leaves thousands deleted until the checkpoint,
+    /// which reads of what changed need not look at).
+    dirty_live: DirtySet,
     /// Lookups answered from memory / from the source (observability only; not state).
     cache_hits: u64,
     cache_misses: u64,
+    /// Instances dropped from memory so far (see [`Self::warm`]).
+    evictions: u64,
     /// Recovered from globals of an older format: what the shell must rebuild from the store.
     upgrade: Option<Upgrade>,
 }
@@ -520,9 +530,11 @@ impl PartitionState {
             activities: Filed::default(),
             timers: Filed::default(),
             instances: HashMap::new(),
-            dirty: HashSet::new(),
+            dirty: DirtySet::new(),
+            dirty_live: DirtySet::new(),
             cache_hits: 0,
             cache_misses: 0,
+            evictions: 0,
             upgrade: None,
         }
     }
@@ -570,9 +582,11 @@ impl PartitionState {
             timers: Filed::default(),
             globals,
             instances: HashMap::new(),
-            dirty: HashSet::new(),
+            dirty: DirtySet::new(),
+            dirty_live: DirtySet::new(),
             cache_hits: 0,
             cache_misses: 0,
+            evictions: 0,
             upgrade,
         }
     }

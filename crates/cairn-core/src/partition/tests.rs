@@ -681,6 +681,15 @@ proptest! {
             }
         }
         prop_assert_eq!(clean + state.dirty_count(), state.instances.len());
+        // Reads look for what changed and still exists among the live changed instances only.
+        let mut live: Vec<&String> = state.changed_live_ids().collect();
+        let mut expected: Vec<&String> = state
+            .dirty_ids()
+            .filter(|id| state.loaded(id).is_some())
+            .collect();
+        live.sort();
+        expected.sort();
+        prop_assert_eq!(live, expected);
     }
 
     #[test]

@@ -19,31 +19,50 @@ pub(super) enum Writer {
 
 impl Leader {
     /// Starts writing a checkpoint in the background (one at a time).
+    ///
+    /// Nothing here waits on the disk: the writer thread first waits until the log is durable
+    /// up to the batch (a checkpoint must never get ahead of the log: its state would outlive a
+    /// crash that loses the records it came from), then writes the batch, then drops the log
+    /// below it. The partition meanwhile goes on committing; reads see the batch through the
+    /// overlay, and their answers wait for durability like every answer. A purge of hundreds of
+    /// thousands of instances checkpoints often, and each of these waits used to stop the
+    /// partition for milliseconds.
     pub(super) fn start_background_checkpoint(&mut self) -> Result<(), EngineError> {
         if self.writing.is_some() {
             return Ok(());
         }
+        let log = self.log.clone().ok_or(EngineError::ShuttingDown)?;
         let batch = Arc::new(self.take_checkpoint()?);
         let position = batch.position;
-        self.overlay
-            .set(Some(Arc::new(Overlay::new(batch.clone()))));
+        let overlay = Arc::new(Overlay::new(batch.clone()));
+        self.overlay.set(Some(overlay.clone()));
         let base = self.overlay.base();
         let tx = self.me.clone();
+        let partition = self.partition;
+        let write = move || {
+            // Before the first read needs it, and off the partition's task.
+            overlay.indexed();
+            let result = log
+                .flush()
+                .map_err(|e| format!("the log could not be made durable for a checkpoint: {e}"))
+                .and_then(|_| base.write_checkpoint(&batch).map_err(|e| e.to_string()));
+            if result.is_ok() {
+                truncate_log(partition, log.as_ref().as_ref(), position);
+            }
+            // Freed here, not while the partition joins this thread.
+            drop((overlay, batch, base, log));
+            let _ = tx.send(Input::CheckpointWritten { position });
+            result
+        };
         if crate::blocking::single_threaded() {
             // One thread (the simulator): write now, but finish through the same input as a
             // writer thread would, so reads still go through the overlay until then.
-            let result = base.write_checkpoint(&batch).map_err(|e| e.to_string());
-            let _ = tx.send(Input::CheckpointWritten { position });
-            self.writing = Some((position, Writer::Finished(result)));
+            self.writing = Some((position, Writer::Finished(write())));
             return Ok(());
         }
         let spawned = std::thread::Builder::new()
             .name(format!("cairn-checkpoint-p{:02}", self.partition))
-            .spawn(move || {
-                let result = base.write_checkpoint(&batch).map_err(|e| e.to_string());
-                let _ = tx.send(Input::CheckpointWritten { position });
-                result
-            });
+            .spawn(write);
         match spawned {
             Ok(handle) => {
                 self.writing = Some((position, Writer::Thread(handle)));
@@ -69,7 +88,7 @@ impl Leader {
 
     /// Waits for the background checkpoint, if any, and completes it.
     fn finish_background_checkpoint(&mut self) -> Result<(), EngineError> {
-        let Some((position, writer)) = self.writing.take() else {
+        let Some((_, writer)) = self.writing.take() else {
             return Ok(());
         };
         let result = match writer {
@@ -78,21 +97,24 @@ impl Leader {
             Writer::Finished(result) => result,
         };
         result.map_err(|e| self.storage_error(e))?;
-        self.overlay.set(None);
-        self.after_checkpoint(position);
+        // The batch's last owner: freeing tens of thousands of rows is no work for the
+        // partition's task.
+        let batch = self.overlay.take();
+        if !crate::blocking::single_threaded() {
+            tokio::task::spawn_blocking(move || drop(batch));
+        }
+        // The writer has dropped the log below the checkpoint.
+        self.after_checkpoint();
         Ok(())
     }
 
     /// Takes everything changed since the last checkpoint as a batch (the state machine marks
-    /// it clean), after making the log durable up to where the state is.
+    /// it clean). The batch may be ahead of the durable log: whoever writes it makes the log
+    /// durable up to it first.
     fn take_checkpoint(&mut self) -> Result<CheckpointBatch, EngineError> {
         if let Some(f) = &self.failed {
             return Err(self.storage_error(f.clone()));
         }
-        let log = self.log.as_ref().ok_or(EngineError::ShuttingDown)?;
-        let durable = crate::blocking::blocking(|| log.flush())
-            .map_err(|e| self.storage_error(e.to_string()))?;
-        self.durable = self.durable.max(durable);
         let data = self
             .state
             .checkpoint()
@@ -115,17 +137,9 @@ impl Leader {
         })
     }
 
-    /// After a checkpoint at `position` is in the store: the log below it can go, and clean
-    /// instances beyond the cache budget.
-    fn after_checkpoint(&mut self, position: u64) {
-        if let Some(log) = self.log.as_ref() {
-            if let Err(e) = crate::blocking::blocking(|| log.truncate_below(position + 1)) {
-                tracing::warn!(
-                    partition = self.partition,
-                    "log truncation failed (will retry next checkpoint): {e}"
-                );
-            }
-        }
+    /// After a checkpoint is in the store (and the log below it dropped): clean instances
+    /// beyond the cache budget go.
+    fn after_checkpoint(&mut self) {
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.trim_cache();
     }
@@ -137,10 +151,17 @@ impl Leader {
         if let Some(f) = &self.failed {
             return Err(self.storage_error(f.clone()));
         }
+        let log = self.log.clone().ok_or(EngineError::ShuttingDown)?;
         let batch = self.take_checkpoint()?;
+        let durable = crate::blocking::blocking(|| log.flush())
+            .map_err(|e| self.storage_error(e.to_string()))?;
+        self.durable = self.durable.max(durable);
         crate::blocking::blocking(|| self.store.write_checkpoint(&batch))
             .map_err(|e| self.storage_error(e.to_string()))?;
-        self.after_checkpoint(batch.position);
+        crate::blocking::blocking(|| {
+            truncate_log(self.partition, log.as_ref().as_ref(), batch.position)
+        });
+        self.after_checkpoint();
         Ok(())
     }
 
@@ -154,39 +175,48 @@ impl Leader {
         true
     }
 
-    /// Evicts least recently used clean instances (and their cursors) beyond the cache budget.
+    /// Evicts what need not stay in memory, then least recently used clean instances (and
+    /// their cursors) beyond the cache budget. One pass over the cache, copying only the ids
+    /// that may still have to go: it runs after every checkpoint, on the partition's task.
     pub(super) fn trim_cache(&mut self) {
         let budget = self.shared.config.instance_cache_mb * 1024 * 1024
             / self.shared.partition_count as usize;
-        let ids: Vec<String> = self.state.loaded_ids().cloned().collect();
         let mut total = 0usize;
         let mut candidates = Vec::new();
-        for id in ids {
-            let size = self.state.footprint(&id)
-                + if self.cursors.contains_key(&id) {
-                    4096
-                } else {
-                    0
-                };
+        let mut forget = Vec::new();
+        let (dispatch, cursors, touched) = (&self.dispatch, &mut self.cursors, &self.touched);
+        let evicted = self.state.evict_where(|id, inst, size, dirty| {
+            let size = size + if cursors.contains_key(id) { 4096 } else { 0 };
             // A runnable instance not running is in the store's backlog index: it may go.
-            let busy = self.dispatch.is_running(&id) || self.state.is_dirty(&id);
-            if busy {
+            if dirty || dispatch.is_running(id) {
                 total += size;
-                continue;
+                return false;
             }
             // An ended orchestration rarely runs again (a rewind or restart reloads it): it
             // leaves memory at the first checkpoint that has it, so that a hub of millions of
             // finished instances costs memory for its live ones only. So does one that waits
             // in the backlog for a dispatch window: it is loaded again when dispatched, and a
-            // backlog of a million must not fill the cache.
-            let leaves = self.state.loaded(&id).is_some_and(|i| {
+            // backlog of a million must not fill the cache. An instance known absent (purged,
+            // or looked up and not found) leaves too: a purge of hundreds of thousands would
+            // otherwise fill memory with its ids, and make every trim slower than the last.
+            let leaves = inst.is_none_or(|i| {
                 (i.state.entity.is_none() && i.state.status.is_terminal()) || is_runnable(&i.state)
             });
-            if leaves && self.evict(&id) {
-                continue;
+            if leaves {
+                if cursors.remove(id).is_some() || touched.contains_key(id) {
+                    forget.push(id.to_string());
+                }
+                return true;
             }
             total += size;
-            candidates.push((self.touched.get(&id).copied().unwrap_or(0), size, id));
+            candidates.push((touched.get(id).copied().unwrap_or(0), size, id.to_string()));
+            false
+        });
+        if !crate::blocking::single_threaded() && evicted.len() > 64 {
+            tokio::task::spawn_blocking(move || drop(evicted));
+        }
+        for id in forget {
+            self.touched.remove(&id);
         }
         if total > budget {
             candidates.sort();
@@ -202,9 +232,19 @@ impl Leader {
         self.stats
             .cache_bytes
             .store(total as u64, Ordering::Relaxed);
-        // Instances known absent are cheap but unbounded in number: forget them too.
         self.stats
             .cached_instances
             .store(self.state.loaded_count() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Drops the log's records covered by a checkpoint at `position`; a failure only delays it to
+/// the next checkpoint.
+fn truncate_log(partition: u32, log: &dyn PartitionLog, position: u64) {
+    if let Err(e) = log.truncate_below(position + 1) {
+        tracing::warn!(
+            partition,
+            "log truncation failed (will retry next checkpoint): {e}"
+        );
     }
 }

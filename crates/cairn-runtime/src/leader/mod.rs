@@ -47,6 +47,7 @@ mod commit;
 mod dispatch;
 mod held;
 mod overlay;
+mod read_ahead;
 mod reads;
 mod recovery;
 mod timers;
@@ -98,7 +99,8 @@ pub(crate) struct Leader {
     overlay: Arc<overlay::OverlayStore>,
     /// A checkpoint being written in the background: its position and writer thread.
     writing: Option<(u64, checkpoints::Writer)>,
-    log: Option<Box<dyn PartitionLog>>,
+    /// Shared with the checkpoint writer thread, which makes it durable before writing.
+    log: Option<Arc<Box<dyn PartitionLog>>>,
     durable: u64,
     held: VecDeque<(u64, Held)>,
     replies: HashMap<u64, Reply<ClientResponse>>,
@@ -212,8 +214,12 @@ impl Leader {
         self.release();
         wait_until_none(self.reads_in_flight.clone()).await;
         wait_until_none(self.store_users.clone()).await;
+        // A failed partition may still have its checkpoint writer running, holding the log.
+        if let Some((_, checkpoints::Writer::Thread(handle))) = self.writing.take() {
+            let _ = crate::blocking::blocking(|| handle.join());
+        }
         if let Some(log) = self.log.take() {
-            if let Err(e) = crate::blocking::blocking(|| log.close()) {
+            if let Err(e) = crate::blocking::blocking(|| close_log(log)) {
                 tracing::error!(partition = self.partition, "closing the log failed: {e}");
             }
         }
@@ -252,6 +258,7 @@ impl Leader {
         // The log is only taken at shutdown, after the loop ends.
         self.log
             .as_deref()
+            .map(|log| log.as_ref())
             .expect("log is open while the leader runs")
     }
 
@@ -274,17 +281,18 @@ impl Leader {
         for input in inputs {
             match input {
                 Input::Client { kind, reply } => {
-                    if let Some(f) = &self.failed {
-                        let _ = reply.send(Err(self.storage_error(f.clone())));
-                        continue;
+                    if let Some((kind, reply)) = self.read_ahead(kind, reply) {
+                        self.log_request(kind, reply, now, &mut records);
                     }
-                    let request_id = self.next_request;
-                    self.next_request += 1;
-                    self.replies.insert(request_id, reply);
-                    records.push(LogRecord {
-                        timestamp: now,
-                        event: PartitionEvent::Client(ClientRequest { request_id, kind }),
-                    });
+                }
+                Input::ReadAhead {
+                    evictions,
+                    instances,
+                    kind,
+                    reply,
+                } => {
+                    self.take_read_ahead(evictions, instances);
+                    self.log_request(kind, reply, now, &mut records);
                 }
                 Input::Read { request, reply } => reads.push((request, reply)),
                 Input::Wait {
@@ -396,6 +404,27 @@ impl Leader {
         }
     }
 
+    /// Queues a client request as a record of this batch (or fails it, on a failed partition).
+    fn log_request(
+        &mut self,
+        kind: ClientRequestKind,
+        reply: Reply<ClientResponse>,
+        now: Millis,
+        records: &mut Vec<LogRecord>,
+    ) {
+        if let Some(f) = &self.failed {
+            let _ = reply.send(Err(self.storage_error(f.clone())));
+            return;
+        }
+        let request_id = self.next_request;
+        self.next_request += 1;
+        self.replies.insert(request_id, reply);
+        records.push(LogRecord {
+            timestamp: now,
+            event: PartitionEvent::Client(ClientRequest { request_id, kind }),
+        });
+    }
+
     fn check_log_failure(&mut self) {
         if self.failed.is_none() {
             if let Some(f) = self.log.as_ref().and_then(|l| l.failure()) {
@@ -501,6 +530,18 @@ impl StoreLease {
 async fn wait_until_none(in_flight: Arc<std::sync::atomic::AtomicUsize>) {
     while in_flight.load(Ordering::Relaxed) > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// Closes a partition's log once nothing else holds it (the leader has joined its checkpoint
+/// writer before).
+fn close_log(log: Arc<Box<dyn PartitionLog>>) -> Result<(), cairn_storage::LogError> {
+    match Arc::try_unwrap(log) {
+        Ok(log) => log.close(),
+        // Unreachable by construction; dropping it still hands buffered records to the OS.
+        Err(_) => Err(cairn_storage::LogError::Failed(
+            "the log is still in use by a checkpoint writer".into(),
+        )),
     }
 }
 

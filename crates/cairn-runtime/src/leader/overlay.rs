@@ -15,9 +15,16 @@ pub(crate) struct OverlayStore {
     in_flight: Mutex<Option<Arc<Overlay>>>,
 }
 
-/// A batch in flight, indexed for reads.
+/// A batch in flight. Its index for reads is built on first use, normally by the writer thread
+/// before it writes: building it took milliseconds of the partition's task per checkpoint.
 pub(crate) struct Overlay {
     pub batch: Arc<CheckpointBatch>,
+    indexed: std::sync::OnceLock<Indexed>,
+}
+
+/// A batch in flight, indexed for reads.
+pub(crate) struct Indexed {
+    batch: Arc<CheckpointBatch>,
     puts: BTreeMap<String, usize>,
     deletes: HashSet<String>,
     truncated: HashSet<String>,
@@ -33,6 +40,21 @@ pub(crate) struct Overlay {
 
 impl Overlay {
     pub fn new(batch: Arc<CheckpointBatch>) -> Overlay {
+        Overlay {
+            batch,
+            indexed: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The batch indexed for reads (built by the first caller; others wait for it).
+    pub fn indexed(&self) -> &Indexed {
+        self.indexed
+            .get_or_init(|| Indexed::new(self.batch.clone()))
+    }
+}
+
+impl Indexed {
+    fn new(batch: Arc<CheckpointBatch>) -> Indexed {
         let puts = batch
             .instance_puts
             .iter()
@@ -65,7 +87,7 @@ impl Overlay {
             .map(|(i, (k, _))| (k.clone(), Some(i)))
             .collect();
         work.extend(batch.work_deletes.iter().map(|k| (k.clone(), None)));
-        Overlay {
+        Indexed {
             index,
             reindexed,
             work,
@@ -94,6 +116,11 @@ impl OverlayStore {
         *self.in_flight.lock() = overlay;
     }
 
+    /// Drops the batch from reads, returning it.
+    pub fn take(&self) -> Option<Arc<Overlay>> {
+        self.in_flight.lock().take()
+    }
+
     fn current(&self) -> Option<Arc<Overlay>> {
         self.in_flight.lock().clone()
     }
@@ -104,7 +131,7 @@ impl OverlayStore {
 /// snapshot of the store taken while the batch is being written reads the same either way.
 struct Layered<'a, B: StoreReads + ?Sized> {
     base: &'a B,
-    overlay: Option<&'a Overlay>,
+    overlay: Option<&'a Indexed>,
 }
 
 impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
@@ -292,11 +319,11 @@ fn merge_into_scan<'m, K: Ord + ?Sized + 'm, V: ?Sized + 'm>(
 
 cairn_storage::forward_store_reads!(OverlayStore, |s| &Layered {
     base: &*s.base,
-    overlay: s.current().as_deref(),
+    overlay: s.current().as_deref().map(Overlay::indexed),
 });
 cairn_storage::forward_store_reads!(OverlaySnapshot, |s| &Layered {
     base: &*s.base,
-    overlay: s.overlay.as_deref(),
+    overlay: s.overlay.as_deref().map(Overlay::indexed),
 });
 
 /// A snapshot of the store with the batch that was in flight when it was taken laid over it.

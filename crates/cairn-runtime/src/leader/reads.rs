@@ -52,7 +52,7 @@ enum FromStore {
         after: Option<QueryPosition>,
         limit: usize,
         /// Every instance changed since the checkpoint: their index entries are stale.
-        changed: HashSet<String>,
+        changed: DirtySet,
         /// Those of them that match, as they are now, in order.
         found: Vec<InstanceStatus>,
     },
@@ -65,7 +65,7 @@ enum FromStore {
         prefix: Vec<u8>,
         completed_by: Millis,
         limit: usize,
-        changed: HashSet<String>,
+        changed: DirtySet,
         found: Vec<String>,
     },
 }
@@ -76,7 +76,7 @@ struct ScanPage<T> {
     after: Option<String>,
     limit: usize,
     /// Instances changed since the last checkpoint: their stored rows are stale.
-    changed: HashSet<String>,
+    changed: DirtySet,
     /// Those of them that match, as they are now.
     found: Vec<(String, T)>,
 }
@@ -304,11 +304,12 @@ impl Leader {
     fn changed<T>(
         &self,
         mut pick: impl FnMut(&str, &InstanceState) -> Option<T>,
-    ) -> (HashSet<String>, Vec<T>) {
-        let mut changed = HashSet::with_capacity(self.state.dirty_count());
+    ) -> (DirtySet, Vec<T>) {
+        // A copy in O(1): a purge keeps thousands of deleted instances changed until the next
+        // checkpoint, and copying their ids for every page of it stalled the partition.
+        let changed = self.state.dirty_set();
         let mut picked = Vec::new();
-        for id in self.state.dirty_ids() {
-            changed.insert(id.clone());
+        for id in self.state.changed_live_ids() {
             if let Some(t) = self.state.loaded(id).and_then(|i| pick(id, &i.state)) {
                 picked.push(t);
             }

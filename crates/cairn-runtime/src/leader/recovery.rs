@@ -97,7 +97,7 @@ impl Leader {
             store: overlay.clone(),
             overlay,
             writing: None,
-            log: Some(log),
+            log: Some(Arc::new(log)),
             durable,
             held: VecDeque::new(),
             replies: HashMap::new(),
@@ -127,7 +127,7 @@ impl Leader {
     /// Stops the log writer of a leader that will never run (another partition failed to open).
     pub(crate) fn abandon(mut self) {
         if let Some(log) = self.log.take() {
-            let _ = log.close();
+            let _ = close_log(log);
         }
     }
 
