@@ -70,11 +70,6 @@ impl PartitionState {
         (self.cache_hits, self.cache_misses)
     }
 
-    /// Rough memory footprint of a loaded instance (for the instance cache).
-    pub fn footprint(&self, id: &str) -> usize {
-        self.loaded(id).map_or(0, |i| i.approx_size())
-    }
-
     /// Drops a clean instance from memory; returns false if it has unsaved changes.
     pub fn evict(&mut self, id: &str) -> bool {
         if self.dirty.contains(id) {
