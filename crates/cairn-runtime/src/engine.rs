@@ -241,6 +241,11 @@ impl Engine {
             read_permits: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            // Checkpoint writes are background work that can take a core for a second (a
+            // purge's deletions): half the cores at most, so foreground work always has some.
+            checkpoint_writers: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            )),
             config,
             registry,
             partition_count: count,
@@ -352,6 +357,20 @@ impl Engine {
         for p in self.shared.slots.running() {
             let (tx, rx) = oneshot::channel();
             self.shared.send(p, Input::Checkpoint(tx))?;
+            rx.await.map_err(|_| EngineError::ShuttingDown)??;
+        }
+        Ok(())
+    }
+
+    /// Checkpoints every partition running here the way the periodic checkpoints are taken,
+    /// written in the background while the partition goes on, one partition after another (so
+    /// that only one at a time pauses to take its batch). Returns when all are in the store:
+    /// everything acknowledged before the call is then in the checkpoint stores, and the logs
+    /// below it are dropped. [`Engine::checkpoint`] is the same written in place.
+    pub async fn checkpoint_in_background(&self) -> Result<(), EngineError> {
+        for p in self.shared.slots.running() {
+            let (tx, rx) = oneshot::channel();
+            self.shared.send(p, Input::CheckpointInBackground(tx))?;
             rx.await.map_err(|_| EngineError::ShuttingDown)??;
         }
         Ok(())

@@ -60,6 +60,10 @@ pub(crate) enum Input {
     CheckpointWritten {
         position: u64,
     },
+    /// A checkpoint written in place, now (the partition waits for it).
     Checkpoint(Reply<()>),
+    /// A checkpoint written in the background like the periodic ones, started now; answered
+    /// when it is in the store.
+    CheckpointInBackground(Reply<()>),
     Shutdown(oneshot::Sender<()>),
 }

@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     pub activity_permits: Arc<Semaphore>,
     /// Reads running off the partitions' tasks (see `leader::reads`).
     pub read_permits: Arc<Semaphore>,
+    /// Background checkpoint writers running at once (see `leader::checkpoints`).
+    pub checkpoint_writers: Arc<Semaphore>,
     pub stats: Vec<Arc<LeaderStats>>,
     pub remote: Option<RemoteQueue>,
     /// Where the partitions' logs live (local segmented files by default).

@@ -283,3 +283,111 @@ async fn a_slow_query_does_not_stall_its_partition() {
     );
     engine.shutdown().await.unwrap();
 }
+
+/// Slow stores that keep what they opened, so the test can read what is in them.
+#[derive(Default)]
+struct WatchedStores {
+    data_dir: std::path::PathBuf,
+    opened: parking_lot::Mutex<Vec<Arc<dyn CheckpointStore>>>,
+}
+
+impl std::fmt::Debug for WatchedStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WatchedStores({})", self.data_dir.display())
+    }
+}
+
+impl CheckpointStores for WatchedStores {
+    fn open(&self, partition: u32) -> Result<Arc<dyn CheckpointStore>, StoreError> {
+        let local = LocalCheckpointStores {
+            data_dir: self.data_dir.clone(),
+            cache_bytes: 0,
+        };
+        let store: Arc<dyn CheckpointStore> = Arc::new(Slow(local.open(partition)?));
+        self.opened.lock().push(store.clone());
+        Ok(store)
+    }
+}
+
+/// A purge of thousands is not checkpointed like thousands of changed instances (a deleted
+/// instance holds little memory): no checkpoint starts during it. `checkpoint_in_background`
+/// then writes it like a periodic checkpoint and answers only once the store has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_waits_for_its_checkpoint_and_checkpoint_in_background_answers_once_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = Arc::new(WatchedStores {
+        data_dir: dir.path().to_path_buf(),
+        ..WatchedStores::default()
+    });
+    let config = EngineConfig {
+        partitions: Some(1),
+        checkpoints: Some(stores.clone()),
+        // The smallest budget: 1,000 changed instances at most between checkpoints.
+        instance_cache_mb: 0,
+        ..common::config(dir.path())
+    };
+    let engine = Engine::open(config, registry()).await.unwrap();
+    let client = engine.client().waiting_for_room();
+    let count = 2500;
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let id = client
+            .start_with(
+                "chain",
+                &0i64,
+                StartOptions {
+                    instance_id: Some(format!("purged-{i:04}")),
+                    ..StartOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    for id in &ids {
+        let done = client.wait_for_completion(id, WAIT).await.unwrap();
+        assert_eq!(done.status, RuntimeStatus::Completed);
+    }
+    engine.checkpoint().await.unwrap();
+    let checkpoints = || {
+        engine.stats()[0]
+            .checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = checkpoints();
+    let purged = client
+        .purge_by_filter(QueryFilter {
+            instance_id_prefix: Some("purged-".into()),
+            ..QueryFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(purged, count);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        checkpoints(),
+        before,
+        "{count} deletions started a checkpoint, like {count} changed instances would"
+    );
+    let store = stores.opened.lock()[0].clone();
+    let stored = |id: &str| {
+        store
+            .snapshot()
+            .unwrap()
+            .get_instance(id)
+            .unwrap()
+            .is_some()
+    };
+    assert!(stored(&ids[0]), "not checkpointed yet: still in the store");
+    assert!(client.get_status(&ids[0], false).await.unwrap().is_none());
+
+    engine.checkpoint_in_background().await.unwrap();
+    assert_eq!(checkpoints(), before + 1);
+    for id in &ids {
+        assert!(
+            !stored(id),
+            "{id} is still in the store after the checkpoint"
+        );
+    }
+    engine.shutdown().await.unwrap();
+}

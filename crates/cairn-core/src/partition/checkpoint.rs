@@ -12,10 +12,16 @@ impl PartitionState {
             globals: self.globals.encode()?,
             ..CheckpointData::default()
         };
-        self.dirty_live = DirtySet::new();
-        let mut dirty: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
-        dirty.sort();
-        for id in dirty {
+        // Only the instances that exist are sorted and saved; those deleted are listed in the
+        // order they went. A purge leaves thousands of them, and this runs on the partition's
+        // task: consuming and sorting the whole set cost ~2 µs each (20 ms per checkpoint).
+        // The set itself is dropped here; a caller that wants that off its task holds a copy
+        // ([`Self::dirty_set`]) and drops it elsewhere.
+        self.dirty = DirtySet::new();
+        let mut live: Vec<String> = std::mem::take(&mut self.dirty_live).into_iter().collect();
+        live.sort();
+        let mut listed = std::collections::HashSet::new();
+        for id in live {
             match self.instances.get_mut(&id) {
                 Some(Slot::Live(inst)) => {
                     let base = inst.persisted_len();
@@ -35,11 +41,24 @@ impl PartitionState {
                         .push((id.clone(), crate::index::keys(&inst.state)));
                     data.puts.push((id.clone(), state));
                 }
+                // Deleted since it was marked (not through `mark_gone`).
                 _ => {
+                    listed.insert(id.clone());
                     data.history_resets.push(id.clone());
                     data.deletes.push(id);
                 }
             }
+        }
+        let gone = std::mem::take(&mut self.gone);
+        listed.reserve(gone.len());
+        for id in gone {
+            // Created again since (saved above), or deleted twice.
+            if matches!(self.instances.get(&id), Some(Slot::Live(_))) || !listed.insert(id.clone())
+            {
+                continue;
+            }
+            data.history_resets.push(id.clone());
+            data.deletes.push(id);
         }
         (data.work_puts, data.work_deletes) = self.take_work()?;
         Ok(data)

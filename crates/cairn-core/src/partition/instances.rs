@@ -64,6 +64,11 @@ impl PartitionState {
         self.dirty.len()
     }
 
+    /// How many of the changed instances still exist (those that hold memory until saved).
+    pub fn dirty_live_count(&self) -> usize {
+        self.dirty_live.len()
+    }
+
     /// (lookups answered from memory, lookups that went to the source) since this state was
     /// created.
     pub fn cache_counters(&self) -> (u64, u64) {
@@ -165,6 +170,7 @@ impl PartitionState {
     pub(super) fn mark_gone(&mut self, id: &str) {
         self.dirty.insert(id.to_string());
         self.dirty_live.remove(id);
+        self.gone.push(id.to_string());
     }
 
     /// Puts back an instance that was only inspected, not changed.

@@ -499,6 +499,10 @@ pub struct PartitionState {
     /// Those of them that still exist (a purge leaves thousands deleted until the checkpoint,
     /// which reads of what changed need not look at).
     dirty_live: DirtySet,
+    /// Those deleted, in the order they went (an id may appear twice, or exist again): the
+    /// checkpoint lists its deletions from here, in the log's order, instead of sorting the
+    /// whole dirty set on the partition's task.
+    gone: Vec<String>,
     /// Lookups answered from memory / from the source (observability only; not state).
     cache_hits: u64,
     cache_misses: u64,
@@ -532,6 +536,7 @@ impl PartitionState {
             instances: HashMap::new(),
             dirty: DirtySet::new(),
             dirty_live: DirtySet::new(),
+            gone: Vec::new(),
             cache_hits: 0,
             cache_misses: 0,
             evictions: 0,
@@ -584,6 +589,7 @@ impl PartitionState {
             instances: HashMap::new(),
             dirty: DirtySet::new(),
             dirty_live: DirtySet::new(),
+            gone: Vec::new(),
             cache_hits: 0,
             cache_misses: 0,
             evictions: 0,

@@ -1048,3 +1048,62 @@ fn a_rewind_does_not_arm_again_a_timer_still_armed_in_the_store() {
         .count();
     assert_eq!(fired_events, 1);
 }
+
+fn client(request: ClientRequestKind, at: Millis) -> LogRecord {
+    LogRecord {
+        timestamp: at,
+        event: PartitionEvent::Client(ClientRequest {
+            request_id: 9,
+            kind: request,
+        }),
+    }
+}
+
+/// A purge's deletions reach the store with the next checkpoint (listed in the order they
+/// went, not from the dirty set), and an instance purged and created again before it keeps its
+/// new row and history.
+#[test]
+fn a_checkpoint_deletes_purged_instances_and_keeps_those_created_again() {
+    let mut s = PartitionState::new(0, 1);
+    let mut store = MemStore::default();
+    let ids = ["a", "b", "c"];
+    let mut position = 0;
+    let mut apply = |s: &mut PartitionState, store: &MemStore, r: LogRecord| {
+        position += 1;
+        s.apply(position, &r, store).unwrap();
+    };
+    for id in ids {
+        apply(&mut s, &store, start(id, 10));
+        let terminate = ClientRequestKind::Terminate {
+            instance_id: id.into(),
+            reason: None,
+            recursive: false,
+        };
+        apply(&mut s, &store, client(terminate, 11));
+        assert!(s.loaded(id).unwrap().state.status.is_terminal());
+    }
+    store.write(s.checkpoint().unwrap());
+    for id in ids {
+        assert!(store.load(id).unwrap().is_some(), "{id} is stored");
+        assert!(!store.load_history(id).unwrap().is_empty());
+    }
+    // All three purged (b twice), then b created again, all before the next checkpoint.
+    let purge = |ids: &[&str]| ClientRequestKind::Purge {
+        instance_ids: ids.iter().map(|i| i.to_string()).collect(),
+    };
+    apply(&mut s, &store, client(purge(&ids), 20));
+    apply(&mut s, &store, client(purge(&["b"]), 21));
+    apply(&mut s, &store, start("b", 22));
+    assert_eq!(s.dirty_count(), 3);
+    assert_eq!(s.dirty_live_count(), 1);
+    let data = s.checkpoint().unwrap();
+    assert_eq!(data.deletes, vec!["a".to_string(), "c".to_string()]);
+    store.write(data);
+    for id in ["a", "c"] {
+        assert!(store.load(id).unwrap().is_none(), "{id} was purged");
+        assert!(store.load_history(id).unwrap().is_empty());
+    }
+    let b = store.load("b").unwrap().expect("b was created again");
+    assert_eq!(b.status, RuntimeStatus::Pending);
+    assert_eq!(s.dirty_count(), 0);
+}

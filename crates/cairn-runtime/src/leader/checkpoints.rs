@@ -33,15 +33,22 @@ impl Leader {
         }
         let log = self.log.clone().ok_or(EngineError::ShuttingDown)?;
         let batch = Arc::new(self.take_checkpoint()?);
+        // Whoever asked before this batch was taken has everything they saw in it.
+        self.checkpoint_promised.append(&mut self.checkpoint_asked);
         let position = batch.position;
         let overlay = Arc::new(Overlay::new(batch.clone()));
         self.overlay.set(Some(overlay.clone()));
         let base = self.overlay.base();
         let tx = self.me.clone();
         let partition = self.partition;
+        let slots = self.shared.checkpoint_writers.clone();
         let write = move || {
             // Before the first read needs it, and off the partition's task.
             overlay.indexed();
+            // One writer per slot in the whole process: twelve partitions writing a purge's
+            // deletions at once took both cores for a second, and every other step waited for
+            // its turn behind them. The partition goes on meanwhile; reads see the overlay.
+            let slot = futures::executor::block_on(slots.acquire_owned());
             let result = log
                 .flush()
                 .map_err(|e| format!("the log could not be made durable for a checkpoint: {e}"))
@@ -50,7 +57,7 @@ impl Leader {
                 truncate_log(partition, log.as_ref().as_ref(), position);
             }
             // Freed here, not while the partition joins this thread.
-            drop((overlay, batch, base, log));
+            drop((overlay, batch, base, log, slot));
             let _ = tx.send(Input::CheckpointWritten { position });
             result
         };
@@ -115,10 +122,16 @@ impl Leader {
         if let Some(f) = &self.failed {
             return Err(self.storage_error(f.clone()));
         }
+        // The state machine drops its dirty set; with this copy the set's thousands of ids (a
+        // purge's) are freed on the blocking pool instead.
+        let released = self.state.dirty_set();
         let data = self
             .state
             .checkpoint()
             .map_err(|e| self.storage_error(e.to_string()))?;
+        if !crate::blocking::single_threaded() && released.len() > 64 {
+            tokio::task::spawn_blocking(move || drop(released));
+        }
         // From here the batch is what the store reads (overlaid until written).
         self.dispatch.checkpointed();
         self.activity_dispatch.checkpointed();
@@ -141,6 +154,9 @@ impl Leader {
     /// beyond the cache budget go.
     fn after_checkpoint(&mut self) {
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        for reply in self.checkpoint_promised.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
         self.trim_cache();
     }
 
@@ -153,6 +169,7 @@ impl Leader {
         }
         let log = self.log.clone().ok_or(EngineError::ShuttingDown)?;
         let batch = self.take_checkpoint()?;
+        self.checkpoint_promised.append(&mut self.checkpoint_asked);
         let durable = crate::blocking::blocking(|| log.flush())
             .map_err(|e| self.storage_error(e.to_string()))?;
         self.durable = self.durable.max(durable);

@@ -79,6 +79,9 @@ struct Waiter {
 /// set (heaptrack during `cairn bench large-hub`: ~5 KiB for a short orchestration with its
 /// unsaved history; rounded up).
 const DIRTY_INSTANCE_BYTES: usize = 8192;
+/// What a deleted (purged) instance costs in memory until it is checkpointed: its id in the
+/// dirty set and its known-absent slot (rounded up).
+const DIRTY_GONE_BYTES: usize = 256;
 /// Changed instances a partition may always hold before it checkpoints, however small the
 /// cache budget (checkpoints of a handful of instances would cost more than they save).
 const MIN_DIRTY_LIMIT: usize = 1000;
@@ -99,6 +102,10 @@ pub(crate) struct Leader {
     overlay: Arc<overlay::OverlayStore>,
     /// A checkpoint being written in the background: its position and writer thread.
     writing: Option<(u64, checkpoints::Writer)>,
+    /// Asked for a background checkpoint that has not started yet...
+    checkpoint_asked: Vec<Reply<()>>,
+    /// ...and those the checkpoint being written answers.
+    checkpoint_promised: Vec<Reply<()>>,
     /// Shared with the checkpoint writer thread, which makes it durable before writing.
     log: Option<Arc<Box<dyn PartitionLog>>>,
     durable: u64,
@@ -182,12 +189,12 @@ impl Leader {
             // Changed instances stay in memory until a checkpoint has them: a burst of new
             // instances (a million starts) is checkpointed in slices that fit the cache
             // budget rather than held whole.
-            let dirty_limit = (self.shared.config.instance_cache_mb * 1024 * 1024
-                / self.shared.partition_count as usize
-                / DIRTY_INSTANCE_BYTES)
-                .max(MIN_DIRTY_LIMIT);
-            let due = self.records_since_checkpoint >= self.shared.config.checkpoint_every_records
-                || self.state.dirty_count() >= dirty_limit
+            let dirty_budget = (self.shared.config.instance_cache_mb * 1024 * 1024
+                / self.shared.partition_count as usize)
+                .max(MIN_DIRTY_LIMIT * DIRTY_INSTANCE_BYTES);
+            let due = !self.checkpoint_asked.is_empty()
+                || self.records_since_checkpoint >= self.shared.config.checkpoint_every_records
+                || self.dirty_bytes() >= dirty_budget
                 || (self.records_since_checkpoint > 0
                     && self
                         .shared
@@ -226,6 +233,16 @@ impl Leader {
         if let Some(tx) = shutdown {
             let _ = tx.send(());
         }
+    }
+
+    /// What the changes since the last checkpoint may hold in memory until it is written: a
+    /// changed instance its state and unsaved history, a deleted one little more than its id.
+    /// A purge of thousands is thus checkpointed like a few dozen changes, not like thousands
+    /// of instances (each checkpoint costs the partition's task a pass over its changes).
+    fn dirty_bytes(&self) -> usize {
+        let live = self.state.dirty_live_count();
+        let gone = self.state.dirty_count().saturating_sub(live);
+        live * DIRTY_INSTANCE_BYTES + gone * DIRTY_GONE_BYTES
     }
 
     /// Copies what the state machine knows (status counts, cache lookups) to the stats.
@@ -362,6 +379,12 @@ impl Leader {
                 } => self.answer_read(position, reply, result),
                 Input::Durable(lsn) => self.durable = self.durable.max(lsn),
                 Input::Checkpoint(reply) => checkpoints.push(reply),
+                Input::CheckpointInBackground(reply) => match &self.failed {
+                    Some(f) => {
+                        let _ = reply.send(Err(self.storage_error(f.clone())));
+                    }
+                    None => self.checkpoint_asked.push(reply),
+                },
                 Input::CheckpointWritten { position } => self.checkpoint_written(position),
                 Input::Shutdown(_) => {}
             }
@@ -469,6 +492,16 @@ impl Leader {
             }
         }
         for (_, reply) in self.replies.drain() {
+            let _ = reply.send(Err(EngineError::Storage {
+                partition: self.partition,
+                message: message.clone(),
+            }));
+        }
+        for reply in self
+            .checkpoint_asked
+            .drain(..)
+            .chain(self.checkpoint_promised.drain(..))
+        {
             let _ = reply.send(Err(EngineError::Storage {
                 partition: self.partition,
                 message: message.clone(),

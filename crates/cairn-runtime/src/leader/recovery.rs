@@ -97,6 +97,8 @@ impl Leader {
             store: overlay.clone(),
             overlay,
             writing: None,
+            checkpoint_asked: Vec::new(),
+            checkpoint_promised: Vec::new(),
             log: Some(Arc::new(log)),
             durable,
             held: VecDeque::new(),
