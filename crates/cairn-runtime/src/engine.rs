@@ -354,12 +354,7 @@ impl Engine {
     /// Forces a checkpoint of every partition running here (tests, benchmarks, before
     /// backups).
     pub async fn checkpoint(&self) -> Result<(), EngineError> {
-        for p in self.shared.slots.running() {
-            let (tx, rx) = oneshot::channel();
-            self.shared.send(p, Input::Checkpoint(tx))?;
-            rx.await.map_err(|_| EngineError::ShuttingDown)??;
-        }
-        Ok(())
+        self.checkpoint_each(Input::Checkpoint).await
     }
 
     /// Checkpoints every partition running here the way the periodic checkpoints are taken,
@@ -368,9 +363,17 @@ impl Engine {
     /// everything acknowledged before the call is then in the checkpoint stores, and the logs
     /// below it are dropped. [`Engine::checkpoint`] is the same written in place.
     pub async fn checkpoint_in_background(&self) -> Result<(), EngineError> {
+        self.checkpoint_each(Input::CheckpointInBackground).await
+    }
+
+    /// Asks every partition running here for a checkpoint (`ask`), one after another.
+    async fn checkpoint_each(
+        &self,
+        ask: fn(oneshot::Sender<Result<(), EngineError>>) -> Input,
+    ) -> Result<(), EngineError> {
         for p in self.shared.slots.running() {
             let (tx, rx) = oneshot::channel();
-            self.shared.send(p, Input::CheckpointInBackground(tx))?;
+            self.shared.send(p, ask(tx))?;
             rx.await.map_err(|_| EngineError::ShuttingDown)??;
         }
         Ok(())

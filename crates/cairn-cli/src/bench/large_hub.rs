@@ -141,16 +141,18 @@ async fn chains(client: &Client, run_for: Duration) -> Result<(Value, u64)> {
         record(&mut h, ten_step_chain(client).await?);
         n += 1;
     }
-    Ok((
-        json!({
-            "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
-            "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
-            "p999_ms": h.value_at_quantile(0.999) as f64 / 1000.0,
-            "max_ms": h.max() as f64 / 1000.0,
-            "chains": n,
-        }),
-        n,
-    ))
+    Ok((chain_figures(&h, n), n))
+}
+
+/// Percentiles and count of chain latencies (recorded in µs), as the report prints them.
+fn chain_figures(h: &Histogram<u64>, chains: u64) -> Value {
+    json!({
+        "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+        "p999_ms": h.value_at_quantile(0.999) as f64 / 1000.0,
+        "max_ms": h.max() as f64 / 1000.0,
+        "chains": chains,
+    })
 }
 
 /// Runs 10-step chains one at a time until `work` ends (at least 20): their latencies, and what
@@ -176,16 +178,7 @@ async fn chains_while<T>(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (h, n) = chains.await??;
     let done = done?;
-    Ok((
-        json!({
-            "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
-            "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
-            "p999_ms": h.value_at_quantile(0.999) as f64 / 1000.0,
-            "max_ms": h.max() as f64 / 1000.0,
-            "chains": n,
-        }),
-        done,
-    ))
+    Ok((chain_figures(&h, n), done))
 }
 
 pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Bench, BenchResult)> {
