@@ -13,6 +13,14 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Frees `value` on the blocking pool when `large` (thousands of rows or ids: freeing them is
+/// no work for a partition's task), here otherwise or on a current-thread runtime.
+pub(crate) fn drop_off_task<T: Send + 'static>(value: T, large: bool) {
+    if large && !single_threaded() {
+        tokio::task::spawn_blocking(move || drop(value));
+    }
+}
+
 /// True on a current-thread runtime, where the engine keeps all its work on the one thread
 /// (no writer threads, no blocking pool) so that a run is reproducible.
 pub(crate) fn single_threaded() -> bool {

@@ -285,25 +285,20 @@ async fn a_slow_query_does_not_stall_its_partition() {
 }
 
 /// Slow stores that keep what they opened, so the test can read what is in them.
-#[derive(Default)]
 struct WatchedStores {
-    data_dir: std::path::PathBuf,
+    slow: SlowStores,
     opened: parking_lot::Mutex<Vec<Arc<dyn CheckpointStore>>>,
 }
 
 impl std::fmt::Debug for WatchedStores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WatchedStores({})", self.data_dir.display())
+        write!(f, "Watched({:?})", self.slow)
     }
 }
 
 impl CheckpointStores for WatchedStores {
     fn open(&self, partition: u32) -> Result<Arc<dyn CheckpointStore>, StoreError> {
-        let local = LocalCheckpointStores {
-            data_dir: self.data_dir.clone(),
-            cache_bytes: 0,
-        };
-        let store: Arc<dyn CheckpointStore> = Arc::new(Slow(local.open(partition)?));
+        let store = self.slow.open(partition)?;
         self.opened.lock().push(store.clone());
         Ok(store)
     }
@@ -316,8 +311,11 @@ impl CheckpointStores for WatchedStores {
 async fn a_purge_waits_for_its_checkpoint_and_checkpoint_in_background_answers_once_written() {
     let dir = tempfile::tempdir().unwrap();
     let stores = Arc::new(WatchedStores {
-        data_dir: dir.path().to_path_buf(),
-        ..WatchedStores::default()
+        slow: SlowStores(LocalCheckpointStores {
+            data_dir: dir.path().to_path_buf(),
+            cache_bytes: 0,
+        }),
+        opened: Default::default(),
     });
     let config = EngineConfig {
         partitions: Some(1),

@@ -106,10 +106,7 @@ impl Leader {
         result.map_err(|e| self.storage_error(e))?;
         // The batch's last owner: freeing tens of thousands of rows is no work for the
         // partition's task.
-        let batch = self.overlay.take();
-        if !crate::blocking::single_threaded() {
-            tokio::task::spawn_blocking(move || drop(batch));
-        }
+        crate::blocking::drop_off_task(self.overlay.take(), true);
         // The writer has dropped the log below the checkpoint.
         self.after_checkpoint();
         Ok(())
@@ -129,9 +126,8 @@ impl Leader {
             .state
             .checkpoint()
             .map_err(|e| self.storage_error(e.to_string()))?;
-        if !crate::blocking::single_threaded() && released.len() > 64 {
-            tokio::task::spawn_blocking(move || drop(released));
-        }
+        let large = released.len() > 64;
+        crate::blocking::drop_off_task(released, large);
         // From here the batch is what the store reads (overlaid until written).
         self.dispatch.checkpointed();
         self.activity_dispatch.checkpointed();
@@ -229,9 +225,8 @@ impl Leader {
             candidates.push((touched.get(id).copied().unwrap_or(0), size, id.to_string()));
             false
         });
-        if !crate::blocking::single_threaded() && evicted.len() > 64 {
-            tokio::task::spawn_blocking(move || drop(evicted));
-        }
+        let large = evicted.len() > 64;
+        crate::blocking::drop_off_task(evicted, large);
         for id in forget {
             self.touched.remove(&id);
         }
