@@ -25,6 +25,7 @@ pub use event::*;
 pub use history::*;
 pub use ids::*;
 pub use partition::{
-    entity_name, is_runnable, CheckpointData, DirtySet, EmptySource, EntityRecord, Evicted,
-    Globals, Instance, InstanceSource, InstanceState, PartitionState, SourceError, Upgrade,
+    entity_name, is_runnable, Changed, CheckpointData, CheckpointTake, DirtySet, EmptySource,
+    EntityRecord, Evicted, Globals, Instance, InstanceSource, InstanceState, PartitionState,
+    SourceError, Upgrade,
 };

@@ -389,3 +389,115 @@ async fn a_purge_waits_for_its_checkpoint_and_checkpoint_in_background_answers_o
     }
     engine.shutdown().await.unwrap();
 }
+
+/// Local stores whose checkpoint writes wait until the test opens the gate (a disk that has
+/// stopped keeping up).
+#[derive(Debug)]
+struct GatedStores {
+    local: LocalCheckpointStores,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct Gated(Arc<dyn CheckpointStore>, Arc<std::sync::atomic::AtomicBool>);
+
+cairn_storage::forward_store_reads!(Gated, |s| &*s.0);
+
+impl CheckpointStore for Gated {
+    fn snapshot(&self) -> Result<Box<dyn StoreReads>, StoreError> {
+        self.0.snapshot()
+    }
+    fn write_checkpoint(&self, batch: &CheckpointBatch) -> Result<(), StoreError> {
+        while !self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.0.write_checkpoint(batch)
+    }
+}
+
+impl CheckpointStores for GatedStores {
+    fn open(&self, partition: u32) -> Result<Arc<dyn CheckpointStore>, StoreError> {
+        Ok(Arc::new(Gated(
+            self.local.open(partition)?,
+            self.open.clone(),
+        )))
+    }
+}
+
+/// While a checkpoint cannot be written, a partition takes new work only until its changes
+/// reach twice the checkpoint budget: a burst of starts then waits in the clients instead of
+/// piling up in memory. Once the disk keeps up again, every start goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_checkpoint_is_behind_stops_taking_new_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let config = EngineConfig {
+        partitions: Some(1),
+        checkpoints: Some(Arc::new(GatedStores {
+            local: LocalCheckpointStores {
+                data_dir: dir.path().to_path_buf(),
+                cache_bytes: 0,
+            },
+            open: gate.clone(),
+        })),
+        // The smallest budget: a checkpoint is due at 1,000 changed instances.
+        instance_cache_mb: 0,
+        ..common::config(dir.path())
+    };
+    let engine = Engine::open(config, registry()).await.unwrap();
+    let client = engine.client().waiting_for_room();
+    let starts = 12_000;
+    let acknowledged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let (client, acknowledged) = (client.clone(), acknowledged.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (task..starts).step_by(8) {
+                client
+                    .start_with(
+                        "events",
+                        &1u32,
+                        StartOptions {
+                            instance_id: Some(format!("burst-{i:05}")),
+                            ..StartOptions::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }));
+    }
+    // Let the burst run into the stalled checkpoint, until acknowledgements stop.
+    let mut last = usize::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let while_stalled = acknowledged.load(std::sync::atomic::Ordering::SeqCst);
+    // Due at 1,000, held at 2,000, plus what one loop of the partition took in at once.
+    assert!(
+        (1_000..=6_500).contains(&while_stalled),
+        "{while_stalled} of {starts} starts were taken while the checkpoint could not be written"
+    );
+    gate.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        acknowledged.load(std::sync::atomic::Ordering::SeqCst),
+        starts
+    );
+    for i in [0, starts / 2, starts - 1] {
+        let id = format!("burst-{i:05}");
+        let status = client.get_status(&id, false).await.unwrap();
+        assert!(
+            status.is_some_and(|s| s.status == RuntimeStatus::Running),
+            "{id}"
+        );
+    }
+    engine.shutdown().await.unwrap();
+}

@@ -1,67 +1,179 @@
-//! Checkpoint data: everything changed since the last checkpoint, encoded for the store.
+//! Checkpoint data: everything changed since the last checkpoint, taken from the state machine
+//! (on the partition's task) and encoded for the store (anywhere).
 
 use super::*;
 
-impl PartitionState {
-    /// Collects everything changed since the last checkpoint and marks it clean. An encoding
-    /// failure is returned before anything of the instance it concerns is marked clean; the
-    /// shell then stops the partition (recovery replays the log), writing nothing.
-    pub fn checkpoint(&mut self) -> Result<CheckpointData, crate::EncodeError> {
+/// Everything changed since the last checkpoint, taken from the state machine but not yet
+/// encoded: what [`PartitionState::take_checkpoint`] hands the shell. Taking it moves the new
+/// history events out and copies the changed states, which is all the partition's task must
+/// do; [`Self::encode`] (sorting, encoding, listing deletions) can run anywhere. A purge's
+/// checkpoint lists tens of thousands of deletions and a busy partition's encodes hundreds of
+/// instances: done on the partition's task, that held every step of the partition for 20–30 ms.
+///
+/// Until the batch is in the store, a take also answers point reads of what it holds
+/// ([`Self::changed`], [`Self::deletes`]) without being encoded first: the partition reads
+/// instances and pending work while a checkpoint is written, and must not wait for it.
+#[derive(Debug)]
+pub struct CheckpointTake {
+    pub position: u64,
+    /// The partition's globals, encoded.
+    pub globals: Vec<u8>,
+    changed: HashMap<String, Changed>,
+    /// Deleted since the last checkpoint (some may be among `changed`: created again since).
+    gone: HashSet<String>,
+    /// Pending work to file, encoded, and work keys to unfile ([`crate::work`]).
+    pub work_puts: Vec<(Vec<u8>, Vec<u8>)>,
+    pub work_deletes: Vec<Vec<u8>>,
+}
+
+/// A changed instance as it was when the checkpoint was taken.
+#[derive(Debug)]
+pub struct Changed {
+    pub state: InstanceState,
+    /// Its history events not yet in the store, the first of them at `first_seq`.
+    pub events: Vec<HistoryEvent>,
+    pub first_seq: u32,
+    /// The store's history rows of an older execution are dropped before `events` go in.
+    pub reset: bool,
+}
+
+impl Changed {
+    /// Its new history rows, encoded: (seq, bytes).
+    pub fn history_rows(&self) -> Result<Vec<(u32, Vec<u8>)>, crate::EncodeError> {
+        (self.first_seq..)
+            .zip(&self.events)
+            .map(|(seq, ev)| Ok((seq, crate::encode("a history event", ev)?)))
+            .collect()
+    }
+}
+
+impl CheckpointTake {
+    /// A take assembled by hand, for tests of what reads one: `changed` instances (each keyed
+    /// by its state's id) and the ids deleted since (`gone`, some possibly among `changed`).
+    pub fn from_parts(
+        position: u64,
+        globals: Vec<u8>,
+        changed: Vec<Changed>,
+        gone: Vec<String>,
+        work_puts: Vec<(Vec<u8>, Vec<u8>)>,
+        work_deletes: Vec<Vec<u8>>,
+    ) -> CheckpointTake {
+        CheckpointTake {
+            position,
+            globals,
+            changed: changed
+                .into_iter()
+                .map(|c| (c.state.instance_id.clone(), c))
+                .collect(),
+            gone: gone.into_iter().collect(),
+            work_puts,
+            work_deletes,
+        }
+    }
+
+    /// The instance as the batch writes it, if the batch writes it.
+    pub fn changed(&self, id: &str) -> Option<&Changed> {
+        self.changed.get(id)
+    }
+
+    /// Whether the batch deletes the instance (with its history and index entries).
+    pub fn deletes(&self, id: &str) -> bool {
+        !self.changed.contains_key(id) && self.gone.contains(id)
+    }
+
+    /// Whether the batch replaces or drops what the store holds of the instance.
+    pub fn touches(&self, id: &str) -> bool {
+        self.changed.contains_key(id) || self.gone.contains(id)
+    }
+
+    /// The checkpoint as the store writes it: changed instances and deletions, each in id
+    /// order (neighbouring keys are cheaper to write), the instances created again since they
+    /// were deleted written, not deleted.
+    pub fn encode(&self) -> Result<CheckpointData, crate::EncodeError> {
+        let mut changed: Vec<&Changed> = self.changed.values().collect();
+        changed.sort_unstable_by(|a, b| a.state.instance_id.cmp(&b.state.instance_id));
         let mut data = CheckpointData {
-            position: self.globals.position,
-            globals: self.globals.encode()?,
+            position: self.position,
+            globals: self.globals.clone(),
+            work_puts: self.work_puts.clone(),
+            work_deletes: self.work_deletes.clone(),
             ..CheckpointData::default()
         };
-        // Only the instances that exist are sorted and saved; those deleted are listed in the
-        // order they went. A purge leaves thousands of them, and this runs on the partition's
-        // task: consuming and sorting the whole set cost ~2 µs each (20 ms per checkpoint).
-        // The set itself is dropped here; a caller that wants that off its task holds a copy
+        data.puts.reserve(changed.len());
+        data.index_keys.reserve(changed.len());
+        for c in changed {
+            let id = &c.state.instance_id;
+            if c.reset {
+                data.history_resets.push(id.clone());
+            }
+            for (seq, bytes) in c.history_rows()? {
+                data.history_appends.push((id.clone(), seq, bytes));
+            }
+            data.index_keys
+                .push((id.clone(), crate::index::keys(&c.state)));
+            data.puts.push((id.clone(), c.state.encode()?));
+        }
+        let mut deletes: Vec<&String> = self
+            .gone
+            .iter()
+            .filter(|id| !self.changed.contains_key(*id))
+            .collect();
+        deletes.sort_unstable();
+        data.deletes = deletes.into_iter().cloned().collect();
+        data.history_resets.extend(data.deletes.iter().cloned());
+        Ok(data)
+    }
+}
+
+impl PartitionState {
+    /// Takes everything changed since the last checkpoint and marks it clean; the take is
+    /// encoded later ([`CheckpointTake::encode`]). If that fails, nothing may be written: the
+    /// shell stops the partition, and recovery replays the log.
+    pub fn take_checkpoint(&mut self) -> Result<CheckpointTake, crate::EncodeError> {
+        let globals = self.globals.encode()?;
+        let (work_puts, work_deletes) = self.take_work()?;
+        // The dirty set is dropped here; a caller that wants that off its task holds a copy
         // ([`Self::dirty_set`]) and drops it elsewhere.
         self.dirty = DirtySet::new();
-        let mut live: Vec<String> = std::mem::take(&mut self.dirty_live).into_iter().collect();
-        live.sort();
-        let mut listed = std::collections::HashSet::new();
+        let mut gone = std::mem::take(&mut self.gone);
+        let live = std::mem::take(&mut self.dirty_live);
+        let mut changed = HashMap::with_capacity(live.len());
         for id in live {
             match self.instances.get_mut(&id) {
                 Some(Slot::Live(inst)) => {
-                    let base = inst.persisted_len();
-                    let mut appends = Vec::with_capacity(inst.tail.len());
-                    for (i, ev) in inst.tail.iter().enumerate() {
-                        let bytes = crate::encode("a history event", ev)?;
-                        appends.push((id.clone(), base + i as u32, bytes));
-                    }
-                    let state = inst.state.encode()?;
-                    if inst.reset {
-                        data.history_resets.push(id.clone());
-                        inst.reset = false;
-                    }
-                    inst.tail.clear();
-                    data.history_appends.extend(appends);
-                    data.index_keys
-                        .push((id.clone(), crate::index::keys(&inst.state)));
-                    data.puts.push((id.clone(), state));
+                    let first_seq = inst.persisted_len();
+                    let c = Changed {
+                        state: inst.state.clone(),
+                        events: std::mem::take(&mut inst.tail),
+                        first_seq,
+                        reset: std::mem::take(&mut inst.reset),
+                    };
+                    changed.insert(id, c);
                 }
                 // Deleted since it was marked (not through `mark_gone`).
                 _ => {
-                    listed.insert(id.clone());
-                    data.history_resets.push(id.clone());
-                    data.deletes.push(id);
+                    gone.insert(id);
                 }
             }
         }
-        let gone = std::mem::take(&mut self.gone);
-        listed.reserve(gone.len());
-        for id in gone {
-            // Created again since (saved above), or deleted twice.
-            if matches!(self.instances.get(&id), Some(Slot::Live(_))) || !listed.insert(id.clone())
-            {
-                continue;
-            }
-            data.history_resets.push(id.clone());
-            data.deletes.push(id);
+        // The deleted leave the state machine's knowledge with the take (the batch knows them
+        // until it is written): a store read begun before now must not put one back.
+        if !gone.is_empty() {
+            self.evictions += 1;
         }
-        (data.work_puts, data.work_deletes) = self.take_work()?;
-        Ok(data)
+        Ok(CheckpointTake {
+            position: self.globals.position,
+            globals,
+            changed,
+            gone,
+            work_puts,
+            work_deletes,
+        })
+    }
+
+    /// Takes everything changed since the last checkpoint, encoded, and marks it clean.
+    pub fn checkpoint(&mut self) -> Result<CheckpointData, crate::EncodeError> {
+        self.take_checkpoint()?.encode()
     }
 
     /// The changes to the store's `work` table since the last checkpoint, as (puts, deletes),

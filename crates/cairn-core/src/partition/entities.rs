@@ -178,7 +178,6 @@ impl PartitionState {
         if empty {
             let id = inst.state.instance_id.clone();
             self.mark_gone(&id);
-            self.instances.insert(id, Slot::Absent);
         } else {
             self.put(inst);
         }

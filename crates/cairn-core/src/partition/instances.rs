@@ -13,9 +13,10 @@ impl PartitionState {
         }
     }
 
-    /// Whether the state machine knows the instance's current state without the source.
+    /// Whether the state machine knows the instance's current state without the source (an
+    /// instance deleted since the last checkpoint is known absent).
     pub fn is_resident(&self, id: &str) -> bool {
-        self.instances.contains_key(id)
+        self.instances.contains_key(id) || self.gone.contains(id)
     }
 
     /// The instance as the state machine sees it, loading it from the source if needed.
@@ -111,9 +112,10 @@ impl PartitionState {
         Evicted(gone)
     }
 
-    /// How many instances have left memory so far: while it does not change, an instance that
-    /// is not resident now was not resident at any time since, so its stored state did not
-    /// change either (only checkpoints of changed, resident instances write it).
+    /// A count that grows whenever instances stop being resident (evicted, or deleted ones
+    /// handed to a checkpoint): while it does not change, an instance that is not resident now
+    /// was not resident at any time since, so its stored state did not change either (only
+    /// checkpoints of changed, resident instances write it).
     pub fn evictions(&self) -> u64 {
         self.evictions
     }
@@ -124,7 +126,7 @@ impl PartitionState {
     /// taken only if it is still not resident and nothing left memory since. Returns whether it
     /// was taken. Memory is a cache of the source, so this changes no outcome of any record.
     pub fn warm(&mut self, id: &str, state: Option<InstanceState>, evictions_then: u64) -> bool {
-        if self.evictions != evictions_then || self.instances.contains_key(id) {
+        if self.evictions != evictions_then || self.is_resident(id) {
             return false;
         }
         self.instances.insert(id.to_string(), Slot::stored(state));
@@ -132,7 +134,7 @@ impl PartitionState {
     }
 
     pub(super) fn ensure(&mut self, id: &str, src: &dyn InstanceSource) -> Result<(), SourceError> {
-        if self.instances.contains_key(id) {
+        if self.is_resident(id) {
             self.cache_hits += 1;
         } else {
             self.cache_misses += 1;
@@ -166,11 +168,14 @@ impl PartitionState {
         self.instances.insert(id, Slot::Live(inst));
     }
 
-    /// Marks an instance deleted since the last checkpoint (its slot is absent).
+    /// Marks an instance deleted since the last checkpoint. Until the checkpoint takes it, the
+    /// set of those deleted says it is absent, not a cache slot: a purge of hundreds of
+    /// thousands would otherwise fill the cache with slots that every trim walks through.
     pub(super) fn mark_gone(&mut self, id: &str) {
         self.dirty.insert(id.to_string());
         self.dirty_live.remove(id);
-        self.gone.push(id.to_string());
+        self.instances.remove(id);
+        self.gone.insert(id.to_string());
     }
 
     /// Puts back an instance that was only inspected, not changed.

@@ -35,6 +35,7 @@ mod episode;
 mod instances;
 mod lifecycle;
 mod messages;
+pub use checkpoint::{Changed, CheckpointTake};
 pub use instances::Evicted;
 
 /// Read-only access to instances as of the last checkpoint.
@@ -499,10 +500,9 @@ pub struct PartitionState {
     /// Those of them that still exist (a purge leaves thousands deleted until the checkpoint,
     /// which reads of what changed need not look at).
     dirty_live: DirtySet,
-    /// Those deleted, in the order they went (an id may appear twice, or exist again): the
-    /// checkpoint lists its deletions from here, in the log's order, instead of sorting the
-    /// whole dirty set on the partition's task.
-    gone: Vec<String>,
+    /// Those deleted (some may exist again): the checkpoint takes its deletions from here whole,
+    /// instead of sorting the whole dirty set on the partition's task.
+    gone: HashSet<String>,
     /// Lookups answered from memory / from the source (observability only; not state).
     cache_hits: u64,
     cache_misses: u64,
@@ -536,7 +536,7 @@ impl PartitionState {
             instances: HashMap::new(),
             dirty: DirtySet::new(),
             dirty_live: DirtySet::new(),
-            gone: Vec::new(),
+            gone: HashSet::new(),
             cache_hits: 0,
             cache_misses: 0,
             evictions: 0,
@@ -589,7 +589,7 @@ impl PartitionState {
             instances: HashMap::new(),
             dirty: DirtySet::new(),
             dirty_live: DirtySet::new(),
-            gone: Vec::new(),
+            gone: HashSet::new(),
             cache_hits: 0,
             cache_misses: 0,
             evictions: 0,

@@ -680,7 +680,12 @@ proptest! {
                 Slot::Absent => prop_assert!(stored.is_none(), "{} is absent but stored", id),
             }
         }
-        prop_assert_eq!(clean + state.dirty_count(), state.instances.len());
+        let dirty_slots = state.dirty_ids().filter(|d| state.instances.contains_key(*d)).count();
+        prop_assert_eq!(clean + dirty_slots, state.instances.len());
+        // A changed instance without a slot was deleted: known absent, without the store.
+        for id in state.dirty_ids().filter(|d| !state.instances.contains_key(*d)) {
+            prop_assert!(state.is_resident(id) && state.loaded(id).is_none(), "{} deleted but not known absent", id);
+        }
         // Reads look for what changed and still exists among the live changed instances only.
         let mut live: Vec<&String> = state.changed_live_ids().collect();
         let mut expected: Vec<&String> = state
@@ -1106,4 +1111,51 @@ fn a_checkpoint_deletes_purged_instances_and_keeps_those_created_again() {
     let b = store.load("b").unwrap().expect("b was created again");
     assert_eq!(b.status, RuntimeStatus::Pending);
     assert_eq!(s.dirty_count(), 0);
+}
+
+/// A purged instance is known absent without a cache slot until the checkpoint takes it, and a
+/// store read made before the purge can never bring it back: not while it waits for the
+/// checkpoint, and not after the take has handed it over (the store still has it until the
+/// batch is written).
+#[test]
+fn a_purged_instance_stays_absent_for_reads_begun_before_the_purge() {
+    let mut s = PartitionState::new(0, 1);
+    let mut store = MemStore::default();
+    let mut position = 0;
+    let mut apply = |s: &mut PartitionState, store: &MemStore, r: LogRecord| {
+        position += 1;
+        s.apply(position, &r, store).unwrap();
+    };
+    apply(&mut s, &store, start("a", 10));
+    let terminate = ClientRequestKind::Terminate {
+        instance_id: "a".into(),
+        reason: None,
+        recursive: false,
+    };
+    apply(&mut s, &store, client(terminate, 11));
+    store.write(s.checkpoint().unwrap());
+    assert!(s.evict("a"));
+    // A read of the store begins (as a read-ahead does), then the purge is applied.
+    let (read, evictions_then) = (store.load("a").unwrap(), s.evictions());
+    assert!(read.is_some());
+    let purge = ClientRequestKind::Purge {
+        instance_ids: vec!["a".into()],
+    };
+    apply(&mut s, &store, client(purge, 20));
+    assert!(s.is_resident("a") && s.loaded("a").is_none());
+    assert_eq!(
+        s.loaded_count(),
+        0,
+        "a deleted instance holds no cache slot"
+    );
+    assert!(!s.warm("a", read.clone(), evictions_then));
+    let take = s.take_checkpoint().unwrap();
+    assert!(take.deletes("a"));
+    assert!(
+        !s.warm("a", read, evictions_then),
+        "a stale read put a purged instance back"
+    );
+    assert!(s.loaded("a").is_none());
+    store.write(take.encode().unwrap());
+    assert!(store.load("a").unwrap().is_none());
 }

@@ -1,8 +1,9 @@
 //! Checkpoints: write what changed since the last one to the store, truncate the log below it,
 //! and trim the instance cache to its budget.
 //!
-//! The periodic checkpoint is written in the background: the leader takes the batch (a frozen
-//! copy of the dirty set), puts it in the read overlay, and a thread writes it while the
+//! The periodic checkpoint is written in the background: the leader takes the batch (the
+//! changed states copied, their new history moved out, the deleted ids handed over; nothing
+//! encoded), puts it in the read overlay, and a thread encodes and writes it while the
 //! partition goes on committing. When the write is done the overlay is dropped, the log is
 //! truncated and the cache trimmed. Explicit checkpoints and the one at shutdown are written in
 //! place, after any background one has finished.
@@ -32,32 +33,43 @@ impl Leader {
             return Ok(());
         }
         let log = self.log.clone().ok_or(EngineError::ShuttingDown)?;
-        let batch = Arc::new(self.take_checkpoint()?);
+        let take = self.take_checkpoint()?;
         // Whoever asked before this batch was taken has everything they saw in it.
         self.checkpoint_promised.append(&mut self.checkpoint_asked);
-        let position = batch.position;
-        let overlay = Arc::new(Overlay::new(batch.clone()));
+        let position = take.position;
+        let overlay = Arc::new(Overlay::new(take));
         self.overlay.set(Some(overlay.clone()));
         let base = self.overlay.base();
         let tx = self.me.clone();
         let partition = self.partition;
         let slots = self.shared.checkpoint_writers.clone();
         let write = move || {
-            // Before the first read needs it, and off the partition's task.
-            overlay.indexed();
-            // One writer per slot in the whole process: twelve partitions writing a purge's
-            // deletions at once took both cores for a second, and every other step waited for
-            // its turn behind them. The partition goes on meanwhile; reads see the overlay.
-            let slot = futures::executor::block_on(slots.acquire_owned());
-            let result = log
-                .flush()
-                .map_err(|e| format!("the log could not be made durable for a checkpoint: {e}"))
-                .and_then(|_| base.write_checkpoint(&batch).map_err(|e| e.to_string()));
+            // The work keys first (the partition's own reads may need them at once), then the
+            // batch encoded, off the partition's task and before a scan needs it.
+            overlay.index_work();
+            let result = overlay
+                .encoded()
+                .map_err(str::to_string)
+                .and_then(|encoded| {
+                    // One writer per slot in the whole process: twelve partitions writing a
+                    // purge's deletions at once took both cores for a second, and every other step
+                    // waited for its turn behind them. The partition goes on meanwhile; reads see
+                    // the overlay.
+                    let _slot = futures::executor::block_on(slots.acquire_owned());
+                    log.flush()
+                        .map_err(|e| {
+                            format!("the log could not be made durable for a checkpoint: {e}")
+                        })
+                        .and_then(|_| {
+                            base.write_checkpoint(&encoded.batch)
+                                .map_err(|e| e.to_string())
+                        })
+                });
             if result.is_ok() {
                 truncate_log(partition, log.as_ref().as_ref(), position);
             }
             // Freed here, not while the partition joins this thread.
-            drop((overlay, batch, base, log, slot));
+            drop((overlay, base, log));
             let _ = tx.send(Input::CheckpointWritten { position });
             result
         };
@@ -112,19 +124,19 @@ impl Leader {
         Ok(())
     }
 
-    /// Takes everything changed since the last checkpoint as a batch (the state machine marks
-    /// it clean). The batch may be ahead of the durable log: whoever writes it makes the log
-    /// durable up to it first.
-    fn take_checkpoint(&mut self) -> Result<CheckpointBatch, EngineError> {
+    /// Takes everything changed since the last checkpoint (the state machine marks it clean),
+    /// to be encoded by whoever writes it. The batch may be ahead of the durable log: whoever
+    /// writes it makes the log durable up to it first.
+    fn take_checkpoint(&mut self) -> Result<CheckpointTake, EngineError> {
         if let Some(f) = &self.failed {
             return Err(self.storage_error(f.clone()));
         }
         // The state machine drops its dirty set; with this copy the set's thousands of ids (a
         // purge's) are freed on the blocking pool instead.
         let released = self.state.dirty_set();
-        let data = self
+        let take = self
             .state
-            .checkpoint()
+            .take_checkpoint()
             .map_err(|e| self.storage_error(e.to_string()))?;
         let large = released.len() > 64;
         crate::blocking::drop_off_task(released, large);
@@ -133,17 +145,7 @@ impl Leader {
         self.activity_dispatch.checkpointed();
         self.records_since_checkpoint = 0;
         self.last_checkpoint = self.shared.clock.now_millis();
-        Ok(CheckpointBatch {
-            position: data.position,
-            globals: data.globals,
-            instance_puts: data.puts,
-            instance_deletes: data.deletes,
-            history_truncates: data.history_resets,
-            history_appends: data.history_appends,
-            index_keys: data.index_keys,
-            work_puts: data.work_puts,
-            work_deletes: data.work_deletes,
-        })
+        Ok(take)
     }
 
     /// After a checkpoint is in the store (and the log below it dropped): clean instances
@@ -164,8 +166,12 @@ impl Leader {
             return Err(self.storage_error(f.clone()));
         }
         let log = self.log.clone().ok_or(EngineError::ShuttingDown)?;
-        let batch = self.take_checkpoint()?;
+        let take = self.take_checkpoint()?;
         self.checkpoint_promised.append(&mut self.checkpoint_asked);
+        let batch = take
+            .encode()
+            .map(super::overlay::batch_of)
+            .map_err(|e| self.storage_error(e.to_string()))?;
         let durable = crate::blocking::blocking(|| log.flush())
             .map_err(|e| self.storage_error(e.to_string()))?;
         self.durable = self.durable.max(durable);

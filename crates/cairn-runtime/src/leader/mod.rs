@@ -36,7 +36,7 @@ use cairn_storage::seam::CheckpointStore;
 use cairn_storage::seam::PartitionLog;
 use cairn_storage::store::CheckpointBatch;
 use futures::FutureExt;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -150,7 +150,8 @@ impl Leader {
             // fewer than the queue bound: a slow disk then pushes back on clients too, instead
             // of the partition accepting work it cannot yet make durable.
             let room = self.held.len() + self.reads_in_flight.load(Ordering::Relaxed)
-                < self.shared.config.max_queued_requests.max(1);
+                < self.shared.config.max_queued_requests.max(1)
+                && !self.checkpoint_behind();
             // The partition's own inputs first: they finish work and free room.
             tokio::select! {
                 biased;
@@ -189,12 +190,9 @@ impl Leader {
             // Changed instances stay in memory until a checkpoint has them: a burst of new
             // instances (a million starts) is checkpointed in slices that fit the cache
             // budget rather than held whole.
-            let dirty_budget = (self.shared.config.instance_cache_mb * 1024 * 1024
-                / self.shared.partition_count as usize)
-                .max(MIN_DIRTY_LIMIT * DIRTY_INSTANCE_BYTES);
             let due = !self.checkpoint_asked.is_empty()
                 || self.records_since_checkpoint >= self.shared.config.checkpoint_every_records
-                || self.dirty_bytes() >= dirty_budget
+                || self.dirty_bytes() >= self.dirty_budget()
                 || (self.records_since_checkpoint > 0
                     && self
                         .shared
@@ -233,6 +231,22 @@ impl Leader {
         if let Some(tx) = shutdown {
             let _ = tx.send(());
         }
+    }
+
+    /// What the changes since the last checkpoint may hold before one is due: the partition's
+    /// share of the instance cache, and never less than a thousand changed instances.
+    fn dirty_budget(&self) -> usize {
+        (self.shared.config.instance_cache_mb * 1024 * 1024 / self.shared.partition_count as usize)
+            .max(MIN_DIRTY_LIMIT * DIRTY_INSTANCE_BYTES)
+    }
+
+    /// Whether the changes since the last checkpoint have reached twice the budget while the
+    /// previous checkpoint is still being written (or waits for a writer slot). The partition
+    /// then takes no new client requests until the writer is done and it can take the next
+    /// batch: a burst faster than the disk waits in the clients, not in memory. Without it, a
+    /// million starts at full speed grew the filling process to twice its memory.
+    fn checkpoint_behind(&self) -> bool {
+        self.writing.is_some() && self.dirty_bytes() >= 2 * self.dirty_budget()
     }
 
     /// What the changes since the last checkpoint may hold in memory until it is written: a

@@ -15,89 +15,95 @@ pub(crate) struct OverlayStore {
     in_flight: Mutex<Option<Arc<Overlay>>>,
 }
 
-/// A batch in flight. Its index for reads is built on first use, normally by the writer thread
-/// before it writes: building it took milliseconds of the partition's task per checkpoint.
+/// A batch in flight, as the state machine took it. Point reads (an instance, its history, a
+/// work item) answer from the take itself, encoding only what they return: the partition's
+/// task reads while a checkpoint is written (an instance started, an activity completed) and
+/// must never wait for the batch to be encoded. Scans, which need it in key order, use the
+/// encoded batch ([`Self::encoded`]), which the writer thread builds before it writes: a
+/// purge's took 15–25 ms, and on the partition's task that was a stall of every step.
 pub(crate) struct Overlay {
-    pub batch: Arc<CheckpointBatch>,
-    indexed: std::sync::OnceLock<Indexed>,
+    take: CheckpointTake,
+    /// The batch's work keys: the index of the put in the take, or None if the batch deletes
+    /// the key (deletes come after puts). Built by the writer thread first thing, or by an
+    /// earlier read (it is pending work only: small next to the batch).
+    work: std::sync::OnceLock<BTreeMap<Vec<u8>, Option<usize>>>,
+    encoded: std::sync::OnceLock<Result<Encoded, String>>,
 }
 
-/// A batch in flight, indexed for reads.
-pub(crate) struct Indexed {
-    batch: Arc<CheckpointBatch>,
-    puts: BTreeMap<String, usize>,
-    deletes: HashSet<String>,
-    truncated: HashSet<String>,
-    appends: BTreeMap<(String, u32), usize>,
-    /// The batch's index entries (of instances it puts and does not delete)...
+/// A batch in flight, encoded for the store, with its index entries for scans.
+pub(crate) struct Encoded {
+    pub batch: CheckpointBatch,
+    /// The index entries of the instances the batch writes.
     index: BTreeMap<Vec<u8>, String>,
-    /// ...and the instances whose entries in the store it replaces or drops.
-    reindexed: HashSet<String>,
-    /// The batch's work keys: the index of the put, or None if the batch deletes the key
-    /// (deletes come after puts).
-    work: BTreeMap<Vec<u8>, Option<usize>>,
 }
 
 impl Overlay {
-    pub fn new(batch: Arc<CheckpointBatch>) -> Overlay {
+    pub fn new(take: CheckpointTake) -> Overlay {
         Overlay {
-            batch,
-            indexed: std::sync::OnceLock::new(),
+            take,
+            work: std::sync::OnceLock::new(),
+            encoded: std::sync::OnceLock::new(),
         }
     }
 
-    /// The batch indexed for reads (built by the first caller; others wait for it).
-    pub fn indexed(&self) -> &Indexed {
-        self.indexed
-            .get_or_init(|| Indexed::new(self.batch.clone()))
+    /// The batch encoded for the store (built by the first caller; others wait for it), or
+    /// why it could not be: then nothing of it may be written, and the partition stops when
+    /// its writer reports.
+    pub fn encoded(&self) -> Result<&Encoded, &str> {
+        self.encoded
+            .get_or_init(|| {
+                let data = self.take.encode().map_err(|e| {
+                    format!("the checkpoint could not be encoded (nothing of it was written): {e}")
+                })?;
+                let batch = batch_of(data);
+                let index = batch
+                    .index_keys
+                    .iter()
+                    .flat_map(|(id, keys)| keys.iter().map(move |k| (k.clone(), id.clone())))
+                    .collect();
+                Ok(Encoded { batch, index })
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    /// Indexes the batch's work keys now, if no read has.
+    pub fn index_work(&self) {
+        self.work();
+    }
+
+    fn work(&self) -> &BTreeMap<Vec<u8>, Option<usize>> {
+        self.work.get_or_init(|| {
+            let mut work: BTreeMap<Vec<u8>, Option<usize>> = (self.take.work_puts.iter())
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), Some(i)))
+                .collect();
+            work.extend(self.take.work_deletes.iter().map(|k| (k.clone(), None)));
+            work
+        })
     }
 }
 
-impl Indexed {
-    fn new(batch: Arc<CheckpointBatch>) -> Indexed {
-        let puts = batch
-            .instance_puts
-            .iter()
-            .enumerate()
-            .map(|(i, (id, _))| (id.clone(), i))
-            .collect();
-        let appends = batch
-            .history_appends
-            .iter()
-            .enumerate()
-            .map(|(i, (id, seq, _))| ((id.clone(), *seq), i))
-            .collect();
-        let deletes: HashSet<String> = batch.instance_deletes.iter().cloned().collect();
-        let index = batch
-            .index_keys
-            .iter()
-            .filter(|(id, _)| !deletes.contains(id))
-            .flat_map(|(id, keys)| keys.iter().map(move |k| (k.clone(), id.clone())))
-            .collect();
-        let reindexed = batch
-            .index_keys
-            .iter()
-            .map(|(id, _)| id.clone())
-            .chain(deletes.iter().cloned())
-            .collect();
-        let mut work: BTreeMap<Vec<u8>, Option<usize>> = batch
-            .work_puts
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (k.clone(), Some(i)))
-            .collect();
-        work.extend(batch.work_deletes.iter().map(|k| (k.clone(), None)));
-        Indexed {
-            index,
-            reindexed,
-            work,
-            deletes,
-            truncated: batch.history_truncates.iter().cloned().collect(),
-            puts,
-            appends,
-            batch,
-        }
+/// The state machine's checkpoint data as the store takes it.
+pub(crate) fn batch_of(data: CheckpointData) -> CheckpointBatch {
+    CheckpointBatch {
+        position: data.position,
+        globals: data.globals,
+        instance_puts: data.puts,
+        instance_deletes: data.deletes,
+        history_truncates: data.history_resets,
+        history_appends: data.history_appends,
+        index_keys: data.index_keys,
+        work_puts: data.work_puts,
+        work_deletes: data.work_deletes,
     }
+}
+
+/// An instance of the batch in flight could not be encoded for a read.
+fn unencodable(e: cairn_core::EncodeError) -> StoreError {
+    StoreError::Io(format!(
+        "the checkpoint being written holds something that cannot be encoded: {e}"
+    ))
 }
 
 impl OverlayStore {
@@ -131,30 +137,40 @@ impl OverlayStore {
 /// snapshot of the store taken while the batch is being written reads the same either way.
 struct Layered<'a, B: StoreReads + ?Sized> {
     base: &'a B,
-    overlay: Option<&'a Indexed>,
+    overlay: Option<&'a Overlay>,
+}
+
+impl<'a, B: StoreReads + ?Sized> Layered<'a, B> {
+    /// The batch in flight, encoded (scans wait for it).
+    fn encoded(&self) -> Result<Option<(&'a Overlay, &'a Encoded)>, StoreError> {
+        let Some(o) = self.overlay else {
+            return Ok(None);
+        };
+        let encoded = o.encoded().map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(Some((o, encoded)))
+    }
 }
 
 impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
     fn checkpoint_position(&self) -> Result<u64, StoreError> {
         match self.overlay {
-            Some(o) => Ok(o.batch.position),
+            Some(o) => Ok(o.take.position),
             None => self.base.checkpoint_position(),
         }
     }
     fn load_globals(&self) -> Result<Option<Vec<u8>>, StoreError> {
         match self.overlay {
-            Some(o) => Ok(Some(o.batch.globals.clone())),
+            Some(o) => Ok(Some(o.take.globals.clone())),
             None => self.base.load_globals(),
         }
     }
     fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(o) = self.overlay {
-            // Deletes are applied after puts within a batch.
-            if o.deletes.contains(id) {
-                return Ok(None);
+            if let Some(c) = o.take.changed(id) {
+                return c.state.encode().map(Some).map_err(unencodable);
             }
-            if let Some(i) = o.puts.get(id) {
-                return Ok(Some(o.batch.instance_puts[*i].1.clone()));
+            if o.take.deletes(id) {
+                return Ok(None);
             }
         }
         self.base.get_instance(id)
@@ -163,19 +179,20 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
         let Some(o) = self.overlay else {
             return self.base.read_history(id);
         };
-        // Rows by sequence: the store's (unless the batch truncates them), then the batch's.
+        if o.take.deletes(id) {
+            return Ok(Vec::new());
+        }
+        let Some(c) = o.take.changed(id) else {
+            return self.base.read_history(id);
+        };
+        // Rows by sequence: the store's (unless the batch drops them), then the batch's.
         let mut rows: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
-        if !o.truncated.contains(id) {
+        if !c.reset {
             for (seq, row) in self.base.read_history(id)?.into_iter().enumerate() {
                 rows.insert(seq as u32, row);
             }
         }
-        for ((_, seq), i) in o
-            .appends
-            .range((id.to_string(), 0)..=(id.to_string(), u32::MAX))
-        {
-            rows.insert(*seq, o.batch.history_appends[*i].2.clone());
-        }
+        rows.extend(c.history_rows().map_err(unencodable)?);
         Ok(rows.into_values().collect())
     }
     fn scan_instances(
@@ -184,20 +201,22 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
         prefix: Option<&str>,
         f: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let Some(o) = self.overlay else {
+        let Some((o, e)) = self.encoded()? else {
             return self.base.scan_instances(start_after, prefix, f);
         };
         let pre = prefix.unwrap_or("");
         let in_range = |id: &str| id.starts_with(pre) && start_after.is_none_or(|a| id > a);
-        let puts = o
-            .puts
+        // In id order, and none of them deleted.
+        let puts = e
+            .batch
+            .instance_puts
             .iter()
-            .filter(|(id, _)| in_range(id) && !o.deletes.contains(*id))
-            .map(|(id, i)| (id.as_str(), o.batch.instance_puts[*i].1.as_slice()));
+            .filter(|(id, _)| in_range(id))
+            .map(|(id, state)| (id.as_str(), state.as_slice()));
         merge_into_scan(
             puts,
             Order::Ascending,
-            |id: &str, _: &[u8]| o.deletes.contains(id) || o.puts.contains_key(id),
+            |id: &str, _: &[u8]| o.take.touches(id),
             |g| self.base.scan_instances(start_after, prefix, g),
             f,
         )
@@ -212,10 +231,10 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
         below: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &str) -> bool,
     ) -> Result<(), StoreError> {
-        let Some(o) = self.overlay else {
+        let Some((o, e)) = self.encoded()? else {
             return self.base.scan_index_desc(prefix, below, f);
         };
-        let entries = o
+        let entries = e
             .index
             .range(cairn_storage::store::index_range(prefix, below))
             .rev()
@@ -224,14 +243,14 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
         merge_into_scan(
             entries,
             Order::Descending,
-            |_: &[u8], id: &str| o.reindexed.contains(id),
+            |_: &[u8], id: &str| o.take.touches(id),
             |g| self.base.scan_index_desc(prefix, below, g),
             f,
         )
     }
     fn get_work(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.overlay.and_then(|o| Some((o, *o.work.get(key)?))) {
-            Some((o, Some(i))) => Ok(Some(o.batch.work_puts[i].1.clone())),
+        match self.overlay.and_then(|o| Some((o, *o.work().get(key)?))) {
+            Some((o, Some(i))) => Ok(Some(o.take.work_puts[i].1.clone())),
             Some((_, None)) => Ok(None),
             None => self.base.get_work(key),
         }
@@ -245,8 +264,8 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
         let Some(o) = self.overlay else {
             return self.base.scan_work(prefix, after, f);
         };
-        let puts = o
-            .work
+        let work = o.work();
+        let puts = work
             .range::<[u8], _>((
                 after.map_or(std::ops::Bound::Included(prefix), std::ops::Bound::Excluded),
                 std::ops::Bound::Unbounded,
@@ -254,11 +273,11 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
             .filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a))
             .skip_while(|(k, _)| k.as_slice() < prefix)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .filter_map(|(k, put)| Some((k.as_slice(), o.batch.work_puts[(*put)?].1.as_slice())));
+            .filter_map(|(k, put)| Some((k.as_slice(), o.take.work_puts[(*put)?].1.as_slice())));
         merge_into_scan(
             puts,
             Order::Ascending,
-            |k: &[u8], _: &[u8]| o.work.contains_key(k),
+            |k: &[u8], _: &[u8]| work.contains_key(k),
             |g| self.base.scan_work(prefix, after, g),
             f,
         )
@@ -319,11 +338,11 @@ fn merge_into_scan<'m, K: Ord + ?Sized + 'm, V: ?Sized + 'm>(
 
 cairn_storage::forward_store_reads!(OverlayStore, |s| &Layered {
     base: &*s.base,
-    overlay: s.current().as_deref().map(Overlay::indexed),
+    overlay: s.current().as_deref(),
 });
 cairn_storage::forward_store_reads!(OverlaySnapshot, |s| &Layered {
     base: &*s.base,
-    overlay: s.overlay.as_deref().map(Overlay::indexed),
+    overlay: s.overlay.as_deref(),
 });
 
 /// A snapshot of the store with the batch that was in flight when it was taken laid over it.
@@ -367,13 +386,6 @@ mod tests {
         out
     }
 
-    fn keys_of(id: &str, time: u8) -> Vec<Vec<u8>> {
-        vec![
-            [b"x", format!("{time}").as_bytes(), id.as_bytes()].concat(),
-            [b"y", id.as_bytes()].concat(),
-        ]
-    }
-
     fn index(
         store: &dyn StoreReads,
         prefix: &[u8],
@@ -389,28 +401,84 @@ mod tests {
         out
     }
 
-    /// What reads see through the overlay is what they will see once the batch is written.
+    /// An orchestration instance `id`, created at `created`, with `history_len` events.
+    fn state(id: &str, created: Millis, status: RuntimeStatus, history_len: u32) -> InstanceState {
+        InstanceState {
+            instance_id: id.to_string(),
+            name: format!("name-{}", &id[..1]),
+            version: None,
+            execution_id: format!("{id}-{created}"),
+            status,
+            input: Some(format!("input of {id} at {created}")),
+            output: None,
+            failure: None,
+            custom_status: None,
+            created_at: created,
+            last_updated_at: created,
+            completed_at: None,
+            scheduled_start: None,
+            tags: BTreeMap::new(),
+            parent: None,
+            pending: Vec::new(),
+            history_len,
+            children: BTreeMap::new(),
+            not_before: None,
+            entity: None,
+            held_locks: BTreeMap::new(),
+        }
+    }
+
+    fn event(n: u32) -> HistoryEvent {
+        HistoryEvent::new(
+            n as Millis,
+            EventKind::ExecutionSuspended {
+                reason: Some(format!("event {n}")),
+            },
+        )
+    }
+
+    /// `id` changed as the batch writes it: `events` new events from `first_seq`.
+    fn changed(id: &str, created: Millis, first_seq: u32, events: u32, reset: bool) -> Changed {
+        Changed {
+            state: state(id, created, RuntimeStatus::Running, first_seq + events),
+            events: (0..events).map(|i| event(first_seq + i + 100)).collect(),
+            first_seq,
+            reset,
+        }
+    }
+
+    /// What reads see through the overlay is what they will see once the batch is written:
+    /// point reads answered from the take as the state machine left it, scans from the batch
+    /// encoded.
     #[test]
     fn the_overlay_reads_as_the_store_will_after_the_batch() {
         let base = MemoryCheckpointStore::new();
         let ids = ["a", "b", "b-1", "b-2", "c", "d", "e"];
+        let old: Vec<InstanceState> = (ids.iter().enumerate())
+            .map(|(i, id)| state(id, 10 + i as Millis, RuntimeStatus::Completed, 3))
+            .collect();
         base.write_checkpoint(&CheckpointBatch {
             position: 10,
             globals: b"g1".to_vec(),
-            instance_puts: ids
+            instance_puts: old
                 .iter()
-                .map(|id| (id.to_string(), format!("old {id}").into_bytes()))
+                .map(|s| (s.instance_id.clone(), s.encode().unwrap()))
                 .collect(),
             history_appends: ids
                 .iter()
                 .flat_map(|id| {
-                    (0..3u32).map(move |s| (id.to_string(), s, format!("{id}{s}").into_bytes()))
+                    (0..3u32).map(move |s| {
+                        (
+                            id.to_string(),
+                            s,
+                            cairn_core::encode("an event", &event(s)).unwrap(),
+                        )
+                    })
                 })
                 .collect(),
-            // Two index entries each: "x" + a time that sorts ids in reverse, and "y" + id.
-            index_keys: ids
+            index_keys: old
                 .iter()
-                .map(|id| (id.to_string(), keys_of(id, 5)))
+                .map(|s| (s.instance_id.clone(), cairn_core::index::keys(s)))
                 .collect(),
             work_puts: ["wa1", "wa3", "wb1", "wb2", "wc1"]
                 .iter()
@@ -419,44 +487,40 @@ mod tests {
             ..CheckpointBatch::default()
         })
         .unwrap();
-        let batch = CheckpointBatch {
-            position: 20,
-            globals: b"g2".to_vec(),
-            instance_puts: vec![
-                ("b-1".into(), b"new b-1".to_vec()),
-                ("b-15".into(), b"new b-15".to_vec()),
-                ("aa".into(), b"new aa".to_vec()),
-                ("z".into(), b"new z".to_vec()),
-                ("d".into(), b"new d".to_vec()),
-            ],
-            instance_deletes: vec!["c".into(), "d".into()],
-            history_truncates: vec!["b".into(), "c".into()],
-            history_appends: vec![
-                ("a".into(), 3, b"a3".to_vec()),
-                ("b".into(), 0, b"B0".to_vec()),
-                ("z".into(), 0, b"z0".to_vec()),
-            ],
-            index_keys: ["b-1", "b-15", "aa", "z", "d"]
-                .iter()
-                .map(|id| (id.to_string(), keys_of(id, 1)))
-                .collect(),
-            work_puts: ["wa2", "wa3", "wb0", "wd1", "wb9"]
-                .iter()
-                .map(|k| (k.as_bytes().to_vec(), format!("new {k}").into_bytes()))
-                .collect(),
-            work_deletes: ["wa1", "wb9", "wc1", "wz"]
-                .iter()
-                .map(|k| k.as_bytes().to_vec())
-                .collect(),
+        let take = || {
+            CheckpointTake::from_parts(
+                20,
+                b"g2".to_vec(),
+                vec![
+                    // More history on what the store has; a restart (its rows replaced); new
+                    // instances, one among existing ids; one purged and created again.
+                    changed("b-1", 11, 3, 2, false),
+                    changed("b", 40, 0, 1, true),
+                    changed("b-15", 41, 0, 2, false),
+                    changed("aa", 42, 0, 1, false),
+                    changed("z", 43, 0, 3, false),
+                    changed("d", 44, 0, 1, true),
+                ],
+                vec!["c".into(), "d".into(), "e".into(), "never".into()],
+                ["wa2", "wa3", "wb0", "wd1", "wb9"]
+                    .iter()
+                    .map(|k| (k.as_bytes().to_vec(), format!("new {k}").into_bytes()))
+                    .collect(),
+                ["wa1", "wb9", "wc1", "wz"]
+                    .iter()
+                    .map(|k| k.as_bytes().to_vec())
+                    .collect(),
+            )
         };
         let after = base.clone_contents();
-        after.write_checkpoint(&batch).unwrap();
+        after
+            .write_checkpoint(&batch_of(take().encode().unwrap()))
+            .unwrap();
         let overlay = OverlayStore::new(Arc::new(base));
-        overlay.set(Some(Arc::new(Overlay::new(Arc::new(batch)))));
-        assert_eq!(overlay.checkpoint_position().unwrap(), 20);
-        assert_eq!(overlay.load_globals().unwrap(), Some(b"g2".to_vec()));
+        overlay.set(Some(Arc::new(Overlay::new(take()))));
+        // Point reads first: they answer before anything encoded the batch.
         for id in [
-            "a", "aa", "b", "b-1", "b-15", "b-2", "c", "d", "e", "z", "missing",
+            "a", "aa", "b", "b-1", "b-15", "b-2", "c", "d", "e", "z", "never", "missing",
         ] {
             assert_eq!(
                 overlay.get_instance(id).unwrap(),
@@ -469,6 +533,19 @@ mod tests {
                 "{id}"
             );
         }
+        for key in ["wa1", "wa2", "wa3", "wb9", "wc1", "wd1", "wz"] {
+            assert_eq!(
+                overlay.get_work(key.as_bytes()).unwrap(),
+                after.get_work(key.as_bytes()).unwrap(),
+                "work {key}"
+            );
+        }
+        assert!(
+            overlay.current().unwrap().encoded.get().is_none(),
+            "a point read waited for the batch to be encoded"
+        );
+        assert_eq!(overlay.checkpoint_position().unwrap(), 20);
+        assert_eq!(overlay.load_globals().unwrap(), Some(b"g2".to_vec()));
         for (start, prefix) in [
             (None, None),
             (None, Some("b")),
@@ -485,27 +562,21 @@ mod tests {
                 "scan after {start:?} prefix {prefix:?}"
             );
         }
-        for (prefix, below) in [
-            (&b""[..], None),
-            (b"x", None),
-            (b"y", None),
-            (b"x", Some(&b"x5b"[..])),
-            (b"x1", None),
-            (b"y", Some(b"yb-15")),
-            (b"yc", None),
-        ] {
-            assert_eq!(
-                index(&overlay, prefix, below),
-                index(&after, prefix, below),
-                "index below {below:?} under {prefix:?}"
-            );
-        }
-        for key in ["wa1", "wa2", "wa3", "wb9", "wc1", "wd1", "wz"] {
-            assert_eq!(
-                overlay.get_work(key.as_bytes()).unwrap(),
-                after.get_work(key.as_bytes()).unwrap(),
-                "work {key}"
-            );
+        // Every index range the store will hold: under each key's first bytes, below it.
+        let keys = index(&after, b"", None);
+        assert!(keys.len() > 20, "{} index entries", keys.len());
+        assert_eq!(index(&overlay, b"", None), keys);
+        for (key, _) in &keys {
+            for cut in [1, 2, key.len() / 2, key.len()] {
+                let prefix = &key[..cut.min(key.len())];
+                for below in [None, Some(key.as_slice())] {
+                    assert_eq!(
+                        index(&overlay, prefix, below),
+                        index(&after, prefix, below),
+                        "index below {below:?} under {prefix:?}"
+                    );
+                }
+            }
         }
         for (prefix, after_key) in [
             (&b"w"[..], None),
@@ -538,9 +609,10 @@ mod tests {
         let snapshot = overlay.snapshot().unwrap();
         overlay
             .base()
-            .write_checkpoint(&overlay.current().unwrap().batch)
+            .write_checkpoint(&overlay.current().unwrap().encoded().unwrap().batch)
             .unwrap();
         overlay.set(None);
+        let all_ids = ["a", "aa", "b", "b-1", "b-15", "b-2", "c", "d", "e", "z"];
         overlay
             .base()
             .write_checkpoint(&CheckpointBatch {
@@ -550,7 +622,7 @@ mod tests {
                 ..CheckpointBatch::default()
             })
             .unwrap();
-        for id in ["a", "aa", "b", "b-1", "c", "d", "z"] {
+        for id in all_ids {
             assert_eq!(
                 snapshot.get_instance(id).unwrap(),
                 after.get_instance(id).unwrap(),
@@ -563,7 +635,7 @@ mod tests {
             );
         }
         assert_eq!(all(&*snapshot, None, None), all(&after, None, None));
-        // An early stop stops, in both.
+        // An early stop stops (aa, b-15 and z are left).
         let mut seen = 0;
         overlay
             .scan_instances(None, None, &mut |_, _| {
