@@ -7,7 +7,9 @@
 //! `cairn bench activity-backlog` does the same for activities: orchestrations that run here
 //! fan out `--hub-size` activities of a name only a remote worker runs, and none is connected.
 
-use super::large_hub::{answers, count, free_port, rss, rss_of, serve, start_many};
+use super::large_hub::{
+    answers, count, free_port, rss, rss_of, serve, start_many, SMALL_STORE_CACHE_MB,
+};
 use super::*;
 use cairn_core::{Action, Completion, EventKind};
 use cairn_runtime::remote::{RemoteEpisode, RemoteWork, Room, WorkFilter};
@@ -85,7 +87,8 @@ pub(super) async fn run_timers(
     let rss_full = rss();
 
     // A fresh `cairn serve` (its clock is the system's: none is due) holds its wheels.
-    let (b, serve_rss, restart_seconds) = serve_then_restart(b, "r00000000").await?;
+    let (b, (serve_rss, serve_rss_small_cache), restart_seconds) =
+        serve_then_restart(b, "r00000000").await?;
     anyhow::ensure!(
         armed(&b.engine) == size,
         "{} timers armed after the restart, not {size}",
@@ -115,6 +118,7 @@ pub(super) async fn run_timers(
         "rss_empty_bytes": rss_empty,
         "rss_waiting_bytes": rss_full,
         "rss_cairn_serve_bytes": serve_rss,
+        "rss_cairn_serve_small_store_cache_bytes": serve_rss_small_cache,
         "restart_to_first_answer_seconds": restart_seconds,
         "fired_per_s": size as f64 / fire_seconds,
     });
@@ -132,8 +136,9 @@ pub(super) async fn run_timers(
             mib(rss_full)
         );
         println!(
-            "  RSS of cairn serve with them {:.0} MiB (a fresh process, its wheels full)",
-            mib(serve_rss)
+            "  RSS of cairn serve with them {:.0} MiB (a fresh process, its wheels full); {:.0} MiB with --store-cache-mb {SMALL_STORE_CACHE_MB}",
+            mib(serve_rss),
+            mib(serve_rss_small_cache)
         );
         println!("  restart to first answer      {restart_seconds:.2} s");
         println!(
@@ -196,7 +201,8 @@ pub(super) async fn run_activities(
 
     // A fresh `cairn serve` on the hub: it hands out its windows of activities to its (absent)
     // workers and holds the rest on disk.
-    let (b, serve_rss, restart_seconds) = serve_then_restart(b, "album000000").await?;
+    let (b, (serve_rss, serve_rss_small_cache), restart_seconds) =
+        serve_then_restart(b, "album000000").await?;
     anyhow::ensure!(
         queued(&b.engine) == size,
         "{} activities queued after the restart, not {size}",
@@ -240,6 +246,7 @@ pub(super) async fn run_activities(
         "rss_waiting_bytes": rss_full,
         "rss_restarted_bytes": rss_restarted,
         "rss_cairn_serve_bytes": serve_rss,
+        "rss_cairn_serve_small_store_cache_bytes": serve_rss_small_cache,
         "cached_instances_while_waiting": cached,
         "restart_to_first_answer_seconds": restart_seconds,
         "drain_activities_per_s": size as f64 / drain_seconds,
@@ -261,8 +268,9 @@ pub(super) async fn run_activities(
             mib(rss_restarted)
         );
         println!(
-            "  RSS of cairn serve with it   {:.0} MiB (a fresh process, windows handed out)",
-            mib(serve_rss)
+            "  RSS of cairn serve with it   {:.0} MiB (a fresh process, windows handed out); {:.0} MiB with --store-cache-mb {SMALL_STORE_CACHE_MB}",
+            mib(serve_rss),
+            mib(serve_rss_small_cache)
         );
         println!("  restart to first answer      {restart_seconds:.2} s");
         println!(
@@ -281,19 +289,27 @@ pub(super) async fn run_activities(
 
 /// Opens the hub in a fresh `cairn serve` (what a user runs; its memory owes nothing to this
 /// process's history) and takes its RSS three seconds after it first answers for `first_id`,
-/// its windows handed out; then reopens the hub here and times the first answer for
-/// `first_id`. Returns (the reopened bench, that RSS, seconds to the first answer).
-async fn serve_then_restart(b: Bench, first_id: &'static str) -> Result<(Bench, u64, f64)> {
+/// its windows handed out; the same again with a small store cache (what remains is what the
+/// backlog costs, not pages cached up to the cache's bound); then reopens the hub here and
+/// times the first answer for `first_id`. Returns (the reopened bench, those two RSS, seconds
+/// to the first answer).
+async fn serve_then_restart(b: Bench, first_id: &'static str) -> Result<(Bench, (u64, u64), f64)> {
     let (b, serve_rss, _) = b
         .reopen(move |dir| {
-            let port = free_port()?;
-            let mut child = serve(&dir, port)?;
-            let answered = answers(port, &mut child, first_id);
-            std::thread::sleep(Duration::from_secs(3));
-            let rss = rss_of(child.id());
-            child.kill()?;
-            child.wait()?;
-            answered.map(|()| rss)
+            let rss_with = |more: &[&str]| {
+                let port = free_port()?;
+                let mut child = serve(&dir, port, more)?;
+                let answered = answers(port, &mut child, first_id);
+                std::thread::sleep(Duration::from_secs(3));
+                let rss = rss_of(child.id());
+                child.kill()?;
+                child.wait()?;
+                answered.map(|()| rss)
+            };
+            Ok((
+                rss_with(&[])?,
+                rss_with(&["--store-cache-mb", SMALL_STORE_CACHE_MB])?,
+            ))
         })
         .await?;
     let (b, (), reopening) = b.reopen(|_| Ok(())).await?;
@@ -342,7 +358,8 @@ pub(super) async fn run(b: Bench, size: u64, json_out: bool) -> Result<(Bench, B
 
     // The same backlog served by a fresh `cairn serve` (what a user runs; its RSS owes nothing
     // to this process's history): its memory once it has handed out its windows.
-    let (b, serve_rss, restart_seconds) = serve_then_restart(b, "b00000000").await?;
+    let (b, (serve_rss, serve_rss_small_cache), restart_seconds) =
+        serve_then_restart(b, "b00000000").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_restarted = rss();
 
@@ -386,6 +403,7 @@ pub(super) async fn run(b: Bench, size: u64, json_out: bool) -> Result<(Bench, B
         "rss_waiting_bytes": rss_full,
         "rss_restarted_bytes": rss_restarted,
         "rss_cairn_serve_bytes": serve_rss,
+        "rss_cairn_serve_small_store_cache_bytes": serve_rss_small_cache,
         "dispatched_while_waiting": dispatched,
         "cached_instances_while_waiting": cached,
         "restart_to_first_answer_seconds": restart_seconds,
@@ -406,8 +424,9 @@ pub(super) async fn run(b: Bench, size: u64, json_out: bool) -> Result<(Bench, B
             mib(rss_restarted)
         );
         println!(
-            "  RSS of cairn serve with it   {:.0} MiB (a fresh process, windows handed out)",
-            mib(serve_rss)
+            "  RSS of cairn serve with it   {:.0} MiB (a fresh process, windows handed out); {:.0} MiB with --store-cache-mb {SMALL_STORE_CACHE_MB}",
+            mib(serve_rss),
+            mib(serve_rss_small_cache)
         );
         println!("  restart to first answer      {restart_seconds:.2} s");
         println!(

@@ -374,7 +374,7 @@ pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Benc
     let rss_after_restart = rss();
     // The same hub served by `cairn serve`, killed with SIGKILL while it takes starts, started
     // again: time to its first answered status request.
-    let (b, (killed, serve_rss), _) = b
+    let (b, (killed, serve_rss, serve_rss_small_cache), _) = b
         .reopen(move |dir| kill_and_restart(&dir, &survivor))
         .await?;
 
@@ -391,6 +391,7 @@ pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Benc
         "cached_instances": cached,
         "rss_after_restart_bytes": rss_after_restart,
         "rss_cairn_serve_bytes": serve_rss,
+        "rss_cairn_serve_small_store_cache_bytes": serve_rss_small_cache,
         "first_page_running": first_running,
         "first_page_by_name": first_by_name,
         "deep_page": deep,
@@ -438,8 +439,9 @@ pub(super) async fn run(b: Bench, hub_size: u64, json_out: bool) -> Result<(Benc
         );
         println!("  RSS empty / full / restarted {:.0} / {:.0} / {:.0} MiB ({cached} instances in memory when full)", mib(rss_empty), mib(rss_full), mib(rss_after_restart));
         println!(
-            "  RSS of cairn serve on it     {:.0} MiB (a fresh process, after its first answer)",
-            mib(serve_rss)
+            "  RSS of cairn serve on it     {:.0} MiB (a fresh process, after its first answer); {:.0} MiB with --store-cache-mb {SMALL_STORE_CACHE_MB}",
+            mib(serve_rss),
+            mib(serve_rss_small_cache)
         );
         println!(
             "  first page of Running        {}",
@@ -518,11 +520,20 @@ pub(super) fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::
         .map_err(|_| std::io::Error::other(format!("not an HTTP status: {text}")))
 }
 
-/// `cairn serve` of the hub in `dir`, its HTTP front on `http_port`.
-pub(super) fn serve(dir: &std::path::Path, http_port: u16) -> Result<std::process::Child> {
+/// The store cache of the second `cairn serve` whose RSS the benchmarks take: small enough that
+/// what remains is what serving the hub needs, not the page cache it may fill up to its bound.
+pub(super) const SMALL_STORE_CACHE_MB: &str = "8";
+
+/// `cairn serve` of the hub in `dir`, its HTTP front on `http_port`, with `more` options.
+pub(super) fn serve(
+    dir: &std::path::Path,
+    http_port: u16,
+    more: &[&str],
+) -> Result<std::process::Child> {
     Ok(std::process::Command::new(std::env::current_exe()?)
         .args(["serve", "--data"])
         .arg(dir)
+        .args(more)
         .args(["--grpc", &format!("127.0.0.1:{}", free_port()?)])
         .args(["--http", &format!("127.0.0.1:{http_port}")])
         .env("RUST_LOG", "error")
@@ -559,11 +570,16 @@ pub(super) fn rss_of(pid: u32) -> u64 {
 /// Serves the hub in `dir` with `cairn serve`, starts instances through its HTTP API, kills it
 /// with SIGKILL mid-way, serves it again and returns the seconds from the new process's start
 /// to its first answered status request for `id`, and the new process's RSS.
-fn kill_and_restart(dir: &std::path::Path, id: &str) -> Result<(f64, u64)> {
-    let spawn = |port: u16| serve(dir, port);
-    let wait_answer = |port: u16, child: &mut std::process::Child| answers(port, child, id);
+fn kill_and_restart(dir: &std::path::Path, id: &str) -> Result<(f64, u64, u64)> {
+    // Killed if it does not answer: no process is left behind.
+    let wait_answer = |port: u16, child: &mut std::process::Child| {
+        answers(port, child, id).inspect_err(|_| {
+            let _ = child.kill();
+            let _ = child.wait();
+        })
+    };
     let port = free_port()?;
-    let mut first = spawn(port)?;
+    let mut first = serve(dir, port, &[])?;
     wait_answer(port, &mut first)?;
     // Starts no worker runs (the orchestrations are not registered in `cairn serve`), so they
     // stay in the log and the dirty set, then the kill.
@@ -580,16 +596,29 @@ fn kill_and_restart(dir: &std::path::Path, id: &str) -> Result<(f64, u64)> {
     first.wait()?;
     let port = free_port()?;
     let started = Instant::now();
-    let mut second = spawn(port)?;
-    let answered = wait_answer(port, &mut second);
+    let mut second = serve(dir, port, &[])?;
+    wait_answer(port, &mut second)?;
     let seconds = started.elapsed().as_secs_f64();
-    let _ = http(port, "GET", "/api/stats", "");
     // What serving the hub costs a process that did not build it (this one's RSS also holds
     // what the allocator kept from the fill).
+    let serve_rss = settled_rss(port, &mut second)?;
+    // Killed again, the same log to replay, with a small store cache: replaying 2,000 starts
+    // into a million-instance store touches pages all over its trees, and the default cache
+    // keeps up to 128 MiB of them. Without it, what remains is what the hub itself costs.
+    let port = free_port()?;
+    let mut third = serve(dir, port, &["--store-cache-mb", SMALL_STORE_CACHE_MB])?;
+    wait_answer(port, &mut third)?;
+    let small_cache_rss = settled_rss(port, &mut third)?;
+    Ok((seconds, serve_rss, small_cache_rss))
+}
+
+/// The RSS of `cairn serve` (`child`, HTTP on `port`) two seconds after it answers its stats,
+/// then kills it (SIGKILL).
+fn settled_rss(port: u16, child: &mut std::process::Child) -> Result<u64> {
+    let _ = http(port, "GET", "/api/stats", "");
     std::thread::sleep(Duration::from_secs(2));
-    let serve_rss = rss_of(second.id());
-    second.kill()?;
-    second.wait()?;
-    answered?;
-    Ok((seconds, serve_rss))
+    let rss = rss_of(child.id());
+    child.kill()?;
+    child.wait()?;
+    Ok(rss)
 }
