@@ -375,8 +375,19 @@ fn generate(seed: u64, n: usize) -> Vec<LogRecord> {
                         instance_id: id.clone(),
                         reason: None,
                     },
+                    // As a purge by filter does: every ended instance, with one more id (which
+                    // may be running, absent or purged already) that it must leave alone.
                     _ => ClientRequestKind::Purge {
-                        instance_ids: vec![id.clone()],
+                        instance_ids: ids
+                            .iter()
+                            .filter(|i| {
+                                state
+                                    .loaded(i)
+                                    .is_some_and(|i| i.state.status.is_terminal())
+                            })
+                            .chain([&id])
+                            .cloned()
+                            .collect(),
                     },
                 },
             }),
