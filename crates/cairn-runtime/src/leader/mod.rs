@@ -243,8 +243,8 @@ impl Leader {
     /// Whether the changes since the last checkpoint have reached twice the budget while the
     /// previous checkpoint is still being written (or waits for a writer slot). The partition
     /// then takes no new client requests until the writer is done and it can take the next
-    /// batch: a burst faster than the disk waits in the clients, not in memory. Without it, a
-    /// million starts at full speed grew the filling process to twice its memory.
+    /// batch: a burst faster than the disk waits in the clients, not in memory. Without it,
+    /// nothing bounded the changes of a partition whose writer waits for a slot or a slow disk.
     fn checkpoint_behind(&self) -> bool {
         self.writing.is_some() && self.dirty_bytes() >= 2 * self.dirty_budget()
     }
