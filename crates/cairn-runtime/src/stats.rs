@@ -24,6 +24,9 @@ pub struct LeaderStats {
     /// Approximate memory held by cached instances and live orchestrators, in bytes (measured
     /// when the cache is trimmed, after each checkpoint).
     pub cache_bytes: AtomicU64,
+    /// Replay cursors and last-use times the partition keeps beside instances' cache slots
+    /// (both leave with the instance), counted together; measured when the cache is trimmed.
+    pub tracked_ids: AtomicU64,
     /// Instance lookups answered from memory / read from the checkpoint store.
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
@@ -68,6 +71,7 @@ impl LeaderStats {
             &self.dispatched,
             &self.cached_instances,
             &self.cache_bytes,
+            &self.tracked_ids,
         ] {
             gauge.store(0, Ordering::Relaxed);
         }

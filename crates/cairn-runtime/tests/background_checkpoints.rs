@@ -501,3 +501,34 @@ async fn a_partition_whose_checkpoint_is_behind_stops_taking_new_work() {
     }
     engine.shutdown().await.unwrap();
 }
+
+/// Instances purged before any checkpoint had them (they ended and went at once) leave nothing
+/// behind in the partition: no replay cursor, no last-use time. A deleted instance holds no
+/// cache slot, so the trim that drops those with the slot never meets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_purged_before_their_checkpoint_leave_no_cursor_or_recency_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(common::config(dir.path()), registry())
+        .await
+        .unwrap();
+    let client = engine.client();
+    let tracked = |engine: &Engine| -> u64 {
+        engine
+            .stats()
+            .iter()
+            .map(|s| s.tracked_ids.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
+    let ids = run_chains(&client, 3, (0..40).map(|i| format!("gone-{i:02}"))).await;
+    // Every episode left a last-use time; none of them has been checkpointed yet.
+    for id in &ids {
+        assert_eq!(client.purge(id).await.unwrap(), 1, "{id}");
+    }
+    engine.checkpoint().await.unwrap();
+    assert_eq!(
+        tracked(&engine),
+        0,
+        "purged instances left cursors or last-use times"
+    );
+    engine.shutdown().await.unwrap();
+}

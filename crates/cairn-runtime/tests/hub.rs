@@ -39,24 +39,7 @@ async fn refused(dir: &Path) -> String {
 async fn hub_with_data(dir: &Path) -> Vec<String> {
     let engine = open(dir).await;
     let client = engine.client();
-    let mut ids = Vec::new();
-    for i in 0..40 {
-        let id = client
-            .start_with(
-                "chain",
-                &2i64,
-                StartOptions {
-                    instance_id: Some(format!("order-{i}")),
-                    ..StartOptions::default()
-                },
-            )
-            .await
-            .unwrap();
-        ids.push(id);
-    }
-    for id in &ids {
-        client.wait_for_completion(id, WAIT).await.unwrap();
-    }
+    let ids = run_chains(&client, 2, (0..40).map(|i| format!("order-{i}"))).await;
     engine.shutdown().await.unwrap();
     ids
 }

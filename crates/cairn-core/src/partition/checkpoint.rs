@@ -76,6 +76,11 @@ impl CheckpointTake {
         self.changed.get(id)
     }
 
+    /// The instances the batch writes, in no particular order.
+    pub fn changed_instances(&self) -> impl Iterator<Item = &Changed> {
+        self.changed.values()
+    }
+
     /// Whether the batch deletes the instance (with its history and index entries).
     pub fn deletes(&self, id: &str) -> bool {
         !self.changed.contains_key(id) && self.gone.contains(id)

@@ -44,9 +44,9 @@ impl Leader {
         let partition = self.partition;
         let slots = self.shared.checkpoint_writers.clone();
         let write = move || {
-            // The work keys first (the partition's own reads may need them at once), then the
-            // batch encoded, off the partition's task and before a scan needs it.
-            overlay.index_work();
+            // What the partition's own reads may need at once first (work keys, the changed
+            // instances in key order), then the batch encoded, all off the partition's task.
+            overlay.prepare_reads();
             let result = overlay
                 .encoded()
                 .map_err(str::to_string)
@@ -60,10 +60,7 @@ impl Leader {
                         .map_err(|e| {
                             format!("the log could not be made durable for a checkpoint: {e}")
                         })
-                        .and_then(|_| {
-                            base.write_checkpoint(&encoded.batch)
-                                .map_err(|e| e.to_string())
-                        })
+                        .and_then(|_| base.write_checkpoint(encoded).map_err(|e| e.to_string()))
                 });
             if result.is_ok() {
                 truncate_log(partition, log.as_ref().as_ref(), position);
@@ -253,6 +250,10 @@ impl Leader {
         self.stats
             .cached_instances
             .store(self.state.loaded_count() as u64, Ordering::Relaxed);
+        self.stats.tracked_ids.store(
+            (self.touched.len() + self.cursors.len()) as u64,
+            Ordering::Relaxed,
+        );
     }
 }
 

@@ -81,6 +81,12 @@ impl Leader {
             }
             Effect::InstanceChanged(id) => {
                 self.withdraw_if_ended(&id);
+                // Deleted (purged, or an entity emptied): it holds no cache slot, so no trim
+                // would find its cursor or its last-use time to drop them with it.
+                if self.state.loaded(&id).is_none() {
+                    self.cursors.remove(&id);
+                    self.touched.remove(&id);
+                }
                 if self.waiters.contains_key(&id) {
                     if let Some(status) = self.snapshot(&id) {
                         self.held.push_back((batch_end, Held::Changed(status)));

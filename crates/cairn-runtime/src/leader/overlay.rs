@@ -18,22 +18,25 @@ pub(crate) struct OverlayStore {
 /// A batch in flight, as the state machine took it. Point reads (an instance, its history, a
 /// work item) answer from the take itself, encoding only what they return: the partition's
 /// task reads while a checkpoint is written (an instance started, an activity completed) and
-/// must never wait for the batch to be encoded. Scans, which need it in key order, use the
-/// encoded batch ([`Self::encoded`]), which the writer thread builds before it writes: a
-/// purge's took 15–25 ms, and on the partition's task that was a stall of every step.
+/// must never wait for the batch to be encoded. Scans (queries, and the partition's own scans
+/// of its backlog index) use the changed instances' states and index entries in key order
+/// ([`Self::sorted`]), which the writer thread builds first thing, before it encodes the rest
+/// (history rows, deletions: a purge's took 15–25 ms, a stall of every step when it was on the
+/// partition's task).
 pub(crate) struct Overlay {
     take: CheckpointTake,
     /// The batch's work keys: the index of the put in the take, or None if the batch deletes
     /// the key (deletes come after puts). Built by the writer thread first thing, or by an
     /// earlier read (it is pending work only: small next to the batch).
     work: std::sync::OnceLock<BTreeMap<Vec<u8>, Option<usize>>>,
-    encoded: std::sync::OnceLock<Result<Encoded, String>>,
+    sorted: std::sync::OnceLock<Result<Sorted, String>>,
+    encoded: std::sync::OnceLock<Result<CheckpointBatch, String>>,
 }
 
-/// A batch in flight, encoded for the store, with its index entries for scans.
-pub(crate) struct Encoded {
-    pub batch: CheckpointBatch,
-    /// The index entries of the instances the batch writes.
+/// The instances a batch in flight writes, for scans: their states (encoded) in id order, and
+/// their index entries.
+pub(crate) struct Sorted {
+    puts: Vec<(String, Vec<u8>)>,
     index: BTreeMap<Vec<u8>, String>,
 }
 
@@ -42,34 +45,56 @@ impl Overlay {
         Overlay {
             take,
             work: std::sync::OnceLock::new(),
+            sorted: std::sync::OnceLock::new(),
             encoded: std::sync::OnceLock::new(),
         }
     }
 
-    /// The batch encoded for the store (built by the first caller; others wait for it), or
-    /// why it could not be: then nothing of it may be written, and the partition stops when
-    /// its writer reports.
-    pub fn encoded(&self) -> Result<&Encoded, &str> {
+    /// The batch encoded for the store (built once, by the writer thread), or why it could not
+    /// be: then nothing of it may be written, and the partition stops when its writer reports.
+    pub fn encoded(&self) -> Result<&CheckpointBatch, &str> {
         self.encoded
             .get_or_init(|| {
-                let data = self.take.encode().map_err(|e| {
+                self.take.encode().map(batch_of).map_err(|e| {
                     format!("the checkpoint could not be encoded (nothing of it was written): {e}")
-                })?;
-                let batch = batch_of(data);
-                let index = batch
-                    .index_keys
-                    .iter()
-                    .flat_map(|(id, keys)| keys.iter().map(move |k| (k.clone(), id.clone())))
-                    .collect();
-                Ok(Encoded { batch, index })
+                })
             })
             .as_ref()
             .map_err(String::as_str)
     }
 
-    /// Indexes the batch's work keys now, if no read has.
-    pub fn index_work(&self) {
+    /// Builds what reads need before the writer encodes the batch, if no read has: the work
+    /// keys, then the changed instances in key order.
+    pub fn prepare_reads(&self) {
         self.work();
+        let _ = self.sorted();
+    }
+
+    /// The changed instances in key order (built by the first caller; others wait for it).
+    fn sorted(&self) -> Result<&Sorted, StoreError> {
+        self.sorted
+            .get_or_init(|| {
+                let mut puts = Vec::new();
+                let mut index = BTreeMap::new();
+                for c in self.take.changed_instances() {
+                    let id = &c.state.instance_id;
+                    let state = c.state.encode().map_err(|e| e.to_string())?;
+                    puts.push((id.clone(), state));
+                    index.extend(
+                        cairn_core::index::keys(&c.state)
+                            .into_iter()
+                            .map(|k| (k, id.clone())),
+                    );
+                }
+                puts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                Ok(Sorted { puts, index })
+            })
+            .as_ref()
+            .map_err(|e| {
+                StoreError::Io(format!(
+                    "the checkpoint being written holds something that cannot be encoded: {e}"
+                ))
+            })
     }
 
     fn work(&self) -> &BTreeMap<Vec<u8>, Option<usize>> {
@@ -141,13 +166,12 @@ struct Layered<'a, B: StoreReads + ?Sized> {
 }
 
 impl<'a, B: StoreReads + ?Sized> Layered<'a, B> {
-    /// The batch in flight, encoded (scans wait for it).
-    fn encoded(&self) -> Result<Option<(&'a Overlay, &'a Encoded)>, StoreError> {
+    /// The batch in flight, with its changed instances in key order (scans wait for them).
+    fn sorted(&self) -> Result<Option<(&'a Overlay, &'a Sorted)>, StoreError> {
         let Some(o) = self.overlay else {
             return Ok(None);
         };
-        let encoded = o.encoded().map_err(|e| StoreError::Io(e.to_string()))?;
-        Ok(Some((o, encoded)))
+        Ok(Some((o, o.sorted()?)))
     }
 }
 
@@ -201,15 +225,14 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
         prefix: Option<&str>,
         f: &mut dyn FnMut(&str, &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let Some((o, e)) = self.encoded()? else {
+        let Some((o, sorted)) = self.sorted()? else {
             return self.base.scan_instances(start_after, prefix, f);
         };
         let pre = prefix.unwrap_or("");
         let in_range = |id: &str| id.starts_with(pre) && start_after.is_none_or(|a| id > a);
         // In id order, and none of them deleted.
-        let puts = e
-            .batch
-            .instance_puts
+        let puts = sorted
+            .puts
             .iter()
             .filter(|(id, _)| in_range(id))
             .map(|(id, state)| (id.as_str(), state.as_slice()));
@@ -231,10 +254,10 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
         below: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &str) -> bool,
     ) -> Result<(), StoreError> {
-        let Some((o, e)) = self.encoded()? else {
+        let Some((o, sorted)) = self.sorted()? else {
             return self.base.scan_index_desc(prefix, below, f);
         };
-        let entries = e
+        let entries = sorted
             .index
             .range(cairn_storage::store::index_range(prefix, below))
             .rev()
@@ -541,8 +564,8 @@ mod tests {
             );
         }
         assert!(
-            overlay.current().unwrap().encoded.get().is_none(),
-            "a point read waited for the batch to be encoded"
+            overlay.current().unwrap().sorted.get().is_none(),
+            "a point read waited for the batch to be sorted"
         );
         assert_eq!(overlay.checkpoint_position().unwrap(), 20);
         assert_eq!(overlay.load_globals().unwrap(), Some(b"g2".to_vec()));
@@ -604,12 +627,16 @@ mod tests {
                 "work under {prefix:?} after {after_key:?}"
             );
         }
+        assert!(
+            overlay.current().unwrap().encoded.get().is_none(),
+            "a read waited for the whole batch to be encoded"
+        );
         // A snapshot taken while the batch is in flight reads the same after the batch is
         // written and the overlay dropped, and after later checkpoints.
         let snapshot = overlay.snapshot().unwrap();
         overlay
             .base()
-            .write_checkpoint(&overlay.current().unwrap().encoded().unwrap().batch)
+            .write_checkpoint(overlay.current().unwrap().encoded().unwrap())
             .unwrap();
         overlay.set(None);
         let all_ids = ["a", "aa", "b", "b-1", "b-15", "b-2", "c", "d", "e", "z"];

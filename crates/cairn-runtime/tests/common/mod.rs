@@ -108,3 +108,31 @@ pub async fn open(dir: &Path) -> Engine {
         .await
         .expect("engine opens")
 }
+
+/// Starts a `chain` of `steps` under each of `ids`, all at once, and waits until every one has
+/// completed; returns the ids.
+pub async fn run_chains(
+    client: &Client,
+    steps: i64,
+    ids: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let mut started = Vec::new();
+    for id in ids {
+        let id = client
+            .start_with(
+                "chain",
+                &steps,
+                StartOptions {
+                    instance_id: Some(id),
+                    ..StartOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        started.push(id);
+    }
+    for id in &started {
+        client.wait_for_completion(id, WAIT).await.unwrap();
+    }
+    started
+}
