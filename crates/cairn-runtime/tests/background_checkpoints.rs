@@ -327,25 +327,7 @@ async fn a_purge_waits_for_its_checkpoint_and_checkpoint_in_background_answers_o
     let engine = Engine::open(config, registry()).await.unwrap();
     let client = engine.client().waiting_for_room();
     let count = 2500;
-    let mut ids = Vec::new();
-    for i in 0..count {
-        let id = client
-            .start_with(
-                "chain",
-                &0i64,
-                StartOptions {
-                    instance_id: Some(format!("purged-{i:04}")),
-                    ..StartOptions::default()
-                },
-            )
-            .await
-            .unwrap();
-        ids.push(id);
-    }
-    for id in &ids {
-        let done = client.wait_for_completion(id, WAIT).await.unwrap();
-        assert_eq!(done.status, RuntimeStatus::Completed);
-    }
+    let ids = run_chains(&client, 0, (0..count).map(|i| format!("purged-{i:04}"))).await;
     engine.checkpoint().await.unwrap();
     let checkpoints = || {
         engine.stats()[0]

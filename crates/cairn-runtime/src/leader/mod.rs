@@ -80,7 +80,7 @@ struct Waiter {
 /// unsaved history; rounded up).
 const DIRTY_INSTANCE_BYTES: usize = 8192;
 /// What a deleted (purged) instance costs in memory until it is checkpointed: its id in the
-/// dirty set and its known-absent slot (rounded up).
+/// dirty set and in the state machine's set of deleted ids (rounded up).
 const DIRTY_GONE_BYTES: usize = 256;
 /// Changed instances a partition may always hold before it checkpoints, however small the
 /// cache budget (checkpoints of a handful of instances would cost more than they save).

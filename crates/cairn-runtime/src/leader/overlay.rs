@@ -72,13 +72,14 @@ impl Overlay {
 
     /// The changed instances in key order (built by the first caller; others wait for it).
     fn sorted(&self) -> Result<&Sorted, StoreError> {
+        // Kept as its message: every scan that waited for it reports the same error.
         self.sorted
             .get_or_init(|| {
                 let mut puts = Vec::new();
                 let mut index = BTreeMap::new();
                 for c in self.take.changed_instances() {
                     let id = &c.state.instance_id;
-                    let state = c.state.encode().map_err(|e| e.to_string())?;
+                    let state = c.state.encode().map_err(unencodable)?;
                     puts.push((id.clone(), state));
                     index.extend(
                         cairn_core::index::keys(&c.state)
@@ -90,11 +91,7 @@ impl Overlay {
                 Ok(Sorted { puts, index })
             })
             .as_ref()
-            .map_err(|e| {
-                StoreError::Io(format!(
-                    "the checkpoint being written holds something that cannot be encoded: {e}"
-                ))
-            })
+            .map_err(|e| StoreError::Io(e.clone()))
     }
 
     fn work(&self) -> &BTreeMap<Vec<u8>, Option<usize>> {
@@ -124,11 +121,9 @@ pub(crate) fn batch_of(data: CheckpointData) -> CheckpointBatch {
     }
 }
 
-/// An instance of the batch in flight could not be encoded for a read.
-fn unencodable(e: cairn_core::EncodeError) -> StoreError {
-    StoreError::Io(format!(
-        "the checkpoint being written holds something that cannot be encoded: {e}"
-    ))
+/// Why an instance of the batch in flight could not be encoded for a read.
+fn unencodable(e: cairn_core::EncodeError) -> String {
+    format!("the checkpoint being written holds something that cannot be encoded: {e}")
 }
 
 impl OverlayStore {
@@ -191,7 +186,11 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
     fn get_instance(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(o) = self.overlay {
             if let Some(c) = o.take.changed(id) {
-                return c.state.encode().map(Some).map_err(unencodable);
+                return c
+                    .state
+                    .encode()
+                    .map(Some)
+                    .map_err(|e| StoreError::Io(unencodable(e)));
             }
             if o.take.deletes(id) {
                 return Ok(None);
@@ -216,7 +215,10 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
                 rows.insert(seq as u32, row);
             }
         }
-        rows.extend(c.history_rows().map_err(unencodable)?);
+        rows.extend(
+            c.history_rows()
+                .map_err(|e| StoreError::Io(unencodable(e)))?,
+        );
         Ok(rows.into_values().collect())
     }
     fn scan_instances(

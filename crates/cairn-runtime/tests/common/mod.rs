@@ -110,7 +110,7 @@ pub async fn open(dir: &Path) -> Engine {
 }
 
 /// Starts a `chain` of `steps` under each of `ids`, all at once, and waits until every one has
-/// completed; returns the ids.
+/// completed (and checks that it did); returns the ids.
 pub async fn run_chains(
     client: &Client,
     steps: i64,
@@ -132,7 +132,8 @@ pub async fn run_chains(
         started.push(id);
     }
     for id in &started {
-        client.wait_for_completion(id, WAIT).await.unwrap();
+        let done = client.wait_for_completion(id, WAIT).await.unwrap();
+        assert_eq!(done.status, RuntimeStatus::Completed, "{id}");
     }
     started
 }
