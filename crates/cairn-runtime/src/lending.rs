@@ -313,7 +313,7 @@ pub fn borrow(queue: &RemoteQueue, answer: &[u8]) -> Option<BoxFuture<'static, V
                     version,
                     task_id,
                     input,
-                    reply,
+                    reply: reply.into(),
                 })
             },
             WireOutcome::Activity,

@@ -2,7 +2,8 @@
 //! not registered in this process, handed to whoever serves them (the Durable Task sidecar
 //! front: SDK workers connected over gRPC).
 //!
-//! The engine pushes a [`RemoteWork`] item and awaits its `reply`. A worker connects with
+//! The engine pushes a [`RemoteWork`] item and awaits its `reply` (an activity's answer goes
+//! straight to its partition instead: see [`Responder`]). A worker connects with
 //! [`RemoteQueue::connect`], saying what it runs (a [`WorkFilter`]), and takes only items that
 //! match; an item that no connected worker runs waits here (and is reported by
 //! [`RemoteQueue::unserved`]) until one connects. The taker must either answer the reply or give
@@ -50,7 +51,81 @@ pub struct ActivityWork {
     pub version: Option<String>,
     pub task_id: i32,
     pub input: Option<String>,
-    pub reply: oneshot::Sender<TaskResult>,
+    pub reply: Responder<TaskResult>,
+}
+
+/// Where the answer to a piece of remote work goes: to a task that awaits it, or handed
+/// straight to a [`Deliver`]. An activity's answer is delivered into its partition's inbox, so
+/// an activity waiting here for a worker costs its item and nothing more: a task awaiting each
+/// one was ~1 KB (its future), which a fresh `cairn serve` on a queue of a million activities
+/// paid for every activity of its windows (24,576 of them).
+pub struct Responder<T> {
+    to: ResponderTo<T>,
+}
+
+enum ResponderTo<T> {
+    Waiter(oneshot::Sender<T>),
+    Deliver(Box<dyn Deliver<T>>),
+}
+
+/// Takes an answer to remote work where it is needed, without a task waiting for it.
+pub trait Deliver<T>: Send {
+    /// Hands `answer` over.
+    fn deliver(self: Box<Self>, answer: T);
+    /// True once nobody can take the answer any more (the partition stopped): the queue sheds
+    /// the item instead of handing it to a worker.
+    fn is_closed(&self) -> bool;
+}
+
+impl<T> Responder<T> {
+    /// Answers go to `deliver`.
+    pub fn deliver(deliver: impl Deliver<T> + 'static) -> Responder<T> {
+        Responder {
+            to: ResponderTo::Deliver(Box::new(deliver)),
+        }
+    }
+
+    /// Hands the answer over; gives it back if nobody takes it any more.
+    pub fn send(self, answer: T) -> Result<(), T> {
+        match self.to {
+            ResponderTo::Waiter(tx) => tx.send(answer),
+            ResponderTo::Deliver(d) if d.is_closed() => Err(answer),
+            ResponderTo::Deliver(d) => {
+                d.deliver(answer);
+                Ok(())
+            }
+        }
+    }
+
+    /// True if nobody takes the answer any more.
+    pub fn is_closed(&self) -> bool {
+        match &self.to {
+            ResponderTo::Waiter(tx) => tx.is_closed(),
+            ResponderTo::Deliver(d) => d.is_closed(),
+        }
+    }
+}
+
+impl<T> From<oneshot::Sender<T>> for Responder<T> {
+    /// Answers go to whoever awaits `tx`'s receiver.
+    fn from(tx: oneshot::Sender<T>) -> Responder<T> {
+        Responder {
+            to: ResponderTo::Waiter(tx),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Responder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let to = match &self.to {
+            ResponderTo::Waiter(_) => "waiter",
+            ResponderTo::Deliver(_) => "deliver",
+        };
+        f.debug_struct("Responder")
+            .field("to", &to)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
 }
 
 /// A batch of entity operations to run remotely.
@@ -668,6 +743,50 @@ mod tests {
         )
     }
 
+    /// Delivers into a channel, as a partition's inbox takes an activity's answer.
+    struct IntoChannel(tokio::sync::mpsc::UnboundedSender<TaskResult>);
+
+    impl Deliver<TaskResult> for IntoChannel {
+        fn deliver(self: Box<Self>, answer: TaskResult) {
+            let _ = self.0.send(answer);
+        }
+        fn is_closed(&self) -> bool {
+            self.0.is_closed()
+        }
+    }
+
+    #[test]
+    fn a_delivered_answer_needs_no_waiter_and_a_closed_one_is_abandoned() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let item = |tx| {
+            RemoteWork::Activity(ActivityWork {
+                instance_id: "i".into(),
+                execution_id: "e".into(),
+                name: "a".into(),
+                version: None,
+                task_id: 1,
+                input: None,
+                reply: Responder::deliver(IntoChannel(tx)),
+            })
+        };
+        let RemoteWork::Activity(work) = item(tx.clone()) else {
+            unreachable!()
+        };
+        assert!(!work.reply.is_closed());
+        work.reply.send(Ok(Some("7".into()))).unwrap();
+        assert_eq!(rx.try_recv().unwrap(), Ok(Some("7".into())));
+
+        // Nobody takes answers any more (the partition stopped): the queue sheds the item and
+        // the answer comes back to whoever tried to give it.
+        let waiting = item(tx);
+        drop(rx);
+        assert!(waiting.is_abandoned());
+        let RemoteWork::Activity(work) = waiting else {
+            unreachable!()
+        };
+        assert_eq!(work.reply.send(Ok(None)), Err(Ok(None)));
+    }
+
     fn activity(name: &str, instance: &str) -> (RemoteWork, oneshot::Receiver<TaskResult>) {
         let (reply, rx) = oneshot::channel();
         let work = RemoteWork::Activity(ActivityWork {
@@ -677,7 +796,7 @@ mod tests {
             version: None,
             task_id: 0,
             input: None,
-            reply,
+            reply: reply.into(),
         });
         (work, rx)
     }

@@ -178,6 +178,65 @@ fn activity_backlog(engine: &Engine) -> u64 {
         .sum()
 }
 
+/// An orchestration, run here, that resizes `n` photos with the activity "resize", which only a
+/// remote worker runs, and returns the sum of the results.
+fn resize_album() -> Registry {
+    registry().orchestration(
+        "resize_album",
+        |ctx: OrchestrationContext, n: i64| async move {
+            let tasks = (0..n)
+                .map(|i| ctx.call_activity::<_, i64>("resize", i))
+                .collect();
+            let mut sum = 0;
+            for r in ctx.when_all(tasks).await {
+                sum += r?;
+            }
+            Ok(sum)
+        },
+    )
+}
+
+/// A queued activity handed out to the remote queue is its item and nothing more: no task
+/// awaits each one (a task per activity was ~1 KB, paid for every activity of every window a
+/// process hands out). Its answer still reaches its orchestration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activities_handed_out_to_remote_workers_hold_no_task_each() {
+    const PHOTOS: i64 = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        partitions: Some(1),
+        remote_workers: true,
+        activity_window: PHOTOS as usize,
+        ..common::config(dir.path())
+    };
+    let engine = Engine::open(config, resize_album()).await.unwrap();
+    let client = engine.client();
+    let id = client.start("resize_album", &PHOTOS).await.unwrap();
+    let queue = engine.remote_queue().unwrap();
+    queue_settles_at(&queue, PHOTOS as usize).await;
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert!(
+        tasks < 100,
+        "{tasks} tasks are alive while {PHOTOS} activities wait for a worker"
+    );
+
+    let worker = queue.connect("resizer", WorkFilter::everything());
+    for _ in 0..PHOTOS {
+        let RemoteWork::Activity(work) = worker.recv(Room::ALL).await.work else {
+            panic!("only activities wait");
+        };
+        let x: i64 = work.input.as_deref().unwrap().parse().unwrap();
+        work.reply.send(Ok(Some((x * 10).to_string()))).unwrap();
+    }
+    let s = client.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(s.status, RuntimeStatus::Completed, "{:?}", s.failure);
+    let expected: i64 = (0..PHOTOS).map(|i| i * 10).sum();
+    assert_eq!(s.output.as_deref(), Some(expected.to_string().as_str()));
+    engine.shutdown().await.unwrap();
+}
+
 /// Activities that wait for a worker wait in the store: a partition hands out a window of
 /// them per activity name, a restart keeps all of them, and when a worker comes each runs
 /// exactly once and every orchestration gets all its results.
@@ -192,22 +251,7 @@ async fn queued_activities_wait_on_disk_and_each_runs_once_when_a_worker_comes()
         activity_window: WINDOW,
         ..common::config(dir.path())
     };
-    // The orchestration runs here; "resize" only on a remote worker.
-    let registry = || {
-        registry().orchestration(
-            "resize_album",
-            |ctx: OrchestrationContext, n: i64| async move {
-                let tasks = (0..n)
-                    .map(|i| ctx.call_activity::<_, i64>("resize", i))
-                    .collect();
-                let mut sum = 0;
-                for r in ctx.when_all(tasks).await {
-                    sum += r?;
-                }
-                Ok(sum)
-            },
-        )
-    };
+    let registry = resize_album;
     let albums: Vec<String> = (0..ALBUMS).map(|i| format!("album-{i}")).collect();
     let partitions_used: std::collections::BTreeSet<u32> = albums
         .iter()

@@ -22,7 +22,9 @@
 use crate::error::EngineError;
 use crate::inbox::{Input, Reply};
 use crate::registry::ActivityContext;
-use crate::remote::{ActivityWork, EntityWork, OrchestratorWork, RemoteQueue, RemoteWork};
+use crate::remote::{
+    ActivityWork, Deliver, EntityWork, OrchestratorWork, RemoteQueue, RemoteWork, Responder,
+};
 use crate::replay::Cursor;
 use crate::router::Envelope;
 use crate::shared::Shared;

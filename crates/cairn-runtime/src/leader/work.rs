@@ -206,70 +206,67 @@ impl Leader {
             },
         };
         self.stats.activities.fetch_add(1, Ordering::Relaxed);
-        let shared = self.shared.clone();
-        let tx = self.me.clone();
         let ticket = self.stats.activity_queue.enter();
-        tokio::spawn(async move {
-            let placement = place(shared.registry.get_activity(&item.name), &shared.remote);
-            let activity_name = item.name.clone();
-            let result = execute(
-                placement,
-                &shared.activity_permits,
-                ticket,
-                item,
-                |f, item| async move {
+        let limit = self.shared.config.max_payload_bytes;
+        match place(
+            self.shared.registry.get_activity(&item.name),
+            &self.shared.remote,
+        ) {
+            // No task waits for a remote worker: its answer goes straight to the inbox.
+            Placement::Remote(queue) => {
+                let answer = ActivityAnswer {
+                    tx: self.me.clone(),
+                    activity_id,
+                    name: item.name.clone(),
+                    limit,
+                };
+                let work = ActivityWork {
+                    instance_id: item.instance_id,
+                    execution_id: item.execution_id,
+                    name: item.name,
+                    version: item.version,
+                    task_id: item.task_id,
+                    input: item.input,
+                    reply: Responder::deliver(answer),
+                };
+                queue.push(RemoteWork::Activity(work), Some(ticket));
+            }
+            Placement::Local(f) => {
+                let f = f.clone();
+                let permits = self.shared.activity_permits.clone();
+                let tx = self.me.clone();
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    drop(ticket);
                     let ctx = ActivityContext {
                         instance_id: item.instance_id,
                         name: item.name,
                         task_id: item.task_id,
                     };
                     let name = ctx.name.clone();
-                    match AssertUnwindSafe(f(ctx, item.input)).catch_unwind().await {
+                    let result = match AssertUnwindSafe(f(ctx, item.input)).catch_unwind().await {
                         Ok(r) => r,
                         Err(_) => Err(FailureDetails::new(
                             "Panic",
                             format!("activity '{name}' panicked"),
                         )),
-                    }
-                },
-                |item, reply| {
-                    RemoteWork::Activity(ActivityWork {
-                        instance_id: item.instance_id,
-                        execution_id: item.execution_id,
-                        name: item.name,
-                        version: item.version,
-                        task_id: item.task_id,
-                        input: item.input,
-                        reply,
-                    })
-                },
-                |r| r,
-                |item| Err(shared.registry.activity_not_found(&item.name)),
-                None,
-            )
-            .await;
-            // The queue dropped it (shutdown): recovery will run it again.
-            let Some(result) = result else {
-                return;
-            };
-            let limit = shared.config.max_payload_bytes;
-            let result = match result {
-                Ok(Some(s)) if s.len() > limit => Err(FailureDetails::new(
-                    "PayloadTooLarge",
-                    format!(
-                        "activity '{}' returned {} bytes; the limit is {limit} bytes (max_payload_bytes)",
-                        activity_name,
-                        s.len()
-                    ),
-                )
-                .non_retriable()),
-                r => r,
-            };
-            let _ = tx.send(Input::ActivityDone {
-                activity_id,
-                result,
-            });
-        });
+                    };
+                    let result = within_limit(&name, result, limit);
+                    let _ = tx.send(Input::ActivityDone {
+                        activity_id,
+                        result,
+                    });
+                });
+            }
+            Placement::Missing => {
+                drop(ticket);
+                let result = Err(self.shared.registry.activity_not_found(&item.name));
+                let _ = self.me.send(Input::ActivityDone {
+                    activity_id,
+                    result,
+                });
+            }
+        }
         true
     }
 
@@ -278,6 +275,45 @@ impl Leader {
         StoreSource(&*self.store)
             .load_activity(id)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// A remote worker's answer to an activity, delivered into the partition's inbox (see
+/// [`Responder`]).
+struct ActivityAnswer {
+    tx: mpsc::UnboundedSender<Input>,
+    activity_id: u64,
+    name: String,
+    limit: usize,
+}
+
+impl Deliver<TaskResult> for ActivityAnswer {
+    fn deliver(self: Box<Self>, result: TaskResult) {
+        let result = within_limit(&self.name, result, self.limit);
+        let _ = self.tx.send(Input::ActivityDone {
+            activity_id: self.activity_id,
+            result,
+        });
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// `result`, or a non-retriable failure if it is larger than `limit` bytes
+/// (`max_payload_bytes`).
+fn within_limit(name: &str, result: TaskResult, limit: usize) -> TaskResult {
+    match result {
+        Ok(Some(s)) if s.len() > limit => Err(FailureDetails::new(
+            "PayloadTooLarge",
+            format!(
+                "activity '{name}' returned {} bytes; the limit is {limit} bytes (max_payload_bytes)",
+                s.len()
+            ),
+        )
+        .non_retriable()),
+        r => r,
     }
 }
 
