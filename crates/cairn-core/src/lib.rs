@@ -26,6 +26,6 @@ pub use history::*;
 pub use ids::*;
 pub use partition::{
     entity_name, is_runnable, Changed, CheckpointData, CheckpointTake, DirtySet, EmptySource,
-    EntityRecord, Evicted, Globals, Instance, InstanceSource, InstanceState, PartitionState,
-    SourceError, Upgrade,
+    EncodedInstance, EntityRecord, Evicted, Globals, Instance, InstanceSource, InstanceState,
+    PartitionState, SourceError, Upgrade,
 };

@@ -91,12 +91,37 @@ impl CheckpointTake {
         self.changed.contains_key(id) || self.gone.contains(id)
     }
 
+    /// The changed instances encoded (state and index keys), in id order: what scans of a
+    /// batch in flight read, and the part of [`Self::encode_with`] that scans need first.
+    pub fn encode_instances(&self) -> Result<Vec<EncodedInstance>, crate::EncodeError> {
+        let mut out = self
+            .changed
+            .values()
+            .map(|c| {
+                Ok(EncodedInstance {
+                    id: c.state.instance_id.clone(),
+                    state: c.state.encode()?,
+                    index_keys: crate::index::keys(&c.state),
+                })
+            })
+            .collect::<Result<Vec<_>, crate::EncodeError>>()?;
+        out.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
     /// The checkpoint as the store writes it: changed instances and deletions, each in id
     /// order (neighbouring keys are cheaper to write), the instances created again since they
     /// were deleted written, not deleted.
     pub fn encode(&self) -> Result<CheckpointData, crate::EncodeError> {
-        let mut changed: Vec<&Changed> = self.changed.values().collect();
-        changed.sort_unstable_by(|a, b| a.state.instance_id.cmp(&b.state.instance_id));
+        self.encode_with(self.encode_instances()?)
+    }
+
+    /// [`Self::encode`], with the changed instances already encoded by
+    /// [`Self::encode_instances`] (each encoded once, whoever needed them first).
+    pub fn encode_with(
+        &self,
+        instances: Vec<EncodedInstance>,
+    ) -> Result<CheckpointData, crate::EncodeError> {
         let mut data = CheckpointData {
             position: self.position,
             globals: self.globals.clone(),
@@ -104,19 +129,24 @@ impl CheckpointTake {
             work_deletes: self.work_deletes.clone(),
             ..CheckpointData::default()
         };
-        data.puts.reserve(changed.len());
-        data.index_keys.reserve(changed.len());
-        for c in changed {
-            let id = &c.state.instance_id;
-            if c.reset {
-                data.history_resets.push(id.clone());
+        data.puts.reserve(instances.len());
+        data.index_keys.reserve(instances.len());
+        for EncodedInstance {
+            id,
+            state,
+            index_keys,
+        } in instances
+        {
+            if let Some(c) = self.changed.get(&id) {
+                if c.reset {
+                    data.history_resets.push(id.clone());
+                }
+                for (seq, bytes) in c.history_rows()? {
+                    data.history_appends.push((id.clone(), seq, bytes));
+                }
             }
-            for (seq, bytes) in c.history_rows()? {
-                data.history_appends.push((id.clone(), seq, bytes));
-            }
-            data.index_keys
-                .push((id.clone(), crate::index::keys(&c.state)));
-            data.puts.push((id.clone(), c.state.encode()?));
+            data.index_keys.push((id.clone(), index_keys));
+            data.puts.push((id, state));
         }
         let mut deletes: Vec<&String> = self
             .gone
@@ -128,6 +158,16 @@ impl CheckpointTake {
         data.history_resets.extend(data.deletes.iter().cloned());
         Ok(data)
     }
+}
+
+/// A changed instance of a [`CheckpointTake`], encoded for the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedInstance {
+    pub id: String,
+    /// Its state ([`InstanceState::encode`]).
+    pub state: Vec<u8>,
+    /// Its index keys ([`crate::index::keys`]).
+    pub index_keys: Vec<Vec<u8>>,
 }
 
 impl PartitionState {

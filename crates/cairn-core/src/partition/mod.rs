@@ -35,7 +35,7 @@ mod episode;
 mod instances;
 mod lifecycle;
 mod messages;
-pub use checkpoint::{Changed, CheckpointTake};
+pub use checkpoint::{Changed, CheckpointTake, EncodedInstance};
 pub use instances::Evicted;
 
 /// Read-only access to instances as of the last checkpoint.

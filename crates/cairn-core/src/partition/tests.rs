@@ -13,6 +13,10 @@ struct MemStore {
     instances: HashMap<String, Vec<u8>>,
     history: HashMap<String, Vec<Vec<u8>>>,
     work: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The index as checkpoints maintain it (each put instance's keys replace its old ones, a
+    /// deleted one loses them), and each instance's keys.
+    index: BTreeMap<Vec<u8>, String>,
+    index_keys: HashMap<String, Vec<Vec<u8>>>,
 }
 
 impl InstanceSource for MemStore {
@@ -56,6 +60,25 @@ impl InstanceSource for MemStore {
 impl MemStore {
     fn item<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<T> {
         self.work.get(key).map(|b| postcard::from_bytes(b).unwrap())
+    }
+
+    fn unfile(&mut self, id: &str) {
+        for key in self.index_keys.remove(id).unwrap_or_default() {
+            self.index.remove(&key);
+        }
+    }
+
+    /// The index a full scan of the instances gives.
+    fn scanned_index(&self) -> BTreeMap<Vec<u8>, String> {
+        self.instances
+            .iter()
+            .flat_map(|(id, bytes)| {
+                let state = InstanceState::decode(bytes).unwrap();
+                crate::index::keys(&state)
+                    .into_iter()
+                    .map(move |k| (k, id.clone()))
+            })
+            .collect()
     }
 
     /// The work whose ids are listed under `prefix`, each read from its `key`.
@@ -119,8 +142,16 @@ impl MemStore {
         for (id, bytes) in data.puts {
             self.instances.insert(id, bytes);
         }
+        for (id, keys) in data.index_keys {
+            self.unfile(&id);
+            for key in &keys {
+                self.index.insert(key.clone(), id.clone());
+            }
+            self.index_keys.insert(id, keys);
+        }
         for id in data.deletes {
             self.instances.remove(&id);
+            self.unfile(&id);
         }
         for (key, bytes) in data.work_puts {
             self.work.insert(key, bytes);
@@ -628,6 +659,11 @@ proptest! {
         store.write(b.checkpoint().unwrap());
         let observed = observe(&mut a, &store_a, &ids);
         prop_assert_eq!(&observed, &observe(&mut b, &store, &ids));
+        // The indexes the checkpoints maintained, through a recovery or without, equal the
+        // index of a full scan.
+        let scanned = store.scanned_index();
+        prop_assert_eq!(&store.index, &scanned);
+        prop_assert_eq!(&store_a.index, &scanned);
         // The queued activities, all filed in the store now, with their keys by name and
         // instance, and counted by name.
         prop_assert_eq!(&store_a.work, &store.work);

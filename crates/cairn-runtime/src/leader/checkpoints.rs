@@ -47,21 +47,16 @@ impl Leader {
             // What the partition's own reads may need at once first (work keys, the changed
             // instances in key order), then the batch encoded, all off the partition's task.
             overlay.prepare_reads();
-            let result = overlay
-                .encoded()
-                .map_err(str::to_string)
-                .and_then(|encoded| {
-                    // One writer per slot in the whole process: twelve partitions writing a
-                    // purge's deletions at once took both cores for a second, and every other step
-                    // waited for its turn behind them. The partition goes on meanwhile; reads see
-                    // the overlay.
-                    let _slot = futures::executor::block_on(slots.acquire_owned());
-                    log.flush()
-                        .map_err(|e| {
-                            format!("the log could not be made durable for a checkpoint: {e}")
-                        })
-                        .and_then(|_| base.write_checkpoint(encoded).map_err(|e| e.to_string()))
-                });
+            let result = overlay.encode().and_then(|encoded| {
+                // One writer per slot in the whole process: twelve partitions writing a
+                // purge's deletions at once took both cores for a second, and every other step
+                // waited for its turn behind them. The partition goes on meanwhile; reads see
+                // the overlay.
+                let _slot = futures::executor::block_on(slots.acquire_owned());
+                log.flush()
+                    .map_err(|e| format!("the log could not be made durable for a checkpoint: {e}"))
+                    .and_then(|_| base.write_checkpoint(&encoded).map_err(|e| e.to_string()))
+            });
             if result.is_ok() {
                 truncate_log(partition, log.as_ref().as_ref(), position);
             }

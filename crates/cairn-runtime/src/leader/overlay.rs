@@ -30,13 +30,12 @@ pub(crate) struct Overlay {
     /// earlier read (it is pending work only: small next to the batch).
     work: std::sync::OnceLock<BTreeMap<Vec<u8>, Option<usize>>>,
     sorted: std::sync::OnceLock<Result<Sorted, String>>,
-    encoded: std::sync::OnceLock<Result<CheckpointBatch, String>>,
 }
 
-/// The instances a batch in flight writes, for scans: their states (encoded) in id order, and
-/// their index entries.
+/// The instances a batch in flight writes, for scans: encoded, in id order, and their index
+/// entries. The batch the writer writes is made of the same encodings.
 pub(crate) struct Sorted {
-    puts: Vec<(String, Vec<u8>)>,
+    instances: Vec<EncodedInstance>,
     index: BTreeMap<Vec<u8>, String>,
 }
 
@@ -46,21 +45,21 @@ impl Overlay {
             take,
             work: std::sync::OnceLock::new(),
             sorted: std::sync::OnceLock::new(),
-            encoded: std::sync::OnceLock::new(),
         }
     }
 
-    /// The batch encoded for the store (built once, by the writer thread), or why it could not
-    /// be: then nothing of it may be written, and the partition stops when its writer reports.
-    pub fn encoded(&self) -> Result<&CheckpointBatch, &str> {
-        self.encoded
-            .get_or_init(|| {
-                self.take.encode().map(batch_of).map_err(|e| {
-                    format!("the checkpoint could not be encoded (nothing of it was written): {e}")
-                })
+    /// The batch encoded for the store (by the writer thread, which frees it once written), or
+    /// why it could not be: then nothing of it may be written, and the partition stops when
+    /// its writer reports. Its instances are the ones scans read ([`Self::sorted`]), encoded
+    /// once.
+    pub fn encode(&self) -> Result<CheckpointBatch, String> {
+        let sorted = self.sorted().map_err(|e| e.to_string())?;
+        self.take
+            .encode_with(sorted.instances.clone())
+            .map(batch_of)
+            .map_err(|e| {
+                format!("the checkpoint could not be encoded (nothing of it was written): {e}")
             })
-            .as_ref()
-            .map_err(String::as_str)
     }
 
     /// Builds what reads need before the writer encodes the batch, if no read has: the work
@@ -75,20 +74,12 @@ impl Overlay {
         // Kept as its message: every scan that waited for it reports the same error.
         self.sorted
             .get_or_init(|| {
-                let mut puts = Vec::new();
-                let mut index = BTreeMap::new();
-                for c in self.take.changed_instances() {
-                    let id = &c.state.instance_id;
-                    let state = c.state.encode().map_err(unencodable)?;
-                    puts.push((id.clone(), state));
-                    index.extend(
-                        cairn_core::index::keys(&c.state)
-                            .into_iter()
-                            .map(|k| (k, id.clone())),
-                    );
-                }
-                puts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                Ok(Sorted { puts, index })
+                let instances = self.take.encode_instances().map_err(unencodable)?;
+                let index = instances
+                    .iter()
+                    .flat_map(|i| i.index_keys.iter().map(|k| (k.clone(), i.id.clone())))
+                    .collect();
+                Ok(Sorted { instances, index })
             })
             .as_ref()
             .map_err(|e| StoreError::Io(e.clone()))
@@ -234,10 +225,10 @@ impl<B: StoreReads + ?Sized> StoreReads for Layered<'_, B> {
         let in_range = |id: &str| id.starts_with(pre) && start_after.is_none_or(|a| id > a);
         // In id order, and none of them deleted.
         let puts = sorted
-            .puts
+            .instances
             .iter()
-            .filter(|(id, _)| in_range(id))
-            .map(|(id, state)| (id.as_str(), state.as_slice()));
+            .filter(|i| in_range(&i.id))
+            .map(|i| (i.id.as_str(), i.state.as_slice()));
         merge_into_scan(
             puts,
             Order::Ascending,
@@ -629,17 +620,14 @@ mod tests {
                 "work under {prefix:?} after {after_key:?}"
             );
         }
-        assert!(
-            overlay.current().unwrap().encoded.get().is_none(),
-            "a read waited for the whole batch to be encoded"
-        );
+        // The batch the writer writes, made of the encodings the scans read, is the take's
+        // own encoding.
+        let batch = overlay.current().unwrap().encode().unwrap();
+        assert_eq!(batch, batch_of(take().encode().unwrap()));
         // A snapshot taken while the batch is in flight reads the same after the batch is
         // written and the overlay dropped, and after later checkpoints.
         let snapshot = overlay.snapshot().unwrap();
-        overlay
-            .base()
-            .write_checkpoint(overlay.current().unwrap().encoded().unwrap())
-            .unwrap();
+        overlay.base().write_checkpoint(&batch).unwrap();
         overlay.set(None);
         let all_ids = ["a", "aa", "b", "b-1", "b-15", "b-2", "c", "d", "e", "z"];
         overlay
