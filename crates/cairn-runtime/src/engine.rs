@@ -123,16 +123,28 @@ impl Partitions {
         self.shared.slots.set(partition, None);
         if let Some(h) = self.leaders.lock().remove(&partition) {
             h.abort();
+            // Its activities in the remote queue are abandoned once the aborted task is gone.
+            let queue = self.shared.remote.clone();
+            tokio::spawn(async move {
+                let _ = h.await;
+                if let Some(queue) = queue {
+                    queue.shed_abandoned();
+                }
+            });
         }
         self.forget(partition);
     }
 
-    /// What this node published about a partition that no longer runs here. (Work it handed
-    /// to remote workers stays queued: a worker may still run it, and its answer goes
-    /// nowhere; the partition's new owner hands the work out again.)
+    /// What this node published about a partition that no longer runs here, and its
+    /// activities waiting for remote workers (their answers would go nowhere; the partition's
+    /// next owner hands them out again). Episodes and entity batches it handed out stay queued
+    /// until taken or withdrawn: a worker may still run one, and its answer goes nowhere.
     fn forget(&self, partition: u32) {
         if let Some(stats) = self.shared.stats.get(partition as usize) {
             stats.clear();
+        }
+        if let Some(queue) = &self.shared.remote {
+            queue.shed_abandoned();
         }
     }
 

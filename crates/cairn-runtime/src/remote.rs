@@ -8,8 +8,10 @@
 //! match; an item that no connected worker runs waits here (and is reported by
 //! [`RemoteQueue::unserved`]) until one connects. The taker must either answer the reply or give
 //! the item back with [`RemoteQueue::requeue`] (worker gone, work abandoned, lease expired); it
-//! goes back to its old place in line. An item whose reply is dropped unanswered is retried by
-//! the engine. This module knows nothing about gRPC.
+//! goes back to its old place in line. An item whose reply is dropped unanswered is run again
+//! when its partition next recovers (here or on its next owner). An item nobody can take the
+//! answer of any more (its partition stopped here, its instance ended) is abandoned: it is shed,
+//! never handed out. This module knows nothing about gRPC.
 //!
 //! Items wait in *lanes*, one per (kind, name, version), so a worker finds its next item by
 //! looking at the heads of the lanes it runs, not by scanning a backlog of work it cannot run.
@@ -72,8 +74,8 @@ enum ResponderTo<T> {
 pub trait Deliver<T>: Send {
     /// Hands `answer` over.
     fn deliver(self: Box<Self>, answer: T);
-    /// True once nobody can take the answer any more (the partition stopped): the queue sheds
-    /// the item instead of handing it to a worker.
+    /// True once nobody can take the answer any more (the partition stopped): the item is
+    /// abandoned, and the queue sheds it rather than hand it to a worker.
     fn is_closed(&self) -> bool;
 }
 
@@ -531,6 +533,18 @@ impl RemoteQueue {
         }
     }
 
+    /// Sweeps every abandoned item out of every lane, with its place in the gauges: what a
+    /// partition that stopped here (closed, or taken over by another node) left queued. Its
+    /// activities' answers would go nowhere, and a lane whose only takers are peers would
+    /// otherwise keep them (and the partition's gauge) until a worker connected here.
+    pub(crate) fn shed_abandoned(&self) {
+        let mut state = self.inner.state.lock();
+        state.lanes.retain(|_, items| {
+            items.retain(|q| !q.work.is_abandoned());
+            !items.is_empty()
+        });
+    }
+
     /// Drops every queued item (the engine shuts down): whoever waits for one is told it will
     /// not come, and recovery runs the work again.
     pub(crate) fn clear(&self) {
@@ -885,6 +899,39 @@ mod tests {
 
     /// An item whose answer was dropped (its instance ended while it waited) leaves the lane and
     /// the queue gauge when withdrawn, is not counted as unserved, and is never handed out.
+    #[test]
+    fn a_stopped_partitions_activities_are_shed_with_their_place_in_the_gauge() {
+        let q = RemoteQueue::default();
+        let gauge = std::sync::Arc::new(crate::stats::WorkGauge::default());
+        // Two partitions' inboxes; activities of two names from each.
+        let (stopped, stopped_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (running, _running_rx) = tokio::sync::mpsc::unbounded_channel();
+        for (i, inbox) in [&stopped, &running, &stopped, &running]
+            .into_iter()
+            .enumerate()
+        {
+            for name in ["resize", "upload"] {
+                let work = RemoteWork::Activity(ActivityWork {
+                    instance_id: format!("i{i}"),
+                    execution_id: "e".into(),
+                    name: name.into(),
+                    version: None,
+                    task_id: i as i32,
+                    input: None,
+                    reply: Responder::deliver(IntoChannel(inbox.clone())),
+                });
+                q.push(work, Some(gauge.enter()));
+            }
+        }
+        assert_eq!((q.len(), gauge.len()), (8, 8));
+        drop((stopped, stopped_rx));
+        q.shed_abandoned();
+        assert_eq!((q.len(), gauge.len()), (4, 4));
+        for lane in q.unserved() {
+            assert_eq!(lane.instances, vec!["i1", "i3"], "{lane:?}");
+        }
+    }
+
     #[tokio::test]
     async fn withdrawn_items_leave_the_lane_and_the_gauge() {
         let q = RemoteQueue::default();

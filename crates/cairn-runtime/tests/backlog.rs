@@ -237,6 +237,52 @@ async fn activities_handed_out_to_remote_workers_hold_no_task_each() {
     engine.shutdown().await.unwrap();
 }
 
+/// A partition that stops here (closed, as when another node takes it over) leaves none of its
+/// activities in the remote queue: their answers would go nowhere, and its next owner hands
+/// them out again. Aborted (`abandon`, the owner lost its lease) likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_partition_leaves_no_activity_in_the_remote_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        partitions: Some(2),
+        remote_workers: true,
+        ..common::config(dir.path())
+    };
+    let engine = Engine::open(config, resize_album()).await.unwrap();
+    let client = engine.client();
+    let ids: Vec<String> = (0..40).map(|i| format!("album-{i}")).collect();
+    for id in &ids {
+        let options = StartOptions {
+            instance_id: Some(id.clone()),
+            ..StartOptions::default()
+        };
+        client
+            .start_with("resize_album", &5i64, options)
+            .await
+            .unwrap();
+    }
+    let queue = engine.remote_queue().unwrap();
+    queue_settles_at(&queue, 200).await;
+    let on = |p: u32| {
+        ids.iter()
+            .filter(|id| cairn_core::partition_of(id, 2) == p)
+            .count()
+            * 5
+    };
+    engine.partitions().close(0).await;
+    assert_eq!(queue.len(), on(1), "partition 0 closed");
+    engine.partitions().abandon(1);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !queue.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} activities of an abandoned partition are still queued",
+            queue.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Activities that wait for a worker wait in the store: a partition hands out a window of
 /// them per activity name, a restart keeps all of them, and when a worker comes each runs
 /// exactly once and every orchestration gets all its results.

@@ -117,7 +117,9 @@ impl CheckpointTake {
     }
 
     /// [`Self::encode`], with the changed instances already encoded by
-    /// [`Self::encode_instances`] (each encoded once, whoever needed them first).
+    /// [`Self::encode_instances`] (each encoded once, whoever needed them first). `instances`
+    /// must be exactly what that returned: an id the take did not change would be written
+    /// without its history.
     pub fn encode_with(
         &self,
         instances: Vec<EncodedInstance>,
@@ -137,6 +139,7 @@ impl CheckpointTake {
             index_keys,
         } in instances
         {
+            debug_assert!(self.changed.contains_key(&id), "{id} is not in the take");
             if let Some(c) = self.changed.get(&id) {
                 if c.reset {
                     data.history_resets.push(id.clone());

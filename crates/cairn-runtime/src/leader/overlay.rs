@@ -33,7 +33,7 @@ pub(crate) struct Overlay {
 }
 
 /// The instances a batch in flight writes, for scans: encoded, in id order, and their index
-/// entries. The batch the writer writes is made of the same encodings.
+/// entries. The batch the writer writes copies these encodings.
 pub(crate) struct Sorted {
     instances: Vec<EncodedInstance>,
     index: BTreeMap<Vec<u8>, String>,
@@ -50,16 +50,17 @@ impl Overlay {
 
     /// The batch encoded for the store (by the writer thread, which frees it once written), or
     /// why it could not be: then nothing of it may be written, and the partition stops when
-    /// its writer reports. Its instances are the ones scans read ([`Self::sorted`]), encoded
-    /// once.
+    /// its writer reports. Its instances are copied from the encodings scans read
+    /// ([`Self::sorted`]), not encoded again.
     pub fn encode(&self) -> Result<CheckpointBatch, String> {
-        let sorted = self.sorted().map_err(|e| e.to_string())?;
+        let failed = |e: &dyn std::fmt::Display| {
+            format!("the checkpoint could not be encoded (nothing of it was written): {e}")
+        };
+        let sorted = self.sorted().map_err(|e| failed(&e))?;
         self.take
             .encode_with(sorted.instances.clone())
             .map(batch_of)
-            .map_err(|e| {
-                format!("the checkpoint could not be encoded (nothing of it was written): {e}")
-            })
+            .map_err(|e| failed(&e))
     }
 
     /// Builds what reads need before the writer encodes the batch, if no read has: the work
