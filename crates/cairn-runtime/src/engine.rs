@@ -123,14 +123,17 @@ impl Partitions {
         self.shared.slots.set(partition, None);
         if let Some(h) = self.leaders.lock().remove(&partition) {
             h.abort();
-            // Its activities in the remote queue are abandoned once the aborted task is gone.
-            let queue = self.shared.remote.clone();
-            tokio::spawn(async move {
-                let _ = h.await;
-                if let Some(queue) = queue {
+            // Its activities in the remote queue are abandoned once the aborted task is gone
+            // (a caller outside any runtime leaves them to be shed as workers meet them).
+            if let (Some(queue), Ok(rt)) = (
+                self.shared.remote.clone(),
+                tokio::runtime::Handle::try_current(),
+            ) {
+                rt.spawn(async move {
+                    let _ = h.await;
                     queue.shed_abandoned();
-                }
-            });
+                });
+            }
         }
         self.forget(partition);
     }
