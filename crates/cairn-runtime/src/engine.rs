@@ -115,6 +115,10 @@ impl Partitions {
             let _ = h.await;
         }
         self.forget(partition);
+        // Its activities in the remote queue are abandoned now that its task is gone.
+        if let Some(queue) = &self.shared.remote {
+            queue.shed_abandoned();
+        }
     }
 
     /// Stops running `partition` here at once, writing nothing more: another node owns it now
@@ -138,16 +142,14 @@ impl Partitions {
         self.forget(partition);
     }
 
-    /// What this node published about a partition that no longer runs here, and its
-    /// activities waiting for remote workers (their answers would go nowhere; the partition's
-    /// next owner hands them out again). Episodes and entity batches it handed out stay queued
-    /// until taken or withdrawn: a worker may still run one, and its answer goes nowhere.
+    /// What this node published about a partition that no longer runs here. (Its activities
+    /// waiting for remote workers are shed once its task is gone: their answers would go
+    /// nowhere, and its next owner hands them out again. Episodes and entity batches it handed
+    /// out stay queued until taken or withdrawn: a worker may still run one, and its answer
+    /// goes nowhere.)
     fn forget(&self, partition: u32) {
         if let Some(stats) = self.shared.stats.get(partition as usize) {
             stats.clear();
-        }
-        if let Some(queue) = &self.shared.remote {
-            queue.shed_abandoned();
         }
     }
 

@@ -207,19 +207,18 @@ impl Leader {
         };
         self.stats.activities.fetch_add(1, Ordering::Relaxed);
         let ticket = self.stats.activity_queue.enter();
-        let limit = self.shared.config.max_payload_bytes;
+        let answer = ActivityAnswer {
+            tx: self.me.clone(),
+            activity_id,
+            name: item.name.clone(),
+            limit: self.shared.config.max_payload_bytes,
+        };
         match place(
             self.shared.registry.get_activity(&item.name),
             &self.shared.remote,
         ) {
             // No task waits for a remote worker: its answer goes straight to the inbox.
             Placement::Remote(queue) => {
-                let answer = ActivityAnswer {
-                    tx: self.me.clone(),
-                    activity_id,
-                    name: item.name.clone(),
-                    limit,
-                };
                 let work = ActivityWork {
                     instance_id: item.instance_id,
                     execution_id: item.execution_id,
@@ -234,37 +233,27 @@ impl Leader {
             Placement::Local(f) => {
                 let f = f.clone();
                 let permits = self.shared.activity_permits.clone();
-                let tx = self.me.clone();
                 tokio::spawn(async move {
-                    let _permit = permits.acquire_owned().await;
-                    drop(ticket);
                     let ctx = ActivityContext {
                         instance_id: item.instance_id,
                         name: item.name,
                         task_id: item.task_id,
                     };
                     let name = ctx.name.clone();
-                    let result = match AssertUnwindSafe(f(ctx, item.input)).catch_unwind().await {
+                    let run = || AssertUnwindSafe(f(ctx, item.input)).catch_unwind();
+                    let result = match run_here(&permits, ticket, run).await {
                         Ok(r) => r,
                         Err(_) => Err(FailureDetails::new(
                             "Panic",
                             format!("activity '{name}' panicked"),
                         )),
                     };
-                    let result = within_limit(&name, result, limit);
-                    let _ = tx.send(Input::ActivityDone {
-                        activity_id,
-                        result,
-                    });
+                    answer.send(result);
                 });
             }
             Placement::Missing => {
                 drop(ticket);
-                let result = Err(self.shared.registry.activity_not_found(&item.name));
-                let _ = self.me.send(Input::ActivityDone {
-                    activity_id,
-                    result,
-                });
+                answer.send(Err(self.shared.registry.activity_not_found(&item.name)));
             }
         }
         true
@@ -278,8 +267,9 @@ impl Leader {
     }
 }
 
-/// A remote worker's answer to an activity, delivered into the partition's inbox (see
-/// [`Responder`]).
+/// Where an activity's result goes, wherever it ran: into the partition's inbox, after the
+/// `max_payload_bytes` check. A remote worker's answer gets there with no task waiting for it
+/// (see [`Responder`]).
 struct ActivityAnswer {
     tx: mpsc::UnboundedSender<Input>,
     activity_id: u64,
@@ -287,13 +277,19 @@ struct ActivityAnswer {
     limit: usize,
 }
 
-impl Deliver<TaskResult> for ActivityAnswer {
-    fn deliver(self: Box<Self>, result: TaskResult) {
+impl ActivityAnswer {
+    fn send(self, result: TaskResult) {
         let result = within_limit(&self.name, result, self.limit);
         let _ = self.tx.send(Input::ActivityDone {
             activity_id: self.activity_id,
             result,
         });
+    }
+}
+
+impl Deliver<TaskResult> for ActivityAnswer {
+    fn deliver(self: Box<Self>, result: TaskResult) {
+        (*self).send(result);
     }
 
     fn is_closed(&self) -> bool {
@@ -358,11 +354,7 @@ where
     Fut: std::future::Future<Output = R>,
 {
     match placement {
-        Placement::Local(l) => {
-            let _permit = permits.clone().acquire_owned().await;
-            drop(ticket);
-            Some(run_local(l, input).await)
-        }
+        Placement::Local(l) => Some(run_here(permits, ticket, || run_local(l, input)).await),
         Placement::Remote(queue) => {
             let (reply, answer) = oneshot::channel();
             let item = remote_item(input, reply);
@@ -396,6 +388,18 @@ where
             Some(missing(input))
         }
     }
+}
+
+/// Runs work in this process: starts `run` once a permit is free (the work leaves the queue's
+/// gauge then), and holds the permit until it is done.
+async fn run_here<F: std::future::Future>(
+    permits: &Arc<tokio::sync::Semaphore>,
+    ticket: WorkTicket,
+    run: impl FnOnce() -> F,
+) -> F::Output {
+    let _permit = permits.clone().acquire_owned().await;
+    drop(ticket);
+    run().await
 }
 
 /// Everything an episode needs, moved onto a worker task.
