@@ -200,6 +200,12 @@ impl RemoteWork {
     }
 }
 
+/// Drops a lane's abandoned items (with their places in the gauges); true if any are left.
+fn keep_live(items: &mut VecDeque<Queued>) -> bool {
+    items.retain(|q| !q.work.is_abandoned());
+    !items.is_empty()
+}
+
 /// The three kinds of work a worker may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -526,8 +532,7 @@ impl RemoteQueue {
     pub(crate) fn withdrawn(&self, lane: &LaneKey) {
         let mut state = self.inner.state.lock();
         if let Some(items) = state.lanes.get_mut(lane) {
-            items.retain(|q| !q.work.is_abandoned());
-            if items.is_empty() {
+            if !keep_live(items) {
                 state.lanes.remove(lane);
             }
         }
@@ -538,11 +543,11 @@ impl RemoteQueue {
     /// activities' answers would go nowhere, and a lane whose only takers are peers would
     /// otherwise keep them (and the partition's gauge) until a worker connected here.
     pub(crate) fn shed_abandoned(&self) {
-        let mut state = self.inner.state.lock();
-        state.lanes.retain(|_, items| {
-            items.retain(|q| !q.work.is_abandoned());
-            !items.is_empty()
-        });
+        self.inner
+            .state
+            .lock()
+            .lanes
+            .retain(|_, items| keep_live(items));
     }
 
     /// Drops every queued item (the engine shuts down): whoever waits for one is told it will
